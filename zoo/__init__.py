@@ -1,0 +1,84 @@
+"""zoo: a plugin-based model zoo and fine-tuning registry for PyTorch.
+
+Importing zoo imports no torch: the CLI's start-up stays fast, and plugin modules load on use.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import registry
+from .errors import ZooError
+
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
+
+try:
+    __version__ = version("zoo")
+except PackageNotFoundError:  # running from a source tree that is not installed
+    __version__ = "0+unknown"
+
+register_model = partial(registry.register, "model")
+register_dataset = partial(registry.register, "dataset")
+register_loss = partial(registry.register, "loss")
+
+
+def _names(kind: registry.Kind, pattern: str | None) -> list[str]:
+    return sorted({plugin.name for plugin in registry.plugins(kind, pattern)})
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Names of the model plugins, optionally filtered by a glob pattern."""
+    return _names("model", pattern)
+
+
+def list_datasets(pattern: str | None = None) -> list[str]:
+    """Names of the dataset plugins, optionally filtered by a glob pattern."""
+    return _names("dataset", pattern)
+
+
+def list_losses(pattern: str | None = None) -> list[str]:
+    """Names of the loss plugins, optionally filtered by a glob pattern."""
+    return _names("loss", pattern)
+
+
+def create_model(name: str, **args: Any) -> nn.Module:
+    """A backbone from the model plugin ``name``: ``forward(x)`` gives ``(B, num_features)``."""
+    return registry.get("model", name).load()(**args)
+
+
+def create_dataset(name: str, root: str | Path, split: str = "train", **args: Any) -> Dataset:
+    """The ``split`` ("train" or "test") of the dataset plugin ``name``, with its files under ``root``."""
+    return registry.get("dataset", name).load()(Path(root), split, **args)
+
+
+def create_loss(name: str, **args: Any) -> nn.Module:
+    """A loss module from the loss plugin ``name``, called as ``loss(logits, targets)``."""
+    return registry.get("loss", name).load()(**args)
+
+
+def load(run_folder: str | Path) -> tuple[nn.Module, list[str]]:
+    """The model saved in a run folder (in eval mode) and its label names."""
+    from .artifacts import load_run
+
+    return load_run(Path(run_folder))
+
+
+__all__ = [
+    "ZooError",
+    "__version__",
+    "create_dataset",
+    "create_loss",
+    "create_model",
+    "list_datasets",
+    "list_losses",
+    "list_models",
+    "load",
+    "register_dataset",
+    "register_loss",
+    "register_model",
+]

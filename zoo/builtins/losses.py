@@ -1,0 +1,54 @@
+"""Built-in losses; each factory returns a module called as ``loss(logits, targets)``."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def cross_entropy(label_smoothing: float = 0.0) -> nn.Module:
+    """Cross-entropy on logits, with optional label smoothing."""
+    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+class _NLLOnLogits(nn.Module):
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(F.log_softmax(logits, dim=1), targets)
+
+
+def nll() -> nn.Module:
+    """Negative log-likelihood of log-softmax(logits), as in the classic MNIST example."""
+    return _NLLOnLogits()
+
+
+class _SoftmaxMSE(nn.Module):
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        probs = logits.softmax(dim=1)
+        return F.mse_loss(probs, F.one_hot(targets, probs.shape[1]).to(probs.dtype))
+
+
+def mse() -> nn.Module:
+    """Mean squared error between softmax probabilities and one-hot targets."""
+    return _SoftmaxMSE()
+
+
+class FocalLoss(nn.Module):
+    def __init__(self, gamma: float, alpha: float | None) -> None:
+        super().__init__()
+        self.gamma = gamma
+        self.alpha = alpha
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        log_p = F.log_softmax(logits.float(), dim=1).gather(1, targets[:, None]).squeeze(1)
+        loss = -((1 - log_p.exp()) ** self.gamma) * log_p
+        if self.alpha is not None:
+            loss = self.alpha * loss
+        return loss.mean()
+
+
+def focal(gamma: float = 2.0, alpha: float | None = None) -> nn.Module:
+    """Focal loss (Lin et al. 2017): cross-entropy down-weighted on well-classified examples."""
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    return FocalLoss(gamma, alpha)

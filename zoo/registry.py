@@ -1,0 +1,202 @@
+"""The plugin registry: models, datasets and losses found through Python entry points.
+
+Every plugin, built-in or third-party, is an entry point in one of the groups in ``GROUPS``
+(``zoo.models``, ``zoo.datasets``, ``zoo.losses``). Listing reads entry-point metadata and the
+plugin's source text only; no plugin module is imported until the plugin is used, so a broken
+plugin cannot break ``zoo list``. In-process registrations (``@register_model`` in a notebook or
+a test) live in the same registry under the provider name ``local``.
+
+A name offered by two providers must be written ``PROVIDER:NAME``.
+"""
+
+from __future__ import annotations
+
+import ast
+import fnmatch
+import importlib
+import importlib.machinery
+import importlib.metadata
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Literal, TypeVar
+
+from .errors import ZooError, did_you_mean
+
+Kind = Literal["model", "dataset", "loss"]
+GROUPS: dict[Kind, str] = {"model": "zoo.models", "dataset": "zoo.datasets", "loss": "zoo.losses"}
+LOCAL = "local"
+
+F = TypeVar("F", bound=Callable)
+
+
+class PluginLoadError(ZooError):
+    """A plugin's module failed to import, or its target is missing or not callable."""
+
+
+@dataclass
+class Plugin:
+    kind: Kind
+    name: str
+    provider: str  # distribution name, or "local" for in-process registrations
+    version: str
+    target: str  # "module:attr" as the entry point declares it
+    _factory: Callable | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.provider}:{self.name}"
+
+    def load(self) -> Callable:
+        """Import the plugin's module and return its factory."""
+        if self._factory is None:
+            module_name, _, attr = self.target.partition(":")
+            try:
+                obj = importlib.import_module(module_name)
+                for part in filter(None, attr.split(".")):
+                    obj = getattr(obj, part)
+            except Exception as exc:  # a third party's module may raise anything on import
+                raise PluginLoadError(
+                    f"{self.kind} plugin '{self.name}' from {self.provider} {self.version} failed to load "
+                    f"({self.target}): {type(exc).__name__}: {exc}"
+                ) from exc
+            if not callable(obj):
+                raise PluginLoadError(
+                    f"{self.kind} plugin '{self.name}' from {self.provider}: {self.target} is not callable"
+                )
+            self._factory = obj
+        return self._factory
+
+    @property
+    def description(self) -> str:
+        """First line of the factory's docstring, read from source without importing it."""
+        if self._factory is not None:
+            doc = self._factory.__doc__ or ""
+        else:
+            module_name, _, attr = self.target.partition(":")
+            doc = _static_docstring(module_name, attr.split(".")[0])
+        return doc.strip().split("\n", 1)[0]
+
+
+_local: dict[tuple[Kind, str], Plugin] = {}
+
+
+@cache
+def _entry_point_plugins() -> tuple[Plugin, ...]:
+    found: dict[tuple[Kind, str, str], Plugin] = {}
+    entry_points = importlib.metadata.entry_points()
+    for kind, group in GROUPS.items():
+        for ep in entry_points.select(group=group):
+            dist = ep.dist
+            provider = dist.metadata["Name"] if dist is not None else "unknown"
+            version = dist.version if dist is not None else ""
+            # The same distribution can be visible twice (an egg-info beside its dist-info): keep one.
+            found.setdefault((kind, ep.name, _canonical(provider)), Plugin(kind, ep.name, provider, version, ep.value))
+    return tuple(found.values())
+
+
+def refresh() -> None:
+    """Forget what was discovered, so that plugins installed since are found."""
+    _entry_point_plugins.cache_clear()
+    _static_docstring.cache_clear()
+
+
+def plugins(kind: Kind | None = None, pattern: str | None = None) -> list[Plugin]:
+    """Every known plugin of ``kind`` (all kinds when None) whose name matches the glob ``pattern``."""
+    everything = [*_entry_point_plugins(), *_local.values()]
+    return sorted(
+        (
+            p
+            for p in everything
+            if (kind is None or p.kind == kind) and (pattern is None or fnmatch.fnmatchcase(p.name, pattern))
+        ),
+        key=lambda p: (list(GROUPS).index(p.kind), p.name, p.provider),
+    )
+
+
+def get(kind: Kind, name: str) -> Plugin:
+    """The plugin called ``name`` (or ``PROVIDER:NAME``); a ZooError names the alternatives."""
+    provider, _, bare = name.rpartition(":")
+    same_name = [p for p in plugins(kind) if p.name == bare]
+    matches = [p for p in same_name if not provider or _canonical(p.provider) == _canonical(provider)]
+    if len(matches) == 1:
+        return matches[0]
+    if len(matches) > 1:
+        choices = " or ".join(f"'{p.qualified_name}'" for p in matches)
+        raise ZooError(f"{kind} '{bare}' is offered by several plugins: write {choices}")
+    if same_name:
+        offered = ", ".join(p.provider for p in same_name)
+        raise ZooError(f"{kind} '{bare}' is not offered by '{provider}' (it is offered by {offered})")
+    names = sorted({p.name for p in plugins(kind)})
+    hint = did_you_mean(bare, names) or f" (known {kind}s: {', '.join(names) or 'none'})"
+    raise ZooError(f"unknown {kind} '{name}'{hint}; `zoo list {kind}s` shows them all")
+
+
+def strict_plugins() -> bool:
+    """ZOO_STRICT_PLUGINS=1: a plugin that fails to load is an error instead of a report."""
+    return os.environ.get("ZOO_STRICT_PLUGINS", "").lower() in {"1", "true", "yes"}
+
+
+def load_all(kind: Kind | None = None) -> list[tuple[Plugin, PluginLoadError | None]]:
+    """Load every plugin, pairing each with the error it raised (None when it loaded)."""
+    results: list[tuple[Plugin, PluginLoadError | None]] = []
+    for plugin in plugins(kind):
+        try:
+            plugin.load()
+            results.append((plugin, None))
+        except PluginLoadError as exc:
+            if strict_plugins():
+                raise PluginLoadError(f"{exc} (ZOO_STRICT_PLUGINS is set)") from exc
+            results.append((plugin, exc))
+    return results
+
+
+def register(kind: Kind, name: str | None = None) -> Callable[[F], F]:
+    """Decorator registering a factory in this process: ``@zoo.register_model("tiny")``.
+
+    ``name`` defaults to the factory's ``__name__``; in-process plugins are provided by ``local``
+    and a second registration of the same name replaces the first (re-running a notebook cell).
+    """
+
+    def decorate(factory: F) -> F:
+        plugin_name = name or factory.__name__
+        target = f"{factory.__module__}:{factory.__qualname__}"
+        _local[(kind, plugin_name)] = Plugin(kind, plugin_name, LOCAL, "", target, factory)
+        return factory
+
+    return decorate
+
+
+def unregister(kind: Kind, name: str) -> None:
+    """Remove an in-process registration."""
+    _local.pop((kind, name), None)
+
+
+def _canonical(dist_name: str) -> str:
+    return dist_name.lower().replace("_", "-").replace(".", "-")
+
+
+@cache
+def _static_docstring(module_name: str, attr: str) -> str:
+    """The docstring of ``attr`` in ``module_name``'s source file, found without importing anything."""
+    search_path: list[str] | None = sys.path
+    spec = None
+    parts = module_name.split(".")
+    for depth in range(len(parts)):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]), search_path)
+        if spec is None:
+            return ""
+        search_path = list(spec.submodule_search_locations or [])
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return ""
+    try:
+        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return ""  # `zoo plugins` reports a broken plugin; the listing just has no description
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == attr:
+            return ast.get_docstring(node) or ""
+    return ""
