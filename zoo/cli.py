@@ -1,0 +1,227 @@
+"""The ``zoo`` command line.
+
+Start-up must stay fast: torch, timm and plugin modules are imported inside the commands that
+need them, never at the top of this module.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from . import __version__, registry
+from .errors import ZooError
+
+KIND_CHOICES = {"models": "model", "datasets": "dataset", "losses": "loss"}
+
+
+class UserError(click.ClickException):
+    """A ZooError on its way out: one line on stderr, exit code 2."""
+
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"zoo: error: {self.format_message()}", err=True)
+
+
+class ZooGroup(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ZooError as exc:
+            raise UserError(str(exc)) from exc
+
+
+@click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="zoo")
+def cli() -> None:
+    """zoo: a plugin-based model zoo and fine-tuning registry for PyTorch.
+
+    Models, datasets and losses are plugins found through Python entry points; recipes (TOML
+    files) put them together into a fine-tuning run.
+
+    \b
+    Quick start:
+      zoo list                              what is installed
+      zoo info mnist_cnn                    a plugin's arguments
+      zoo run recipes/mnist_finetune.toml   fine-tune, evaluate and save a run folder
+
+    Environment: ZOO_DATA_DIR (datasets, default ~/.cache/zoo/data), ZOO_CACHE_DIR (cached
+    runs, default ~/.cache/zoo), ZOO_STRICT_PLUGINS=1 (a broken plugin is an error).
+    """
+
+
+def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip())
+
+
+@cli.command("list")
+@click.argument("kind", required=False, type=click.Choice(sorted(KIND_CHOICES)))
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def list_command(kind: str | None, pattern: str | None, as_json: bool) -> None:
+    """List plugins: all kinds, or only KIND, whose names match the glob PATTERN.
+
+    Reads entry-point metadata only: no plugin is imported, so a broken plugin cannot break
+    the listing (`zoo plugins` checks that each one loads).
+    """
+    if registry.strict_plugins():
+        registry.load_all(KIND_CHOICES.get(kind))  # raises on the first broken plugin
+    found = registry.plugins(KIND_CHOICES[kind] if kind else None, pattern)
+    if as_json:
+        click.echo(json.dumps([_describe(p) for p in found], indent=2))
+        return
+    if not found:
+        raise ZooError(f"no {kind or 'plugins'} match {pattern!r}" if pattern else "no plugins are installed")
+    print_table(
+        [(p.name, p.kind, p.provider, p.version, p.description) for p in found],
+        ("NAME", "KIND", "PROVIDER", "VERSION", "DESCRIPTION"),
+    )
+
+
+def _describe(plugin: registry.Plugin) -> dict[str, str]:
+    return {
+        "name": plugin.name,
+        "kind": plugin.kind,
+        "provider": plugin.provider,
+        "version": plugin.version,
+        "target": plugin.target,
+        "description": plugin.description,
+    }
+
+
+@cli.command()
+@click.argument("name")
+def info(name: str) -> None:
+    """Show a plugin's kind, provider, arguments (with defaults and types) and docstring."""
+    provider, _, bare = name.rpartition(":")
+    kinds = sorted({p.kind for p in registry.plugins() if p.name == bare})
+    if not kinds:
+        registry.get("model", name)  # raises the unknown-name error with suggestions
+    for position, kind in enumerate(kinds):
+        plugin = registry.get(kind, name)
+        factory = plugin.load()
+        if position:
+            click.echo()
+        click.echo(f"{plugin.name}  ({plugin.kind}, from {plugin.provider} {plugin.version})")
+        click.echo(f"target: {plugin.target}")
+        click.echo("arguments:")
+        parameters = list(inspect.signature(factory).parameters.values())
+        if not parameters:
+            click.echo("  (none)")
+        for parameter in parameters:
+            click.echo(f"  {_format_parameter(parameter)}")
+        doc = inspect.getdoc(factory)
+        if doc:
+            click.echo()
+            click.echo(doc)
+
+
+def _format_parameter(parameter: inspect.Parameter) -> str:
+    text = parameter.name
+    if parameter.annotation is not inspect.Parameter.empty:
+        annotation = parameter.annotation
+        text += f": {annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)}"
+    if parameter.default is not inspect.Parameter.empty:
+        text += f" = {parameter.default!r}"
+    return text
+
+
+@cli.command()
+def plugins() -> None:
+    """List plugin distributions and their entry points, loading each to report any that fail."""
+    results = registry.load_all()
+    by_provider: dict[str, list[tuple[registry.Plugin, registry.PluginLoadError | None]]] = {}
+    for plugin, error in results:
+        by_provider.setdefault(plugin.provider, []).append((plugin, error))
+    for provider, entries in by_provider.items():
+        click.echo(f"{provider} {entries[0][0].version}".rstrip())
+        for plugin, error in entries:
+            status = "ok" if error is None else "FAILED"
+            click.echo(f"  {plugin.kind:<8} {plugin.name:<20} {plugin.target}  [{status}]")
+    failed = [(plugin, error) for plugin, error in results if error is not None]
+    if failed:
+        click.echo(f"\n{len(failed)} plugin(s) failed to load and were skipped:")
+        for plugin, error in failed:
+            click.echo(f"  {plugin.qualified_name}: {error.__cause__ or error}")
+
+
+RECIPE_ARGUMENT = click.argument("recipe_path", metavar="RECIPE")
+OVERRIDES_ARGUMENT = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+
+
+@cli.command()
+@RECIPE_ARGUMENT
+@OVERRIDES_ARGUMENT
+@click.option("--dry-run", is_flag=True, help="Build model, data and optimiser, print the parameter groups, stop.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars (default: on).")
+def run(recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: bool) -> None:
+    """Fine-tune, evaluate and save a run folder, as RECIPE declares.
+
+    Overrides change any key for this run, typed as in TOML:
+
+    \b
+      zoo run recipes/mnist.toml train.epochs=1 optim.lr=3e-4 data.classes=[1,2]
+
+    The run folder (default runs/<name>-<timestamp>) holds model.safetensors, config.json,
+    recipe.toml (resolved), metrics.jsonl, results.json and a model card README.md.
+    """
+    from . import recipe as recipes
+    from .train import run as run_recipe
+
+    recipe = recipes.load(recipe_path, overrides)
+    result = run_recipe(recipe, progress=progress, dry_run=dry_run)
+    if result is None:
+        return
+    test = result.results.get("test")
+    if test:
+        _print_scores(test)
+    click.echo(f"run folder: {result.folder} ({result.results['state']})")
+    if result.results["state"] == "interrupted":
+        sys.exit(130)
+
+
+def _print_scores(metrics: dict[str, Any]) -> None:
+    click.echo(
+        f"test: accuracy {100 * metrics['accuracy']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
+        f"recall {100 * metrics['recall']:.2f}%, F1 {100 * metrics['f1']:.2f}%"
+    )
+    rows = [
+        (row["label"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+        for row in metrics["per_class"]
+    ]
+    print_table(rows, ("CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"))
+    labels = [row["label"] for row in metrics["per_class"]]
+    click.echo("confusion matrix (rows: true class, columns: predicted):")
+    print_table(
+        [(label, *map(str, counts)) for label, counts in zip(labels, metrics["confusion_matrix"])], ("", *labels)
+    )
+
+
+@cli.command()
+@RECIPE_ARGUMENT
+@OVERRIDES_ARGUMENT
+def show(recipe_path: str, overrides: tuple[str, ...]) -> None:
+    """Print RECIPE fully resolved: bases merged, overrides applied, defaults filled in."""
+    from . import recipe as recipes
+
+    click.echo(recipes.load(recipe_path, overrides).to_toml(), nl=False)
+
+
+@cli.command()
+def schema() -> None:
+    """Print the recipe schema as JSON Schema (for TOML editors: completion and checks)."""
+    from . import recipe as recipes
+
+    click.echo(json.dumps(recipes.json_schema(), indent=2))
+
+
+def main() -> None:
+    cli(prog_name="zoo")

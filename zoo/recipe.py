@@ -1,0 +1,430 @@
+"""Recipes: TOML files that declare a fine-tuning run, validated against one schema.
+
+A recipe is read top to bottom: ``extends`` merges a base recipe underneath, command-line
+overrides (``train.epochs=1``) go on top, relative paths are taken relative to the file that
+wrote them, and the result is checked against ``Recipe`` (the same schema ``zoo schema`` prints)
+before anything runs. Every mistake becomes a one-line ZooError naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from . import registry
+from .errors import ZooError, did_you_mean
+
+RECIPE_SCHEME = "recipe:"
+REMOTE_SCHEMES = ("hf-hub:",)
+
+
+class _Section(BaseModel):
+    # strict: a string where a number belongs is a mistake, not something to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class HeadConfig(_Section):
+    type: Literal["linear", "mlp"] = Field("linear", description="linear, or mlp with hidden layers")
+    num_classes: int | None = Field(None, ge=1, description="outputs; default: the number of selected classes")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before each linear layer of the head")
+    hidden: list[int] = Field([256], description="hidden widths of an mlp head")
+    activation: Literal["relu", "gelu", "tanh", "sigmoid"] = Field("relu", description="activation of an mlp head")
+
+
+class FreezeStage(_Section):
+    epoch: int = Field(ge=1, description="first epoch (counting from 1) in which these parameters train")
+    unfreeze: list[str] = Field(description="glob patterns over parameter names, or 'backbone'")
+    lr_mult: float = Field(1.0, gt=0.0, description="their learning rate as a multiple of optim.lr")
+
+
+class FreezeConfig(_Section):
+    freeze: list[str] = Field(
+        [], description="glob patterns over parameter names ('backbone.' may be left out), or 'backbone'"
+    )
+    unfreeze: list[str] = Field([], description="exceptions to freeze: patterns that stay trainable")
+    train_bn: bool = Field(False, description="train frozen BatchNorm layers (by default they stay in eval mode)")
+    stages: list[FreezeStage] = Field([], description="staged unfreezing")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _single_pattern(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("freeze"), str):
+            return {**data, "freeze": [data["freeze"]]}
+        return data
+
+
+class ModelConfig(_Section):
+    backbone: str = Field(description="a zoo.models plugin name (`zoo list models`)")
+    pretrained: bool | str = Field(
+        False,
+        description="false, true (the plugin's own weights), a run folder, or 'recipe:FILE.toml' (that recipe's output)",
+    )
+    args: dict[str, Any] = Field({}, description="arguments for the backbone plugin (`zoo info NAME`)")
+    head: HeadConfig = HeadConfig()
+    freeze: FreezeConfig = FreezeConfig()
+
+
+class DataConfig(_Section):
+    dataset: str = Field(description="a zoo.datasets plugin name (`zoo list datasets`)")
+    root: str | None = Field(None, description="data folder; default: $ZOO_DATA_DIR, else ~/.cache/zoo/data")
+    args: dict[str, Any] = Field({}, description="arguments for the dataset plugin")
+    classes: list[int | str] | None = Field(
+        None, description="subset of the dataset's classes (indices or names), relabelled 0..n-1 in this order"
+    )
+    per_class: int | None = Field(None, ge=1, description="labelled training examples per class")
+    val_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training split held out for validation")
+    batch_size: int = Field(64, ge=1, description="training batch size")
+    eval_batch_size: int = Field(512, ge=1, description="batch size for evaluation")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers for datasets not held in memory")
+
+
+class LossConfig(_Section):
+    name: str = Field("cross_entropy", description="a zoo.losses plugin name (`zoo list losses`)")
+    args: dict[str, Any] = Field({}, description="arguments for the loss plugin")
+
+
+# What each optimiser accepts beyond lr; a key set for an optimiser that ignores it is an error.
+OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "sgd": ("momentum", "nesterov", "weight_decay"),
+    "adam": ("betas", "eps", "weight_decay"),
+    "adamw": ("betas", "eps", "weight_decay"),
+    "adadelta": ("rho", "eps", "weight_decay"),
+}
+
+
+class OptimConfig(_Section):
+    name: Literal["sgd", "adam", "adamw", "adadelta"] = Field("adamw", description="optimiser")
+    lr: float = Field(1e-3, gt=0.0, description="learning rate (of the head; see backbone_lr_mult)")
+    backbone_lr_mult: float = Field(1.0, gt=0.0, description="backbone learning rate as a multiple of lr")
+    weight_decay: float | None = Field(None, ge=0.0, description="weight decay")
+    momentum: float | None = Field(None, ge=0.0, lt=1.0, description="sgd momentum")
+    nesterov: bool | None = Field(None, description="sgd Nesterov momentum")
+    betas: list[float] | None = Field(None, min_length=2, max_length=2, description="adam/adamw betas")
+    eps: float | None = Field(None, gt=0.0, description="numerical epsilon")
+    rho: float | None = Field(None, ge=0.0, le=1.0, description="adadelta rho")
+
+    @model_validator(mode="after")
+    def _keys_fit_optimizer(self) -> OptimConfig:
+        accepted = OPTIMIZER_KEYS[self.name]
+        for key in ("weight_decay", "momentum", "nesterov", "betas", "eps", "rho"):
+            if getattr(self, key) is not None and key not in accepted:
+                raise ValueError(f"optim.{key} does not apply to {self.name} (it takes: {', '.join(accepted)})")
+        return self
+
+
+class ScheduleConfig(_Section):
+    name: Literal["none", "step", "cosine", "onecycle", "warmup"] = Field("none", description="learning-rate schedule")
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up (cosine, warmup), in epochs")
+    step_size: int = Field(1, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
+    min_lr_mult: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final learning rate as a multiple of lr")
+    pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction of steps spent rising")
+    div_factor: float = Field(25.0, ge=1.0, description="onecycle: lr / starting lr")
+    final_div_factor: float = Field(1e4, ge=1.0, description="onecycle: starting lr / final lr")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(10, ge=1, description="epochs to train")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
+    seed: int = Field(0, ge=0, description="seeds data selection, order and initialisation")
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, then mps, then cpu")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast precision; auto: bf16 on CUDA, fp32 elsewhere"
+    )
+    compile: bool = Field(False, description="torch.compile the model")
+    channels_last: bool = Field(False, description="channels-last memory format")
+    grad_clip: float | None = Field(None, gt=0.0, description="clip gradients to this global norm")
+    grad_accum: int = Field(1, ge=1, description="batches per optimiser step")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
+    log_every: int = Field(50, ge=1, description="optimiser steps between progress-bar loss updates")
+
+
+class OutputConfig(_Section):
+    dir: str | None = Field(None, description="the run folder; default runs/<name>-<timestamp>")
+
+
+class Recipe(_Section):
+    """A zoo recipe: backbone + head + freezing policy + data, loss, optimiser, schedule, training."""
+
+    name: str = Field(min_length=1, description="the run's name")
+    description: str = Field("", description="what the recipe does, for the model card")
+    extends: str | None = Field(None, description="a base recipe to merge underneath, relative to this file")
+    model: ModelConfig
+    data: DataConfig
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+    schedule: ScheduleConfig = ScheduleConfig()
+    train: TrainConfig = TrainConfig()
+    output: OutputConfig = OutputConfig()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(exclude_none=True, exclude={"extends"})
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    @property
+    def hash(self) -> str:
+        """sha256 of what determines the trained weights (everything but the output folder)."""
+        settings = {key: value for key, value in self.to_dict().items() if key != "output"}
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def json_schema() -> dict[str, Any]:
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return schema
+
+
+def load(path: str | Path, overrides: Iterable[str] = (), check: bool = True) -> Recipe:
+    """Read, merge, override and validate the recipe at ``path``.
+
+    ``check`` also verifies that the plugins it names exist and accept their arguments.
+    """
+    path = Path(path)
+    data = _read_with_bases(path.resolve(), chain=())
+    override_keys = apply_overrides(data, overrides)
+    data.pop("extends", None)
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as exc:
+        raise ZooError(_explain(exc, path, override_keys)) from None
+    if check:
+        check_plugins(recipe, path)
+    return recipe
+
+
+def from_dict(data: Mapping[str, Any], source: str = "recipe") -> Recipe:
+    """Validate an already-resolved recipe (as stored in a run folder)."""
+    try:
+        return Recipe.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ZooError(_explain(exc, Path(source), set())) from None
+
+
+def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
+    if path in chain:
+        cycle = " -> ".join(p.name for p in (*chain, path))
+        raise ZooError(f"{chain[0]}: extends cycle: {cycle}")
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except FileNotFoundError:
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise ZooError(f"recipe not found: {path}{where}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ZooError(f"{path}: not valid TOML: {exc}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ZooError(f"{path}: cannot read: {exc}") from None
+    _anchor_paths(data, path.parent)
+    base_name = data.get("extends")
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise ZooError(f"{path}: extends: must be the path of a base recipe, got {base_name!r}")
+    base = _read_with_bases(Path(base_name), (*chain, path))
+    base.pop("extends", None)
+    return merge(base, data)
+
+
+def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep merge: tables merge key by key, everything else in ``update`` replaces."""
+    merged = copy.deepcopy(dict(base))
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _anchor_paths(data: dict[str, Any], folder: Path) -> None:
+    """Make the recipe's relative paths relative to ``folder`` (the file's, or the cwd for overrides)."""
+
+    def anchored(value: Any) -> Any:
+        return str((folder / value).resolve()) if isinstance(value, str) and value else value
+
+    if "extends" in data:
+        data["extends"] = anchored(data["extends"])
+    model, data_section, output = (data.get(key) for key in ("model", "data", "output"))
+    if isinstance(model, dict) and isinstance(model.get("pretrained"), str):
+        model["pretrained"] = anchor_pretrained(model["pretrained"], folder)
+    if isinstance(data_section, dict) and "root" in data_section:
+        data_section["root"] = anchored(data_section["root"])
+    if isinstance(output, dict) and "dir" in output:
+        output["dir"] = anchored(output["dir"])
+
+
+def anchor_pretrained(source: str, folder: Path) -> str:
+    if source.startswith(RECIPE_SCHEME):
+        return RECIPE_SCHEME + str((folder / source.removeprefix(RECIPE_SCHEME)).resolve())
+    if source.startswith(REMOTE_SCHEMES):
+        return source
+    return str((folder / source).resolve())
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> set[str]:
+    """Merge ``key.path=value`` overrides into ``data``; values are TOML (bare words are strings).
+
+    Returns the keys overridden. Relative paths in overrides are relative to the current folder.
+    """
+    layer: dict[str, Any] = {}
+    keys = set()
+    for override in overrides:
+        key, sep, text = override.partition("=")
+        key = key.strip()
+        if not sep or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
+            raise ZooError(f"override {override!r}: write KEY=VALUE, for example train.epochs=3")
+        try:
+            value = tomllib.loads(f"value = {text}")["value"]
+        except tomllib.TOMLDecodeError:
+            value = text  # a bare word: optim.name=adam
+        *tables, last = key.split(".")
+        section = layer
+        for table in tables:
+            section = section.setdefault(table, {})
+            if not isinstance(section, dict):
+                raise ZooError(f"override {override!r} conflicts with an earlier override of {table}")
+        section[last] = value
+        keys.add(key)
+    _anchor_paths(layer, Path.cwd())
+    data.update(merge(data, layer))
+    return keys
+
+
+def _explain(exc: ValidationError, path: Path, override_keys: set[str]) -> str:
+    """One line for the first problem pydantic found: file, key, what is wrong, what is allowed."""
+    error = exc.errors()[0]
+    parts = [part for part in error["loc"] if isinstance(part, int) or _is_key(part)]
+    key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in parts).replace(".[", "[")
+    origin = f"override {key}" if key in override_keys else str(path)
+    if error["type"] == "extra_forbidden":
+        parent = _schema_at(parts[:-1])
+        siblings = list(parent.model_fields) if parent else []
+        allowed = did_you_mean(str(parts[-1]), siblings) or f" (allowed here: {', '.join(siblings)})"
+        return f"{origin}: unknown key '{key}'{allowed}"
+    if error["type"] == "missing":
+        return f"{origin}: missing required key '{key}'"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
+    field = _field_description(parts)
+    expected = f"; expected {field}" if field else ""
+    return f"{origin}: {key}: {message}{got}{expected}"
+
+
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _is_key(part: Any) -> bool:
+    # pydantic puts union members ("bool", "list[str]", "function-after[...]") into error locations.
+    return isinstance(part, str) and re.fullmatch(r"[A-Za-z_]\w*", part) is not None and part not in _TYPE_TAGS
+
+
+def _schema_at(parts: list[Any]) -> type[BaseModel] | None:
+    model: type[BaseModel] | None = Recipe
+    for part in parts:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _model_in(field.annotation)
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if inspect.isclass(annotation) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found:
+            return found
+    return None
+
+
+def _field_description(parts: list[Any]) -> str:
+    if not parts or isinstance(parts[-1], int):
+        return ""
+    parent = _schema_at(parts[:-1])
+    field = parent.model_fields.get(parts[-1]) if parent else None
+    return (field.description or "") if field else ""
+
+
+def check_plugins(recipe: Recipe, path: Path) -> None:
+    """The recipe's plugins exist and their args fit their signatures (imports the plugins)."""
+    checks: list[tuple[registry.Kind, str, str, dict[str, Any], tuple[str, ...]]] = [
+        ("model", "model.backbone", recipe.model.backbone, recipe.model.args, ()),
+        ("dataset", "data.dataset", recipe.data.dataset, recipe.data.args, ("root", "split")),
+        ("loss", "loss.name", recipe.loss.name, recipe.loss.args, ()),
+    ]
+    for kind, name_key, name, args, positional in checks:
+        try:
+            factory = registry.get(kind, name).load()
+        except ZooError as exc:
+            raise ZooError(f"{path}: {name_key}: {exc}") from None
+        args_key = name_key.rsplit(".", 1)[0] + ".args"
+        check_args(factory, args, args_key, positional, origin=str(path))
+        if kind == "model" and recipe.model.pretrained is True and "pretrained" not in _parameters(factory):
+            raise ZooError(
+                f"{path}: model.pretrained: {name} has no weights of its own (its factory takes no "
+                "'pretrained' argument); use a run folder or 'recipe:FILE.toml'"
+            )
+
+
+def _parameters(factory: Any) -> dict[str, inspect.Parameter]:
+    return dict(inspect.signature(factory).parameters)
+
+
+def check_args(factory: Any, args: Mapping[str, Any], key: str, positional: tuple[str, ...] = (), origin: str = "") -> None:
+    """``args`` fit ``factory``'s signature: known names, and the type of each simple default."""
+    parameters = _parameters(factory)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    accepted = [n for n, p in parameters.items() if n not in positional and p.kind is not inspect.Parameter.VAR_KEYWORD]
+    prefix = f"{origin}: " if origin else ""
+    for name, value in args.items():
+        parameter = parameters.get(name)
+        if parameter is None or name in positional:
+            if takes_any:
+                continue
+            hint = did_you_mean(name, accepted) or f" (it takes: {', '.join(accepted) or 'no arguments'})"
+            raise ZooError(f"{prefix}{key}.{name}: not an argument of this plugin{hint}")
+        default = parameter.default
+        if isinstance(default, bool | int | float | str) and not _fits(value, type(default)):
+            raise ZooError(
+                f"{prefix}{key}.{name}: expected {type(default).__name__} (like the default {default!r}), got {value!r}"
+            )
+    missing = [
+        n
+        for n, p in parameters.items()
+        if n not in positional and n not in args and p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    if missing:
+        raise ZooError(f"{prefix}{key}: missing required argument(s): {', '.join(missing)}")
+
+
+def _fits(value: Any, expected: type) -> bool:
+    if expected is bool or isinstance(value, bool):
+        return isinstance(value, expected)
+    if expected is float:
+        return isinstance(value, int | float)
+    return isinstance(value, expected)
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("ZOO_DATA_DIR") or Path.home() / ".cache" / "zoo" / "data")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ZOO_CACHE_DIR") or Path.home() / ".cache" / "zoo")

@@ -1,0 +1,326 @@
+"""The recipe runner: builds everything a recipe declares, trains, evaluates, writes the run folder."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__, artifacts, freeze, registry
+from . import recipe as recipes
+from .data import Batches, Splits, load_splits
+from .errors import ZooError
+from .metrics import confusion_matrix, scores
+from .model import build_model, load_pretrained
+from .optim import build_optimizer, lr_factor, set_lr
+from .recipe import Recipe
+
+
+@dataclass
+class RunResult:
+    folder: Path
+    results: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    if not available[name]:
+        raise ZooError(f"train.device = '{name}', but this machine has no {name.upper()} device; use train.device=auto")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32; auto means bf16 on CUDA only."""
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def output_folder(recipe: Recipe) -> Path:
+    """``output.dir``, which must not hold another run, else a new ``runs/<name>-<timestamp>``."""
+    if recipe.output.dir:
+        folder = Path(recipe.output.dir)
+        if artifacts.is_run_folder(folder):
+            raise ZooError(f"output.dir {folder} already holds a run; choose another folder or remove that one")
+        return folder
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    folder = Path("runs") / f"{recipe.name}-{stamp}"
+    suffix = 1
+    while folder.exists():
+        suffix += 1
+        folder = Path("runs") / f"{recipe.name}-{stamp}-{suffix}"
+    return folder
+
+
+def pretrained_folder(recipe: Recipe, progress: bool, dry_run: bool) -> Path | None:
+    """The run folder whose weights the recipe starts from, running a ``recipe:`` source if needed."""
+    source = recipe.model.pretrained
+    if isinstance(source, bool):
+        return None
+    if source.startswith(recipes.RECIPE_SCHEME):
+        return _cached_recipe_run(Path(source.removeprefix(recipes.RECIPE_SCHEME)), progress, dry_run)
+    if source.startswith(recipes.REMOTE_SCHEMES):
+        raise ZooError(f"model.pretrained = '{source}': Hub sources are not supported yet; use a run folder")
+    folder = Path(source)
+    if not folder.is_dir():
+        raise ZooError(f"model.pretrained: run folder not found: {folder}")
+    return folder
+
+
+def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> Path | None:
+    """The output of the recipe at ``path``, cached by the hash of the resolved recipe."""
+    source = recipes.load(path)
+    cached = recipes.cache_dir() / "runs" / f"{source.name}-{source.hash[:12]}"
+    results = artifacts.read_results(cached)
+    if results and results.get("state") == "finished":
+        print(f"pretrained: {path.name} (cached in {cached})")
+        return cached
+    if dry_run:
+        print(f"pretrained: {path.name} is not cached yet; `zoo run` trains it first")
+        return None
+    print(f"pretrained: running {path.name} first (cached afterwards in {cached})")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
+    try:
+        source = source.model_copy(update={"output": recipes.OutputConfig(dir=str(staging))})
+        result = run(source, progress=progress)
+        if result.results["state"] != "finished":
+            raise ZooError(f"pretraining recipe {path} did not finish ({result.results['state']})")
+        shutil.rmtree(cached, ignore_errors=True)
+        os.replace(staging, cached)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return cached
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, batches: Batches, loss_fn: nn.Module, label_names: list[str], dtype: torch.dtype | None
+) -> dict[str, Any]:
+    """Loss, accuracy, macro precision/recall/F1, per-class rows and confusion matrix on a split."""
+    model.eval()
+    predictions, targets = [], []
+    loss_sum = torch.zeros((), device=batches.device)
+    for inputs, labels in batches.epoch():
+        with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(inputs)
+        loss_sum += loss_fn(logits.float(), labels) * len(labels)
+        predictions.append(logits.argmax(1))
+        targets.append(labels)
+    matrix = confusion_matrix(torch.cat(predictions).cpu(), torch.cat(targets).cpu(), len(label_names))
+    return {"loss": float(loss_sum) / max(1, len(batches.split)), **scores(matrix, label_names)}
+
+
+def run(recipe: Recipe, progress: bool = True, dry_run: bool = False) -> RunResult | None:
+    """Train and evaluate ``recipe``; returns the run folder and results (None for a dry run)."""
+    seed_everything(recipe.train.seed)
+    train_config = recipe.train
+    device = resolve_device(train_config.device)
+    dtype = autocast_dtype(train_config.precision, device)
+    torch.use_deterministic_algorithms(train_config.deterministic)
+    source = pretrained_folder(recipe, progress, dry_run)
+    splits = load_splits(recipe.data, train_config.seed)
+    num_classes = recipe.model.head.num_classes or len(splits.label_names)
+    if num_classes != len(splits.label_names):
+        raise ZooError(
+            f"model.head.num_classes = {num_classes}, but data.classes selects {len(splits.label_names)} "
+            "classes; make them agree or leave num_classes out"
+        )
+
+    seed_everything(recipe.train.seed)
+    model = build_model(recipe.model, num_classes)
+    if source is not None:
+        print(load_pretrained(model, source, recipe.model.backbone, splits.label_names))
+    freeze.apply(model, recipe.model.freeze)
+    memory_format = torch.channels_last if train_config.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    groups = freeze.param_groups(model, recipe.optim.lr, recipe.optim.backbone_lr_mult)
+    if not groups:
+        raise ZooError("model.freeze freezes every parameter: nothing would train; unfreeze the head at least")
+    optimizer = build_optimizer(recipe.optim, groups)
+    _print_setup(recipe, model, groups, splits, device, dtype)
+    if dry_run:
+        return None
+
+    loss_fn = _build_loss(recipe).to(device)
+    batch_options = {"device": device, "mean": splits.mean, "std": splits.std, "channels_last": train_config.channels_last}
+    train_batches = Batches(
+        splits.train, recipe.data.batch_size, shuffle=True, seed=train_config.seed,
+        num_workers=recipe.data.num_workers, **batch_options,
+    )  # fmt: skip
+    eval_batches = {
+        name: Batches(split, recipe.data.eval_batch_size, num_workers=recipe.data.num_workers, **batch_options)
+        for name, split in (("val", splits.val), ("test", splits.test))
+        if split is not None
+    }
+    folder = output_folder(recipe)
+    folder.mkdir(parents=True, exist_ok=True)
+    artifacts.write_text(folder / artifacts.RECIPE, recipe.to_toml())
+    print(f"run folder: {folder}")
+
+    forward = torch.compile(model) if train_config.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
+    steps_per_epoch = math.ceil(len(train_batches) / train_config.grad_accum)
+    total_steps = train_config.epochs * steps_per_epoch
+    if train_config.max_steps:
+        total_steps = min(total_steps, train_config.max_steps)
+    history: list[dict[str, Any]] = []
+    state, reason = "finished", ""
+    step = 0
+    started = time.perf_counter()
+    try:
+        for epoch in range(1, train_config.epochs + 1):
+            for stage in recipe.model.freeze.stages:
+                group = freeze.unfreeze_stage(model, stage, recipe.optim.lr) if stage.epoch == epoch else None
+                if group:
+                    optimizer.add_param_group(group)
+                    print(f"epoch {epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
+            model.train()
+            freeze.keep_frozen_bn_in_eval(model, recipe.model.freeze.train_bn)
+            epoch_started = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            seen = 0
+            bar = tqdm(total=len(splits.train), desc=f"epoch {epoch}/{train_config.epochs}", unit="img",
+                       unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
+            for index, (inputs, labels) in enumerate(train_batches.epoch(epoch)):
+                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                    loss = loss_fn(forward(inputs), labels)
+                scaler.scale(loss / train_config.grad_accum).backward()
+                loss_sum += loss.detach() * len(labels)
+                seen += len(labels)
+                bar.update(len(labels))
+                if (index + 1) % train_config.grad_accum and index + 1 < len(train_batches):
+                    continue
+                if train_config.grad_clip:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
+                set_lr(optimizer, lr_factor(recipe.schedule, step, total_steps, steps_per_epoch))
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                if step % train_config.log_every == 0:  # the only host sync in the loop
+                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+                if step >= total_steps:
+                    break
+            bar.close()
+            seconds = time.perf_counter() - epoch_started
+            record = {
+                "epoch": epoch,
+                "step": step,
+                "train_loss": float(loss_sum) / max(1, seen),
+                "lr": optimizer.param_groups[0]["lr"],
+                "seconds": seconds,
+                "images_per_second": seen / seconds,
+            }
+            if "val" in eval_batches:
+                val = evaluate(forward, eval_batches["val"], loss_fn, splits.label_names, dtype)
+                record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
+            history.append(record)
+            artifacts.write_text(folder / artifacts.METRICS, "".join(json.dumps(r) + "\n" for r in history))
+            print(_epoch_line(record, train_config.epochs))
+            if step >= total_steps:
+                break
+    except KeyboardInterrupt:
+        state, reason = "interrupted", f"stopped by Ctrl-C in epoch {len(history) + 1}, after step {step}"
+        print(f"\n{reason}: saving the run folder")
+
+    results: dict[str, Any] = {
+        "state": state,
+        "reason": reason,
+        "recipe_hash": recipe.hash,
+        "epochs": len(history),
+        "steps": step,
+        "train_seconds": time.perf_counter() - started,
+    }
+    if history and "val_accuracy" in history[-1]:
+        results["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
+    if state == "finished":
+        results["test"] = evaluate(forward, eval_batches["test"], loss_fn, splits.label_names, dtype)
+    _write_run(folder, recipe, model, splits, results)
+    return RunResult(folder, results)
+
+
+def _build_loss(recipe: Recipe) -> nn.Module:
+    factory = registry.get("loss", recipe.loss.name).load()
+    recipes.check_args(factory, recipe.loss.args, "loss.args")
+    try:
+        return factory(**recipe.loss.args)
+    except ValueError as exc:
+        raise ZooError(f"loss.args: {recipe.loss.name} rejected its arguments: {exc}") from exc
+
+
+def _write_run(folder: Path, recipe: Recipe, model: nn.Module, splits: Splits, results: dict[str, Any]) -> None:
+    recipe_hash = recipe.hash
+    metadata = {"label_names": json.dumps(splits.label_names), "recipe_hash": recipe_hash, "format": "pt"}
+    artifacts.write_weights(folder / artifacts.WEIGHTS, model.state_dict(), metadata)
+    config = {
+        "architecture": recipe.model.backbone,
+        "num_classes": len(splits.label_names),
+        "num_features": model.num_features,
+        "label_names": splits.label_names,
+        "pretrained_cfg": {
+            "input_size": list(splits.input_size),
+            "mean": list(splits.mean),
+            "std": list(splits.std),
+            "num_classes": len(splits.label_names),
+        },
+        "zoo": {"version": __version__, "recipe_hash": recipe_hash, "recipe": recipe.to_dict()},
+    }
+    artifacts.write_json(folder / artifacts.CONFIG, config)
+    card = artifacts.model_card(
+        recipe.name, recipe.description, recipe.model.backbone, recipe.data.dataset, results, recipe.to_toml()
+    )
+    artifacts.write_text(folder / artifacts.MODEL_CARD, card)
+    artifacts.write_json(folder / artifacts.RESULTS, results)  # last: its state marks the folder complete
+
+
+def _print_setup(
+    recipe: Recipe, model: nn.Module, groups: list[dict], splits: Splits, device: torch.device, dtype: torch.dtype | None
+) -> None:
+    val = len(splits.val) if splits.val is not None else 0
+    print(
+        f"{recipe.name}: {recipe.model.backbone} on {recipe.data.dataset} "
+        f"({len(splits.label_names)} classes: {', '.join(splits.label_names)})"
+    )
+    print(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {tuple(splits.input_size)}")
+    precision = str(dtype).removeprefix("torch.") if dtype else "fp32"
+    print(f"device: {device} ({precision}), batch {recipe.data.batch_size}, {recipe.optim.name} lr {recipe.optim.lr:g}")
+    width = max(len(row[0]) for row in freeze.summary(model, groups))
+    print(f"{'group':<{width}}  {'tensors':>7}  {'parameters':>12}  lr")
+    for name, tensors, count, lr in freeze.summary(model, groups):
+        print(f"{name:<{width}}  {tensors:>7}  {count:>12,}  {lr}")
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    line = (
+        f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}, "
+        f"{record['images_per_second']:.0f} img/s, {record['seconds']:.1f}s"
+    )
+    if "val_accuracy" in record:
+        line += f", val loss {record['val_loss']:.4f}, val acc {100 * record['val_accuracy']:.2f}%"
+    return line
+
