@@ -63,7 +63,7 @@ def create_loss(name: str, **args: Any) -> nn.Module:
 
 def load(run_folder: str | Path) -> tuple[nn.Module, list[str]]:
     """The model saved in a run folder (in eval mode) and its label names."""
-    from .artifacts import load_run
+    from .model import load_run
 
     return load_run(Path(run_folder))
 

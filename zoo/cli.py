@@ -138,19 +138,15 @@ def _format_parameter(parameter: inspect.Parameter) -> str:
 def plugins() -> None:
     """List plugin distributions and their entry points, loading each to report any that fail."""
     results = registry.load_all()
-    by_provider: dict[str, list[tuple[registry.Plugin, registry.PluginLoadError | None]]] = {}
-    for plugin, error in results:
-        by_provider.setdefault(plugin.provider, []).append((plugin, error))
-    for provider, entries in by_provider.items():
-        click.echo(f"{provider} {entries[0][0].version}".rstrip())
-        for plugin, error in entries:
-            status = "ok" if error is None else "FAILED"
-            click.echo(f"  {plugin.kind:<8} {plugin.name:<20} {plugin.target}  [{status}]")
+    print_table(
+        [(p.provider, p.version, p.kind, p.name, p.target, "ok" if error is None else "FAILED") for p, error in results],
+        ("PROVIDER", "VERSION", "KIND", "NAME", "TARGET", "STATUS"),
+    )
     failed = [(plugin, error) for plugin, error in results if error is not None]
     if failed:
         click.echo(f"\n{len(failed)} plugin(s) failed to load and were skipped:")
         for plugin, error in failed:
-            click.echo(f"  {plugin.qualified_name}: {error.__cause__ or error}")
+            click.echo(f"  {plugin.qualified_name}: {error.__cause__!r}")
 
 
 RECIPE_ARGUMENT = click.argument("recipe_path", metavar="RECIPE")

@@ -97,8 +97,10 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     train = split_of(train_set, train_parts, train_targets)
     val = split_of(train_set, val_parts, train_targets) if config.val_split > 0 else None
     test = split_of(test_set, None, targets_of(test_set))
-    sample, _ = train_set[0] if not is_in_memory(train_set) else (train_set.images[0], 0)
-    channels = sample.shape[0]
+    if len(test) == 0:
+        raise ZooError(f"dataset '{config.dataset}' has no test examples of the selected classes")
+    input_size = tuple(train_set.images.shape[1:] if is_in_memory(train_set) else train_set[0][0].shape)
+    channels = input_size[0]
     return Splits(
         train=train,
         val=val,
@@ -106,7 +108,7 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         label_names=[names[i] for i in selected],
         mean=tuple(getattr(train_set, "mean", (0.0,) * channels)),
         std=tuple(getattr(train_set, "std", (1.0,) * channels)),
-        input_size=tuple(sample.shape),
+        input_size=input_size,
     )
 
 

@@ -15,9 +15,9 @@ class ZooError(Exception):
     """A mistake in what the user asked for; the message says what is wrong and how to fix it."""
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """' (did you mean 'x' or 'y'?)', or '' when nothing is close."""
+def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
+    """' (did you mean 'x' or 'y'?)', or '' when nothing is close; ``prefix`` goes before each."""
     close = difflib.get_close_matches(word, list(choices), n=3, cutoff=0.6)
     if not close:
         return ""
-    return " (did you mean " + " or ".join(repr(c) for c in close) + "?)"
+    return " (did you mean " + " or ".join(repr(prefix + c) for c in close) + "?)"

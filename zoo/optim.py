@@ -41,7 +41,7 @@ def lr_factor(config: ScheduleConfig, step: int, total_steps: int, steps_per_epo
         rise = max(1, round(config.pct_start * total_steps))
         if step < rise:
             return start + (1.0 - start) * (1 - math.cos(math.pi * step / rise)) / 2
-        progress = min(1.0, (step - rise) / max(1, total_steps - rise))
+        progress = min(1.0, (step - rise) / max(1, total_steps - 1 - rise))  # the last step ends low, as torch's
         return end + (1.0 - end) * (1 + math.cos(math.pi * progress)) / 2
     warmup = round(config.warmup_epochs * steps_per_epoch)
     if step < warmup:

@@ -312,7 +312,8 @@ def _explain(exc: ValidationError, path: Path, override_keys: set[str]) -> str:
     if error["type"] == "extra_forbidden":
         parent = _schema_at(parts[:-1])
         siblings = list(parent.model_fields) if parent else []
-        allowed = did_you_mean(str(parts[-1]), siblings) or f" (allowed here: {', '.join(siblings)})"
+        parent_key = key.rpartition(".")[0]
+        allowed = did_you_mean(str(parts[-1]), siblings, f"{parent_key}." if parent_key else "") or f" (allowed here: {', '.join(siblings)})"
         return f"{origin}: unknown key '{key}'{allowed}"
     if error["type"] == "missing":
         return f"{origin}: missing required key '{key}'"
@@ -416,7 +417,7 @@ def check_args(factory: Any, args: Mapping[str, Any], key: str, positional: tupl
 
 def _fits(value: Any, expected: type) -> bool:
     if expected is bool or isinstance(value, bool):
-        return isinstance(value, expected)
+        return expected is bool and isinstance(value, bool)
     if expected is float:
         return isinstance(value, int | float)
     return isinstance(value, expected)

@@ -134,15 +134,100 @@ def evaluate(
     return {"loss": float(loss_sum) / max(1, len(batches.split)), **scores(matrix, label_names)}
 
 
+class Trainer:
+    """The training loop and its state: model, optimiser, grad scaler and the optimiser step."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: nn.Module,
+        batches: Batches,
+        dtype: torch.dtype | None,
+    ) -> None:
+        self.recipe = recipe
+        self.config = recipe.train
+        self.model = model
+        self.forward = torch.compile(model) if self.config.compile else model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.batches = batches
+        self.device = batches.device
+        self.dtype = dtype
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
+        self.steps_per_epoch = math.ceil(len(batches) / self.config.grad_accum)
+        self.total_steps = self.config.epochs * self.steps_per_epoch
+        if self.config.max_steps:
+            self.total_steps = min(self.total_steps, self.config.max_steps)
+        self.step = 0
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def unfreeze_stages(self, epoch: int) -> None:
+        for stage in self.recipe.model.freeze.stages:
+            group = freeze.unfreeze_stage(self.model, stage, self.recipe.optim.lr) if stage.epoch == epoch else None
+            if group:
+                self.optimizer.add_param_group(group)
+                print(f"epoch {epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
+
+    def train_epoch(self, epoch: int, progress: bool) -> dict[str, Any]:
+        """One pass over the training batches (or up to the last step); the epoch's record."""
+        self.unfreeze_stages(epoch)
+        self.model.train()
+        freeze.keep_frozen_bn_in_eval(self.model, self.recipe.model.freeze.train_bn)
+        started = time.perf_counter()
+        loss_sum = torch.zeros((), device=self.device)
+        seen = 0
+        bar = tqdm(total=len(self.batches.split), desc=f"epoch {epoch}/{self.config.epochs}", unit="img",
+                   unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
+        for index, (inputs, labels) in enumerate(self.batches.epoch(epoch)):
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                loss = self.loss_fn(self.forward(inputs), labels)
+            self.scaler.scale(loss / self.config.grad_accum).backward()
+            loss_sum += loss.detach() * len(labels)
+            seen += len(labels)
+            bar.update(len(labels))
+            if (index + 1) % self.config.grad_accum and index + 1 < len(self.batches):
+                continue
+            self._optimizer_step()
+            if self.step % self.config.log_every == 0:  # the loop's only host sync
+                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+            if self.done:
+                break
+        bar.close()
+        seconds = time.perf_counter() - started
+        return {
+            "epoch": epoch,
+            "step": self.step,
+            "train_loss": float(loss_sum) / max(1, seen),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_second": seen / seconds,
+        }
+
+    def _optimizer_step(self) -> None:
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        set_lr(self.optimizer, lr_factor(self.recipe.schedule, self.step, self.total_steps, self.steps_per_epoch))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+
 def run(recipe: Recipe, progress: bool = True, dry_run: bool = False) -> RunResult | None:
     """Train and evaluate ``recipe``; returns the run folder and results (None for a dry run)."""
     seed_everything(recipe.train.seed)
-    train_config = recipe.train
-    device = resolve_device(train_config.device)
-    dtype = autocast_dtype(train_config.precision, device)
-    torch.use_deterministic_algorithms(train_config.deterministic)
+    device = resolve_device(recipe.train.device)
+    dtype = autocast_dtype(recipe.train.precision, device)
+    torch.use_deterministic_algorithms(recipe.train.deterministic)
+    folder = output_folder(recipe)
     source = pretrained_folder(recipe, progress, dry_run)
-    splits = load_splits(recipe.data, train_config.seed)
+    splits = load_splits(recipe.data, recipe.train.seed)
     num_classes = recipe.model.head.num_classes or len(splits.label_names)
     if num_classes != len(splits.label_names):
         raise ZooError(
@@ -150,12 +235,12 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False) -> RunResu
             "classes; make them agree or leave num_classes out"
         )
 
-    seed_everything(recipe.train.seed)
+    seed_everything(recipe.train.seed)  # the same initial weights whatever ran before
     model = build_model(recipe.model, num_classes)
     if source is not None:
         print(load_pretrained(model, source, recipe.model.backbone, splits.label_names))
     freeze.apply(model, recipe.model.freeze)
-    memory_format = torch.channels_last if train_config.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     groups = freeze.param_groups(model, recipe.optim.lr, recipe.optim.backbone_lr_mult)
     if not groups:
@@ -166,86 +251,33 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False) -> RunResu
         return None
 
     loss_fn = _build_loss(recipe).to(device)
-    batch_options = {"device": device, "mean": splits.mean, "std": splits.std, "channels_last": train_config.channels_last}
-    train_batches = Batches(
-        splits.train, recipe.data.batch_size, shuffle=True, seed=train_config.seed,
-        num_workers=recipe.data.num_workers, **batch_options,
-    )  # fmt: skip
-    eval_batches = {
-        name: Batches(split, recipe.data.eval_batch_size, num_workers=recipe.data.num_workers, **batch_options)
-        for name, split in (("val", splits.val), ("test", splits.test))
-        if split is not None
-    }
-    folder = output_folder(recipe)
+    batch_options = {
+        "device": device, "mean": splits.mean, "std": splits.std,
+        "channels_last": recipe.train.channels_last, "num_workers": recipe.data.num_workers,
+    }  # fmt: skip
+    train_batches = Batches(splits.train, recipe.data.batch_size, shuffle=True, seed=recipe.train.seed, **batch_options)
+    val_batches = Batches(splits.val, recipe.data.eval_batch_size, **batch_options) if splits.val else None
+    trainer = Trainer(recipe, model, optimizer, loss_fn, train_batches, dtype)
     folder.mkdir(parents=True, exist_ok=True)
     artifacts.write_text(folder / artifacts.RECIPE, recipe.to_toml())
     print(f"run folder: {folder}")
 
-    forward = torch.compile(model) if train_config.compile else model
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype is torch.float16)
-    steps_per_epoch = math.ceil(len(train_batches) / train_config.grad_accum)
-    total_steps = train_config.epochs * steps_per_epoch
-    if train_config.max_steps:
-        total_steps = min(total_steps, train_config.max_steps)
     history: list[dict[str, Any]] = []
     state, reason = "finished", ""
-    step = 0
     started = time.perf_counter()
     try:
-        for epoch in range(1, train_config.epochs + 1):
-            for stage in recipe.model.freeze.stages:
-                group = freeze.unfreeze_stage(model, stage, recipe.optim.lr) if stage.epoch == epoch else None
-                if group:
-                    optimizer.add_param_group(group)
-                    print(f"epoch {epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
-            model.train()
-            freeze.keep_frozen_bn_in_eval(model, recipe.model.freeze.train_bn)
-            epoch_started = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
-            seen = 0
-            bar = tqdm(total=len(splits.train), desc=f"epoch {epoch}/{train_config.epochs}", unit="img",
-                       unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
-            for index, (inputs, labels) in enumerate(train_batches.epoch(epoch)):
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    loss = loss_fn(forward(inputs), labels)
-                scaler.scale(loss / train_config.grad_accum).backward()
-                loss_sum += loss.detach() * len(labels)
-                seen += len(labels)
-                bar.update(len(labels))
-                if (index + 1) % train_config.grad_accum and index + 1 < len(train_batches):
-                    continue
-                if train_config.grad_clip:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip)
-                set_lr(optimizer, lr_factor(recipe.schedule, step, total_steps, steps_per_epoch))
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                if step % train_config.log_every == 0:  # the only host sync in the loop
-                    bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
-                if step >= total_steps:
-                    break
-            bar.close()
-            seconds = time.perf_counter() - epoch_started
-            record = {
-                "epoch": epoch,
-                "step": step,
-                "train_loss": float(loss_sum) / max(1, seen),
-                "lr": optimizer.param_groups[0]["lr"],
-                "seconds": seconds,
-                "images_per_second": seen / seconds,
-            }
-            if "val" in eval_batches:
-                val = evaluate(forward, eval_batches["val"], loss_fn, splits.label_names, dtype)
+        for epoch in range(1, recipe.train.epochs + 1):
+            record = trainer.train_epoch(epoch, progress)
+            if val_batches is not None:
+                val = evaluate(trainer.forward, val_batches, loss_fn, splits.label_names, dtype)
                 record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
             history.append(record)
             artifacts.write_text(folder / artifacts.METRICS, "".join(json.dumps(r) + "\n" for r in history))
-            print(_epoch_line(record, train_config.epochs))
-            if step >= total_steps:
+            print(_epoch_line(record, recipe.train.epochs))
+            if trainer.done:
                 break
     except KeyboardInterrupt:
-        state, reason = "interrupted", f"stopped by Ctrl-C in epoch {len(history) + 1}, after step {step}"
+        state, reason = "interrupted", f"stopped by Ctrl-C in epoch {len(history) + 1}, after step {trainer.step}"
         print(f"\n{reason}: saving the run folder")
 
     results: dict[str, Any] = {
@@ -253,13 +285,14 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False) -> RunResu
         "reason": reason,
         "recipe_hash": recipe.hash,
         "epochs": len(history),
-        "steps": step,
+        "steps": trainer.step,
         "train_seconds": time.perf_counter() - started,
     }
     if history and "val_accuracy" in history[-1]:
         results["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
     if state == "finished":
-        results["test"] = evaluate(forward, eval_batches["test"], loss_fn, splits.label_names, dtype)
+        test_batches = Batches(splits.test, recipe.data.eval_batch_size, **batch_options)
+        results["test"] = evaluate(trainer.forward, test_batches, loss_fn, splits.label_names, dtype)
     _write_run(folder, recipe, model, splits, results)
     return RunResult(folder, results)
 

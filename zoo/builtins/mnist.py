@@ -25,8 +25,9 @@ class MNIST(Dataset):
         try:
             source = torchvision.datasets.MNIST(str(root), train=split == "train", download=download)
         except (RuntimeError, OSError, urllib.error.URLError) as exc:
+            reason = " ".join(str(exc).split())  # torchvision's message spans lines
             raise ZooError(
-                f"MNIST not found in {Path(root) / 'MNIST' / 'raw'} and not downloadable ({exc}); "
+                f"MNIST not found in {Path(root) / 'MNIST' / 'raw'} and not downloadable ({reason}); "
                 "set ZOO_DATA_DIR (or data.root in the recipe) to a folder that holds MNIST/raw/"
             ) from exc
         self.images = source.data.unsqueeze(1)  # uint8, N x 1 x 28 x 28

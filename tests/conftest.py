@@ -1,0 +1,107 @@
+"""Shared fixtures: MNIST through ZOO_DATA_DIR, an isolated cache and cwd, fake plugin distributions."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import zoo
+from zoo import registry
+from zoo.errors import ZooError
+from zoo.recipe import default_data_dir
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPES = REPO / "recipes"
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test works in its own folder with its own zoo cache, and sees freshly discovered plugins."""
+    monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("ZOO_STRICT_PLUGINS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    registry.refresh()
+    yield tmp_path
+    registry.refresh()
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    """The MNIST files, found the way users point zoo at them: ZOO_DATA_DIR (else zoo's default)."""
+    root = default_data_dir()
+    try:
+        zoo.create_dataset("mnist", root, "test")
+    except ZooError as exc:
+        pytest.fail(f"these tests need MNIST: {exc}")
+    return root
+
+
+def make_distribution(
+    site: Path, name: str, entry_points: dict[str, dict[str, str]], modules: dict[str, str], version: str = "1.0"
+) -> Path:
+    """An installed distribution as importlib.metadata sees one: a dist-info folder plus modules."""
+    site.mkdir(parents=True, exist_ok=True)
+    dist_info = site / f"{name.replace('-', '_')}-{version}.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    groups = "".join(
+        f"[{group}]\n" + "".join(f"{ep} = {target}\n" for ep, target in eps.items()) + "\n"
+        for group, eps in entry_points.items()
+    )
+    (dist_info / "entry_points.txt").write_text(groups)
+    for filename, source in modules.items():
+        (site / filename).write_text(textwrap.dedent(source))
+    return site
+
+
+BROKEN_MODULE = {"broken_plugin.py": 'def net():\n    """Never seen."""\n\nraise ImportError("plugin is broken on purpose")\n'}
+GOOD_MODULE = {
+    "good_plugin.py": '''
+    from torch import nn
+
+    def wide(width: int = 8):
+        """A linear backbone from the fake distribution."""
+        model = nn.Sequential(nn.Flatten(), nn.LazyLinear(width))
+        model.num_features = width
+        return model
+    '''
+}
+
+
+@pytest.fixture
+def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A distribution 'broken-plugin' whose model module raises on import, on sys.path."""
+    site = make_distribution(tmp_path / "site", "broken-plugin", {"zoo.models": {"broken_net": "broken_plugin:net"}}, BROKEN_MODULE)
+    monkeypatch.syspath_prepend(str(site))
+    registry.refresh()
+    return site
+
+
+def zoo_command(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run the installed `zoo` as a user would, in a subprocess."""
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("zoo")), *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        cwd=cwd,
+        timeout=600,
+    )
+
+
+def assert_user_error(result: subprocess.CompletedProcess | object, *fragments: str) -> str:
+    """Exit code 2, exactly one line on stderr naming every fragment, no traceback."""
+    code = getattr(result, "returncode", getattr(result, "exit_code", None))
+    stderr = result.stderr
+    assert code == 2, f"exit {code}\nstdout: {result.stdout}\nstderr: {stderr}"
+    assert "Traceback" not in stderr + result.stdout
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]

@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import assert_user_error, zoo_command
+
+
+def imported_modules(*args: str) -> set[str]:
+    """Modules that `zoo ARGS` imports, from python -X importtime."""
+    result = zoo_command(*args, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert result.returncode == 0, result.stderr
+    return {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+
+
+def test_help_and_list_import_no_torch_and_no_plugin() -> None:
+    for args in (["--help"], ["list"]):
+        modules = imported_modules(*args)
+        assert "click" in modules
+        assert not {"torch", "timm", "torchvision", "zoo.builtins.mnist_cnn", "zoo_shapes.models"} & modules, args
+
+
+def test_version() -> None:
+    result = zoo_command("--version")
+    assert result.returncode == 0 and result.stdout.startswith("zoo, version ")
+
+
+def test_list_shows_builtins_with_provider() -> None:
+    result = zoo_command("list")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:4] for line in result.stdout.splitlines()[1:]}
+    assert rows["mnist_cnn"][:2] == ["model", "zoo"]
+    assert rows["mnist"][:2] == ["dataset", "zoo"]
+    for loss in ("cross_entropy", "nll", "mse", "focal"):
+        assert rows[loss][:2] == ["loss", "zoo"]
+
+
+def test_list_kind_pattern_and_json() -> None:
+    result = zoo_command("list", "losses", "*e*", "--json")
+    entries = json.loads(result.stdout)
+    assert {e["name"] for e in entries} == {"cross_entropy", "mse"}
+    assert {e["kind"] for e in entries} == {"loss"}
+
+
+def test_info_shows_arguments_defaults_types_and_doc() -> None:
+    result = zoo_command("info", "mnist_cnn")
+    assert result.returncode == 0, result.stderr
+    assert "model, from zoo" in result.stdout
+    for argument in ("conv1: int = 32", "conv2: int = 64", "hidden: int = 128", "dropout1: float = 0.25", "dropout2: float = 0.5"):
+        assert argument in result.stdout
+    assert "Classic PyTorch MNIST CNN" in result.stdout
+
+
+def test_unknown_name_is_one_line_with_suggestion() -> None:
+    assert_user_error(zoo_command("info", "nosuchmodel"), "unknown model 'nosuchmodel'")
+    assert_user_error(zoo_command("info", "mnist_cnm"), "did you mean 'mnist_cnn'")
+
+
+def test_broken_plugin_listed_reported_and_strict(broken_site: Path) -> None:
+    env = {"PYTHONPATH": str(broken_site)}
+    listing = zoo_command("list", env=env)
+    assert listing.returncode == 0, listing.stderr
+    assert "broken_net" in listing.stdout and "mnist_cnn" in listing.stdout
+
+    report = zoo_command("plugins", env=env)
+    assert report.returncode == 0, report.stderr
+    assert "broken-plugin" in report.stdout
+    assert "plugin is broken on purpose" in report.stdout
+    assert "mnist_cnn" in report.stdout
+
+    for args in (["plugins"], ["list"]):
+        assert_user_error(zoo_command(*args, env={**env, "ZOO_STRICT_PLUGINS": "1"}), "broken_net", "ZOO_STRICT_PLUGINS")
+
+
+def test_example_plugin_is_installed_under_its_distribution() -> None:
+    entries = {e["name"]: e for e in json.loads(zoo_command("list", "--json").stdout)}
+    for name, kind in (("tiny_mlp", "model"), ("shapes", "dataset"), ("poly1", "loss")):
+        assert entries[name]["provider"] == "zoo-shapes"
+        assert entries[name]["kind"] == kind
+
+
+def test_python_dash_m_runs_the_same_cli() -> None:
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "zoo", "list", "models"], capture_output=True, text=True, check=True)
+    assert "mnist_cnn" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["list", "info", "plugins", "run", "show", "schema"])
+def test_every_command_explains_itself(command: str) -> None:
+    result = zoo_command(command, "--help")
+    assert result.returncode == 0
+    assert "Usage: zoo " + command in result.stdout

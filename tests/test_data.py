@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from zoo.data import Batches, load_splits, select_classes
+from zoo.errors import ZooError
+from zoo.recipe import DataConfig
+
+
+def test_select_classes_by_index_or_name_in_the_given_order() -> None:
+    names = ["cat", "dog", "eel"]
+    assert select_classes(None, names) == [0, 1, 2]
+    assert select_classes([2, "cat"], names) == [2, 0]
+    with pytest.raises(ZooError, match="did you mean 'dog'"):
+        select_classes(["dgo"], names)
+    with pytest.raises(ZooError, match="listed twice"):
+        select_classes([1, "dog"], names)
+
+
+def test_splits_relabel_stratify_and_take_per_class(mnist_dir: Path) -> None:
+    config = DataConfig(dataset="mnist", classes=[7, 2], per_class=30, val_split=0.1)
+    splits = load_splits(config, seed=0)
+    assert splits.label_names == ["7", "2"]
+    assert torch.bincount(splits.train.labels).tolist() == [30, 30]
+    val_counts = torch.bincount(splits.val.labels).tolist()
+    assert val_counts == [round(6265 * 0.1), round(5958 * 0.1)]  # digit 7 and 2 training counts
+    raw = splits.train.dataset.targets
+    assert set(raw[splits.train.indices].tolist()) == {7, 2}
+    assert not set(splits.train.indices.tolist()) & set(splits.val.indices.tolist())
+    assert len(splits.test) == 1028 + 1032
+    again = load_splits(config, seed=0)
+    assert torch.equal(again.train.indices, splits.train.indices)
+    assert not torch.equal(load_splits(config, seed=1).train.indices, splits.train.indices)
+
+
+def test_in_memory_batches_equal_the_datasets_own_items(mnist_dir: Path) -> None:
+    splits = load_splits(DataConfig(dataset="mnist", classes=[3], per_class=10, val_split=0.0), seed=0)
+    batches = Batches(splits.train, 4, torch.device("cpu"), splits.mean, splits.std)
+    inputs, labels = next(iter(batches.epoch()))
+    expected = torch.stack([splits.train[i][0] for i in range(4)])
+    assert torch.allclose(inputs, expected, atol=1e-5)
+    assert labels.tolist() == [0, 0, 0, 0]
+    assert len(batches) == 3
+
+
+def test_shuffled_order_depends_on_seed_and_epoch_and_covers_everything(mnist_dir: Path) -> None:
+    splits = load_splits(DataConfig(dataset="mnist", classes=[0, 1], per_class=8, val_split=0.0), seed=0)
+
+    def order(seed: int, epoch: int) -> list[float]:
+        batches = Batches(splits.train, 5, torch.device("cpu"), (0.0,), (1.0,), shuffle=True, seed=seed)
+        return [float(x.sum()) for inputs, _ in batches.epoch(epoch) for x in inputs]
+
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 1) != order(0, 2) and order(0, 1) != order(1, 1)
+    assert sorted(order(0, 1)) == sorted(order(0, 2))
+
+
+def test_dataloader_path_for_datasets_not_in_memory(mnist_dir: Path) -> None:
+    splits = load_splits(DataConfig(dataset="mnist", classes=[4, 9], per_class=6, val_split=0.0), seed=0)
+    memory = Batches(splits.train, 5, torch.device("cpu"), splits.mean, splits.std, shuffle=True, seed=3)
+    splits.train.dataset = _NotInMemory(splits.train.dataset)
+    loader = Batches(splits.train, 5, torch.device("cpu"), splits.mean, splits.std, shuffle=True, seed=3, num_workers=0)
+    assert not loader.in_memory and memory.in_memory
+    for (a, la), (b, lb) in zip(memory.epoch(2), loader.epoch(2), strict=True):
+        assert torch.allclose(a, b, atol=1e-5) and torch.equal(la, lb)
+
+
+class _NotInMemory(torch.utils.data.Dataset):
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.dataset[index]

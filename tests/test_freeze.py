@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import zoo
+from zoo import artifacts, freeze, registry
+from zoo import recipe as recipes
+from zoo.errors import ZooError
+from zoo.model import Classifier
+from zoo.recipe import FreezeConfig, FreezeStage
+from zoo.train import run
+
+from conftest import RECIPES
+
+
+def small_model() -> Classifier:
+    backbone = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten())
+    backbone.num_features = 2 * 26 * 26
+    return Classifier(backbone, nn.Sequential(nn.Linear(backbone.num_features, 3)))
+
+
+def trainable(model: nn.Module) -> set[str]:
+    return {name for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_patterns_match_with_or_without_the_backbone_prefix() -> None:
+    model = small_model()
+    freeze.apply(model, FreezeConfig(freeze=["0.*"]))
+    assert trainable(model) == {"backbone.1.weight", "backbone.1.bias", "head.0.weight", "head.0.bias"}
+    freeze.apply(model, FreezeConfig(freeze=["backbone"], unfreeze=["backbone.1.*"]))
+    assert trainable(model) == {"backbone.1.weight", "backbone.1.bias", "head.0.weight", "head.0.bias"}
+    freeze.apply(model, FreezeConfig(freeze=["backbone"]))
+    assert trainable(model) == {"head.0.weight", "head.0.bias"}
+
+
+def test_stage_parameters_start_frozen_and_come_back_with_their_rate() -> None:
+    model = small_model()
+    stage = FreezeStage(epoch=2, unfreeze=["0.*"], lr_mult=0.1)
+    freeze.apply(model, FreezeConfig(stages=[stage]))
+    assert "backbone.0.weight" not in trainable(model)
+    group = freeze.unfreeze_stage(model, stage, lr=0.5)
+    assert group["lr"] == pytest.approx(0.05) and len(group["params"]) == 2
+    assert "backbone.0.weight" in trainable(model)
+    assert freeze.unfreeze_stage(model, stage, lr=0.5) is None
+
+
+def test_a_pattern_that_matches_nothing_is_a_user_error() -> None:
+    with pytest.raises(ZooError, match="model.freeze.unfreeze: pattern 'fc.*' matches no parameter"):
+        freeze.apply(small_model(), FreezeConfig(freeze=["backbone"], unfreeze=["fc.*"]))
+
+
+def test_frozen_batchnorm_stays_in_eval_unless_train_bn() -> None:
+    model = small_model()
+    freeze.apply(model, FreezeConfig(freeze=["backbone"]))
+    model.train()
+    freeze.keep_frozen_bn_in_eval(model, train_bn=False)
+    assert not model.backbone[1].training and model.head.training
+    model.train()
+    freeze.keep_frozen_bn_in_eval(model, train_bn=True)
+    assert model.backbone[1].training
+
+
+@pytest.mark.parametrize(("train_bn", "stats_change"), [(False, False), (True, True)])
+def test_batchnorm_statistics_through_a_whole_run(train_bn: bool, stats_change: bool, tmp_path: Path, mnist_dir: Path) -> None:
+    @zoo.register_model("bn_net")
+    def bn_net() -> nn.Module:
+        """A conv + BatchNorm backbone for this test."""
+        backbone = nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten())
+        backbone.num_features = 4 * 13 * 13
+        return backbone
+
+    try:
+        common = ["model.backbone=bn_net", "data.classes=[0,1]", "data.per_class=10", "train.max_steps=3", "data.batch_size=4"]
+        source = run(recipes.load(RECIPES / "mnist.toml", [*common, f"output.dir={tmp_path / 'a'}"]), progress=False)
+        tuned = run(
+            recipes.load(
+                RECIPES / "mnist.toml",
+                [*common, f"model.pretrained={source.folder}", "model.freeze.freeze=backbone", f"model.freeze.train_bn={str(train_bn).lower()}", f"output.dir={tmp_path / 'b'}"],
+            ),
+            progress=False,
+        )
+    finally:
+        registry.unregister("model", "bn_net")
+    before, after = artifacts.read_weights(source.folder), artifacts.read_weights(tuned.folder)
+    assert torch.equal(before["backbone.1.weight"], after["backbone.1.weight"])  # frozen either way
+    assert torch.equal(before["backbone.1.running_mean"], after["backbone.1.running_mean"]) != stats_change

@@ -1,0 +1,144 @@
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import jsonschema
+import pytest
+from click.testing import CliRunner
+
+from zoo import recipe as recipes
+from zoo.cli import cli
+from zoo.errors import ZooError
+
+from conftest import RECIPES, REPO, assert_user_error
+
+SHIPPED = sorted(RECIPES.glob("*.toml")) + [REPO / "plugins" / "zoo-shapes" / "shapes.toml"]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+MINIMAL = 'name = "tiny"\n[model]\nbackbone = "mnist_cnn"\n[data]\ndataset = "mnist"\n'
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_recipes_pass_the_schema_and_the_json_schema(path: Path) -> None:
+    recipe = recipes.load(path)
+    assert recipe.name == path.stem
+    header = path.read_text().splitlines()[0]
+    assert header.startswith(f"# {path.stem}:"), "every recipe's header says what it does"
+    assert "zoo run" in path.read_text(), "every recipe's header says how to run it"
+    with path.open("rb") as file:
+        jsonschema.validate(tomllib.load(file), recipes.json_schema())
+
+
+def test_schema_command_prints_json_schema() -> None:
+    result = CliRunner().invoke(cli, ["schema"])
+    schema = json.loads(result.stdout)
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {"name", "model", "data"}
+    assert "train" in schema["properties"]
+
+
+def test_extends_merges_deeply_and_paths_follow_their_file(tmp_path: Path) -> None:
+    (tmp_path / "base").mkdir()
+    write(tmp_path / "base" / "base.toml", MINIMAL + 'root = "data"\nclasses = [1, 2]\n[train]\nepochs = 7\nseed = 3\n[model.freeze]\nfreeze = "backbone"\n')
+    child = write(tmp_path / "child.toml", 'extends = "base/base.toml"\nname = "child"\n[train]\nepochs = 2\n[model]\npretrained = "recipe:other.toml"\n')
+    recipe = recipes.load(child, check=False)
+    assert recipe.name == "child"
+    assert (recipe.train.epochs, recipe.train.seed) == (2, 3)
+    assert recipe.model.freeze.freeze == ["backbone"]
+    assert recipe.data.classes == [1, 2]
+    assert recipe.data.root == str(tmp_path / "base" / "data")
+    assert recipe.model.pretrained == f"recipe:{tmp_path / 'other.toml'}"
+    assert "extends" not in recipe.to_dict()
+
+
+def test_overrides_are_typed_by_toml_and_the_schema(tmp_path: Path) -> None:
+    path = write(tmp_path / "r.toml", MINIMAL)
+    recipe = recipes.load(
+        path,
+        ["train.epochs=1", "optim.lr=3e-4", "data.classes=[1,2]", "optim.name=sgd", "model.pretrained=false", "model.head.hidden=[8, 4]", "data.root=here"],
+        check=False,
+    )
+    assert recipe.train.epochs == 1
+    assert recipe.optim.lr == 3e-4 and recipe.optim.name == "sgd"
+    assert recipe.data.classes == [1, 2]
+    assert recipe.model.pretrained is False
+    assert recipe.model.head.hidden == [8, 4]
+    assert recipe.data.root == str(tmp_path / "here")  # override paths are relative to the cwd
+
+
+def test_resolved_recipe_round_trips_and_hash_ignores_the_output_folder(tmp_path: Path) -> None:
+    recipe = recipes.load(RECIPES / "mnist_finetune.toml")
+    again = recipes.load(write(tmp_path / "resolved.toml", recipe.to_toml()))
+    assert again == recipe
+    assert recipes.load(RECIPES / "mnist_finetune.toml", ["output.dir=/elsewhere"]).hash == recipe.hash
+    assert recipes.load(RECIPES / "mnist_finetune.toml", ["train.seed=1"]).hash != recipe.hash
+
+
+def test_show_prints_the_resolved_recipe() -> None:
+    result = CliRunner().invoke(cli, ["show", str(RECIPES / "mnist_finetune.toml"), "train.epochs=3"])
+    assert result.exit_code == 0, result.stderr
+    resolved = tomllib.loads(result.stdout)
+    assert resolved["train"]["epochs"] == 3
+    assert resolved["model"]["pretrained"] == f"recipe:{RECIPES / 'mnist_pretrain.toml'}"
+    assert resolved["optim"]["lr"] == 3e-3
+
+
+BAD_RECIPES = {
+    "malformed TOML": ("name = \n", [], "not valid TOML"),
+    "unknown top-level key": (MINIMAL + "[trian]\nepochs = 1\n", [], "unknown key 'trian' (did you mean 'train'?)"),
+    "misspelt nested key": (MINIMAL + "[train]\nepoch = 1\n", [], "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    "wrong type": (MINIMAL + '[train]\nepochs = "ten"\n', [], "train.epochs: Input should be a valid integer"),
+    "out of range": (MINIMAL + "[train]\nepochs = 0\n", [], "train.epochs: Input should be greater than or equal to 1"),
+    "bad choice": (MINIMAL + '[optim]\nname = "adagrad"\n', [], "optim.name: Input should be 'sgd', 'adam', 'adamw' or 'adadelta'"),
+    "missing key": ('name = "x"\n[model]\nbackbone = "mnist_cnn"\n', [], "missing required key 'data'"),
+    "key for another optimiser": (MINIMAL + '[optim]\nname = "adam"\nmomentum = 0.9\n', [], "optim.momentum does not apply to adam"),
+    "unknown backbone": (MINIMAL.replace("mnist_cnn", "resnet9000"), [], "model.backbone: unknown model 'resnet9000'"),
+    "unknown loss": (MINIMAL + '[loss]\nname = "crossentropy"\n', [], "did you mean 'cross_entropy'"),
+    "bad plugin arg": (MINIMAL + "[model.args]\nconvv1 = 8\n", [], "model.args.convv1: not an argument of this plugin (did you mean 'conv1'"),
+    "bad plugin arg type": (MINIMAL + '[model.args]\nconv1 = "wide"\n', [], "model.args.conv1: expected int"),
+    "pretrained=true without weights": (MINIMAL + "[model]\n", ["model.pretrained=true"], "has no weights of its own"),
+    "bad override syntax": (MINIMAL, ["train.epochs"], "write KEY=VALUE"),
+    "bad override value": (MINIMAL, ["train.epochs=ten"], "override train.epochs: train.epochs: Input should be a valid integer"),
+    "unknown override key": (MINIMAL, ["train.epohcs=1"], "did you mean 'train.epochs'"),
+    "wrong pretrained type": (MINIMAL, ["model.pretrained=3"], "model.pretrained"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_RECIPES, ids=list(BAD_RECIPES))
+def test_bad_recipe_is_one_line_exit_2(case: str, tmp_path: Path) -> None:
+    text, overrides, expected = BAD_RECIPES[case]
+    if case == "pretrained=true without weights":
+        text = MINIMAL
+    path = write(tmp_path / "bad.toml", text)
+    result = CliRunner().invoke(cli, ["show", str(path), *overrides])
+    line = assert_user_error(result, expected)
+    assert str(path) in line or line.startswith("zoo: error: override")
+
+
+def test_missing_recipe_and_extends_cycle(tmp_path: Path) -> None:
+    assert_user_error(CliRunner().invoke(cli, ["show", "nope.toml"]), "recipe not found", "nope.toml")
+    write(tmp_path / "a.toml", 'extends = "b.toml"\n' + MINIMAL)
+    write(tmp_path / "b.toml", 'extends = "a.toml"\n')
+    assert_user_error(CliRunner().invoke(cli, ["show", "a.toml"]), "extends cycle: a.toml -> b.toml -> a.toml")
+
+
+def test_merge_replaces_lists_and_keeps_inputs_unchanged() -> None:
+    base = {"a": {"b": [1, 2], "c": 1}}
+    merged = recipes.merge(base, {"a": {"b": [3]}})
+    assert merged == {"a": {"b": [3], "c": 1}}
+    assert base == {"a": {"b": [1, 2], "c": 1}}
+
+
+def test_check_args_accepts_ints_for_floats_and_rejects_bools_for_ints() -> None:
+    def factory(rate: float = 0.5, count: int = 2) -> None: ...
+
+    recipes.check_args(factory, {"rate": 1, "count": 3}, "model.args")
+    with pytest.raises(ZooError, match="model.args.count: expected int"):
+        recipes.check_args(factory, {"count": True}, "model.args")

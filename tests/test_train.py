@@ -1,0 +1,214 @@
+"""Whole recipes end to end on small MNIST subsets, as `zoo run` runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors import safe_open
+
+import zoo
+from zoo import artifacts, registry
+from zoo import recipe as recipes
+from zoo.cli import cli
+from zoo.data import Batches, load_splits
+from zoo.train import evaluate, run
+
+from conftest import RECIPES, assert_user_error
+
+# Small enough for seconds on 2 cores: 20 training images a class, two classes.
+TINY = ["data.per_class=20", "data.val_split=0.02", "train.epochs=1"]
+PRETRAIN = [*TINY, "data.classes=[0,1]", "data.batch_size=10", "train.epochs=3"]
+FINETUNE = [*TINY, "data.classes=[5,6]", "train.epochs=2"]
+
+
+def zoo_run(*args: str) -> tuple[str, Path]:
+    result = CliRunner().invoke(cli, ["run", *args, "--no-progress"])
+    assert result.exit_code == 0, result.output + result.stderr
+    folder = Path(result.stdout.strip().splitlines()[-1].split("run folder: ")[1].split(" (")[0])
+    return result.stdout, folder
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """A run folder of mnist_pretrain.toml on a small subset, shared by this module's tests."""
+    folder = tmp_path_factory.mktemp("pretrained") / "run"
+    recipe = recipes.load(RECIPES / "mnist_pretrain.toml", [*PRETRAIN, f"output.dir={folder}"])
+    assert run(recipe, progress=False).results["state"] == "finished"
+    return folder
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return artifacts.read_weights(folder)
+
+
+def test_run_folder_holds_every_file(pretrained: Path) -> None:
+    for name in ("model.safetensors", "config.json", "recipe.toml", "metrics.jsonl", "results.json", "README.md"):
+        assert (pretrained / name).is_file(), name
+    config = json.loads((pretrained / "config.json").read_text())
+    assert config["architecture"] == "mnist_cnn"
+    assert (config["num_classes"], config["num_features"], config["label_names"]) == (2, 128, ["0", "1"])
+    assert config["pretrained_cfg"]["mean"] == [0.1307] and config["pretrained_cfg"]["input_size"] == [1, 28, 28]
+    results = json.loads((pretrained / "results.json").read_text())
+    assert results["state"] == "finished"
+    assert set(results["test"]) >= {"accuracy", "precision", "recall", "f1", "per_class", "confusion_matrix"}
+    assert results["test"]["accuracy"] > 0.9  # 0 vs 1 is easy even from 40 images
+    assert config["zoo"]["recipe_hash"] == results["recipe_hash"]
+    with safe_open(str(pretrained / "model.safetensors"), "pt") as file:
+        metadata = file.metadata()
+    assert json.loads(metadata["label_names"]) == ["0", "1"]
+    assert metadata["recipe_hash"] == results["recipe_hash"]
+    epochs = [json.loads(line) for line in (pretrained / "metrics.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3] and "val_accuracy" in epochs[0]
+    assert not list(pretrained.glob(".*.tmp"))
+
+
+def test_load_round_trip_reproduces_the_test_metrics(pretrained: Path, mnist_dir: Path) -> None:
+    model, labels = zoo.load(pretrained)
+    assert labels == ["0", "1"] and not model.training
+    recipe = recipes.from_dict(json.loads((pretrained / "config.json").read_text())["zoo"]["recipe"])
+    splits = load_splits(recipe.data, recipe.train.seed)
+    batches = Batches(splits.test, 256, torch.device("cpu"), splits.mean, splits.std)
+    metrics = evaluate(model, batches, torch.nn.CrossEntropyLoss(), labels, None)
+    saved = json.loads((pretrained / "results.json").read_text())["test"]
+    assert metrics["accuracy"] == saved["accuracy"]
+    assert metrics["confusion_matrix"] == saved["confusion_matrix"]
+
+
+def test_finetune_freezes_convs_and_puts_a_new_head(pretrained: Path) -> None:
+    output, folder = zoo_run(str(RECIPES / "mnist_finetune.toml"), *FINETUNE, f"model.pretrained={pretrained}")
+    assert "new head for 2 classes (5, 6)" in output
+    assert "test: accuracy" in output and "confusion matrix" in output
+    before, after = weights(pretrained), weights(folder)
+    for name in ("backbone.conv1.weight", "backbone.conv1.bias", "backbone.conv2.weight", "backbone.conv2.bias"):
+        assert torch.equal(before[name], after[name]), f"{name} is frozen but changed"
+    assert not torch.equal(before["backbone.fc1.weight"], after["backbone.fc1.weight"])
+
+
+@pytest.mark.parametrize(
+    ("policy", "frozen", "trained"),
+    [
+        (["model.freeze.freeze=backbone"], ["conv1", "conv2", "fc1"], []),
+        (["model.freeze.freeze=backbone", 'model.freeze.unfreeze=["fc1.*"]'], ["conv1", "conv2"], ["fc1"]),
+        (["model.freeze.freeze=['backbone.conv*']"], ["conv1", "conv2"], ["fc1"]),
+        (["model.freeze.freeze=backbone", "model.freeze.stages=[{epoch=2, unfreeze=['conv2.*'], lr_mult=0.1}]"], ["conv1", "fc1"], ["conv2"]),
+        (["model.freeze.freeze=backbone", "model.freeze.stages=[{epoch=3, unfreeze=['conv2.*']}]"], ["conv1", "conv2", "fc1"], []),
+    ],
+    ids=["backbone", "unfreeze-exception", "glob-with-prefix", "stage-reached", "stage-not-reached"],
+)
+def test_freezing_policies(pretrained: Path, policy: list[str], frozen: list[str], trained: list[str]) -> None:
+    _, folder = zoo_run(str(RECIPES / "mnist_finetune.toml"), *FINETUNE, f"model.pretrained={pretrained}", "model.freeze.unfreeze=[]", *policy)
+    before, after = weights(pretrained), weights(folder)
+    for layer in frozen:
+        assert torch.equal(before[f"backbone.{layer}.weight"], after[f"backbone.{layer}.weight"]), layer
+    for layer in trained:
+        assert not torch.equal(before[f"backbone.{layer}.weight"], after[f"backbone.{layer}.weight"]), layer
+
+
+def test_recipe_source_runs_once_then_comes_from_the_cache(tmp_path: Path, mnist_dir: Path) -> None:
+    (tmp_path / "tiny_pretrain.toml").write_text(
+        f'extends = "{RECIPES / "mnist_pretrain.toml"}"\nname = "tiny_pretrain"\n'
+        "[data]\nper_class = 10\nval_split = 0.02\nclasses = [0, 1]\n[train]\nepochs = 1\n"
+    )
+    (tmp_path / "tiny_finetune.toml").write_text(
+        f'extends = "{RECIPES / "mnist_finetune.toml"}"\nname = "tiny_finetune"\n'
+        '[model]\npretrained = "recipe:tiny_pretrain.toml"\n'
+        "[data]\nper_class = 10\nval_split = 0.02\nclasses = [5, 6]\n[train]\nepochs = 1\n"
+    )
+    first, _ = zoo_run("tiny_finetune.toml")
+    assert "running tiny_pretrain.toml first" in first
+    cached = list((tmp_path / "cache" / "runs").iterdir())
+    assert len(cached) == 1 and cached[0].name.startswith("tiny_pretrain-")
+    second, folder = zoo_run("tiny_finetune.toml")
+    assert "tiny_pretrain.toml (cached in" in second and "running" not in second
+    assert torch.equal(weights(cached[0])["backbone.conv1.weight"], weights(folder)["backbone.conv1.weight"])
+
+
+def test_mnist_recipe_stops_at_max_steps(mnist_dir: Path) -> None:
+    output, folder = zoo_run(str(RECIPES / "mnist.toml"), "train.max_steps=3", "data.per_class=10", "data.classes=[3,4]", "data.batch_size=4")
+    results = json.loads((folder / "results.json").read_text())
+    assert (results["state"], results["steps"], results["epochs"]) == ("finished", 3, 1)
+    assert folder.parent == Path("runs") and folder.name.startswith("mnist-")
+
+
+def test_runs_are_reproducible_and_never_overwrite(mnist_dir: Path) -> None:
+    _, first = zoo_run(str(RECIPES / "mnist.toml"), "train.max_steps=4", "data.per_class=10", "data.classes=[3,4]")
+    _, second = zoo_run(str(RECIPES / "mnist.toml"), "train.max_steps=4", "data.per_class=10", "data.classes=[3,4]")
+    assert first != second
+    first_weights, second_weights = weights(first), weights(second)
+    assert first_weights.keys() == second_weights.keys()
+    assert all(torch.equal(first_weights[name], second_weights[name]) for name in first_weights)
+
+
+def test_dry_run_prints_groups_and_writes_nothing(mnist_dir: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--dry-run", "optim.backbone_lr_mult=0.1"])
+    assert result.exit_code == 0, result.stderr
+    lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.split()}
+    assert lines["head"] == ["2", "1,290", "0.003"]
+    assert lines["backbone"] == ["6", "1,198,592", "0.0003"]
+    assert lines["frozen"][:2] == ["0", "0"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_interrupted_run_leaves_a_usable_folder(mnist_dir: Path, tmp_path: Path) -> None:
+    calls = []
+
+    @zoo.register_loss("interrupting")
+    def interrupting() -> torch.nn.Module:
+        class Loss(torch.nn.CrossEntropyLoss):
+            def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+                calls.append(1)
+                if len(calls) == 3:
+                    raise KeyboardInterrupt
+                return super().forward(logits, targets)
+
+        return Loss()
+
+    try:
+        recipe = recipes.load(RECIPES / "mnist.toml", ["loss.name=interrupting", "data.per_class=50", "data.classes=[0,1]", "data.batch_size=10", f"output.dir={tmp_path / 'out'}"])
+        result = run(recipe, progress=False)
+    finally:
+        registry.unregister("loss", "interrupting")
+    assert result.results["state"] == "interrupted"
+    assert "Ctrl-C" in result.results["reason"]
+    model, labels = zoo.load(tmp_path / "out")
+    assert labels == ["0", "1"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (["data.per_class=6000"], "data.per_class = 6000, but class '0' has only"),
+        (["data.classes=[12]"], "data.classes: 12 is out of range"),
+        (["data.classes=['seven']"], "data.classes: no class named 'seven'"),
+        (["data.classes=[]"], "data.classes is empty"),
+        (["model.head.num_classes=3", "data.classes=[1,2]"], "model.head.num_classes = 3, but data.classes selects 2"),
+        (["model.pretrained=no/such/run"], "model.pretrained: run folder not found"),
+        (["model.freeze.freeze=['conv9.*']"], "pattern 'conv9.*' matches no parameter"),
+        (["model.freeze.freeze=['*']"], "freezes every parameter"),
+        (["model.args.image_size=4"], "model.args: mnist_cnn rejected its arguments"),
+        (["train.device=cuda"], "train.device = 'cuda', but this machine has no CUDA"),
+    ],
+)
+def test_bad_run_inputs_are_one_line_exit_2(overrides: list[str], expected: str, mnist_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--dry-run", *overrides])
+    assert_user_error(result, expected)
+
+
+def test_pretrained_of_another_shape_names_the_tensor(pretrained: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist_finetune.toml"), "--dry-run", f"model.pretrained={pretrained}", "model.args.hidden=64"])
+    assert_user_error(result, "backbone tensor 'fc1.bias' is [128]", "but [64] here")
+
+
+def test_output_folder_holding_a_run_is_refused(pretrained: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), f"output.dir={pretrained}"])
+    assert_user_error(result, "already holds a run")
+
+
+def test_missing_mnist_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "nodata"))
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--dry-run"])
+    assert_user_error(result, f"MNIST not found in {tmp_path / 'nodata' / 'MNIST' / 'raw'}", "ZOO_DATA_DIR")
