@@ -18,6 +18,10 @@ from zoo.recipe import default_data_dir
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"
 
+# Each test runs in its own folder: a relative ZOO_DATA_DIR means relative to where pytest started.
+if os.environ.get("ZOO_DATA_DIR"):
+    os.environ["ZOO_DATA_DIR"] = os.path.abspath(os.environ["ZOO_DATA_DIR"])
+
 
 @pytest.fixture(autouse=True)
 def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
