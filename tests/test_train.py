@@ -212,3 +212,44 @@ def test_missing_mnist_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "nodata"))
     result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--dry-run"])
     assert_user_error(result, f"MNIST not found in {tmp_path / 'nodata' / 'MNIST' / 'raw'}", "ZOO_DATA_DIR")
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ["train.precision=bf16", "train.grad_accum=2", "train.grad_clip=1.0", "train.channels_last=true"],
+        ["train.compile=true", "train.deterministic=true", "optim.name=sgd", "optim.momentum=0.9", "schedule.name=step"],
+        ["optim.name=adadelta", "optim.lr=1.0", "loss.name=focal", "model.head.type=mlp", "model.head.hidden=[32]"],
+    ],
+    ids=["bf16-accum-clip-channels-last", "compile-deterministic-sgd", "adadelta-focal-mlp-head"],
+)
+def test_training_options_run_end_to_end(options: list[str], mnist_dir: Path) -> None:
+    _, folder = zoo_run(str(RECIPES / "mnist.toml"), "train.max_steps=4", "data.per_class=8", "data.classes=[0,1]", "data.batch_size=4", *options)
+    results = json.loads((folder / "results.json").read_text())
+    assert results["state"] == "finished" and results["steps"] == 4
+    assert 0.0 <= results["test"]["accuracy"] <= 1.0
+
+
+def test_ctrl_c_stops_cleanly_with_exit_130(mnist_dir: Path, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [str(Path(sys.executable).with_name("zoo")), "run", str(RECIPES / "mnist.toml"), f"output.dir={tmp_path / 'run'}", "--no-progress"]
+    # A shell may start background jobs with SIGINT ignored; the user's terminal does not.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+    for line in process.stdout:
+        if line.startswith("run folder:"):
+            break
+    time.sleep(2)  # into the first epoch of 60,000 images
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert "stopped by Ctrl-C in epoch 1" in stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["state"] == "interrupted" and "test" not in results
+    model, labels = zoo.load(tmp_path / "run")
+    assert len(labels) == 10
