@@ -6,9 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import torch
 
 import zoo
 from zoo import registry
@@ -109,3 +112,23 @@ def assert_user_error(result: subprocess.CompletedProcess | object, *fragments: 
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
     return lines[0]
+
+
+@contextmanager
+def sabotaged_loss(name: str, sabotage: Callable[[int, torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """A cross-entropy loss plugin whose n-th training call (counting from 1) returns sabotage(n, loss)."""
+    calls = []
+
+    class SabotagedLoss(torch.nn.CrossEntropyLoss):
+        def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            loss = super().forward(logits, targets)
+            if not torch.is_grad_enabled():  # evaluation passes do not count
+                return loss
+            calls.append(1)
+            return sabotage(len(calls), loss)
+
+    zoo.register_loss(name)(SabotagedLoss)
+    try:
+        yield
+    finally:
+        registry.unregister("loss", name)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import RECIPES
 from torch import nn
 
 import zoo
@@ -13,8 +14,6 @@ from zoo.errors import ZooError
 from zoo.model import Classifier
 from zoo.recipe import FreezeConfig, FreezeStage
 from zoo.train import run
-
-from conftest import RECIPES
 
 
 def small_model() -> Classifier:

@@ -7,12 +7,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 from click.testing import CliRunner
+from conftest import RECIPES, REPO, assert_user_error
 
 from zoo import recipe as recipes
 from zoo.cli import cli
 from zoo.errors import ZooError
-
-from conftest import RECIPES, REPO, assert_user_error
 
 SHIPPED = sorted(RECIPES.glob("*.toml")) + [REPO / "plugins" / "zoo-shapes" / "shapes.toml"]
 

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import GOOD_MODULE, make_distribution
 
 import zoo
 from zoo import registry
 from zoo.errors import ZooError
-
-from conftest import BROKEN_MODULE, GOOD_MODULE, make_distribution
 
 
 def test_builtins_are_entry_points_of_the_zoo_distribution() -> None:

@@ -8,16 +8,15 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import RECIPES, assert_user_error, sabotaged_loss
 from safetensors import safe_open
 
 import zoo
-from zoo import artifacts, registry
+from zoo import artifacts
 from zoo import recipe as recipes
 from zoo.cli import cli
 from zoo.data import Batches, load_splits
 from zoo.train import evaluate, run
-
-from conftest import RECIPES, assert_user_error
 
 # Small enough for seconds on 2 cores: 20 training images a class, two classes.
 TINY = ["data.per_class=20", "data.val_split=0.02", "train.epochs=1"]
@@ -154,24 +153,14 @@ def test_dry_run_prints_groups_and_writes_nothing(mnist_dir: Path, tmp_path: Pat
 
 
 def test_interrupted_run_leaves_a_usable_folder(mnist_dir: Path, tmp_path: Path) -> None:
-    calls = []
+    def interrupt_third_step(call: int, loss: torch.Tensor) -> torch.Tensor:
+        if call == 3:
+            raise KeyboardInterrupt
+        return loss
 
-    @zoo.register_loss("interrupting")
-    def interrupting() -> torch.nn.Module:
-        class Loss(torch.nn.CrossEntropyLoss):
-            def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-                calls.append(1)
-                if len(calls) == 3:
-                    raise KeyboardInterrupt
-                return super().forward(logits, targets)
-
-        return Loss()
-
-    try:
+    with sabotaged_loss("interrupting", interrupt_third_step):
         recipe = recipes.load(RECIPES / "mnist.toml", ["loss.name=interrupting", "data.per_class=50", "data.classes=[0,1]", "data.batch_size=10", f"output.dir={tmp_path / 'out'}"])
         result = run(recipe, progress=False)
-    finally:
-        registry.unregister("loss", "interrupting")
     assert result.results["state"] == "interrupted"
     assert "Ctrl-C" in result.results["reason"]
     model, labels = zoo.load(tmp_path / "out")
@@ -193,9 +182,22 @@ def test_interrupted_run_leaves_a_usable_folder(mnist_dir: Path, tmp_path: Path)
         (["train.device=cuda"], "train.device = 'cuda', but this machine has no CUDA"),
     ],
 )
-def test_bad_run_inputs_are_one_line_exit_2(overrides: list[str], expected: str, mnist_dir: Path) -> None:
-    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--dry-run", *overrides])
+def test_bad_run_inputs_are_one_line_exit_2_and_write_nothing(overrides: list[str], expected: str, mnist_dir: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *overrides])
     assert_user_error(result, expected)
+    assert not Path("runs").exists()
+
+
+def test_corrupted_pretrained_run_is_refused(pretrained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pretrained, copy)
+    weights_file = copy / "model.safetensors"
+    weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist_finetune.toml"), *FINETUNE, f"model.pretrained={copy}"])
+    assert_user_error(result, "model.safetensors is corrupted")
+    assert not Path("runs").exists()
 
 
 def test_pretrained_of_another_shape_names_the_tensor(pretrained: Path) -> None:

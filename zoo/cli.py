@@ -158,7 +158,15 @@ OVERRIDES_ARGUMENT = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE].
 @OVERRIDES_ARGUMENT
 @click.option("--dry-run", is_flag=True, help="Build model, data and optimiser, print the parameter groups, stop.")
 @click.option("--progress/--no-progress", default=True, help="Show progress bars (default: on).")
-def run(recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: bool) -> None:
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[RUN]",
+    help="Continue RUN (default: the newest run of this recipe under runs/) from its last checkpoint.",
+)
+def run(recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: bool, resume: str | None) -> None:
     """Fine-tune, evaluate and save a run folder, as RECIPE declares.
 
     Overrides change any key for this run, typed as in TOML:
@@ -167,13 +175,28 @@ def run(recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: b
       zoo run recipes/mnist.toml train.epochs=1 optim.lr=3e-4 data.classes=[1,2]
 
     The run folder (default runs/<name>-<timestamp>) holds model.safetensors, config.json,
-    recipe.toml (resolved), metrics.jsonl, results.json and a model card README.md.
+    recipe.toml (resolved), metrics.jsonl, results.json, a model card README.md and
+    checkpoints/ (every epoch, and every train.checkpoint_every steps).
+
+    \b
+    A killed run continues exactly where its last checkpoint left it:
+      zoo run recipes/mnist.toml --resume                 the newest run of this recipe
+      zoo run recipes/mnist.toml --resume runs/mnist-...  that run
+      zoo run recipes/mnist.toml --resume train.epochs=5  ...and train longer
     """
+    from pathlib import Path
+
     from . import recipe as recipes
+    from .train import latest_run
     from .train import run as run_recipe
 
+    if resume and "=" in resume and not Path(resume).exists():  # `--resume train.epochs=5`: an override
+        overrides, resume = (*overrides, resume), "latest"
     recipe = recipes.load(recipe_path, overrides)
-    result = run_recipe(recipe, progress=progress, dry_run=dry_run)
+    run_folder = None
+    if resume:
+        run_folder = latest_run(recipe) if resume == "latest" else Path(resume)
+    result = run_recipe(recipe, progress=progress, dry_run=dry_run, resume=run_folder)
     if result is None:
         return
     test = result.results.get("test")

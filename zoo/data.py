@@ -184,20 +184,23 @@ class Batches:
     def __len__(self) -> int:
         return -(-len(self.split) // self.batch_size)
 
-    def epoch(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = None
+    def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``epoch``, from batch number ``start`` (to resume inside an epoch)."""
+        order = torch.arange(len(self.split))
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(len(self.split), generator=generator)
+        order = order[start * self.batch_size :]
         if self.in_memory:
             yield from self._from_memory(order)
         else:
             yield from self._from_loader(order)
 
-    def _from_memory(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = order.to(self.device) if order is not None else None
-        for start in range(0, len(self.split), self.batch_size):
-            if order is None:
+    def _from_memory(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        sequential = not self.shuffle and len(order) == len(self.split)
+        order = order.to(self.device)
+        for start in range(0, len(order), self.batch_size):
+            if sequential:  # slices, no gather
                 images = self.images[start : start + self.batch_size]
                 labels = self.labels[start : start + self.batch_size]
             else:
@@ -206,11 +209,11 @@ class Batches:
             inputs = images.float().mul_(self.scale).sub_(self.shift)
             yield inputs.contiguous(memory_format=self.memory_format), labels
 
-    def _from_loader(self, order: torch.Tensor | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _from_loader(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         loader = DataLoader(
             self.split,
             batch_size=self.batch_size,
-            sampler=order.tolist() if order is not None else None,
+            sampler=order.tolist(),
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )

@@ -148,6 +148,8 @@ class TrainConfig(_Section):
     grad_accum: int = Field(1, ge=1, description="batches per optimiser step")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
     log_every: int = Field(50, ge=1, description="optimiser steps between progress-bar loss updates")
+    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every this many optimiser steps")
+    keep_checkpoints: int = Field(2, ge=1, description="how many checkpoints stay in the run folder")
 
 
 class OutputConfig(_Section):

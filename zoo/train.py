@@ -9,16 +9,18 @@ import random
 import shutil
 import tempfile
 import time
+import tomllib
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__, artifacts, freeze, registry
+from . import __version__, artifacts, checkpoint, freeze, registry
 from . import recipe as recipes
 from .data import Batches, Splits, load_splits
 from .errors import ZooError
@@ -113,6 +115,7 @@ def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> Path | None
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
+    np.random.seed(seed)
     torch.manual_seed(seed)
 
 
@@ -134,8 +137,16 @@ def evaluate(
     return {"loss": float(loss_sum) / max(1, len(batches.split)), **scores(matrix, label_names)}
 
 
+class NonFiniteLoss(ZooError):
+    """The loss became NaN or infinite."""
+
+
 class Trainer:
-    """The training loop and its state: model, optimiser, grad scaler and the optimiser step."""
+    """The training loop and all of its state, which a checkpoint saves and restores whole.
+
+    Checkpoints are taken only between optimiser steps; with the data order a function of
+    (seed, epoch) and every RNG saved, a resumed run repeats the uninterrupted one exactly.
+    """
 
     def __init__(
         self,
@@ -145,6 +156,7 @@ class Trainer:
         loss_fn: nn.Module,
         batches: Batches,
         dtype: torch.dtype | None,
+        folder: Path,
     ) -> None:
         self.recipe = recipe
         self.config = recipe.train
@@ -155,58 +167,82 @@ class Trainer:
         self.batches = batches
         self.device = batches.device
         self.dtype = dtype
+        self.folder = folder
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
         self.steps_per_epoch = math.ceil(len(batches) / self.config.grad_accum)
         self.total_steps = self.config.epochs * self.steps_per_epoch
         if self.config.max_steps:
             self.total_steps = min(self.total_steps, self.config.max_steps)
         self.step = 0
+        self.epoch = 1
+        self.position = 0  # batches of self.epoch already trained
+        self.history: list[dict[str, Any]] = []
+        self.applied_stages: list[int] = []
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.seen = 0
+        # The first step whose loss was not finite, kept on the device: checking costs no sync.
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
 
     @property
     def done(self) -> bool:
         return self.step >= self.total_steps
 
     def unfreeze_stages(self, epoch: int) -> None:
-        for stage in self.recipe.model.freeze.stages:
-            group = freeze.unfreeze_stage(self.model, stage, self.recipe.optim.lr) if stage.epoch == epoch else None
-            if group:
-                self.optimizer.add_param_group(group)
-                print(f"epoch {epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
+        for index, stage in enumerate(self.recipe.model.freeze.stages):
+            if stage.epoch <= epoch and index not in self.applied_stages:
+                group = freeze.unfreeze_stage(self.model, stage, self.recipe.optim.lr)
+                self.applied_stages.append(index)
+                if group:
+                    self.optimizer.add_param_group(group)
+                    print(f"epoch {epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
 
-    def train_epoch(self, epoch: int, progress: bool) -> dict[str, Any]:
-        """One pass over the training batches (or up to the last step); the epoch's record."""
+    def train_epoch(self, progress: bool) -> dict[str, Any]:
+        """Train the rest of ``self.epoch`` (or up to the last step); the epoch's record."""
+        epoch = self.epoch
         self.unfreeze_stages(epoch)
         self.model.train()
         freeze.keep_frozen_bn_in_eval(self.model, self.recipe.model.freeze.train_bn)
         started = time.perf_counter()
-        loss_sum = torch.zeros((), device=self.device)
-        seen = 0
-        bar = tqdm(total=len(self.batches.split), desc=f"epoch {epoch}/{self.config.epochs}", unit="img",
-                   unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
-        for index, (inputs, labels) in enumerate(self.batches.epoch(epoch)):
+        seen_before = self.seen
+        bar = tqdm(total=len(self.batches.split), initial=self.seen, desc=f"epoch {epoch}/{self.config.epochs}",
+                   unit="img", unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
+        for inputs, labels in self.batches.epoch(epoch, start=self.position):
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 loss = self.loss_fn(self.forward(inputs), labels)
             self.scaler.scale(loss / self.config.grad_accum).backward()
-            loss_sum += loss.detach() * len(labels)
-            seen += len(labels)
+            loss = loss.detach()
+            self.first_nonfinite = torch.where(
+                (self.first_nonfinite < 0) & ~torch.isfinite(loss), self.step + 1, self.first_nonfinite
+            )
+            self.loss_sum += loss * len(labels)
+            self.seen += len(labels)
+            self.position += 1
             bar.update(len(labels))
-            if (index + 1) % self.config.grad_accum and index + 1 < len(self.batches):
+            if self.position % self.config.grad_accum and self.position < len(self.batches):
                 continue
             self._optimizer_step()
             if self.step % self.config.log_every == 0:  # the loop's only host sync
-                bar.set_postfix(loss=f"{float(loss_sum) / seen:.4f}")
+                self.check_finite()
+                bar.set_postfix(loss=f"{float(self.loss_sum) / self.seen:.4f}")
+            every = self.config.checkpoint_every
+            if every and self.step % every == 0 and self.position < len(self.batches) and not self.done:
+                self.save_checkpoint()
             if self.done:
                 break
         bar.close()
+        self.check_finite()
         seconds = time.perf_counter() - started
-        return {
+        record = {
             "epoch": epoch,
             "step": self.step,
-            "train_loss": float(loss_sum) / max(1, seen),
+            "train_loss": float(self.loss_sum) / max(1, self.seen),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": seconds,
-            "images_per_second": seen / seconds,
+            "images_per_second": (self.seen - seen_before) / seconds,
         }
+        self.epoch, self.position, self.seen = epoch + 1, 0, 0
+        self.loss_sum.zero_()
+        return record
 
     def _optimizer_step(self) -> None:
         if self.config.grad_clip:
@@ -218,14 +254,65 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
 
+    def check_finite(self) -> None:
+        bad_step = int(self.first_nonfinite)
+        if bad_step >= 0:
+            last = checkpoint.all_checkpoints(self.folder)
+            kept = f"; the last good checkpoint is {last[-1]}" if last else ""
+            raise NonFiniteLoss(
+                f"the loss became NaN or infinite at step {bad_step} (epoch {self.epoch}): lower optim.lr, "
+                f"set train.grad_clip, or use train.precision=fp32{kept}"
+            )
 
-def run(recipe: Recipe, progress: bool = True, dry_run: bool = False) -> RunResult | None:
-    """Train and evaluate ``recipe``; returns the run folder and results (None for a dry run)."""
+    def save_checkpoint(self) -> Path:
+        self.check_finite()  # never save weights a NaN has already reached
+        tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
+        optim_tensors, optim_state = checkpoint.optimizer_state(self.optimizer)
+        rng_tensors, rng = checkpoint.rng_state()
+        tensors |= optim_tensors | rng_tensors | {"loss_sum": self.loss_sum}
+        state = {
+            "recipe_hash": self.recipe.hash,
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "seen": self.seen,
+            "applied_stages": self.applied_stages,
+            "history": self.history,
+            "optimizer": optim_state,
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+        }
+        return checkpoint.save(self.folder, self.step, tensors, state, self.config.keep_checkpoints)
+
+    def load_checkpoint(self, path: Path) -> None:
+        tensors, state = checkpoint.load(path)
+        for index in state["applied_stages"]:
+            group = freeze.unfreeze_stage(self.model, self.recipe.model.freeze.stages[index], self.recipe.optim.lr)
+            self.applied_stages.append(index)
+            if group:
+                self.optimizer.add_param_group(group)
+        model_state = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
+        self.model.load_state_dict(model_state)
+        checkpoint.load_optimizer_state(self.optimizer, tensors, state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(tensors, state["rng"])
+        self.loss_sum.copy_(tensors["loss_sum"])
+        self.step, self.epoch, self.position, self.seen = state["step"], state["epoch"], state["position"], state["seen"]
+        self.history = state["history"]
+
+
+def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Path | None = None) -> RunResult | None:
+    """Train and evaluate ``recipe``; returns the run folder and results (None for a dry run).
+
+    ``resume`` continues the run in that folder from its newest checkpoint.
+    """
     seed_everything(recipe.train.seed)
     device = resolve_device(recipe.train.device)
     dtype = autocast_dtype(recipe.train.precision, device)
     torch.use_deterministic_algorithms(recipe.train.deterministic)
-    folder = output_folder(recipe)
+    latest = check_resumable(resume, recipe) if resume else None
+    folder = resume or output_folder(recipe)
     source = pretrained_folder(recipe, progress, dry_run)
     splits = load_splits(recipe.data, recipe.train.seed)
     num_classes = recipe.model.head.num_classes or len(splits.label_names)
@@ -237,7 +324,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False) -> RunResu
 
     seed_everything(recipe.train.seed)  # the same initial weights whatever ran before
     model = build_model(recipe.model, num_classes)
-    if source is not None:
+    if source is not None and latest is None:
         print(load_pretrained(model, source, recipe.model.backbone, splits.label_names))
     freeze.apply(model, recipe.model.freeze)
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
@@ -257,29 +344,37 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False) -> RunResu
     }  # fmt: skip
     train_batches = Batches(splits.train, recipe.data.batch_size, shuffle=True, seed=recipe.train.seed, **batch_options)
     val_batches = Batches(splits.val, recipe.data.eval_batch_size, **batch_options) if splits.val else None
-    trainer = Trainer(recipe, model, optimizer, loss_fn, train_batches, dtype)
-    folder.mkdir(parents=True, exist_ok=True)
+    trainer = Trainer(recipe, model, optimizer, loss_fn, train_batches, dtype, folder)
+    if latest is not None:
+        trainer.load_checkpoint(latest)
+        print(f"resuming {folder} from {latest.name} (epoch {trainer.epoch}, step {trainer.step})")
+    _write_state(folder, recipe, "running")
     artifacts.write_text(folder / artifacts.RECIPE, recipe.to_toml())
     print(f"run folder: {folder}")
 
-    history: list[dict[str, Any]] = []
     state, reason = "finished", ""
     started = time.perf_counter()
     try:
-        for epoch in range(1, recipe.train.epochs + 1):
-            record = trainer.train_epoch(epoch, progress)
+        while trainer.epoch <= recipe.train.epochs and not trainer.done:
+            record = trainer.train_epoch(progress)
             if val_batches is not None:
                 val = evaluate(trainer.forward, val_batches, loss_fn, splits.label_names, dtype)
                 record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
-            history.append(record)
-            artifacts.write_text(folder / artifacts.METRICS, "".join(json.dumps(r) + "\n" for r in history))
+            trainer.history.append(record)
+            artifacts.write_text(folder / artifacts.METRICS, "".join(json.dumps(r) + "\n" for r in trainer.history))
+            trainer.save_checkpoint()
             print(_epoch_line(record, recipe.train.epochs))
-            if trainer.done:
-                break
     except KeyboardInterrupt:
-        state, reason = "interrupted", f"stopped by Ctrl-C in epoch {len(history) + 1}, after step {trainer.step}"
+        state, reason = "interrupted", f"stopped by Ctrl-C in epoch {trainer.epoch}, after step {trainer.step}"
         print(f"\n{reason}: saving the run folder")
+    except BaseException as exc:
+        try:
+            _write_state(folder, recipe, "failed", f"{type(exc).__name__}: {exc}", step=trainer.step)
+        except ZooError as unrecorded:
+            exc.add_note(f"(the failure could not be recorded in the run folder: {unrecorded})")
+        raise
 
+    history = trainer.history
     results: dict[str, Any] = {
         "state": state,
         "reason": reason,
@@ -295,6 +390,59 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False) -> RunResu
         results["test"] = evaluate(trainer.forward, test_batches, loss_fn, splits.label_names, dtype)
     _write_run(folder, recipe, model, splits, results)
     return RunResult(folder, results)
+
+
+def _write_state(folder: Path, recipe: Recipe, state: str, reason: str = "", **extra: Any) -> None:
+    """Mark the run folder's state in results.json (the final results replace it at the end)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ZooError(f"cannot create the run folder {folder}: {exc.strerror}") from None
+    artifacts.write_json(folder / artifacts.RESULTS, {"state": state, "reason": reason, "recipe_hash": recipe.hash, **extra})
+
+
+RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "output.dir"}
+
+
+def check_resumable(folder: Path, recipe: Recipe) -> Path:
+    """The newest checkpoint of the run in ``folder``, if ``recipe`` may continue it."""
+    try:
+        saved = recipes.from_dict(tomllib.loads((folder / artifacts.RECIPE).read_text()), str(folder / artifacts.RECIPE))
+    except FileNotFoundError:
+        raise ZooError(f"--resume: {folder} is not a zoo run folder (no {artifacts.RECIPE})") from None
+    differing = sorted(set(_differences(saved.to_dict(), recipe.to_dict())) - RESUMABLE_KEYS)
+    if differing:
+        raise ZooError(
+            f"--resume: the recipe differs from the run in {folder} in {', '.join(differing)}; "
+            "only train.epochs and train.max_steps may change"
+        )
+    checkpoints = checkpoint.all_checkpoints(folder)
+    if not checkpoints:
+        raise ZooError(f"--resume: {folder} has no checkpoint yet; start it again instead")
+    return checkpoints[-1]
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for key in a.keys() | b.keys():
+        left, right = a.get(key), b.get(key)
+        if isinstance(left, dict) and isinstance(right, dict):
+            keys += _differences(left, right, f"{prefix}{key}.")
+        elif left != right:
+            keys.append(f"{prefix}{key}")
+    return keys
+
+
+def latest_run(recipe: Recipe, runs: Path = Path("runs")) -> Path:
+    """The newest run folder of ``recipe`` (by name) under ``runs`` that has a checkpoint."""
+    candidates = [
+        folder
+        for folder in runs.glob(f"{recipe.name}-*")
+        if (folder / artifacts.RECIPE).is_file() and checkpoint.all_checkpoints(folder)
+    ]
+    if not candidates:
+        raise ZooError(f"--resume: no run of '{recipe.name}' with a checkpoint under {runs}/; name one: --resume RUN")
+    return max(candidates, key=lambda folder: checkpoint.all_checkpoints(folder)[-1].stat().st_mtime)
 
 
 def _build_loss(recipe: Recipe) -> nn.Module:
