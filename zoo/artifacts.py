@@ -100,9 +100,12 @@ def read_results(folder: Path) -> dict[str, Any] | None:
         return None
 
 
-def model_card(name: str, description: str, backbone: str, dataset: str, results: dict[str, Any], recipe_toml: str) -> str:
+def model_card(
+    name: str, description: str, backbone: str, dataset: str, results: dict[str, Any], recipe_toml: str, plots: list[str]
+) -> str:
     """A Hugging Face model card: front matter, what the model is, how it was trained, results."""
     test = results.get("test", {})
+    images = "".join(f"![{Path(plot).stem}]({plot})\n" for plot in plots)
     rows = "\n".join(
         f"| {metric} | {test[metric]:.4f} |" for metric in ("accuracy", "precision", "recall", "f1") if metric in test
     )
@@ -126,6 +129,7 @@ datasets:
 |---|---|
 {rows}
 
+{images}
 ## Use
 
 ```python

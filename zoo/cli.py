@@ -207,9 +207,9 @@ def run(recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: b
         sys.exit(130)
 
 
-def _print_scores(metrics: dict[str, Any]) -> None:
+def _print_scores(metrics: dict[str, Any], split: str = "test") -> None:
     click.echo(
-        f"test: accuracy {100 * metrics['accuracy']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
+        f"{split}: accuracy {100 * metrics['accuracy']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
         f"recall {100 * metrics['recall']:.2f}%, F1 {100 * metrics['f1']:.2f}%"
     )
     rows = [
@@ -240,6 +240,107 @@ def schema() -> None:
     from . import recipe as recipes
 
     click.echo(json.dumps(recipes.json_schema(), indent=2))
+
+
+@cli.command("eval", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("run_folder", metavar="RUN")
+@click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.pass_context
+def eval_command(ctx: click.Context, run_folder: str, split: str, as_json: bool) -> None:
+    """Evaluate a saved run again: accuracy, macro precision/recall/F1, per-class table.
+
+    Data settings can change with --data.KEY=VALUE, e.g. --data.root=/other/copy or
+    --data.eval_batch_size=64; the classes must stay those the run was trained on.
+    """
+    from pathlib import Path
+
+    from .evaluate import evaluate_run
+
+    overrides = []
+    for extra in ctx.args:
+        if not extra.startswith("--data.") or "=" not in extra:
+            raise ZooError(f"unexpected argument {extra!r}: `zoo eval` takes RUN, --split, --json and --data.KEY=VALUE")
+        overrides.append(extra.removeprefix("--"))
+    metrics = evaluate_run(Path(run_folder), split, overrides)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        _print_scores(metrics, split)
+
+
+@cli.command()
+@click.argument("run_folder", metavar="RUN")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=str))
+@click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Labels shown per image.")
+@click.option("--json", "as_json", is_flag=True, help="Print the predictions as JSON.")
+def predict(run_folder: str, files: tuple[str, ...], top_k: int, as_json: bool) -> None:
+    """Predict the labels of image FILES (PNG, JPEG; any size, grayscale or colour) with a run.
+
+    Each image goes through the run's own preprocessing (its input size, mean and std). An
+    unreadable file gets one line on stderr and the rest are still predicted; the exit code
+    is then 2.
+    """
+    from pathlib import Path
+
+    from .predict import predict_files
+
+    predictions, errors = predict_files(Path(run_folder), [Path(f) for f in files], top_k)
+    if as_json:
+        click.echo(json.dumps(predictions, indent=2))
+    else:
+        for prediction in predictions:
+            ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in prediction["top"])
+            click.echo(f"{prediction['file']}: {ranked}")
+    for error in errors:
+        click.echo(f"zoo: error: {error}", err=True)
+    if errors:
+        sys.exit(2)
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, type=click.Path(path_type=str))
+@click.option("--compare", is_flag=True, help="Show how the given runs' recipes differ, next to their metrics.")
+@click.option("--sort", "sort_by", default="name", show_default=True, type=click.Choice(["name", "recipe", "state", "best_val", "test_acc", "duration"]))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> None:
+    """A table of the runs in PATHS (default: runs/), or --compare RUN RUN... side by side."""
+    from pathlib import Path
+
+    from . import runs as run_folders
+    from .recipe import differing_keys
+
+    folders = run_folders.find_runs([Path(p) for p in paths or ["runs"]])
+    summaries = [run_folders.summary(folder) for folder in folders]
+    if compare:
+        if len(folders) < 2:
+            raise ZooError("--compare needs at least two run folders")
+        recipes = [run_folders.read_recipe(folder) for folder in folders]
+        keys = [key for key in differing_keys(recipes) if key != "output.dir"]
+        if as_json:
+            table = {key: [run_folders.value_at(recipe, key) for recipe in recipes] for key in keys}
+            click.echo(json.dumps({"runs": summaries, "differences": table}, indent=2))
+            return
+        rows = [(key, *(json.dumps(run_folders.value_at(r, key)) for r in recipes)) for key in keys]
+        rows += [(metric, *(_cell(metric, s[metric]) for s in summaries)) for metric in ("state", "best_val", "test_acc", "test_f1", "duration")]
+        print_table(rows, ("KEY", *(s["name"] for s in summaries)))
+        return
+    summaries.sort(key=lambda s: (s[sort_by] is None, s[sort_by]), reverse=sort_by in ("best_val", "test_acc"))
+    if as_json:
+        click.echo(json.dumps(summaries, indent=2))
+        return
+    rows = [tuple(_cell(column, s[column]) for column in run_folders.COLUMNS) for s in summaries]
+    print_table(rows, [column.upper() for column in run_folders.COLUMNS])
+
+
+def _cell(column: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if column in ("best_val", "test_acc", "test_f1"):
+        return f"{100 * value:.2f}%"
+    if column == "duration":
+        return f"{int(value // 60)}m{value % 60:04.1f}s"
+    return str(value)
 
 
 def main() -> None:

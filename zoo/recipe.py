@@ -150,6 +150,7 @@ class TrainConfig(_Section):
     log_every: int = Field(50, ge=1, description="optimiser steps between progress-bar loss updates")
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every this many optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, description="how many checkpoints stay in the run folder")
+    tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the zoo[tensorboard] extra)")
 
 
 class OutputConfig(_Section):
@@ -249,6 +250,18 @@ def merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
         else:
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def differing_keys(tables: list[Mapping[str, Any]], prefix: str = "") -> list[str]:
+    """Dotted keys whose values are not the same in every one of ``tables``, sorted."""
+    keys = []
+    for key in sorted(set().union(*tables)):
+        values = [table.get(key) for table in tables]
+        if all(isinstance(value, Mapping) for value in values):
+            keys += differing_keys(values, f"{prefix}{key}.")
+        elif any(value != values[0] for value in values):
+            keys.append(f"{prefix}{key}")
+    return keys
 
 
 def _anchor_paths(data: dict[str, Any], folder: Path) -> None:

@@ -20,13 +20,15 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__, artifacts, checkpoint, freeze, registry
+from . import __version__, artifacts, checkpoint, freeze
 from . import recipe as recipes
 from .data import Batches, Splits, load_splits
+from .device import autocast_dtype, resolve_device
 from .errors import ZooError
-from .metrics import confusion_matrix, scores
+from .evaluate import build_loss, evaluate
 from .model import build_model, load_pretrained
 from .optim import build_optimizer, lr_factor, set_lr
+from .plots import write_plots
 from .recipe import Recipe
 
 
@@ -34,26 +36,6 @@ from .recipe import Recipe
 class RunResult:
     folder: Path
     results: dict[str, Any]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-    if not available[name]:
-        raise ZooError(f"train.device = '{name}', but this machine has no {name.upper()} device; use train.device=auto")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32; auto means bf16 on CUDA only."""
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 def output_folder(recipe: Recipe) -> Path:
@@ -119,24 +101,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module, batches: Batches, loss_fn: nn.Module, label_names: list[str], dtype: torch.dtype | None
-) -> dict[str, Any]:
-    """Loss, accuracy, macro precision/recall/F1, per-class rows and confusion matrix on a split."""
-    model.eval()
-    predictions, targets = [], []
-    loss_sum = torch.zeros((), device=batches.device)
-    for inputs, labels in batches.epoch():
-        with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(inputs)
-        loss_sum += loss_fn(logits.float(), labels) * len(labels)
-        predictions.append(logits.argmax(1))
-        targets.append(labels)
-    matrix = confusion_matrix(torch.cat(predictions).cpu(), torch.cat(targets).cpu(), len(label_names))
-    return {"loss": float(loss_sum) / max(1, len(batches.split)), **scores(matrix, label_names)}
-
-
 class NonFiniteLoss(ZooError):
     """The loss became NaN or infinite."""
 
@@ -179,6 +143,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.applied_stages: list[int] = []
         self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.seen = 0
         # The first step whose loss was not finite, kept on the device: checking costs no sync.
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
@@ -208,7 +173,9 @@ class Trainer:
                    unit="img", unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
         for inputs, labels in self.batches.epoch(epoch, start=self.position):
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                loss = self.loss_fn(self.forward(inputs), labels)
+                logits = self.forward(inputs)
+                loss = self.loss_fn(logits, labels)
+            self.correct += (logits.detach().argmax(1) == labels).sum()
             self.scaler.scale(loss / self.config.grad_accum).backward()
             loss = loss.detach()
             self.first_nonfinite = torch.where(
@@ -236,12 +203,14 @@ class Trainer:
             "epoch": epoch,
             "step": self.step,
             "train_loss": float(self.loss_sum) / max(1, self.seen),
+            "train_accuracy": int(self.correct) / max(1, self.seen),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": seconds,
             "images_per_second": (self.seen - seen_before) / seconds,
         }
         self.epoch, self.position, self.seen = epoch + 1, 0, 0
         self.loss_sum.zero_()
+        self.correct.zero_()
         return record
 
     def _optimizer_step(self) -> None:
@@ -253,6 +222,11 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+
+    def learning_rates(self) -> list[float]:
+        """The head's learning rate at every step of the run, from the schedule."""
+        schedule, total, per_epoch = self.recipe.schedule, self.total_steps, self.steps_per_epoch
+        return [self.recipe.optim.lr * lr_factor(schedule, step, total, per_epoch) for step in range(total)]
 
     def check_finite(self) -> None:
         bad_step = int(self.first_nonfinite)
@@ -269,7 +243,7 @@ class Trainer:
         tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
         optim_tensors, optim_state = checkpoint.optimizer_state(self.optimizer)
         rng_tensors, rng = checkpoint.rng_state()
-        tensors |= optim_tensors | rng_tensors | {"loss_sum": self.loss_sum}
+        tensors |= optim_tensors | rng_tensors | {"loss_sum": self.loss_sum, "correct": self.correct}
         state = {
             "recipe_hash": self.recipe.hash,
             "step": self.step,
@@ -298,6 +272,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(tensors, state["rng"])
         self.loss_sum.copy_(tensors["loss_sum"])
+        self.correct.copy_(tensors["correct"])
         self.step, self.epoch, self.position, self.seen = state["step"], state["epoch"], state["position"], state["seen"]
         self.history = state["history"]
 
@@ -313,7 +288,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     torch.use_deterministic_algorithms(recipe.train.deterministic)
     latest = check_resumable(resume, recipe) if resume else None
     folder = resume or output_folder(recipe)
-    source = pretrained_folder(recipe, progress, dry_run)
+    source = None if latest else pretrained_folder(recipe, progress, dry_run)
     splits = load_splits(recipe.data, recipe.train.seed)
     num_classes = recipe.model.head.num_classes or len(splits.label_names)
     if num_classes != len(splits.label_names):
@@ -324,7 +299,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
 
     seed_everything(recipe.train.seed)  # the same initial weights whatever ran before
     model = build_model(recipe.model, num_classes)
-    if source is not None and latest is None:
+    if source is not None:
         print(load_pretrained(model, source, recipe.model.backbone, splits.label_names))
     freeze.apply(model, recipe.model.freeze)
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
@@ -337,7 +312,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     if dry_run:
         return None
 
-    loss_fn = _build_loss(recipe).to(device)
+    loss_fn = build_loss(recipe.loss).to(device)
     batch_options = {
         "device": device, "mean": splits.mean, "std": splits.std,
         "channels_last": recipe.train.channels_last, "num_workers": recipe.data.num_workers,
@@ -351,6 +326,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     _write_state(folder, recipe, "running")
     artifacts.write_text(folder / artifacts.RECIPE, recipe.to_toml())
     print(f"run folder: {folder}")
+    tensorboard = _tensorboard_writer(folder) if recipe.train.tensorboard else None
 
     state, reason = "finished", ""
     started = time.perf_counter()
@@ -364,6 +340,10 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
             artifacts.write_text(folder / artifacts.METRICS, "".join(json.dumps(r) + "\n" for r in trainer.history))
             trainer.save_checkpoint()
             print(_epoch_line(record, recipe.train.epochs))
+            if tensorboard:
+                for key, value in record.items():
+                    if key not in ("epoch", "step"):
+                        tensorboard.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
     except KeyboardInterrupt:
         state, reason = "interrupted", f"stopped by Ctrl-C in epoch {trainer.epoch}, after step {trainer.step}"
         print(f"\n{reason}: saving the run folder")
@@ -373,6 +353,9 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
         except ZooError as unrecorded:
             exc.add_note(f"(the failure could not be recorded in the run folder: {unrecorded})")
         raise
+    finally:
+        if tensorboard:
+            tensorboard.close()
 
     history = trainer.history
     results: dict[str, Any] = {
@@ -388,8 +371,16 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     if state == "finished":
         test_batches = Batches(splits.test, recipe.data.eval_batch_size, **batch_options)
         results["test"] = evaluate(trainer.forward, test_batches, loss_fn, splits.label_names, dtype)
-    _write_run(folder, recipe, model, splits, results)
+    _write_run(folder, recipe, model, splits, results, trainer)
     return RunResult(folder, results)
+
+
+def _tensorboard_writer(folder: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ModuleNotFoundError:
+        raise ZooError("train.tensorboard = true needs TensorBoard: pip install 'zoo[tensorboard]'") from None
+    return SummaryWriter(str(folder / "tensorboard"))
 
 
 def _write_state(folder: Path, recipe: Recipe, state: str, reason: str = "", **extra: Any) -> None:
@@ -410,7 +401,7 @@ def check_resumable(folder: Path, recipe: Recipe) -> Path:
         saved = recipes.from_dict(tomllib.loads((folder / artifacts.RECIPE).read_text()), str(folder / artifacts.RECIPE))
     except FileNotFoundError:
         raise ZooError(f"--resume: {folder} is not a zoo run folder (no {artifacts.RECIPE})") from None
-    differing = sorted(set(_differences(saved.to_dict(), recipe.to_dict())) - RESUMABLE_KEYS)
+    differing = [key for key in recipes.differing_keys([saved.to_dict(), recipe.to_dict()]) if key not in RESUMABLE_KEYS]
     if differing:
         raise ZooError(
             f"--resume: the recipe differs from the run in {folder} in {', '.join(differing)}; "
@@ -420,17 +411,6 @@ def check_resumable(folder: Path, recipe: Recipe) -> Path:
     if not checkpoints:
         raise ZooError(f"--resume: {folder} has no checkpoint yet; start it again instead")
     return checkpoints[-1]
-
-
-def _differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    keys = []
-    for key in a.keys() | b.keys():
-        left, right = a.get(key), b.get(key)
-        if isinstance(left, dict) and isinstance(right, dict):
-            keys += _differences(left, right, f"{prefix}{key}.")
-        elif left != right:
-            keys.append(f"{prefix}{key}")
-    return keys
 
 
 def latest_run(recipe: Recipe, runs: Path = Path("runs")) -> Path:
@@ -445,16 +425,9 @@ def latest_run(recipe: Recipe, runs: Path = Path("runs")) -> Path:
     return max(candidates, key=lambda folder: checkpoint.all_checkpoints(folder)[-1].stat().st_mtime)
 
 
-def _build_loss(recipe: Recipe) -> nn.Module:
-    factory = registry.get("loss", recipe.loss.name).load()
-    recipes.check_args(factory, recipe.loss.args, "loss.args")
-    try:
-        return factory(**recipe.loss.args)
-    except ValueError as exc:
-        raise ZooError(f"loss.args: {recipe.loss.name} rejected its arguments: {exc}") from exc
-
-
-def _write_run(folder: Path, recipe: Recipe, model: nn.Module, splits: Splits, results: dict[str, Any]) -> None:
+def _write_run(
+    folder: Path, recipe: Recipe, model: nn.Module, splits: Splits, results: dict[str, Any], trainer: Trainer
+) -> None:
     recipe_hash = recipe.hash
     metadata = {"label_names": json.dumps(splits.label_names), "recipe_hash": recipe_hash, "format": "pt"}
     artifacts.write_weights(folder / artifacts.WEIGHTS, model.state_dict(), metadata)
@@ -472,8 +445,9 @@ def _write_run(folder: Path, recipe: Recipe, model: nn.Module, splits: Splits, r
         "zoo": {"version": __version__, "recipe_hash": recipe_hash, "recipe": recipe.to_dict()},
     }
     artifacts.write_json(folder / artifacts.CONFIG, config)
+    plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.get("test"))
     card = artifacts.model_card(
-        recipe.name, recipe.description, recipe.model.backbone, recipe.data.dataset, results, recipe.to_toml()
+        recipe.name, recipe.description, recipe.model.backbone, recipe.data.dataset, results, recipe.to_toml(), plots
     )
     artifacts.write_text(folder / artifacts.MODEL_CARD, card)
     artifacts.write_json(folder / artifacts.RESULTS, results)  # last: its state marks the folder complete

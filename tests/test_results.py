@@ -1,0 +1,141 @@
+"""Results people can see: plots, zoo eval, zoo predict, zoo runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import zoo
+from zoo import plots
+from zoo import recipe as recipes
+from zoo.cli import cli
+from zoo.train import run
+
+from conftest import RECIPES, assert_user_error
+
+COMMON = ["data.classes=[3,7]", "data.per_class=100", "data.val_split=0.05", "data.batch_size=16"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """3 vs 7, trained well enough to read digits back from PNG files."""
+    folder = tmp_path_factory.mktemp("trained") / "run"
+    recipe = recipes.load(RECIPES / "mnist.toml", [*COMMON, "train.epochs=3", f"output.dir={folder}"])
+    assert run(recipe, progress=False).results["test"]["accuracy"] > 0.95
+    return folder
+
+
+def test_plots_are_valid_images_of_the_expected_size(trained: Path) -> None:
+    expected = {plots.LOSS: plots.CURVE_SIZE, plots.ACCURACY: plots.CURVE_SIZE, plots.LEARNING_RATE: plots.CURVE_SIZE, plots.CONFUSION: plots.MATRIX_SIZE}
+    for name, size in expected.items():
+        with Image.open(trained / name) as image:
+            image.verify()
+        with Image.open(trained / name) as image:
+            assert (image.format, image.size) == ("PNG", size), name
+            assert sum(1 for count in image.convert("L").histogram() if count) > 10, f"{name} is blank"
+    card = (trained / "README.md").read_text()
+    for name in expected:
+        assert f"]({name})" in card
+
+
+def test_metrics_record_train_and_val_accuracy(trained: Path) -> None:
+    history = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
+    assert all(0.0 <= r["train_accuracy"] <= 1.0 and 0.0 <= r["val_accuracy"] <= 1.0 for r in history)
+    assert history[-1]["train_accuracy"] > history[0]["train_accuracy"] or history[0]["train_accuracy"] > 0.95
+
+
+def test_eval_reproduces_the_runs_test_metrics_exactly(trained: Path) -> None:
+    result = CliRunner().invoke(cli, ["eval", str(trained), "--json"])
+    assert result.exit_code == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    saved = json.loads((trained / "results.json").read_text())["test"]
+    for key in ("accuracy", "precision", "recall", "f1", "per_class", "confusion_matrix"):
+        assert metrics[key] == saved[key], key
+    table = CliRunner().invoke(cli, ["eval", str(trained), "--split", "val", "--data.eval_batch_size=7"])
+    assert table.exit_code == 0, table.stderr
+    assert table.stdout.startswith("val: accuracy") and "CLASS" in table.stdout and "SUPPORT" in table.stdout
+
+
+def test_eval_refuses_other_keys_and_other_classes(trained: Path) -> None:
+    assert_user_error(CliRunner().invoke(cli, ["eval", str(trained), "--optim.lr=1"]), "unexpected argument '--optim.lr=1'")
+    assert_user_error(CliRunner().invoke(cli, ["eval", str(trained), "--data.classes=[1,2]"]), "the run was trained on ['3', '7']")
+    assert_user_error(CliRunner().invoke(cli, ["eval", "no/such/run"]), "run folder not found: no/such/run")
+
+
+def write_digits(folder: Path, count: int) -> tuple[list[Path], list[str], torch.Tensor]:
+    """The first ``count`` test 3s and 7s as PNG files; half of them enlarged and in colour."""
+    test = zoo.create_dataset("mnist", zoo.recipe.default_data_dir(), "test")
+    chosen = [i for i, t in enumerate(test.targets.tolist()) if t in (3, 7)][:count]
+    paths = []
+    for n, index in enumerate(chosen):
+        image = Image.fromarray(test.images[index, 0].numpy())
+        path = folder / f"digit{n}.png"
+        if n % 2:
+            image = image.convert("RGB").resize((56, 56), Image.NEAREST)
+            path = path.with_suffix(".jpg") if n % 4 == 3 else path
+        image.save(path)
+        paths.append(path)
+    return paths, [str(test.targets[i].item()) for i in chosen], test.images[chosen]
+
+
+def test_predict_reads_pngs_through_the_runs_preprocessing(trained: Path, tmp_path: Path) -> None:
+    paths, truth, images = write_digits(tmp_path, 20)
+    result = CliRunner().invoke(cli, ["predict", str(trained), *map(str, paths), "--top-k", "2", "--json"])
+    assert result.exit_code == 0, result.stderr
+    predictions = json.loads(result.stdout)
+    assert [p["file"] for p in predictions] == list(map(str, paths))
+    assert all(len(p["top"]) == 2 and p["top"][0]["probability"] >= p["top"][1]["probability"] for p in predictions)
+    predicted = [p["top"][0]["label"] for p in predictions]
+    assert sum(p == t for p, t in zip(predicted, truth)) >= 19
+
+    model, labels = zoo.load(trained)  # the exact PNGs must score like the dataset's own tensors
+    with torch.no_grad():
+        direct = model((images.float() / 255 - 0.1307) / 0.3081).softmax(1)
+    for n in range(0, 20, 2):  # the lossless, unresized ones
+        assert predictions[n]["top"][0]["probability"] == pytest.approx(direct[n].max().item(), abs=1e-5)
+
+
+def test_predict_reports_unreadable_files_and_predicts_the_rest(trained: Path, tmp_path: Path) -> None:
+    paths, _, _ = write_digits(tmp_path, 2)
+    (tmp_path / "notes.txt").write_text("not an image")
+    result = CliRunner().invoke(cli, ["predict", str(trained), str(paths[0]), str(tmp_path / "notes.txt"), str(tmp_path / "missing.png"), str(paths[1])])
+    assert result.exit_code == 2
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == [str(paths[0]), str(paths[1])]
+    errors = result.stderr.splitlines()
+    assert len(errors) == 2 and "notes.txt: not a readable image" in errors[0] and "missing.png" in errors[1]
+    assert "Traceback" not in result.stderr
+
+
+def test_runs_table_and_compare_lists_exactly_the_differing_keys(trained: Path, tmp_path: Path) -> None:
+    other = tmp_path / "runs" / "other"
+    run(recipes.load(RECIPES / "mnist.toml", [*COMMON, "train.epochs=1", "optim.lr=0.001", f"output.dir={other}"]), progress=False)
+    (tmp_path / "runs" / "trained").symlink_to(trained)
+    table = CliRunner().invoke(cli, ["runs", "--sort", "test_acc"])
+    assert table.exit_code == 0, table.stderr
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[:5] == ["NAME", "RECIPE", "BACKBONE", "DATASET", "STATE"]
+    assert [row.split()[0] for row in rows] == ["trained", "other"]  # best test accuracy first
+
+    result = CliRunner().invoke(cli, ["runs", "--compare", str(trained), str(other), "--json"])
+    assert result.exit_code == 0, result.stderr
+    compared = json.loads(result.stdout)
+    assert compared["differences"] == {"optim.lr": [0.003, 0.001], "train.epochs": [3, 1]}
+    text = CliRunner().invoke(cli, ["runs", "--compare", str(trained), str(other)]).stdout
+    assert [line.split()[0] for line in text.splitlines()[1:3]] == ["optim.lr", "train.epochs"]
+    assert "test_acc" in text
+
+
+def test_tensorboard_logs_every_epoch(mnist_dir: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = tmp_path / "run"
+    run(recipes.load(RECIPES / "mnist.toml", [*COMMON, "train.epochs=2", "train.tensorboard=true", f"output.dir={folder}"]), progress=False)
+    events = EventAccumulator(str(folder / "tensorboard"))
+    events.Reload()
+    assert {"train/loss", "train/accuracy", "val/accuracy", "val/loss", "lr"} <= set(events.Tags()["scalars"])
+    assert [event.step for event in events.Scalars("val/accuracy")] == [1, 2]
