@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import RECIPES, assert_user_error
 from PIL import Image
 
 import zoo
@@ -15,8 +16,6 @@ from zoo import plots
 from zoo import recipe as recipes
 from zoo.cli import cli
 from zoo.train import run
-
-from conftest import RECIPES, assert_user_error
 
 COMMON = ["data.classes=[3,7]", "data.per_class=100", "data.val_split=0.05", "data.batch_size=16"]
 

@@ -166,7 +166,15 @@ OVERRIDES_ARGUMENT = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE].
     metavar="[RUN]",
     help="Continue RUN (default: the newest run of this recipe under runs/) from its last checkpoint.",
 )
-def run(recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: bool, resume: str | None) -> None:
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Train with N processes on this machine: shorthand for `torchrun --standalone --nproc_per_node N -m zoo run`.",
+)
+def run(
+    recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: bool, resume: str | None, nproc: int
+) -> None:
     """Fine-tune, evaluate and save a run folder, as RECIPE declares.
 
     Overrides change any key for this run, typed as in TOML:
@@ -183,6 +191,11 @@ def run(recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: b
       zoo run recipes/mnist.toml --resume                 the newest run of this recipe
       zoo run recipes/mnist.toml --resume runs/mnist-...  that run
       zoo run recipes/mnist.toml --resume train.epochs=5  ...and train longer
+
+    \b
+    On several GPUs or machines, PyTorch's launcher starts one process per rank:
+      torchrun --nproc_per_node 4 -m zoo run recipes/mnist.toml
+      zoo run recipes/mnist.toml --nproc 4                the same, on this machine
     """
     from pathlib import Path
 
@@ -192,12 +205,20 @@ def run(recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: b
 
     if resume and "=" in resume and not Path(resume).exists():  # `--resume train.epochs=5`: an override
         overrides, resume = (*overrides, resume), "latest"
-    recipe = recipes.load(recipe_path, overrides)
+    recipe = recipes.load(recipe_path, overrides)  # a mistake is reported once, before any process starts
+    if nproc > 1 and not dry_run:
+        flags = [*(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"])]
+        _torchrun(nproc, ["run", recipe_path, *overrides, *flags])
+        return
     run_folder = None
     if resume:
         run_folder = latest_run(recipe) if resume == "latest" else Path(resume)
+    from .distributed import is_main, teardown
+
     result = run_recipe(recipe, progress=progress, dry_run=dry_run, resume=run_folder)
-    if result is None:
+    main = is_main()
+    teardown()
+    if result is None or not main:
         return
     test = result.results.get("test")
     if test:
@@ -205,6 +226,17 @@ def run(recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: b
     click.echo(f"run folder: {result.folder} ({result.results['state']})")
     if result.results["state"] == "interrupted":
         sys.exit(130)
+
+
+def _torchrun(nproc: int, zoo_arguments: list[str]) -> None:
+    """Hand over to PyTorch's own launcher, which starts one `python -m zoo` per rank."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", "--nproc_per_node", str(nproc), "-m", "zoo", *zoo_arguments])
+    except ChildFailedError as exc:
+        sys.exit(max(failure.exitcode for failure in exc.failures.values()) or 1)
 
 
 def _print_scores(metrics: dict[str, Any], split: str = "test") -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from . import registry
+from . import distributed, registry
 from .errors import ZooError, did_you_mean
 from .recipe import DataConfig, check_args, default_data_dir
 
@@ -182,7 +182,14 @@ class Batches:
             self.labels = split.labels.to(device)
 
     def __len__(self) -> int:
-        return -(-len(self.split) // self.batch_size)
+        """Batches per epoch on this rank."""
+        return -(-self.shard_size // self.batch_size)
+
+    @property
+    def shard_size(self) -> int:
+        """Samples per epoch on this rank: training shards are padded to the same size on every rank."""
+        ranks, size = distributed.world_size(), len(self.split)
+        return -(-size // ranks) if self.shuffle else len(range(distributed.rank(), size, ranks))
 
     def epoch(self, epoch: int = 0, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The batches of ``epoch``, from batch number ``start`` (to resume inside an epoch)."""
@@ -190,7 +197,8 @@ class Batches:
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(len(self.split), generator=generator)
-        order = order[start * self.batch_size :]
+        # Every rank draws the same order and takes its own share of it.
+        order = distributed.shard(order, pad=self.shuffle)[start * self.batch_size :]
         if self.in_memory:
             yield from self._from_memory(order)
         else:

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artifacts, registry
+from . import artifacts, distributed, registry
 from . import recipe as recipes
 from .data import Batches, load_splits
 from .device import autocast_dtype, resolve_device
@@ -44,7 +44,9 @@ def evaluate(
         predictions.append(logits.argmax(1))
         targets.append(labels)
     matrix = confusion_matrix(torch.cat(predictions).cpu(), torch.cat(targets).cpu(), len(label_names))
-    return {"loss": float(loss_sum) / max(1, len(batches.split)), **scores(matrix, label_names)}
+    matrix = distributed.sum_across_ranks(matrix)  # each rank evaluated its share of the split
+    loss_sum = distributed.sum_across_ranks(loss_sum)
+    return {"loss": float(loss_sum) / max(1, int(matrix.sum())), **scores(matrix, label_names)}
 
 
 def evaluate_run(folder: Path, split: str = "test", data_overrides: Sequence[str] = ()) -> dict[str, Any]:

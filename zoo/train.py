@@ -20,10 +20,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import __version__, artifacts, checkpoint, freeze
+from . import __version__, artifacts, checkpoint, distributed, freeze
 from . import recipe as recipes
 from .data import Batches, Splits, load_splits
 from .device import autocast_dtype, resolve_device
+from .distributed import log
 from .errors import ZooError
 from .evaluate import build_loss, evaluate
 from .model import build_model, load_pretrained
@@ -75,12 +76,12 @@ def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> Path | None
     cached = recipes.cache_dir() / "runs" / f"{source.name}-{source.hash[:12]}"
     results = artifacts.read_results(cached)
     if results and results.get("state") == "finished":
-        print(f"pretrained: {path.name} (cached in {cached})")
+        log(f"pretrained: {path.name} (cached in {cached})")
         return cached
     if dry_run:
-        print(f"pretrained: {path.name} is not cached yet; `zoo run` trains it first")
+        log(f"pretrained: {path.name} is not cached yet; `zoo run` trains it first")
         return None
-    print(f"pretrained: running {path.name} first (cached afterwards in {cached})")
+    log(f"pretrained: running {path.name} first (cached afterwards in {cached})")
     cached.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=cached.parent, prefix=f".{cached.name}."))
     try:
@@ -88,10 +89,12 @@ def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> Path | None
         result = run(source, progress=progress)
         if result.results["state"] != "finished":
             raise ZooError(f"pretraining recipe {path} did not finish ({result.results['state']})")
-        shutil.rmtree(cached, ignore_errors=True)
-        os.replace(staging, cached)
+        if distributed.is_main():
+            shutil.rmtree(cached, ignore_errors=True)
+            os.replace(staging, cached)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    distributed.barrier()  # the other ranks read what rank 0 just put in place
     return cached
 
 
@@ -125,13 +128,15 @@ class Trainer:
         self.recipe = recipe
         self.config = recipe.train
         self.model = model
-        self.forward = torch.compile(model) if self.config.compile else model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.batches = batches
         self.device = batches.device
         self.dtype = dtype
         self.folder = folder
+        self.forward = self._wrap(model)
+        # DDP's forward is a collective; each rank evaluates its own share of a split alone.
+        self.evaluator = self.forward if distributed.world_size() == 1 else model
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
         self.steps_per_epoch = math.ceil(len(batches) / self.config.grad_accum)
         self.total_steps = self.config.epochs * self.steps_per_epoch
@@ -148,18 +153,31 @@ class Trainer:
         # The first step whose loss was not finite, kept on the device: checking costs no sync.
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
 
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """What the training step calls: the model, under DDP when launched by torchrun, compiled if asked."""
+        if distributed.world_size() > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return torch.compile(model) if self.config.compile else model
+
     @property
     def done(self) -> bool:
         return self.step >= self.total_steps
 
     def unfreeze_stages(self, epoch: int) -> None:
+        """Apply the freezing stages due by ``epoch`` that are not applied yet."""
         for index, stage in enumerate(self.recipe.model.freeze.stages):
             if stage.epoch <= epoch and index not in self.applied_stages:
-                group = freeze.unfreeze_stage(self.model, stage, self.recipe.optim.lr)
-                self.applied_stages.append(index)
-                if group:
-                    self.optimizer.add_param_group(group)
-                    print(f"epoch {epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
+                self._apply_stage(index)
+
+    def _apply_stage(self, index: int) -> None:
+        stage = self.recipe.model.freeze.stages[index]
+        group = freeze.unfreeze_stage(self.model, stage, self.recipe.optim.lr)
+        self.applied_stages.append(index)
+        if group:
+            self.optimizer.add_param_group(group)
+            self.forward = self._wrap(self.model)  # DDP must learn of the newly trainable parameters
+            log(f"epoch {stage.epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
 
     def train_epoch(self, progress: bool) -> dict[str, Any]:
         """Train the rest of ``self.epoch`` (or up to the last step); the epoch's record."""
@@ -169,8 +187,9 @@ class Trainer:
         freeze.keep_frozen_bn_in_eval(self.model, self.recipe.model.freeze.train_bn)
         started = time.perf_counter()
         seen_before = self.seen
-        bar = tqdm(total=len(self.batches.split), initial=self.seen, desc=f"epoch {epoch}/{self.config.epochs}",
-                   unit="img", unit_scale=True, disable=not progress, leave=False, dynamic_ncols=True)  # fmt: skip
+        bar = tqdm(total=self.batches.shard_size, initial=self.seen, desc=f"epoch {epoch}/{self.config.epochs}",
+                   unit="img", unit_scale=True, disable=not (progress and distributed.is_main()),
+                   leave=False, dynamic_ncols=True)  # fmt: skip
         for inputs, labels in self.batches.epoch(epoch, start=self.position):
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 logits = self.forward(inputs)
@@ -199,14 +218,17 @@ class Trainer:
         bar.close()
         self.check_finite()
         seconds = time.perf_counter() - started
+        totals = distributed.sum_across_ranks(torch.stack([self.loss_sum, self.correct.double(), torch.tensor(
+            float(self.seen - seen_before), device=self.device), torch.tensor(float(self.seen), device=self.device)]))  # fmt: skip
+        loss_sum, correct, seen_now, seen = totals.tolist()
         record = {
             "epoch": epoch,
             "step": self.step,
-            "train_loss": float(self.loss_sum) / max(1, self.seen),
-            "train_accuracy": int(self.correct) / max(1, self.seen),
+            "train_loss": loss_sum / max(1, seen),
+            "train_accuracy": correct / max(1, seen),
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": seconds,
-            "images_per_second": (self.seen - seen_before) / seconds,
+            "images_per_second": seen_now / seconds,
         }
         self.epoch, self.position, self.seen = epoch + 1, 0, 0
         self.loss_sum.zero_()
@@ -229,7 +251,7 @@ class Trainer:
         return [self.recipe.optim.lr * lr_factor(schedule, step, total, per_epoch) for step in range(total)]
 
     def check_finite(self) -> None:
-        bad_step = int(self.first_nonfinite)
+        bad_step = int(distributed.max_across_ranks(self.first_nonfinite))
         if bad_step >= 0:
             last = checkpoint.all_checkpoints(self.folder)
             kept = f"; the last good checkpoint is {last[-1]}" if last else ""
@@ -238,8 +260,11 @@ class Trainer:
                 f"set train.grad_clip, or use train.precision=fp32{kept}"
             )
 
-    def save_checkpoint(self) -> Path:
+    def save_checkpoint(self) -> None:
+        """Checkpoint on rank 0 (every rank checks the loss first: a collective)."""
         self.check_finite()  # never save weights a NaN has already reached
+        if not distributed.is_main():
+            return
         tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
         optim_tensors, optim_state = checkpoint.optimizer_state(self.optimizer)
         rng_tensors, rng = checkpoint.rng_state()
@@ -254,23 +279,25 @@ class Trainer:
             "history": self.history,
             "optimizer": optim_state,
             "scaler": self.scaler.state_dict(),
+            "world_size": distributed.world_size(),
             "rng": rng,
         }
-        return checkpoint.save(self.folder, self.step, tensors, state, self.config.keep_checkpoints)
+        checkpoint.save(self.folder, self.step, tensors, state, self.config.keep_checkpoints)
 
     def load_checkpoint(self, path: Path) -> None:
         tensors, state = checkpoint.load(path)
+        if state["world_size"] != distributed.world_size():
+            raise ZooError(f"{path} was written by {state['world_size']} processes; resume it with as many")
         for index in state["applied_stages"]:
-            group = freeze.unfreeze_stage(self.model, self.recipe.model.freeze.stages[index], self.recipe.optim.lr)
-            self.applied_stages.append(index)
-            if group:
-                self.optimizer.add_param_group(group)
+            self._apply_stage(index)
         model_state = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
         self.model.load_state_dict(model_state)
         checkpoint.load_optimizer_state(self.optimizer, tensors, state["optimizer"])
         if state["scaler"]:
             self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(tensors, state["rng"])
+        if distributed.rank():  # rank 0's RNG state is saved; the others restart theirs from the seed
+            seed_everything(self.recipe.train.seed + distributed.rank() + self.step)
         self.loss_sum.copy_(tensors["loss_sum"])
         self.correct.copy_(tensors["correct"])
         self.step, self.epoch, self.position, self.seen = state["step"], state["epoch"], state["position"], state["seen"]
@@ -283,7 +310,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     ``resume`` continues the run in that folder from its newest checkpoint.
     """
     seed_everything(recipe.train.seed)
-    device = resolve_device(recipe.train.device)
+    device = distributed.setup(resolve_device(recipe.train.device))
     dtype = autocast_dtype(recipe.train.precision, device)
     torch.use_deterministic_algorithms(recipe.train.deterministic)
     latest = check_resumable(resume, recipe) if resume else None
@@ -300,7 +327,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     seed_everything(recipe.train.seed)  # the same initial weights whatever ran before
     model = build_model(recipe.model, num_classes)
     if source is not None:
-        print(load_pretrained(model, source, recipe.model.backbone, splits.label_names))
+        log(load_pretrained(model, source, recipe.model.backbone, splits.label_names))
     freeze.apply(model, recipe.model.freeze)
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
@@ -311,6 +338,9 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     _print_setup(recipe, model, groups, splits, device, dtype)
     if dry_run:
         return None
+    if distributed.rank():  # same initial weights on every rank, but each its own dropout
+        seed_everything(recipe.train.seed + distributed.rank())
+    main = distributed.is_main()
 
     loss_fn = build_loss(recipe.loss).to(device)
     batch_options = {
@@ -322,11 +352,12 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     trainer = Trainer(recipe, model, optimizer, loss_fn, train_batches, dtype, folder)
     if latest is not None:
         trainer.load_checkpoint(latest)
-        print(f"resuming {folder} from {latest.name} (epoch {trainer.epoch}, step {trainer.step})")
-    _write_state(folder, recipe, "running")
-    artifacts.write_text(folder / artifacts.RECIPE, recipe.to_toml())
-    print(f"run folder: {folder}")
-    tensorboard = _tensorboard_writer(folder) if recipe.train.tensorboard else None
+        log(f"resuming {folder} from {latest.name} (epoch {trainer.epoch}, step {trainer.step})")
+    if main:
+        _write_state(folder, recipe, "running")
+        artifacts.write_text(folder / artifacts.RECIPE, recipe.to_toml())
+    log(f"run folder: {folder}")
+    tensorboard = _tensorboard_writer(folder) if recipe.train.tensorboard and main else None
 
     state, reason = "finished", ""
     started = time.perf_counter()
@@ -334,22 +365,24 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
         while trainer.epoch <= recipe.train.epochs and not trainer.done:
             record = trainer.train_epoch(progress)
             if val_batches is not None:
-                val = evaluate(trainer.forward, val_batches, loss_fn, splits.label_names, dtype)
+                val = evaluate(trainer.evaluator, val_batches, loss_fn, splits.label_names, dtype)
                 record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
             trainer.history.append(record)
-            artifacts.write_text(folder / artifacts.METRICS, "".join(json.dumps(r) + "\n" for r in trainer.history))
+            if main:
+                artifacts.write_text(folder / artifacts.METRICS, "".join(json.dumps(r) + "\n" for r in trainer.history))
             trainer.save_checkpoint()
-            print(_epoch_line(record, recipe.train.epochs))
+            log(_epoch_line(record, recipe.train.epochs))
             if tensorboard:
                 for key, value in record.items():
                     if key not in ("epoch", "step"):
                         tensorboard.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
     except KeyboardInterrupt:
         state, reason = "interrupted", f"stopped by Ctrl-C in epoch {trainer.epoch}, after step {trainer.step}"
-        print(f"\n{reason}: saving the run folder")
+        log(f"\n{reason}: saving the run folder")
     except BaseException as exc:
         try:
-            _write_state(folder, recipe, "failed", f"{type(exc).__name__}: {exc}", step=trainer.step)
+            if main:
+                _write_state(folder, recipe, "failed", f"{type(exc).__name__}: {exc}", step=trainer.step)
         except ZooError as unrecorded:
             exc.add_note(f"(the failure could not be recorded in the run folder: {unrecorded})")
         raise
@@ -368,10 +401,16 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     }
     if history and "val_accuracy" in history[-1]:
         results["best_val_accuracy"] = max(r["val_accuracy"] for r in history)
+    if distributed.world_size() > 1:
+        results["world_size"] = distributed.world_size()
+        results["ranks_agree"] = distributed.ranks_agree(model)
+        if not results["ranks_agree"]:
+            raise RuntimeError("the ranks ended with different weights: DDP did not keep them in step")
     if state == "finished":
         test_batches = Batches(splits.test, recipe.data.eval_batch_size, **batch_options)
-        results["test"] = evaluate(trainer.forward, test_batches, loss_fn, splits.label_names, dtype)
-    _write_run(folder, recipe, model, splits, results, trainer)
+        results["test"] = evaluate(trainer.evaluator, test_batches, loss_fn, splits.label_names, dtype)
+    if main:
+        _write_run(folder, recipe, model, splits, results, trainer)
     return RunResult(folder, results)
 
 
@@ -457,17 +496,21 @@ def _print_setup(
     recipe: Recipe, model: nn.Module, groups: list[dict], splits: Splits, device: torch.device, dtype: torch.dtype | None
 ) -> None:
     val = len(splits.val) if splits.val is not None else 0
-    print(
+    log(
         f"{recipe.name}: {recipe.model.backbone} on {recipe.data.dataset} "
         f"({len(splits.label_names)} classes: {', '.join(splits.label_names)})"
     )
-    print(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {tuple(splits.input_size)}")
+    log(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {tuple(splits.input_size)}")
     precision = str(dtype).removeprefix("torch.") if dtype else "fp32"
-    print(f"device: {device} ({precision}), batch {recipe.data.batch_size}, {recipe.optim.name} lr {recipe.optim.lr:g}")
+    ranks = distributed.world_size()
+    batch = f"batch {recipe.data.batch_size}" + (
+        f" per rank x {ranks} ranks = {recipe.data.batch_size * ranks} global" if ranks > 1 else ""
+    )
+    log(f"device: {device} ({precision}), {batch}, {recipe.optim.name} lr {recipe.optim.lr:g}")
     width = max(len(row[0]) for row in freeze.summary(model, groups))
-    print(f"{'group':<{width}}  {'tensors':>7}  {'parameters':>12}  lr")
+    log(f"{'group':<{width}}  {'tensors':>7}  {'parameters':>12}  lr")
     for name, tensors, count, lr in freeze.summary(model, groups):
-        print(f"{name:<{width}}  {tensors:>7}  {count:>12,}  {lr}")
+        log(f"{name:<{width}}  {tensors:>7}  {count:>12,}  {lr}")
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:

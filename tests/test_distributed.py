@@ -1,0 +1,78 @@
+"""Data-parallel runs: two CPU processes with gloo, launched through torchrun by `zoo run --nproc 2`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import RECIPES, assert_user_error
+
+from zoo import artifacts
+from zoo import recipe as recipes
+from zoo.cli import cli
+from zoo.model import build_model
+from zoo.train import run, seed_everything
+
+SUBSET = ["data.classes=[0,1,2]", "data.per_class=200", "data.val_split=0.05", "train.epochs=2"]
+FREEZING = ["model.freeze.freeze=['conv1.*']", "model.freeze.stages=[{epoch=2, unfreeze=['conv2.*'], lr_mult=0.5}]"]
+
+
+def zoo(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(Path(sys.executable).with_name("zoo")), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    """Two ranks of 32 images a batch each: a global batch of 64."""
+    cwd = tmp_path_factory.mktemp("ddp")
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=32", "--no-progress"],
+        capture_output=True, text=True, timeout=600, cwd=cwd,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "batch 32 per rank x 2 ranks = 64 global" in result.stdout
+    assert result.stdout.count("run folder:") == 2  # the start and the end, from rank 0 only
+    folders = list((cwd / "runs").iterdir())
+    assert len(folders) == 1, "only rank 0 writes a run folder"
+    return folders[0]
+
+
+def test_both_ranks_end_identical_and_match_one_process(ddp_run: Path, tmp_path: Path) -> None:
+    results = json.loads((ddp_run / "results.json").read_text())
+    assert (results["state"], results["world_size"], results["ranks_agree"]) == ("finished", 2, True)
+    assert sum(row["support"] for row in results["test"]["per_class"]) == 980 + 1135 + 1032  # every test image, once
+
+    single = run(recipes.load(RECIPES / "mnist.toml", [*SUBSET, *FREEZING, "data.batch_size=64", f"output.dir={tmp_path / 'one'}"]), progress=False)
+    assert results["steps"] == single.results["steps"]
+    assert abs(results["test"]["accuracy"] - single.results["test"]["accuracy"]) < 0.02
+
+
+def test_frozen_and_staged_parameters_under_ddp(ddp_run: Path) -> None:
+    recipe = recipes.from_dict(json.loads((ddp_run / "config.json").read_text())["zoo"]["recipe"])
+    seed_everything(recipe.train.seed)
+    initial = build_model(recipe.model, 3).state_dict()
+    trained = artifacts.read_weights(ddp_run)
+    assert torch.equal(initial["backbone.conv1.weight"], trained["backbone.conv1.weight"])
+    assert not torch.equal(initial["backbone.conv2.weight"], trained["backbone.conv2.weight"])
+
+
+def test_resume_under_the_same_world_size_only(ddp_run: Path) -> None:
+    refused = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=32", "train.epochs=3", "--resume", str(ddp_run)])
+    assert_user_error(refused, "was written by 2 processes; resume it with as many")
+    resumed = zoo("run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=32", "train.epochs=3", "--resume", str(ddp_run), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    results = json.loads((ddp_run / "results.json").read_text())
+    assert (results["epochs"], results["ranks_agree"]) == (3, True)
+
+
+def test_the_command_line_shorthand_on_full_mnist(tmp_path: Path, mnist_dir: Path) -> None:
+    result = zoo("run", "--nproc", "2", str(RECIPES / "mnist.toml"), "train.max_steps=20", f"output.dir={tmp_path / 'run'}", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert (results["steps"], results["world_size"]) == (20, 2)
+    assert results["test"]["accuracy"] > 0.5

@@ -1,0 +1,99 @@
+"""Data-parallel training through torch.distributed, launched by torchrun.
+
+zoo starts no processes and runs no rendezvous of its own: ``torchrun`` (or ``zoo run
+--nproc N``, which hands over to ``torch.distributed.run``) starts one process per rank and
+sets RANK, WORLD_SIZE and LOCAL_RANK; this module joins that process group (nccl on CUDA,
+gloo on the CPU) and offers the few collectives the runner needs. Outside torchrun every
+function here is a no-op for a single process.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def launched() -> bool:
+    """Whether this process is one rank of a torchrun launch."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(device: torch.device) -> torch.device:
+    """Join torchrun's process group (once); returns this rank's device."""
+    if not launched():
+        return device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def log(*values: object) -> None:
+    """print, on rank 0 only."""
+    if is_main():
+        print(*values, flush=True)
+
+
+def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """The element-wise sum of ``tensor`` over all ranks (the tensor itself for one process)."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM) if world_size() > 1 else tensor
+
+
+def max_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    return _all_reduce(tensor, dist.ReduceOp.MAX) if world_size() > 1 else tensor
+
+
+def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
+    reduced = tensor.to(_collective_device(), copy=True)
+    dist.all_reduce(reduced, op=op)
+    return reduced.to(tensor.device)
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def ranks_agree(model: torch.nn.Module) -> bool:
+    """Whether every rank holds the same weights (compared through per-tensor float64 sums)."""
+    if world_size() == 1:
+        return True
+    fingerprint = torch.stack([p.detach().double().sum() for p in model.state_dict().values()]).cpu()
+    gathered = [torch.empty_like(fingerprint) for _ in range(world_size())]
+    dist.all_gather(gathered, fingerprint.to(_collective_device()))
+    return all(torch.equal(fingerprint, other.cpu()) for other in gathered)
+
+
+def _collective_device() -> torch.device:
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def shard(order: torch.Tensor, pad: bool) -> torch.Tensor:
+    """This rank's share of ``order``; ``pad`` repeats items so that every rank gets as many."""
+    ranks = world_size()
+    if ranks == 1:
+        return order
+    if pad and len(order) % ranks:
+        order = torch.cat([order, order[: ranks - len(order) % ranks]])
+    return order[rank() :: ranks]
+
+
+def teardown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
