@@ -32,7 +32,9 @@ def test_shipped_recipes_pass_the_schema_and_the_json_schema(path: Path) -> None
     assert header.startswith(f"# {path.stem}:"), "every recipe's header says what it does"
     assert "zoo run" in path.read_text(), "every recipe's header says how to run it"
     with path.open("rb") as file:
-        jsonschema.validate(tomllib.load(file), recipes.json_schema())
+        raw = tomllib.load(file)
+    # A recipe that extends another is complete only once merged.
+    jsonschema.validate(recipe.to_dict() if "extends" in raw else raw, recipes.json_schema())
 
 
 def test_schema_command_prints_json_schema() -> None:

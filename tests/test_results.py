@@ -123,7 +123,7 @@ def test_runs_table_and_compare_lists_exactly_the_differing_keys(trained: Path, 
     result = CliRunner().invoke(cli, ["runs", "--compare", str(trained), str(other), "--json"])
     assert result.exit_code == 0, result.stderr
     compared = json.loads(result.stdout)
-    assert compared["differences"] == {"optim.lr": [0.003, 0.001], "train.epochs": [3, 1]}
+    assert compared["differences"] == {"optim.lr": [0.005, 0.001], "train.epochs": [3, 1]}
     text = CliRunner().invoke(cli, ["runs", "--compare", str(trained), str(other)]).stdout
     assert [line.split()[0] for line in text.splitlines()[1:3]] == ["optim.lr", "train.epochs"]
     assert "test_acc" in text

@@ -146,8 +146,8 @@ def test_dry_run_prints_groups_and_writes_nothing(mnist_dir: Path, tmp_path: Pat
     result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--dry-run", "optim.backbone_lr_mult=0.1"])
     assert result.exit_code == 0, result.stderr
     lines = {line.split()[0]: line.split()[1:] for line in result.stdout.splitlines() if line.split()}
-    assert lines["head"] == ["2", "1,290", "0.003"]
-    assert lines["backbone"] == ["6", "1,198,592", "0.0003"]
+    assert lines["head"] == ["2", "1,290", "0.005"]
+    assert lines["backbone"] == ["6", "1,198,592", "0.0005"]
     assert lines["frozen"][:2] == ["0", "0"]
     assert not (tmp_path / "runs").exists()
 
