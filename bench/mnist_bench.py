@@ -126,7 +126,7 @@ def hand_loop(epochs: int, max_steps: int | None) -> dict:
     scale, shift = 1 / (255 * 0.3081), 0.1307 / 0.3081
     epochs_out = []
     step = 0
-    for epoch in range(epochs):
+    for _ in range(epochs):
         model.train()
         started = time.perf_counter()
         order = torch.randperm(len(train))
