@@ -1,0 +1,227 @@
+"""The training loop: one epoch at a time, checkpointed whole between optimiser steps."""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import checkpoint, distributed, freeze
+from .data import Batches
+from .distributed import log
+from .errors import ZooError
+from .optim import lr_factor, set_lr
+from .recipe import Recipe
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class NonFiniteLoss(ZooError):
+    """The loss became NaN or infinite."""
+
+
+class Trainer:
+    """The training loop and all of its state, which a checkpoint saves and restores whole.
+
+    Checkpoints are taken only between optimiser steps; with the data order a function of
+    (seed, epoch) and every RNG saved, a resumed run repeats the uninterrupted one exactly.
+    """
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_fn: nn.Module,
+        batches: Batches,
+        dtype: torch.dtype | None,
+        folder: Path,
+    ) -> None:
+        self.recipe = recipe
+        self.config = recipe.train
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.batches = batches
+        self.device = batches.device
+        self.dtype = dtype
+        self.folder = folder
+        self.forward = self._wrap(model)
+        # DDP's forward is a collective; each rank evaluates its own share of a split alone.
+        self.evaluator = self.forward if distributed.world_size() == 1 else model
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
+        self.steps_per_epoch = math.ceil(len(batches) / self.config.grad_accum)
+        self.total_steps = self.config.epochs * self.steps_per_epoch
+        if self.config.max_steps:
+            self.total_steps = min(self.total_steps, self.config.max_steps)
+        self.step = 0
+        self.epoch = 1
+        self.position = 0  # batches of self.epoch already trained
+        self.history: list[dict[str, Any]] = []
+        self.applied_stages: list[int] = []
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), dtype=torch.long, device=self.device)
+        self.seen = 0
+        # The first step whose loss was not finite, kept on the device: checking costs no sync.
+        self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
+
+    def _wrap(self, model: nn.Module) -> nn.Module:
+        """What the training step calls: the model, under DDP when launched by torchrun, compiled if asked."""
+        if distributed.world_size() > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+        return torch.compile(model) if self.config.compile else model
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.total_steps
+
+    def unfreeze_stages(self, epoch: int) -> None:
+        """Apply the freezing stages due by ``epoch`` that are not applied yet."""
+        for index, stage in enumerate(self.recipe.model.freeze.stages):
+            if stage.epoch <= epoch and index not in self.applied_stages:
+                self._apply_stage(index)
+
+    def _apply_stage(self, index: int) -> None:
+        stage = self.recipe.model.freeze.stages[index]
+        group = freeze.unfreeze_stage(self.model, stage, self.recipe.optim.lr)
+        self.applied_stages.append(index)
+        if group:
+            self.optimizer.add_param_group(group)
+            self.forward = self._wrap(self.model)  # DDP must learn of the newly trainable parameters
+            log(f"epoch {stage.epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
+
+    def train_epoch(self, progress: bool) -> dict[str, Any]:
+        """Train the rest of ``self.epoch`` (or up to the last step); the epoch's record."""
+        epoch = self.epoch
+        self.unfreeze_stages(epoch)
+        self.model.train()
+        freeze.keep_frozen_bn_in_eval(self.model, self.recipe.model.freeze.train_bn)
+        started = time.perf_counter()
+        seen_before = self.seen
+        bar = tqdm(total=self.batches.shard_size, initial=self.seen, desc=f"epoch {epoch}/{self.config.epochs}",
+                   unit="img", unit_scale=True, disable=not (progress and distributed.is_main()),
+                   leave=False, dynamic_ncols=True)  # fmt: skip
+        for inputs, labels in self.batches.epoch(epoch, start=self.position):
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                logits = self.forward(inputs)
+                loss = self.loss_fn(logits, labels)
+            self.correct += (logits.detach().argmax(1) == labels).sum()
+            self.scaler.scale(loss / self.config.grad_accum).backward()
+            loss = loss.detach()
+            self.first_nonfinite = torch.where(
+                (self.first_nonfinite < 0) & ~torch.isfinite(loss), self.step + 1, self.first_nonfinite
+            )
+            self.loss_sum += loss * len(labels)
+            self.seen += len(labels)
+            self.position += 1
+            bar.update(len(labels))
+            if self.position % self.config.grad_accum and self.position < len(self.batches):
+                continue
+            self._optimizer_step()
+            if self.step % self.config.log_every == 0:  # the loop's only host sync
+                self.check_finite()
+                bar.set_postfix(loss=f"{float(self.loss_sum) / self.seen:.4f}")
+            every = self.config.checkpoint_every
+            if every and self.step % every == 0 and self.position < len(self.batches) and not self.done:
+                self.save_checkpoint()
+            if self.done:
+                break
+        bar.close()
+        self.check_finite()
+        seconds = time.perf_counter() - started
+        totals = distributed.sum_across_ranks(torch.stack([self.loss_sum, self.correct.double(), torch.tensor(
+            float(self.seen - seen_before), device=self.device), torch.tensor(float(self.seen), device=self.device)]))  # fmt: skip
+        loss_sum, correct, seen_now, seen = totals.tolist()
+        record = {
+            "epoch": epoch,
+            "step": self.step,
+            "train_loss": loss_sum / max(1, seen),
+            "train_accuracy": correct / max(1, seen),
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": seconds,
+            "images_per_second": seen_now / seconds,
+        }
+        self.epoch, self.position, self.seen = epoch + 1, 0, 0
+        self.loss_sum.zero_()
+        self.correct.zero_()
+        return record
+
+    def _optimizer_step(self) -> None:
+        if self.config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        set_lr(self.optimizer, lr_factor(self.recipe.schedule, self.step, self.total_steps, self.steps_per_epoch))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+
+    def learning_rates(self) -> list[float]:
+        """The head's learning rate at every step of the run, from the schedule."""
+        schedule, total, per_epoch = self.recipe.schedule, self.total_steps, self.steps_per_epoch
+        return [self.recipe.optim.lr * lr_factor(schedule, step, total, per_epoch) for step in range(total)]
+
+    def check_finite(self) -> None:
+        bad_step = int(distributed.max_across_ranks(self.first_nonfinite))
+        if bad_step >= 0:
+            last = checkpoint.all_checkpoints(self.folder)
+            kept = f"; the last good checkpoint is {last[-1]}" if last else ""
+            raise NonFiniteLoss(
+                f"the loss became NaN or infinite at step {bad_step} (epoch {self.epoch}): lower optim.lr, "
+                f"set train.grad_clip, or use train.precision=fp32{kept}"
+            )
+
+    def save_checkpoint(self) -> None:
+        """Checkpoint on rank 0 (every rank checks the loss first: a collective)."""
+        self.check_finite()  # never save weights a NaN has already reached
+        if not distributed.is_main():
+            return
+        tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
+        optim_tensors, optim_state = checkpoint.optimizer_state(self.optimizer)
+        rng_tensors, rng = checkpoint.rng_state()
+        tensors |= optim_tensors | rng_tensors | {"loss_sum": self.loss_sum, "correct": self.correct}
+        state = {
+            "recipe_hash": self.recipe.hash,
+            "step": self.step,
+            "epoch": self.epoch,
+            "position": self.position,
+            "seen": self.seen,
+            "applied_stages": self.applied_stages,
+            "history": self.history,
+            "optimizer": optim_state,
+            "scaler": self.scaler.state_dict(),
+            "world_size": distributed.world_size(),
+            "rng": rng,
+        }
+        checkpoint.save(self.folder, self.step, tensors, state, self.config.keep_checkpoints)
+
+    def load_checkpoint(self, path: Path) -> None:
+        tensors, state = checkpoint.load(path)
+        if state["world_size"] != distributed.world_size():
+            raise ZooError(f"{path} was written by {state['world_size']} processes; resume it with as many")
+        for index in state["applied_stages"]:
+            self._apply_stage(index)
+        model_state = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
+        self.model.load_state_dict(model_state)
+        checkpoint.load_optimizer_state(self.optimizer, tensors, state["optimizer"])
+        if state["scaler"]:
+            self.scaler.load_state_dict(state["scaler"])
+        checkpoint.set_rng_state(tensors, state["rng"])
+        if distributed.rank():  # rank 0's RNG state is saved; the others restart theirs from the seed
+            seed_everything(self.recipe.train.seed + distributed.rank() + self.step)
+        self.loss_sum.copy_(tensors["loss_sum"])
+        self.correct.copy_(tensors["correct"])
+        self.step, self.epoch, self.position, self.seen = state["step"], state["epoch"], state["position"], state["seen"]
+        self.history = state["history"]
