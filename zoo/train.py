@@ -298,9 +298,10 @@ def _print_setup(
         f" per rank x {ranks} ranks = {recipe.data.batch_size * ranks} global" if ranks > 1 else ""
     )
     log(f"device: {device} ({precision}), {batch}, {recipe.optim.name} lr {recipe.optim.lr:g}")
-    width = max(len(row[0]) for row in freeze.summary(model, groups))
+    rows = freeze.summary(model, groups)
+    width = max(len(row[0]) for row in rows)
     log(f"{'group':<{width}}  {'tensors':>7}  {'parameters':>12}  lr")
-    for name, tensors, count, lr in freeze.summary(model, groups):
+    for name, tensors, count, lr in rows:
         log(f"{name:<{width}}  {tensors:>7}  {count:>12,}  {lr}")
 
 
