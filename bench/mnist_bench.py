@@ -175,7 +175,7 @@ def zoo_runner(recipe_name: str, epochs: int, max_steps: int | None) -> dict:
     result = run(recipe, progress=False)
     history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     splits = load_splits(recipe.data, recipe.train.seed)
-    model = build_model(recipe.model, len(splits.label_names))
+    model, _ = build_model(recipe.model, splits.label_names)
     batches = Batches(splits.test, recipe.data.eval_batch_size, torch.device("cpu"), splits.mean, splits.std)
     dtype = autocast_dtype(recipe.train.precision, torch.device("cpu"))
     epochs_out = []

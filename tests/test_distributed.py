@@ -55,7 +55,7 @@ def test_both_ranks_end_identical_and_match_one_process(ddp_run: Path, tmp_path:
 def test_frozen_and_staged_parameters_under_ddp(ddp_run: Path) -> None:
     recipe = recipes.from_dict(json.loads((ddp_run / "config.json").read_text())["zoo"]["recipe"])
     seed_everything(recipe.train.seed)
-    initial = build_model(recipe.model, 3).state_dict()
+    initial = build_model(recipe.model, ["0", "1", "2"])[0].state_dict()
     trained = artifacts.read_weights(ddp_run)
     assert torch.equal(initial["backbone.conv1.weight"], trained["backbone.conv1.weight"])
     assert not torch.equal(initial["backbone.conv2.weight"], trained["backbone.conv2.weight"])

@@ -21,7 +21,7 @@ def test_linear_and_mlp_heads() -> None:
 
 
 def test_model_is_backbone_then_head() -> None:
-    model = build_model(ModelConfig(backbone="mnist_cnn", args={"conv1": 4, "conv2": 8, "hidden": 16}), 7)
+    model, _ = build_model(ModelConfig(backbone="mnist_cnn", args={"conv1": 4, "conv2": 8, "hidden": 16}), list("abcdefg"))
     assert model.num_features == 16
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
     assert {name.split(".")[0] for name, _ in model.named_parameters()} == {"backbone", "head"}
@@ -34,14 +34,14 @@ def save_as_run(model: nn.Module, folder: Path, labels: list[str], backbone: str
 
 def test_same_labels_load_the_head_too_and_new_labels_get_a_new_head(tmp_path: Path) -> None:
     config = ModelConfig(backbone="mnist_cnn", args={"conv1": 4, "conv2": 8, "hidden": 16})
-    source = build_model(config, 2)
+    source = build_model(config, ["a", "b"])[0]
     save_as_run(source, tmp_path, ["a", "b"])
 
-    same = build_model(config, 2)
+    same = build_model(config, ["a", "b"])[0]
     assert "backbone and head" in load_pretrained(same, tmp_path, "mnist_cnn", ["a", "b"])
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), same.state_dict().values()))
 
-    other = build_model(config, 2)
+    other = build_model(config, ["a", "b"])[0]
     message = load_pretrained(other, tmp_path, "mnist_cnn", ["c", "d"])
     assert "new head for 2 classes (c, d)" in message
     assert torch.equal(other.backbone.fc1.weight, source.backbone.fc1.weight)
@@ -50,10 +50,10 @@ def test_same_labels_load_the_head_too_and_new_labels_get_a_new_head(tmp_path: P
 
 def test_other_architecture_and_corrupted_weights_are_refused(tmp_path: Path) -> None:
     config = ModelConfig(backbone="mnist_cnn", args={"conv1": 4, "conv2": 8, "hidden": 16})
-    save_as_run(build_model(config, 2), tmp_path, ["a", "b"], backbone="resnet18")
+    save_as_run(build_model(config, ["a", "b"])[0], tmp_path, ["a", "b"], backbone="resnet18")
     with pytest.raises(ZooError, match="holds a 'resnet18' backbone, but the recipe builds 'mnist_cnn'"):
-        load_pretrained(build_model(config, 2), tmp_path, "mnist_cnn", ["a", "b"])
-    save_as_run(build_model(config, 2), tmp_path, ["a", "b"])
+        load_pretrained(build_model(config, ["a", "b"])[0], tmp_path, "mnist_cnn", ["a", "b"])
+    save_as_run(build_model(config, ["a", "b"])[0], tmp_path, ["a", "b"])
     (tmp_path / artifacts.WEIGHTS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
     with pytest.raises(ZooError, match="model.safetensors is corrupted"):
-        load_pretrained(build_model(config, 2), tmp_path, "mnist_cnn", ["a", "b"])
+        load_pretrained(build_model(config, ["a", "b"])[0], tmp_path, "mnist_cnn", ["a", "b"])

@@ -175,7 +175,7 @@ def test_interrupted_run_leaves_a_usable_folder(mnist_dir: Path, tmp_path: Path)
         (["data.classes=['seven']"], "data.classes: no class named 'seven'"),
         (["data.classes=[]"], "data.classes is empty"),
         (["model.head.num_classes=3", "data.classes=[1,2]"], "model.head.num_classes = 3, but data.classes selects 2"),
-        (["model.pretrained=no/such/run"], "model.pretrained: run folder not found"),
+        (["model.pretrained=no/such/run"], "model.pretrained: folder not found"),
         (["model.freeze.freeze=['conv9.*']"], "pattern 'conv9.*' matches no parameter"),
         (["model.freeze.freeze=['*']"], "freezes every parameter"),
         (["model.args.image_size=4"], "model.args: mnist_cnn rejected its arguments"),

@@ -65,16 +65,22 @@ def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
 @cli.command("list")
 @click.argument("kind", required=False, type=click.Choice(sorted(KIND_CHOICES)))
 @click.argument("pattern", required=False)
+@click.option("--pretrained", is_flag=True, help="Only models with pretrained weights, as NAME.TAG (in a namespace: 'timm/resnet*').")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def list_command(kind: str | None, pattern: str | None, as_json: bool) -> None:
+def list_command(kind: str | None, pattern: str | None, pretrained: bool, as_json: bool) -> None:
     """List plugins: all kinds, or only KIND, whose names match the glob PATTERN.
 
     Reads entry-point metadata only: no plugin is imported, so a broken plugin cannot break
-    the listing (`zoo plugins` checks that each one loads).
+    the listing (`zoo plugins` checks that each one loads). A namespace such as timm/* is one
+    row until PATTERN reaches inside it:
+
+    \b
+      zoo list models 'timm/resnet*'               timm's ResNets
+      zoo list models 'timm/resnet*' --pretrained  their pretrained weights (tags)
     """
     if registry.strict_plugins():
         registry.load_all(KIND_CHOICES.get(kind))  # raises on the first broken plugin
-    found = registry.plugins(KIND_CHOICES[kind] if kind else None, pattern)
+    found = registry.plugins(KIND_CHOICES[kind] if kind else None, pattern, pretrained)
     if as_json:
         click.echo(json.dumps([_describe(p) for p in found], indent=2))
         return
@@ -102,11 +108,9 @@ def _describe(plugin: registry.Plugin) -> dict[str, str]:
 def info(name: str) -> None:
     """Show a plugin's kind, provider, arguments (with defaults and types) and docstring."""
     provider, _, bare = name.rpartition(":")
-    kinds = sorted({p.kind for p in registry.plugins() if p.name == bare})
-    if not kinds:
-        registry.get("model", name)  # raises the unknown-name error with suggestions
+    kinds = sorted({p.kind for p in registry.plugins() if p.name == bare}) or ["model"]  # else a namespace member
     for position, kind in enumerate(kinds):
-        plugin = registry.get(kind, name)
+        plugin = registry.get(kind, name)  # an unknown name raises, with suggestions
         factory = plugin.load()
         if position:
             click.echo()
@@ -125,7 +129,7 @@ def info(name: str) -> None:
 
 
 def _format_parameter(parameter: inspect.Parameter) -> str:
-    text = parameter.name
+    text = {inspect.Parameter.VAR_KEYWORD: "**", inspect.Parameter.VAR_POSITIONAL: "*"}.get(parameter.kind, "") + parameter.name
     if parameter.annotation is not inspect.Parameter.empty:
         annotation = parameter.annotation
         text += f": {annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)}"

@@ -4,20 +4,32 @@ Two paths to the model. A dataset that holds its samples in memory as one uint8 
 (``images``: N x C x H x W, ``targets``: N, as the built-in ``mnist`` does) is batched straight
 from that tensor, on the device, normalised per batch with no per-item Python work. Any other
 dataset goes through a DataLoader with workers (and pinned memory on CUDA).
+
+An image dataset (one with torchvision's ``transform`` attribute, like ``image_folder``) gives
+PIL images; its transforms come from timm: the model's pretrained config resolved by
+``timm.data.resolve_data_config`` (input size, mean/std, interpolation, crop), the ``[data]``
+keys on top, ``timm.data.create_transform`` for training (augmented unless ``data.augment =
+false``) and evaluation. Images are converted to the model's input channels first.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from PIL import Image
+from timm.data import create_transform, resolve_data_config
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from . import distributed, registry
 from .errors import ZooError, did_you_mean
 from .recipe import DataConfig, check_args, default_data_dir
+
+IMAGE_KEYS = ("image_size", "mean", "std", "interpolation", "crop_pct", "crop_mode", "auto_augment")
 
 
 def data_root(config: DataConfig) -> Path:
@@ -30,19 +42,27 @@ def is_in_memory(dataset: Dataset) -> bool:
     return isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
 
 
+def is_image_dataset(dataset: Dataset) -> bool:
+    """A dataset of PIL images that takes a torchvision-style ``transform``."""
+    return hasattr(dataset, "transform") and not is_in_memory(dataset)
+
+
 class Split(Dataset):
-    """The samples ``indices`` of ``dataset``, with their labels renumbered to ``labels``."""
+    """The samples ``indices`` of ``dataset``, labels renumbered to ``labels``, through ``transform``."""
 
     def __init__(self, dataset: Dataset, indices: torch.Tensor, labels: torch.Tensor) -> None:
         self.dataset = dataset
         self.indices = indices
         self.labels = labels
+        self.transform: Callable[[Any], torch.Tensor] | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
         sample, _ = self.dataset[int(self.indices[position])]
+        if self.transform is not None:
+            sample = self.transform(sample)
         return sample, int(self.labels[position])
 
 
@@ -52,9 +72,24 @@ class Splits:
     val: Split | None
     test: Split
     label_names: list[str]
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-    input_size: tuple[int, ...]  # C, H, W
+    # input_size (C, H, W), mean, std; image datasets add interpolation, crop_pct, crop_mode.
+    data_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def mean(self) -> tuple[float, ...]:
+        return tuple(self.data_config["mean"])
+
+    @property
+    def std(self) -> tuple[float, ...]:
+        return tuple(self.data_config["std"])
+
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        return tuple(self.data_config["input_size"])
+
+    @property
+    def splits(self) -> list[Split]:
+        return [split for split in (self.train, self.val, self.test) if split is not None]
 
 
 def load_splits(config: DataConfig, seed: int) -> Splits:
@@ -63,6 +98,16 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     factory = registry.get("dataset", config.dataset).load()
     check_args(factory, config.args, "data.args", positional=("root", "split"))
     train_set, test_set = (_create(factory, root, split, config) for split in ("train", "test"))
+    images = is_image_dataset(train_set)
+    if images:
+        train_set.transform = test_set.transform = None  # each split applies its own (configure_images)
+    else:
+        misplaced = [key for key in IMAGE_KEYS if getattr(config, key) is not None]
+        if misplaced:
+            raise ZooError(
+                f"data.{misplaced[0]} applies to image datasets (image_folder); '{config.dataset}' gives tensors "
+                f"of its own size and normalisation: remove data.{misplaced[0]}"
+            )
     names = [str(name) for name in getattr(train_set, "classes", [])]
     if not names:
         raise ZooError(f"dataset '{config.dataset}' has no .classes: a dataset plugin must list its label names")
@@ -99,17 +144,110 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     test = split_of(test_set, None, targets_of(test_set))
     if len(test) == 0:
         raise ZooError(f"dataset '{config.dataset}' has no test examples of the selected classes")
-    input_size = tuple(train_set.images.shape[1:] if is_in_memory(train_set) else train_set[0][0].shape)
-    channels = input_size[0]
-    return Splits(
-        train=train,
-        val=val,
-        test=test,
-        label_names=[names[i] for i in selected],
-        mean=tuple(getattr(train_set, "mean", (0.0,) * channels)),
-        std=tuple(getattr(train_set, "std", (1.0,) * channels)),
-        input_size=input_size,
-    )
+    splits = Splits(train, val, test, [names[i] for i in selected])
+    if not images:
+        input_size = tuple(train_set.images.shape[1:] if is_in_memory(train_set) else train_set[0][0].shape)
+        channels = input_size[0]
+        splits.data_config = {
+            "input_size": input_size,
+            "mean": tuple(getattr(train_set, "mean", (0.0,) * channels)),
+            "std": tuple(getattr(train_set, "std", (1.0,) * channels)),
+        }
+    return splits
+
+
+def configure_images(splits: Splits, config: DataConfig, model: nn.Module) -> None:
+    """Give an image dataset's splits their transforms, following the model (nothing for tensor datasets)."""
+    if splits.data_config:
+        return
+    splits.data_config = image_config(config, model, splits.train)
+    train_transform = build_transform(splits.data_config, training=config)
+    eval_transform = build_transform(splits.data_config)
+    for split in splits.splits:
+        split.transform = train_transform if split is splits.train else eval_transform
+
+
+def image_config(config: DataConfig, model: nn.Module, sample_split: Split) -> dict[str, Any]:
+    """timm's data config for ``model`` (its pretrained_cfg, else the images' own size), ``[data]`` keys on top."""
+    channels = input_channels(model)
+    defaults = getattr(model, "pretrained_cfg", None)
+    if not defaults:  # zoo's own backbones: the images' size, mid-grey normalisation, no crop
+        sample, _ = sample_split.dataset[int(sample_split.indices[0])]
+        defaults = {"input_size": (channels, sample.height, sample.width), "crop_pct": 1.0,
+                    "mean": (0.5,) * channels, "std": (0.5,) * channels}  # fmt: skip
+    height, width = _image_size(config.image_size) or tuple(defaults["input_size"][1:])
+    args: dict[str, Any] = {
+        "input_size": (channels, height, width),
+        "mean": _per_channel(config.mean, defaults.get("mean"), channels, "mean"),
+        "std": _per_channel(config.std, defaults.get("std"), channels, "std"),
+        "interpolation": config.interpolation,
+        "crop_pct": config.crop_pct,
+        "crop_mode": config.crop_mode,
+    }
+    resolved = resolve_data_config(args, pretrained_cfg=dict(defaults))
+    return {key: tuple(value) if isinstance(value, list | tuple) else value for key, value in resolved.items()}
+
+
+def _image_size(size: int | list[int] | None) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    sizes = [size] * 2 if isinstance(size, int) else list(size)
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ZooError(f"data.image_size = {size!r}: write N or [HEIGHT, WIDTH] with positive numbers")
+    return sizes[0], sizes[1]
+
+
+def _per_channel(
+    given: list[float] | None, default: Sequence[float] | None, channels: int, key: str
+) -> tuple[float, ...] | None:
+    """``given`` (or the model's default) with one value per input channel."""
+    if given is not None:
+        if len(given) not in (1, channels):
+            raise ZooError(f"data.{key} has {len(given)} values, but the model takes {channels} input channel(s)")
+        return tuple(given) * (channels // len(given))
+    if default is None or len(default) == channels:
+        return tuple(default) if default is not None else None
+    # A 3-channel model's statistics for grayscale input (timm's in_chans=1 sums the RGB filters).
+    return (sum(default) / len(default),) * channels
+
+
+def input_channels(model: nn.Module) -> int:
+    """The channels the model takes: its first convolution's, else timm's input_size, else 3."""
+    first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
+    if first_conv:
+        try:
+            return int(model.get_submodule(first_conv).in_channels)
+        except AttributeError:
+            pass  # some timm models name a wrapper as first_conv: fall through to the first Conv2d
+    convolution = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    return int(convolution.in_channels) if convolution is not None else 3
+
+
+def build_transform(data_config: dict[str, Any], training: DataConfig | None = None) -> Callable[[Any], torch.Tensor]:
+    """timm's evaluation transform for ``data_config`` (its training one with ``training``'s
+    augmentation keys), after converting each image to the model's channels."""
+    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
+    options: dict[str, Any] = {key: data_config[key] for key in keys if data_config.get(key) is not None}
+    if training is not None:
+        options |= {"is_training": True, "no_aug": not training.augment, "hflip": training.hflip,
+                    "scale": tuple(training.scale), "color_jitter": training.color_jitter,
+                    "auto_augment": training.auto_augment}  # fmt: skip
+    transform = create_transform(**options)
+    return ConvertThen("L" if data_config["input_size"][0] == 1 else "RGB", transform)
+
+
+class ConvertThen:
+    """Convert a PIL image to ``mode``, then apply ``transform`` (a class, so workers can pickle it)."""
+
+    def __init__(self, mode: str, transform: Callable[[Any], torch.Tensor]) -> None:
+        self.mode = mode
+        self.transform = transform
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.transform(image.convert(self.mode))
+
+    def __repr__(self) -> str:
+        return f"ConvertThen({self.mode!r}, {self.transform!r})"
 
 
 def _create(factory: Callable[..., Dataset], root: Path, split: str, config: DataConfig) -> Dataset:
@@ -225,6 +363,10 @@ class Batches:
             num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda",
         )
-        for inputs, labels in loader:
-            inputs = inputs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            yield inputs, labels.to(self.device, non_blocking=True)
+        try:
+            for inputs, labels in loader:
+                inputs = inputs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+                yield inputs, labels.to(self.device, non_blocking=True)
+        except ZooError as exc:
+            # From a worker the message carries the worker's traceback: keep its last line, the user's.
+            raise ZooError(str(exc).strip().splitlines()[-1].removeprefix(f"{ZooError.__module__}.ZooError: ")) from None

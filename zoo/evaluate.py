@@ -11,7 +11,7 @@ from torch import nn
 
 from . import artifacts, distributed, registry
 from . import recipe as recipes
-from .data import Batches, load_splits
+from .data import Batches, configure_images, load_splits
 from .device import autocast_dtype, resolve_device
 from .errors import ZooError
 from .metrics import confusion_matrix, scores
@@ -59,6 +59,7 @@ def evaluate_run(folder: Path, split: str = "test", data_overrides: Sequence[str
     recipes.apply_overrides(stored, data_overrides)
     recipe = recipes.from_dict(stored, str(folder / artifacts.CONFIG))
     splits = load_splits(recipe.data, recipe.train.seed)
+    configure_images(splits, recipe.data, model)
     chosen = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
     if chosen is None:
         raise ZooError(f"{folder} has no validation split (its data.val_split is 0); use --split test")

@@ -1,11 +1,22 @@
-"""Models: a plugin's backbone plus the head zoo adds, and loading weights from run folders."""
+"""Models: a plugin's backbone plus the head zoo adds, or a plugin that builds its own head (timm's).
+
+Two kinds of model plugin. A backbone (``mnist_cnn``) returns features with an int
+``num_features``, and zoo adds the head: ``Classifier``, whose parameter names start with
+``backbone.`` or ``head.``. A plugin whose factory takes ``num_classes`` (every ``timm/`` model)
+builds the whole classifier the timm way, with ``get_classifier()`` and ``reset_classifier()``;
+its weights keep the plugin's own names, so a run folder of a timm model is a timm model folder.
+"""
 
 from __future__ import annotations
 
 import inspect
+import json
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
+from timm.models._hub import save_config_for_hf  # public in timm.models._hub only
 from torch import nn
 
 from . import artifacts, registry
@@ -45,17 +56,26 @@ def build_head(config: HeadConfig, num_features: int, num_classes: int) -> nn.Se
     return nn.Sequential(*layers)
 
 
+def builds_own_head(factory: object) -> bool:
+    """Whether a model plugin builds the whole classifier (its factory takes ``num_classes``)."""
+    return "num_classes" in inspect.signature(factory).parameters  # type: ignore[arg-type]
+
+
+def _create(factory: object, config: ModelConfig, args: dict) -> nn.Module:
+    check_args(factory, config.args, "model.args")
+    try:
+        return factory(**args)  # type: ignore[operator]
+    except ValueError as exc:
+        raise ZooError(f"model.args: {config.backbone} rejected its arguments: {exc}") from exc
+
+
 def build_backbone(config: ModelConfig) -> nn.Module:
     plugin = registry.get("model", config.backbone)
     factory = plugin.load()
-    check_args(factory, config.args, "model.args")
     args = dict(config.args)
     if "pretrained" in inspect.signature(factory).parameters:
         args["pretrained"] = config.pretrained is True
-    try:
-        backbone = factory(**args)
-    except ValueError as exc:
-        raise ZooError(f"model.args: {config.backbone} rejected its arguments: {exc}") from exc
+    backbone = _create(factory, config, args)
     if not isinstance(getattr(backbone, "num_features", None), int):
         raise ZooError(
             f"model plugin {plugin.qualified_name} returned a module without an int `num_features`; "
@@ -64,9 +84,72 @@ def build_backbone(config: ModelConfig) -> nn.Module:
     return backbone
 
 
-def build_model(config: ModelConfig, num_classes: int) -> Classifier:
-    backbone = build_backbone(config)
-    return Classifier(backbone, build_head(config.head, backbone.num_features, num_classes))
+def build_model(
+    config: ModelConfig, label_names: list[str], source: Path | str | None = None
+) -> tuple[nn.Module, str | None]:
+    """The recipe's model for ``label_names``, from the pretrained ``source`` (a folder or ``hf-hub:``).
+
+    Returns the model and a line for the log saying what was loaded (None when nothing was).
+    """
+    factory = registry.get("model", config.backbone).load()
+    if not builds_own_head(factory):
+        if isinstance(source, str):
+            raise ZooError(
+                f"model.pretrained = '{source}': Hub sources need a backbone that loads its own weights "
+                f"(timm/...); '{config.backbone}' loads from run folders"
+            )
+        backbone = build_backbone(config)
+        model = Classifier(backbone, build_head(config.head, backbone.num_features, len(label_names)))
+        if source is None:
+            return model, f"{config.backbone}'s own pretrained weights" if config.pretrained is True else None
+        return model, load_pretrained(model, source, config.backbone, label_names)
+    if config.head.type != "linear":
+        raise ZooError(
+            f"model.head.type = '{config.head.type}': {config.backbone} keeps its own linear classifier; "
+            "set its options through model.args"
+        )
+    pretrained: bool | str = f"local-dir:{source}" if isinstance(source, Path) else source or config.pretrained is True
+    args = {**config.args, "num_classes": len(label_names), "pretrained": pretrained}
+    if config.head.dropout:
+        args["drop_rate"] = config.head.dropout
+    model = _create(factory, config, args)
+    if not pretrained:
+        return model, None
+    return model, adopt_head(model, label_names, source or f"{config.backbone}'s weights ({model.pretrained_cfg.get('hf_hub_id')})")
+
+
+def adopt_head(model: nn.Module, label_names: list[str], source: object) -> str:
+    """Keep a pretrained timm-style head only if it was trained on the same labels; else a new one."""
+    loaded = model.pretrained_cfg
+    if loaded.get("num_classes") == len(label_names) and loaded.get("label_names") in (None, label_names):
+        return f"loaded backbone and head from {source}"
+    model.reset_classifier(len(label_names))
+    return f"loaded backbone from {source}; new head for {len(label_names)} classes ({', '.join(label_names)})"
+
+
+def exchange_config(model: nn.Module, backbone: str, label_names: list[str], data_config: dict[str, Any]) -> dict[str, Any]:
+    """config.json in timm's layout: for a timm model timm's own export, which ``local-dir:`` loads."""
+    if builds_own_head(registry.get("model", backbone).load()):
+        with tempfile.TemporaryDirectory() as scratch:  # timm writes a file; the run folder gets it atomically
+            path = Path(scratch) / artifacts.CONFIG
+            save_config_for_hf(model, str(path), model_config={"label_names": label_names}, data_config=dict(data_config))
+            config = json.loads(path.read_text())
+        pretrained_cfg = config["pretrained_cfg"]
+        pretrained_cfg.pop("tag", None)  # the tag named the weights this model started from, not these
+        if "label_names" in pretrained_cfg:  # the source's labels, if it had as many classes
+            pretrained_cfg["label_names"] = label_names
+        return config
+    return {
+        "architecture": backbone,
+        "num_classes": len(label_names),
+        "num_features": model.num_features,
+        "label_names": label_names,
+        "pretrained_cfg": {**_listed(data_config), "num_classes": len(label_names)},
+    }
+
+
+def _listed(config: dict[str, Any]) -> dict[str, Any]:
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
 
 
 def load_pretrained(model: Classifier, folder: Path, backbone_name: str, label_names: list[str]) -> str:
@@ -110,11 +193,12 @@ def _check_same_tensors(expected: dict[str, torch.Tensor], found: dict[str, torc
             )
 
 
-def load_run(folder: Path) -> tuple[Classifier, list[str]]:
+def load_run(folder: Path) -> tuple[nn.Module, list[str]]:
     """The model of a run folder in eval mode, and its label names."""
     config = artifacts.read_config(folder)
     recipe = from_dict(config["zoo"]["recipe"], source=str(folder / artifacts.CONFIG))
     model_config = recipe.model.model_copy(update={"pretrained": False})
-    model = build_model(model_config, config["num_classes"])
+    label_names = list(config["label_names"])
+    model, _ = build_model(model_config, label_names)
     model.load_state_dict(artifacts.read_weights(folder))
-    return model.eval(), list(config["label_names"])
+    return model.eval(), label_names

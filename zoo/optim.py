@@ -7,6 +7,7 @@ state is the step count.
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -27,6 +28,13 @@ def build_optimizer(config: OptimConfig, groups: list[dict]) -> torch.optim.Opti
         options["betas"] = tuple(options["betas"])
     # foreach: one fused kernel per group instead of a Python loop over tensors.
     return OPTIMIZERS[config.name](groups, lr=config.lr, foreach=True, **options)
+
+
+def default_weight_decay(config: OptimConfig) -> float:
+    """``optim.weight_decay``, else the optimiser's own default (AdamW's 0.01, 0 for the others)."""
+    if config.weight_decay is not None:
+        return config.weight_decay
+    return float(inspect.signature(OPTIMIZERS[config.name]).parameters["weight_decay"].default)
 
 
 def lr_factor(config: ScheduleConfig, step: int, total_steps: int, steps_per_epoch: int) -> float:

@@ -2,41 +2,38 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
 from . import artifacts
+from .data import build_transform
 from .errors import ZooError
 from .model import load_run
 
 
-def load_image(path: Path, input_size: Sequence[int]) -> torch.Tensor:
-    """``path`` as a C x H x W float tensor in [0, 1], converted and resized to ``input_size``."""
-    channels, height, width = input_size
+def load_image(path: Path, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
+    """``path`` through the run's evaluation transform."""
     try:
         with Image.open(path) as image:
-            converted = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            return transform(image)
     except (OSError, UnidentifiedImageError, ValueError) as exc:
         raise ZooError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
-    array = torch.from_numpy(np.array(converted, dtype=np.float32) / 255.0)
-    return array.unsqueeze(0) if channels == 1 else array.permute(2, 0, 1)
 
 
 def predict_files(run_folder: Path, paths: Sequence[Path], top_k: int) -> tuple[list[dict[str, Any]], list[str]]:
     """Top-k predictions for each readable file, and a one-line error for each unreadable one."""
     model, label_names = load_run(run_folder)
-    config = artifacts.read_config(run_folder)["pretrained_cfg"]
-    mean = torch.tensor(config["mean"]).view(-1, 1, 1)
-    std = torch.tensor(config["std"]).view(-1, 1, 1)
+    # Runs on zoo's tensor datasets record size and normalisation only: resize, no crop.
+    data_config = {"interpolation": "bilinear", "crop_pct": 1.0, **artifacts.read_config(run_folder)["pretrained_cfg"]}
+    transform = build_transform(data_config)
     images, readable, errors = [], [], []
     for path in paths:
         try:
-            images.append((load_image(path, config["input_size"]) - mean) / std)
+            images.append(load_image(path, transform))
             readable.append(path)
         except ZooError as exc:
             errors.append(str(exc))

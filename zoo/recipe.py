@@ -68,7 +68,10 @@ class ModelConfig(_Section):
     backbone: str = Field(description="a zoo.models plugin name (`zoo list models`)")
     pretrained: bool | str = Field(
         False,
-        description="false, true (the plugin's own weights), a run folder, or 'recipe:FILE.toml' (that recipe's output)",
+        description=(
+            "false, true (the plugin's own weights), a run folder, 'recipe:FILE.toml' (that recipe's output), "
+            "or for timm/ backbones a timm model folder or 'hf-hub:ORG/REPO[@REVISION]'"
+        ),
     )
     args: dict[str, Any] = Field({}, description="arguments for the backbone plugin (`zoo info NAME`)")
     head: HeadConfig = HeadConfig()
@@ -87,6 +90,23 @@ class DataConfig(_Section):
     batch_size: int = Field(64, ge=1, description="training batch size")
     eval_batch_size: int = Field(512, ge=1, description="batch size for evaluation")
     num_workers: int = Field(2, ge=0, description="DataLoader workers for datasets not held in memory")
+    # Image datasets (image_folder) are read through timm's transforms, configured from the
+    # model's pretrained config (timm.data.resolve_data_config); these keys override it.
+    image_size: int | list[int] | None = Field(None, description="image datasets: input size, N or [H, W]; default: the model's")
+    mean: list[float] | None = Field(None, description="image datasets: normalisation mean per channel; default: the model's")
+    std: list[float] | None = Field(None, description="image datasets: normalisation std per channel; default: the model's")
+    interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
+        None, description="image datasets: resize interpolation; default: the model's"
+    )
+    crop_pct: float | None = Field(None, gt=0.0, le=1.0, description="image datasets: evaluation centre-crop fraction")
+    crop_mode: Literal["center", "squash", "border"] | None = Field(None, description="image datasets: evaluation crop mode")
+    augment: bool = Field(True, description="image datasets: train-time augmentation (random resized crop, flip, jitter)")
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="image datasets: horizontal flip probability when augmenting")
+    scale: list[float] = Field(
+        [0.08, 1.0], min_length=2, max_length=2, description="image datasets: random-resized-crop area range"
+    )
+    color_jitter: float = Field(0.4, ge=0.0, description="image datasets: colour jitter strength when augmenting")
+    auto_augment: str | None = Field(None, description="image datasets: timm auto-augment policy, e.g. 'rand-m9-mstd0.5'")
 
 
 class LossConfig(_Section):
@@ -151,6 +171,9 @@ class TrainConfig(_Section):
     checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every this many optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, description="how many checkpoints stay in the run folder")
     tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the zoo[tensorboard] extra)")
+    layer_decay: float | None = Field(
+        None, gt=0.0, le=1.0, description="layer-wise lr decay (timm's param groups): each layer gets this times the rate above"
+    )
 
 
 class OutputConfig(_Section):
@@ -170,6 +193,12 @@ class Recipe(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _one_backbone_rate_rule(self) -> Recipe:
+        if self.train.layer_decay is not None and self.optim.backbone_lr_mult != 1.0:
+            raise ValueError("train.layer_decay and optim.backbone_lr_mult both set the backbone's rate: keep one")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, exclude={"extends"})
@@ -333,6 +362,8 @@ def _explain(exc: ValidationError, path: Path, override_keys: set[str]) -> str:
     if error["type"] == "missing":
         return f"{origin}: missing required key '{key}'"
     message = str(error["msg"]).removeprefix("Value error, ")
+    if not key:  # a rule across sections names its keys itself
+        return f"{origin}: {message}"
     got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
     field = _field_description(parts)
     expected = f"; expected {field}" if field else ""

@@ -7,6 +7,12 @@ plugin cannot break ``zoo list``. In-process registrations (``@register_model`` 
 a test) live in the same registry under the provider name ``local``.
 
 A name offered by two providers must be written ``PROVIDER:NAME``.
+
+An entry point whose name ends in ``/*`` is a namespace: one entry point for a whole family of
+models (``timm/*`` provides ``timm/resnet18``, ``timm/resnet18.a1_in1k``, ...). Its target is an
+object with ``names(pattern, pretrained)``, ``factory(name)`` and ``describe(name)``. Listing
+shows the namespace as one row unless the pattern reaches inside it (``'timm/resnet*'``); only
+then is the namespace imported.
 """
 
 from __future__ import annotations
@@ -22,19 +28,31 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from .errors import ZooError, did_you_mean
 
 Kind = Literal["model", "dataset", "loss"]
 GROUPS: dict[Kind, str] = {"model": "zoo.models", "dataset": "zoo.datasets", "loss": "zoo.losses"}
 LOCAL = "local"
+NAMESPACE_SUFFIX = "/*"
 
 F = TypeVar("F", bound=Callable)
 
 
 class PluginLoadError(ZooError):
     """A plugin's module failed to import, or its target is missing or not callable."""
+
+
+class Namespace(Protocol):
+    """What a ``NAME/*`` entry point's target provides; member names come without the prefix."""
+
+    def names(self, pattern: str, pretrained: bool) -> list[str]: ...
+
+    def factory(self, name: str) -> Callable | None:
+        """The member's factory, or None when there is no such member."""
+
+    def describe(self, name: str) -> str: ...
 
 
 @dataclass
@@ -50,30 +68,47 @@ class Plugin:
     def qualified_name(self) -> str:
         return f"{self.provider}:{self.name}"
 
+    @property
+    def is_namespace(self) -> bool:
+        return self.name.endswith(NAMESPACE_SUFFIX)
+
+    @property
+    def prefix(self) -> str:
+        """``timm/`` for the namespace ``timm/*``."""
+        return self.name.removesuffix("*")
+
+    def load_target(self) -> object:
+        """Import the plugin's module and return the object its entry point names."""
+        module_name, _, attr = self.target.partition(":")
+        try:
+            obj = importlib.import_module(module_name)
+            for part in filter(None, attr.split(".")):
+                obj = getattr(obj, part)
+        except Exception as exc:  # a third party's module may raise anything on import
+            raise PluginLoadError(
+                f"{self.kind} plugin '{self.name}' from {self.provider} {self.version} failed to load "
+                f"({self.target}): {type(exc).__name__}: {exc}"
+            ) from exc
+        return obj
+
     def load(self) -> Callable:
-        """Import the plugin's module and return its factory."""
+        """Import the plugin's module and return its factory (a namespace's own object for ``NAME/*``)."""
         if self._factory is None:
-            module_name, _, attr = self.target.partition(":")
-            try:
-                obj = importlib.import_module(module_name)
-                for part in filter(None, attr.split(".")):
-                    obj = getattr(obj, part)
-            except Exception as exc:  # a third party's module may raise anything on import
-                raise PluginLoadError(
-                    f"{self.kind} plugin '{self.name}' from {self.provider} {self.version} failed to load "
-                    f"({self.target}): {type(exc).__name__}: {exc}"
-                ) from exc
-            if not callable(obj):
+            obj = self.load_target()
+            if not callable(obj) and not self.is_namespace:
                 raise PluginLoadError(
                     f"{self.kind} plugin '{self.name}' from {self.provider}: {self.target} is not callable"
                 )
-            self._factory = obj
-        return self._factory
+            self._factory = obj  # type: ignore[assignment]
+        return self._factory  # type: ignore[return-value]
 
     @property
     def description(self) -> str:
         """First line of the factory's docstring, read from source without importing it."""
-        if self._factory is not None:
+        namespace = next((p for p in _entry_point_plugins() if p.is_namespace and self.name.startswith(p.prefix)), None)
+        if namespace is not None and not self.is_namespace:
+            return _namespace(namespace).describe(self.name.removeprefix(namespace.prefix))
+        if self._factory is not None and not self.is_namespace:
             doc = self._factory.__doc__ or ""
         else:
             module_name, _, attr = self.target.partition(":")
@@ -104,17 +139,43 @@ def refresh() -> None:
     _static_docstring.cache_clear()
 
 
-def plugins(kind: Kind | None = None, pattern: str | None = None) -> list[Plugin]:
-    """Every known plugin of ``kind`` (all kinds when None) whose name matches the glob ``pattern``."""
+def plugins(kind: Kind | None = None, pattern: str | None = None, pretrained: bool = False) -> list[Plugin]:
+    """Every known plugin of ``kind`` (all kinds when None) whose name matches the glob ``pattern``.
+
+    A pattern inside a namespace (``timm/res*``) lists its members; ``pretrained`` lists only
+    members with weights (as ``NAME.TAG``) and needs such a pattern.
+    """
     everything = [*_entry_point_plugins(), *_local.values()]
-    return sorted(
-        (
-            p
-            for p in everything
-            if (kind is None or p.kind == kind) and (pattern is None or fnmatch.fnmatchcase(p.name, pattern))
-        ),
-        key=lambda p: (list(GROUPS).index(p.kind), p.name, p.provider),
-    )
+    found = []
+    inside_a_namespace = False
+    for plugin in everything:
+        if kind is not None and plugin.kind != kind:
+            continue
+        if plugin.is_namespace and pattern is not None and pattern.startswith(plugin.prefix):
+            inside_a_namespace = True
+            found += _members(plugin, pattern.removeprefix(plugin.prefix), pretrained)
+        elif pattern is None or fnmatch.fnmatchcase(plugin.name, pattern):
+            found.append(plugin)
+    if pretrained:
+        if not inside_a_namespace:
+            namespaces = [p.name for p in everything if p.is_namespace] or ["none installed"]
+            raise ZooError(
+                f"--pretrained lists the weights of a namespace's models: give a pattern inside one "
+                f"({', '.join(namespaces)}), for example 'timm/resnet*'"
+            )
+    return sorted(found, key=lambda p: (list(GROUPS).index(p.kind), p.name, p.provider))
+
+
+def _namespace(plugin: Plugin) -> Namespace:
+    return plugin.load()  # type: ignore[return-value]
+
+
+def _members(namespace: Plugin, pattern: str, pretrained: bool) -> list[Plugin]:
+    provider = _namespace(namespace)
+    return [
+        Plugin(namespace.kind, namespace.prefix + name, namespace.provider, namespace.version, namespace.target)
+        for name in provider.names(pattern, pretrained)
+    ]
 
 
 def get(kind: Kind, name: str) -> Plugin:
@@ -130,9 +191,22 @@ def get(kind: Kind, name: str) -> Plugin:
     if same_name:
         offered = ", ".join(p.provider for p in same_name)
         raise ZooError(f"{kind} '{bare}' is not offered by '{provider}' (it is offered by {offered})")
+    for namespace in plugins(kind):
+        if namespace.is_namespace and bare.startswith(namespace.prefix):
+            return _member(namespace, bare)
     names = sorted({p.name for p in plugins(kind)})
     hint = did_you_mean(bare, names) or f" (known {kind}s: {', '.join(names) or 'none'})"
     raise ZooError(f"unknown {kind} '{name}'{hint}; `zoo list {kind}s` shows them all")
+
+
+def _member(namespace: Plugin, name: str) -> Plugin:
+    provider = _namespace(namespace)
+    member = name.removeprefix(namespace.prefix)
+    factory = provider.factory(member)
+    if factory is None:
+        close = did_you_mean(member, provider.names("*", False), namespace.prefix)
+        raise ZooError(f"unknown {namespace.kind} '{name}'{close}; `zoo list {namespace.kind}s '{namespace.prefix}*'` shows them")
+    return Plugin(namespace.kind, name, namespace.provider, namespace.version, namespace.target, factory)
 
 
 def strict_plugins() -> bool:

@@ -18,13 +18,13 @@ from torch import nn
 
 from . import __version__, artifacts, checkpoint, distributed, freeze
 from . import recipe as recipes
-from .data import Batches, Splits, load_splits
+from .data import Batches, Splits, configure_images, load_splits
 from .device import autocast_dtype, resolve_device
 from .distributed import log
 from .errors import ZooError
 from .evaluate import build_loss, evaluate
-from .model import build_model, load_pretrained
-from .optim import build_optimizer
+from .model import build_model, exchange_config
+from .optim import build_optimizer, default_weight_decay
 from .plots import write_plots
 from .recipe import Recipe
 from .trainer import Trainer, seed_everything
@@ -52,18 +52,18 @@ def output_folder(recipe: Recipe) -> Path:
     return folder
 
 
-def pretrained_folder(recipe: Recipe, progress: bool, dry_run: bool) -> Path | None:
-    """The run folder whose weights the recipe starts from, running a ``recipe:`` source if needed."""
+def pretrained_source(recipe: Recipe, progress: bool, dry_run: bool) -> Path | str | None:
+    """Where the recipe's weights come from: a folder (running a ``recipe:`` source if needed) or ``hf-hub:``."""
     source = recipe.model.pretrained
     if isinstance(source, bool):
         return None
     if source.startswith(recipes.RECIPE_SCHEME):
         return _cached_recipe_run(Path(source.removeprefix(recipes.RECIPE_SCHEME)), progress, dry_run)
     if source.startswith(recipes.REMOTE_SCHEMES):
-        raise ZooError(f"model.pretrained = '{source}': Hub sources are not supported yet; use a run folder")
+        return source
     folder = Path(source)
     if not folder.is_dir():
-        raise ZooError(f"model.pretrained: run folder not found: {folder}")
+        raise ZooError(f"model.pretrained: folder not found: {folder}")
     return folder
 
 
@@ -106,7 +106,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     torch.use_deterministic_algorithms(recipe.train.deterministic)
     latest = check_resumable(resume, recipe) if resume else None
     folder = resume or output_folder(recipe)
-    source = None if latest else pretrained_folder(recipe, progress, dry_run)
+    source = None if latest else pretrained_source(recipe, progress, dry_run)
     splits = load_splits(recipe.data, recipe.train.seed)
     num_classes = recipe.model.head.num_classes or len(splits.label_names)
     if num_classes != len(splits.label_names):
@@ -116,13 +116,18 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
         )
 
     seed_everything(recipe.train.seed)  # the same initial weights whatever ran before
-    model = build_model(recipe.model, num_classes)
-    if source is not None:
-        log(load_pretrained(model, source, recipe.model.backbone, splits.label_names))
+    # A resumed run's weights come from its checkpoint: no pretrained weights to fetch.
+    model_config = recipe.model.model_copy(update={"pretrained": False}) if latest else recipe.model
+    model, loaded = build_model(model_config, splits.label_names, source)
+    if loaded:
+        log(loaded)
+    configure_images(splits, recipe.data, model)
     freeze.apply(model, recipe.model.freeze)
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
-    groups = freeze.param_groups(model, recipe.optim.lr, recipe.optim.backbone_lr_mult)
+    groups = freeze.param_groups(
+        model, recipe.optim.lr, recipe.optim.backbone_lr_mult, recipe.train.layer_decay, default_weight_decay(recipe.optim)
+    )
     if not groups:
         raise ZooError("model.freeze freezes every parameter: nothing would train; unfreeze the head at least")
     optimizer = build_optimizer(recipe.optim, groups)
@@ -261,19 +266,8 @@ def _write_run(
     recipe_hash = recipe.hash
     metadata = {"label_names": json.dumps(splits.label_names), "recipe_hash": recipe_hash, "format": "pt"}
     artifacts.write_weights(folder / artifacts.WEIGHTS, model.state_dict(), metadata)
-    config = {
-        "architecture": recipe.model.backbone,
-        "num_classes": len(splits.label_names),
-        "num_features": model.num_features,
-        "label_names": splits.label_names,
-        "pretrained_cfg": {
-            "input_size": list(splits.input_size),
-            "mean": list(splits.mean),
-            "std": list(splits.std),
-            "num_classes": len(splits.label_names),
-        },
-        "zoo": {"version": __version__, "recipe_hash": recipe_hash, "recipe": recipe.to_dict()},
-    }
+    config = exchange_config(model, recipe.model.backbone, splits.label_names, splits.data_config)
+    config["zoo"] = {"version": __version__, "recipe_hash": recipe_hash, "recipe": recipe.to_dict()}
     artifacts.write_json(folder / artifacts.CONFIG, config)
     plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.get("test"))
     card = artifacts.model_card(

@@ -1,0 +1,111 @@
+"""Every timm model as a zoo backbone: ``timm/resnet18``, or ``timm/resnet18.a1_in1k`` for a tag.
+
+timm builds the whole classifier: zoo passes ``num_classes`` (timm's own head) and the
+pretrained source, and timm's loaders fetch the weights: the Hugging Face Hub cache for
+``pretrained = true`` and tags, ``hf-hub:org/repo[@revision]``, and ``local-dir:FOLDER`` for a
+folder in timm's layout (``config.json`` + ``model.safetensors``, which every zoo run folder of a
+timm backbone is). timm adapts the first convolution when ``in_chans`` differs from the weights'
+and drops the classifier when ``num_classes`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+import timm
+from huggingface_hub import constants as hub_constants
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+from timm.models import get_pretrained_cfg, split_model_name_tag
+from torch import nn
+
+from ..errors import ZooError
+
+
+class TimmModels:
+    """Every model in timm.list_models(): timm/NAME, and timm/NAME.TAG for its pretrained weights."""
+
+    @staticmethod
+    def names(pattern: str, pretrained: bool) -> list[str]:
+        return timm.list_models(pattern, pretrained=pretrained)
+
+    @staticmethod
+    def factory(name: str) -> TimmModel | None:
+        architecture, tag = split_model_name_tag(name)
+        if not timm.is_model(architecture) or (tag and tag not in _tags()[architecture]):
+            return None
+        return TimmModel(name)
+
+    @staticmethod
+    def describe(name: str) -> str:
+        architecture, tag = split_model_name_tag(name)
+        tags = _tags().get(architecture, [])
+        if not tags:
+            return f"timm {architecture}, no pretrained weights"
+        size = "x".join(map(str, get_pretrained_cfg(name).input_size))
+        if tag:
+            return f"timm {architecture} with weights {tag}, input {size}"
+        more = f" (+{len(tags) - 3})" if len(tags) > 3 else ""
+        return f"timm {architecture}, input {size}, weights: {', '.join(tags[:3])}{more}"
+
+
+@cache
+def _tags() -> dict[str, list[str]]:
+    """Architecture -> its pretrained tags, the default first (timm lists them that way)."""
+    tags: dict[str, list[str]] = {}
+    for name in timm.list_pretrained():
+        architecture, tag = split_model_name_tag(name)
+        tags.setdefault(architecture, []).append(tag)
+    return tags
+
+
+class TimmModel:
+    """A timm model with its own classifier head; ``pretrained`` is a bool, ``hf-hub:...`` or ``local-dir:...``."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.__doc__ = _details(name)
+
+    def __call__(self, num_classes: int = 1000, pretrained: bool | str = False, **kwargs: Any) -> nn.Module:
+        source = pretrained if isinstance(pretrained, str) else self.name
+        try:
+            model = timm.create_model(source, pretrained=bool(pretrained), num_classes=num_classes, **kwargs)
+        except LocalEntryNotFoundError:
+            raise ZooError(_not_cached(self.name, source)) from None
+        except HfHubHTTPError as exc:
+            raise ZooError(f"model.pretrained: {source}: {str(exc).splitlines()[0]}") from None
+        except (FileNotFoundError, TypeError) as exc:  # a folder without timm's files; a keyword timm lacks
+            raise ZooError(f"model: timm/{self.name} from {source}: {exc}") from None
+        built = model.pretrained_cfg.get("architecture")
+        wanted, _ = split_model_name_tag(self.name)
+        if built != wanted:
+            raise ZooError(f"model.pretrained: {source} holds a timm '{built}', but the recipe builds 'timm/{wanted}'")
+        return model
+
+
+def _details(name: str) -> str:
+    """What ``zoo info timm/NAME`` prints under the arguments."""
+    architecture, _ = split_model_name_tag(name)
+    tags = _tags().get(architecture, [])
+    lines = [f"timm model '{architecture}': any timm.create_model keyword is an argument (model.args)."]
+    if tags:
+        config = get_pretrained_cfg(name)
+        lines.append(f"pretrained tags: {', '.join(tags)} (default: {tags[0]})")
+        lines.append(
+            f"input: {'x'.join(map(str, config.input_size))}, mean {config.mean}, std {config.std}, "
+            f"{config.interpolation}, crop_pct {config.crop_pct}"
+        )
+    else:
+        lines.append("no pretrained weights in timm: train from scratch or from a run folder")
+    return "\n".join(lines)
+
+
+def _not_cached(name: str, source: str) -> str:
+    offline = " and HF_HUB_OFFLINE is set" if hub_constants.HF_HUB_OFFLINE else " and the Hub cannot be reached"
+    origin = f" ({source})" if source != name else ""
+    return (
+        f"model.pretrained: the weights of timm/{name}{origin} are not in the Hugging Face cache "
+        f"({os.path.abspath(hub_constants.HF_HUB_CACHE)}){offline}; download them once online "
+        "(HF_HUB_OFFLINE unset), or point model.pretrained at a local folder"
+    )
