@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from hub_server import FakeHub
 from PIL import Image
 
 import zoo
@@ -64,6 +65,25 @@ def write_mnist_pngs(mnist_root: Path, folder: Path, per_class: dict[str, int]) 
 def mnist_png(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MNIST as PNG files in torchvision's ImageFolder layout: 60 training and 30 test images per digit."""
     return write_mnist_pngs(mnist_dir, tmp_path_factory.mktemp("mnist_png"), {"train": 60, "test": 30})
+
+
+TOKEN = "hf_zooTestSecretToken0123456789abcdef"
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[tuple[FakeHub, dict[str, str]]]:
+    """The server, and the environment that points the `zoo` command at it with a token and an empty cache."""
+    with FakeHub() as server:
+        env = {
+            "HF_ENDPOINT": server.url,
+            "HF_HUB_DISABLE_XET": "1",
+            "HF_TOKEN": TOKEN,
+            "HF_HOME": str(tmp_path / "hf-home"),
+            "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
+            "HF_HUB_DISABLE_TELEMETRY": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # pulls show a bar on stderr; the tests read stderr as one line
+        }
+        yield server, env
 
 
 def make_distribution(

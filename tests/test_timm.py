@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +15,8 @@ import timm
 import torch
 from click.testing import CliRunner
 from conftest import RECIPES, assert_user_error, zoo_command
-from safetensors.torch import load_file
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file, save_file
 
 import zoo
 from zoo import freeze
@@ -282,3 +286,25 @@ def test_a_single_folder_is_split_into_train_and_test(mnist_png: Path, tmp_path:
         from zoo.data import load_splits
 
         load_splits(DataConfig(dataset="mnist", image_size=32), seed=0)
+
+
+def test_a_pushed_run_folder_loads_with_timm_from_the_hub(hub, finetuned_run: Path, tmp_path: Path) -> None:
+    server, env = hub
+    pushed = zoo_command("push", str(finetuned_run), "--repo", "zoo-test/timm-digits", env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    inputs = tmp_path / "inputs.safetensors"
+    save_file({"x": torch.randn(4, 3, 32, 32)}, inputs)
+    script = (
+        "import sys, timm, torch; from safetensors.torch import load_file, save_file\n"
+        "model = timm.create_model('hf-hub:zoo-test/timm-digits', pretrained=True).eval()\n"
+        "with torch.no_grad(): save_file({'y': model(load_file(sys.argv[1])['x'])}, sys.argv[2])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(inputs), str(tmp_path / "out.safetensors")],
+                            env={**os.environ, **env}, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    zoo_model, _ = zoo.load(finetuned_run)
+    with torch.no_grad():
+        expected = zoo_model(load_file(inputs)["x"])
+    torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["y"], expected, rtol=1e-5, atol=1e-5)
+    card = ModelCard.load(finetuned_run / "README.md")
+    assert card.data.library_name == "timm" and "timm.create_model" in card.text

@@ -93,52 +93,13 @@ def is_run_folder(folder: Path) -> bool:
     return (folder / WEIGHTS).exists() or (folder / RESULTS).exists()
 
 
-def read_results(folder: Path) -> dict[str, Any] | None:
+def read_json(path: Path) -> Any | None:
+    """The JSON in ``path``, or None when it is missing or half-written by an older crash."""
     try:
-        return json.loads((folder / RESULTS).read_text())
+        return json.loads(path.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
 
-def model_card(
-    name: str, description: str, backbone: str, dataset: str, results: dict[str, Any], recipe_toml: str, plots: list[str]
-) -> str:
-    """A Hugging Face model card: front matter, what the model is, how it was trained, results."""
-    test = results.get("test", {})
-    images = "".join(f"![{Path(plot).stem}]({plot})\n" for plot in plots)
-    rows = "\n".join(
-        f"| {metric} | {test[metric]:.4f} |" for metric in ("accuracy", "precision", "recall", "f1") if metric in test
-    )
-    return f"""---
-library_name: zoo
-tags:
-- image-classification
-- zoo
-- {backbone}
-datasets:
-- {dataset}
----
-
-# {name}
-
-{description or f"A {backbone} image classifier fine-tuned with zoo on {dataset}."}
-
-## Results ({results.get("state", "unknown")} run)
-
-| metric (test split, macro averages) | value |
-|---|---|
-{rows}
-
-{images}
-## Use
-
-```python
-import zoo
-model, label_names = zoo.load("path/to/this/folder")
-```
-
-## Recipe
-
-```toml
-{recipe_toml}```
-"""
+def read_results(folder: Path) -> dict[str, Any] | None:
+    return read_json(folder / RESULTS)

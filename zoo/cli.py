@@ -10,6 +10,7 @@ import inspect
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -201,7 +202,6 @@ def run(
       torchrun --nproc_per_node 4 -m zoo run recipes/mnist.toml
       zoo run recipes/mnist.toml --nproc 4                the same, on this machine
     """
-    from pathlib import Path
 
     from . import recipe as recipes
     from .train import latest_run
@@ -289,7 +289,6 @@ def eval_command(ctx: click.Context, run_folder: str, split: str, as_json: bool)
     Data settings can change with --data.KEY=VALUE, e.g. --data.root=/other/copy or
     --data.eval_batch_size=64; the classes must stay those the run was trained on.
     """
-    from pathlib import Path
 
     from .evaluate import evaluate_run
 
@@ -317,7 +316,6 @@ def predict(run_folder: str, files: tuple[str, ...], top_k: int, as_json: bool) 
     unreadable file gets one line on stderr and the rest are still predicted; the exit code
     is then 2.
     """
-    from pathlib import Path
 
     from .predict import predict_files
 
@@ -341,7 +339,6 @@ def predict(run_folder: str, files: tuple[str, ...], top_k: int, as_json: bool) 
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> None:
     """A table of the runs in PATHS (default: runs/), or --compare RUN RUN... side by side."""
-    from pathlib import Path
 
     from . import runs as run_folders
     from .recipe import differing_keys
@@ -367,6 +364,88 @@ def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> 
         return
     rows = [tuple(_cell(column, s[column]) for column in run_folders.COLUMNS) for s in summaries]
     print_table(rows, [column.upper() for column in run_folders.COLUMNS])
+
+
+@cli.command()
+@click.argument("run_folder", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--repo", required=True, metavar="ORG/NAME", help="The Hub model repo (created if it does not exist).")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option("--revision", metavar="BRANCH", help="Push to this branch (created from main if needed); default main.")
+@click.option("--message", metavar="TEXT", help="The commit message.")
+def push(run_folder: Path, repo: str, private: bool, revision: str | None, message: str | None) -> None:
+    """Upload a finished run folder to the Hugging Face Hub.
+
+    Pushes model.safetensors, config.json, the README.md model card, recipe.toml, results.json
+    and the plots; prints the repo URL and the commit. The token comes from HF_TOKEN or `hf auth
+    login`; zoo never prints or stores it. Afterwards `zoo registry add RUN --name NAME` pins
+    this commit in registry.json.
+    """
+    from .hub import push as push_run
+
+    pushed = push_run(run_folder, repo, private=private, revision=revision, message=message)
+    click.echo(f"pushed {run_folder} to {pushed.url}")
+    click.echo(f"commit {pushed.commit}")
+
+
+@cli.command()
+@click.argument("spec", metavar="ORG/NAME[@REVISION] | NAME")
+def pull(spec: str) -> None:
+    """Download weights into the Hugging Face cache and print their folder.
+
+    A registry.json NAME resolves to its pinned commit and its model.safetensors must match the
+    pinned sha256. The folder works as `model.pretrained` in a recipe (as does
+    'hf-hub:ORG/NAME[@REVISION]' directly); with HF_HUB_OFFLINE=1 it comes from the cache.
+    """
+    from .hub import pull as pull_weights
+
+    click.echo(pull_weights(spec))
+
+
+@cli.group("registry")
+def registry_group() -> None:
+    """registry.json, the catalogue of named weights ($ZOO_REGISTRY, else ./registry.json)."""
+
+
+@registry_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
+def registry_list(as_json: bool) -> None:
+    """The named weights: backbone, classes, sources (pinned Hub commit, recipe), accuracy."""
+    from . import catalog
+
+    weights = catalog.load().weights
+    if as_json:
+        click.echo(json.dumps({name: entry.model_dump(exclude_none=True) for name, entry in weights.items()}, indent=2))
+        return
+    rows = []
+    for name, entry in sorted(weights.items()):
+        hub = entry.sources.hub
+        sources = ", ".join(filter(None, [hub and f"{hub.repo}@{hub.revision[:12]}", entry.sources.recipe and f"recipe:{entry.sources.recipe}"]))
+        accuracy = f"{100 * entry.metrics['accuracy']:.2f}%" if "accuracy" in entry.metrics else "-"
+        rows.append((name, entry.backbone, str(entry.num_classes), accuracy, sources))
+    print_table(rows, ("NAME", "BACKBONE", "CLASSES", "ACCURACY", "SOURCES"))
+
+
+@registry_group.command("add")
+@click.argument("run_folder", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--name", required=True, help="The name the weights go by.")
+@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path), help="The recipe that produces them (a second source).")
+def registry_add(run_folder: Path, name: str, recipe_path: Path | None) -> None:
+    """Record RUN's weights: the commit of its last `zoo push`, the sha256 and size of its weights."""
+    from . import catalog
+
+    entry = catalog.add(run_folder, name, recipe_path)
+    hub = entry.sources.hub
+    pinned = f"{hub.repo}@{hub.revision}, sha256 {hub.sha256}" if hub else f"recipe:{entry.sources.recipe}"
+    click.echo(f"{catalog.path()}: {name} -> {pinned}")
+
+
+@registry_group.command("check")
+def registry_check() -> None:
+    """Validate registry.json: schema, full commit hashes, sha256s, label counts, recipe files."""
+    from . import catalog
+
+    checked = catalog.check()
+    click.echo(f"{catalog.path()}: {len(checked.weights)} named weights, valid")
 
 
 def _cell(column: str, value: Any) -> str:

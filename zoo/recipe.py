@@ -185,6 +185,7 @@ class Recipe(_Section):
 
     name: str = Field(min_length=1, description="the run's name")
     description: str = Field("", description="what the recipe does, for the model card")
+    license: str | None = Field(None, description="the trained weights' license for the model card, e.g. 'apache-2.0'")
     extends: str | None = Field(None, description="a base recipe to merge underneath, relative to this file")
     model: ModelConfig
     data: DataConfig

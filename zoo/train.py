@@ -16,14 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, artifacts, checkpoint, distributed, freeze
+from . import __version__, artifacts, checkpoint, distributed, freeze, registry
 from . import recipe as recipes
+from .card import model_card
 from .data import Batches, Splits, configure_images, load_splits
 from .device import autocast_dtype, resolve_device
 from .distributed import log
 from .errors import ZooError
 from .evaluate import build_loss, evaluate
-from .model import build_model, exchange_config
+from .model import build_model, builds_own_head, exchange_config
 from .optim import build_optimizer, default_weight_decay
 from .plots import write_plots
 from .recipe import Recipe
@@ -60,7 +61,11 @@ def pretrained_source(recipe: Recipe, progress: bool, dry_run: bool) -> Path | s
     if source.startswith(recipes.RECIPE_SCHEME):
         return _cached_recipe_run(Path(source.removeprefix(recipes.RECIPE_SCHEME)), progress, dry_run)
     if source.startswith(recipes.REMOTE_SCHEMES):
-        return source
+        if builds_own_head(registry.get("model", recipe.model.backbone).load()):
+            return source  # timm loads hf-hub: sources itself, model_args and all
+        from .hub import pull
+
+        return pull(source.split(":", 1)[1])
     folder = Path(source)
     if not folder.is_dir():
         raise ZooError(f"model.pretrained: folder not found: {folder}")
@@ -270,11 +275,20 @@ def _write_run(
     config["zoo"] = {"version": __version__, "recipe_hash": recipe_hash, "recipe": recipe.to_dict()}
     artifacts.write_json(folder / artifacts.CONFIG, config)
     plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.get("test"))
-    card = artifacts.model_card(
-        recipe.name, recipe.description, recipe.model.backbone, recipe.data.dataset, results, recipe.to_toml(), plots
-    )
+    timm_architecture = config["architecture"] if recipe.model.backbone.startswith("timm/") else None
+    card = model_card(recipe, results, plots, base_model(recipe, model), timm_architecture)
     artifacts.write_text(folder / artifacts.MODEL_CARD, card)
     artifacts.write_json(folder / artifacts.RESULTS, results)  # last: its state marks the folder complete
+
+
+def base_model(recipe: Recipe, model: nn.Module) -> str | None:
+    """The Hub repo the weights started from, for the model card (None when not from the Hub)."""
+    source = recipe.model.pretrained
+    if isinstance(source, str) and source.startswith(recipes.REMOTE_SCHEMES):
+        return source.split(":", 1)[1].split("@")[0]
+    if source is True:
+        return getattr(model, "pretrained_cfg", {}).get("hf_hub_id")
+    return None
 
 
 def _print_setup(

@@ -1,0 +1,180 @@
+"""zoo push / pull / registry against a Hub-protocol server on 127.0.0.1, through the real client."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import RECIPES, TOKEN, assert_user_error, zoo_command
+from huggingface_hub import ModelCard
+
+import zoo
+from zoo import recipe as recipes
+from zoo.train import run
+
+SHARED = ["model.safetensors", "config.json", "README.md", "recipe.toml", "results.json"]
+SMALL = ["data.classes=[0,1,2]", "data.per_class=500", "data.val_split=0.02", "data.batch_size=64", "train.epochs=1", "train.precision=fp32"]
+
+
+@pytest.fixture(scope="session")
+def versions(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two finished runs of the same small recipe with different seeds: two versions of one model."""
+    root = tmp_path_factory.mktemp("versions")
+    return [
+        run(recipes.load(RECIPES / "mnist.toml", [*SMALL, f"train.seed={seed}", f"output.dir={root / f'v{seed}'}"]), progress=False).folder
+        for seed in (1, 2)
+    ]
+
+
+def zoo_ok(*args: str, env: dict[str, str]) -> str:
+    result = zoo_command(*args, env=env)
+    assert result.returncode == 0, result.stderr
+    assert TOKEN not in result.stdout + result.stderr
+    return result.stdout
+
+
+def pushed_commit(output: str) -> str:
+    commit = output.split("commit ")[-1].strip()
+    assert len(commit) == 40 and int(commit, 16) >= 0
+    return commit
+
+
+def no_file_holds_the_token(*folders: Path) -> None:
+    for folder in folders:
+        for file in folder.rglob("*"):
+            if file.is_file():
+                assert TOKEN.encode() not in file.read_bytes(), file
+
+
+def test_push_then_pull_gives_the_same_files_and_logits(hub, versions: list[Path], tmp_path: Path) -> None:
+    server, env = hub
+    source = versions[0]
+    output = zoo_ok("push", str(source), "--repo", "zoo-test/digits", "--message", "first version", env=env)
+    assert f"pushed {source} to {server.url}/zoo-test/digits" in output
+    commit = pushed_commit(output)
+    assert server.file("zoo-test/digits", commit, "model.safetensors").lfs  # uploaded through git-LFS
+    assert f"Bearer {TOKEN}" in server.state.authorizations  # the token was used, through huggingface_hub
+    assert any(request.startswith("POST /api/validate-yaml") for request in server.state.requests)
+
+    folder = Path(zoo_ok("pull", "zoo-test/digits", env=env).strip())
+    assert folder.is_relative_to(tmp_path / "hf-cache")
+    for name in [*SHARED, "loss.png", "confusion_matrix.png"]:
+        assert (folder / name).read_bytes() == (source / name).read_bytes(), name
+    pulled, labels = zoo.load(folder)
+    original, _ = zoo.load(source)
+    inputs = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(pulled(inputs), original(inputs)) and labels == ["0", "1", "2"]
+    no_file_holds_the_token(source, tmp_path / "hf-cache")
+
+
+def test_each_revision_pulls_its_own_version(hub, versions: list[Path], tmp_path: Path) -> None:
+    server, env = hub
+    first = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env))
+    second = pushed_commit(zoo_ok("push", str(versions[1]), "--repo", "zoo-test/digits", env=env))
+    branch = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", "--revision", "v1-branch", env=env))
+    assert len({first, second, branch}) == 3
+    expectations = {f"@{first}": versions[0], f"@{second}": versions[1], "": versions[1], "@v1-branch": versions[0]}
+    for revision, version in expectations.items():
+        folder = Path(zoo_ok("pull", f"zoo-test/digits{revision}", env=env).strip())
+        assert (folder / "model.safetensors").read_bytes() == (version / "model.safetensors").read_bytes(), revision
+
+
+def test_registry_pins_the_commit_and_refuses_a_tampered_file(hub, versions: list[Path], tmp_path: Path) -> None:
+    server, env = hub
+    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
+    (tmp_path / "registry.json").write_text('{"schema": 1, "weights": {}}')
+    commit = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env))
+    assert commit in zoo_ok("registry", "add", str(versions[0]), "--name", "digits-012", env=env)
+    zoo_ok("push", str(versions[1]), "--repo", "zoo-test/digits", env=env)  # main moves on; the name does not
+
+    entry = json.loads((tmp_path / "registry.json").read_text())["weights"]["digits-012"]
+    weights = versions[0] / "model.safetensors"
+    assert entry["sources"]["hub"] == {
+        "repo": "zoo-test/digits", "revision": commit,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "size": weights.stat().st_size,
+    }  # fmt: skip
+    assert entry["label_names"] == ["0", "1", "2"] and entry["metrics"]["accuracy"] > 0.9
+    assert "digits-012" in zoo_ok("registry", "list", env=env)
+    assert "1 named weights, valid" in zoo_ok("registry", "check", env=env)
+
+    folder = Path(zoo_ok("pull", "digits-012", env=env).strip())
+    assert (folder / "model.safetensors").read_bytes() == weights.read_bytes()  # the pinned commit, not main
+    blob = (folder / "model.safetensors").resolve()
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:-1] + b"!")  # tampered in the cache
+    refused = zoo_command("pull", "digits-012", env={**env, "HF_HUB_OFFLINE": "1"})
+    assert_user_error(refused, "refusing to load it", entry["sources"]["hub"]["sha256"])
+    no_file_holds_the_token(tmp_path)
+
+
+def test_registry_check_and_recipe_only_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    registry = tmp_path / "registry.json"
+    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
+    entry = {"backbone": "mnist_cnn", "num_classes": 5, "label_names": list("01234"), "sources": {"recipe": str(RECIPES / "mnist_pretrain.toml")}}
+    registry.write_text(json.dumps({"schema": 1, "weights": {"digits": entry}}))
+    assert "1 named weights, valid" in zoo_command("registry", "check").stdout
+    assert_user_error(zoo_command("pull", "digits"), "no Hub source", "recipe:")
+    assert_user_error(zoo_command("pull", "digitz"), "no weights named 'digitz'", "'digits'")
+    moving = {**entry, "sources": {"hub": {"repo": "a/b", "revision": "main", "sha256": "0" * 64, "size": 1}}}
+    registry.write_text(json.dumps({"schema": 1, "weights": {"digits": moving}}))
+    assert_user_error(zoo_command("registry", "check"), "weights.digits.sources.hub.revision")
+    registry.write_text(json.dumps({"schema": 1, "weights": {"digits": {**entry, "num_classes": 4}}}))
+    assert_user_error(zoo_command("registry", "check"), "label_names has 5 names for num_classes = 4")
+    registry.write_text(json.dumps({"schema": 1, "weights": {"digits": {**entry, "sources": {"recipe": "missing.toml"}}}}))
+    assert_user_error(zoo_command("registry", "check"), "missing.toml not found")
+
+
+def test_the_shipped_registry_is_valid() -> None:
+    result = zoo_command("registry", "check", env={"ZOO_REGISTRY": str(RECIPES.parent / "registry.json")})
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_recipe_fine_tunes_from_hf_hub_weights(hub, versions: list[Path], tmp_path: Path) -> None:
+    server, env = hub
+    commit = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env))
+    folder = tmp_path / "fine"
+    output = zoo_ok(
+        "run", str(RECIPES / "mnist_finetune.toml"), "--no-progress", f"model.pretrained=hf-hub:zoo-test/digits@{commit}",
+        "data.per_class=20", "train.epochs=2", f"output.dir={folder}", env=env,
+    )  # fmt: skip
+    assert "loaded backbone from" in output and "new head for 5 classes" in output
+    tuned = json.loads((folder / "config.json").read_text())
+    assert tuned["label_names"] == list("56789")
+    frozen = zoo.load(folder)[0].backbone.conv1.weight
+    assert torch.equal(frozen, zoo.load(versions[0])[0].backbone.conv1.weight)  # from the pulled weights, frozen
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.base_model == "zoo-test/digits"
+
+
+def test_offline_pulls_come_from_the_cache_and_a_miss_is_one_line(hub, versions: list[Path], tmp_path: Path) -> None:
+    server, env = hub
+    zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env)
+    online = zoo_ok("pull", "zoo-test/digits", env=env).strip()
+    offline = {**env, "HF_HUB_OFFLINE": "1"}
+    assert zoo_ok("pull", "zoo-test/digits", env=offline).strip() == online
+    assert_user_error(zoo_command("pull", "zoo-test/other", env=offline), "zoo-test/other", "not in the Hugging Face cache", "HF_HUB_OFFLINE")
+
+
+def test_push_refuses_unfinished_runs_and_missing_repos_are_one_line(hub, versions: list[Path], tmp_path: Path) -> None:
+    server, env = hub
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(versions[0], unfinished)
+    (unfinished / "results.json").write_text('{"state": "interrupted"}')
+    assert_user_error(zoo_command("push", str(unfinished), "--repo", "zoo-test/x", env=env), "not a finished zoo run")
+    assert_user_error(zoo_command("pull", "zoo-test/nothing-here", env=env), "zoo-test/nothing-here")
+    assert_user_error(zoo_command("pull", "zoo-test/digits@v9", env=env), "zoo-test/digits@v9")
+
+
+def test_the_model_card_parses_and_matches_the_results(versions: list[Path]) -> None:
+    card = ModelCard.load(versions[0] / "README.md")
+    results = json.loads((versions[0] / "results.json").read_text())["test"]
+    reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert reported == {key: pytest.approx(results[key], abs=1e-6) for key in ("accuracy", "precision", "recall", "f1")}
+    assert card.data.library_name == "zoo" and card.data.license == "apache-2.0" and card.data.datasets == ["mnist"]
+    assert all(result.dataset_split == "test" and result.task_type == "image-classification" for result in card.data.eval_results)
+    assert "zoo.load(" in card.text and "```toml" in card.text

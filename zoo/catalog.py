@@ -1,0 +1,150 @@
+"""registry.json: the catalogue of named weights, each pinned to a Hub commit and a sha256.
+
+A name resolves to an exact commit (never a moving branch) and the hash and size of its
+``model.safetensors``, and/or to the recipe that produces the weights. zoo reads
+``$ZOO_REGISTRY``, else ``registry.json`` in the current folder (the project's top level).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from . import artifacts
+from .errors import ZooError, did_you_mean
+
+SCHEMA_VERSION = 1
+HUB_RECORD = "hub.json"  # written into a run folder by `zoo push`: repo, revision, commit
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class HubSource(_Strict):
+    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="ORG/NAME on the Hub")
+    revision: str = Field(pattern=r"^[0-9a-f]{40}$", description="the full commit hash the name is pinned to")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of model.safetensors at that commit")
+    size: int = Field(ge=1, description="bytes of model.safetensors")
+
+
+class Sources(_Strict):
+    hub: HubSource | None = None
+    recipe: str | None = Field(None, description="the recipe that produces the weights, relative to registry.json")
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Sources:
+        if self.hub is None and self.recipe is None:
+            raise ValueError("sources needs 'hub', 'recipe' or both")
+        return self
+
+
+class Entry(_Strict):
+    backbone: str
+    num_classes: int = Field(ge=1)
+    label_names: list[str]
+    sources: Sources
+    metrics: dict[str, float] = {}
+    license: str | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _labels_fit(self) -> Entry:
+        if len(self.label_names) != self.num_classes:
+            raise ValueError(f"label_names has {len(self.label_names)} names for num_classes = {self.num_classes}")
+        return self
+
+
+class Catalog(_Strict):
+    schema_version: int = Field(alias="schema")
+    weights: dict[str, Entry] = {}
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+def path() -> Path:
+    return Path(os.environ.get("ZOO_REGISTRY") or "registry.json")
+
+
+def load(file: Path | None = None) -> Catalog:
+    """The catalogue at ``file`` (default: ``path()``), validated; an empty one if there is no file."""
+    file = file or path()
+    try:
+        data = json.loads(file.read_text())
+    except FileNotFoundError:
+        if os.environ.get("ZOO_REGISTRY"):
+            raise ZooError(f"ZOO_REGISTRY names {file}, which does not exist") from None
+        return Catalog(schema=SCHEMA_VERSION)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ZooError(f"{file}: not valid JSON: {exc}") from None
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function"))
+        raise ZooError(f"{file}: {key}: {str(error['msg']).removeprefix('Value error, ')}") from None
+    if catalog.schema_version != SCHEMA_VERSION:
+        raise ZooError(f"{file}: schema {catalog.schema_version} is not supported (this zoo reads schema {SCHEMA_VERSION})")
+    return catalog
+
+
+def check(file: Path | None = None) -> Catalog:
+    """``load`` plus what the schema cannot see: recipe sources exist."""
+    file = file or path()
+    catalog = load(file)
+    for name, entry in catalog.weights.items():
+        recipe = entry.sources.recipe
+        if recipe is not None and not (file.parent / recipe).is_file():
+            raise ZooError(f"{file}: weights.{name}.sources.recipe: {recipe} not found (relative to {file.parent})")
+    return catalog
+
+
+def entry(name: str, file: Path | None = None) -> Entry:
+    catalog = load(file)
+    if name not in catalog.weights:
+        known = sorted(catalog.weights)
+        hint = did_you_mean(name, known) or f" (it names: {', '.join(known) or 'nothing yet'})"
+        raise ZooError(f"no weights named '{name}' in {file or path()}{hint}")
+    return catalog.weights[name]
+
+
+def add(run: Path, name: str, recipe: Path | None = None, file: Path | None = None) -> Entry:
+    """Record the run folder's weights under ``name``: its last push (``zoo push``) and/or ``recipe``."""
+    file = file or path()
+    config = artifacts.read_config(run)
+    pushed = artifacts.read_json(run / HUB_RECORD)
+    if pushed is None and recipe is None:
+        raise ZooError(f"{run} was never pushed (no {HUB_RECORD}): `zoo push {run} --repo ORG/NAME` first, or give --recipe")
+    hub = None
+    if pushed is not None:
+        weights = run / artifacts.WEIGHTS
+        hub = HubSource(repo=pushed["repo"], revision=pushed["commit"], sha256=sha256_of(weights), size=weights.stat().st_size)
+    recipe_source = os.path.relpath(recipe.resolve(), file.resolve().parent) if recipe else None
+    results = artifacts.read_results(run) or {}
+    test = results.get("test", {})
+    stored = config["zoo"]["recipe"]
+    new = Entry(
+        backbone=stored["model"]["backbone"],
+        num_classes=config["num_classes"],
+        label_names=list(config["label_names"]),
+        sources=Sources(hub=hub, recipe=recipe_source),
+        metrics={key: float(test[key]) for key in ("accuracy", "precision", "recall", "f1") if key in test},
+        license=stored.get("license"),
+        description=stored.get("description", ""),
+    )
+    catalog = load(file)
+    catalog.weights[name] = new
+    artifacts.write_json(file, catalog.model_dump(by_alias=True, exclude_none=True))
+    return new
+
+
+def sha256_of(file: Path) -> str:
+    digest = hashlib.sha256()
+    with file.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
