@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 from hub_server import FakeHub
-from PIL import Image
 
 import zoo
 from zoo import registry
+from zoo.builtins.mnist import write_image_folder
 from zoo.errors import ZooError
 from zoo.recipe import default_data_dir
 
@@ -50,21 +50,10 @@ def mnist_dir() -> Path:
     return root
 
 
-def write_mnist_pngs(mnist_root: Path, folder: Path, per_class: dict[str, int]) -> Path:
-    """MNIST digits as an image folder: ``folder/<split>/<digit>/<index>.png``, the first n of each digit."""
-    for split, count in per_class.items():
-        dataset = zoo.create_dataset("mnist", mnist_root, split)
-        for digit in range(10):
-            (folder / split / str(digit)).mkdir(parents=True)
-            for index in (dataset.targets == digit).nonzero().flatten()[:count].tolist():
-                Image.fromarray(dataset.images[index, 0].numpy()).save(folder / split / str(digit) / f"{index}.png")
-    return folder
-
-
 @pytest.fixture(scope="session")
 def mnist_png(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """MNIST as PNG files in torchvision's ImageFolder layout: 60 training and 30 test images per digit."""
-    return write_mnist_pngs(mnist_dir, tmp_path_factory.mktemp("mnist_png"), {"train": 60, "test": 30})
+    return write_image_folder(mnist_dir, tmp_path_factory.mktemp("mnist_png"), {"train": 60, "test": 30})
 
 
 TOKEN = "hf_zooTestSecretToken0123456789abcdef"

@@ -40,3 +40,20 @@ class MNIST(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         image = self.images[index].float().div_(255).sub_(self.mean[0]).div_(self.std[0])
         return image, int(self.targets[index])
+
+
+def write_image_folder(root: Path, folder: Path, per_split: dict[str, int]) -> Path:
+    """MNIST as PNG files in torchvision's ImageFolder layout: ``folder/<split>/<digit>/<index>.png``.
+
+    ``per_split`` gives how many images of each digit to write per split (``{"train": 60}``);
+    an image folder to try ``image_folder`` and timm recipes on without other data.
+    """
+    from PIL import Image
+
+    for split, count in per_split.items():
+        dataset = MNIST(root, split, download=False)
+        for digit in range(10):
+            (folder / split / str(digit)).mkdir(parents=True, exist_ok=True)
+            for index in (dataset.targets == digit).nonzero().flatten()[:count].tolist():
+                Image.fromarray(dataset.images[index, 0].numpy()).save(folder / split / str(digit) / f"{index}.png")
+    return folder
