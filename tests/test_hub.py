@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import RECIPES, TOKEN, assert_user_error, zoo_command
+from hub_server import Blob, Repo
 from huggingface_hub import ModelCard
 
 import zoo
@@ -178,3 +179,14 @@ def test_the_model_card_parses_and_matches_the_results(versions: list[Path]) -> 
     assert card.data.library_name == "zoo" and card.data.license == "apache-2.0" and card.data.datasets == ["mnist"]
     assert all(result.dataset_split == "test" and result.task_type == "image-classification" for result in card.data.eval_results)
     assert "zoo.load(" in card.text and "```toml" in card.text
+
+
+def test_remote_file_names_cannot_write_outside_the_cache(hub, versions: list[Path], tmp_path: Path) -> None:
+    server, env = hub
+    weights = Blob((versions[0] / "model.safetensors").read_bytes(), True)
+    hostile = {"model.safetensors": weights, "../../../escape.png": Blob(b"x", True), "sub/../../up.png": Blob(b"y", False)}
+    server.state.new_commit(server.state.repos.setdefault("zoo-test/hostile", Repo()), hostile, "main")
+    folder = Path(zoo_ok("pull", "zoo-test/hostile", env=env).strip())
+    assert sorted(path.name for path in folder.iterdir()) == ["model.safetensors"]
+    written = [path for path in tmp_path.parent.rglob("*") if path.name in ("escape.png", "up.png")]
+    assert not written

@@ -308,3 +308,27 @@ def test_a_pushed_run_folder_loads_with_timm_from_the_hub(hub, finetuned_run: Pa
     torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["y"], expected, rtol=1e-5, atol=1e-5)
     card = ModelCard.load(finetuned_run / "README.md")
     assert card.data.library_name == "timm" and "timm.create_model" in card.text
+
+
+def test_a_plain_timm_model_folder_is_a_pretrained_source(tmp_path: Path) -> None:
+    from timm.models import save_for_hf
+
+    source = timm.create_model(ARCH, num_classes=7)
+    save_for_hf(source, str(tmp_path / "timm_folder"), safe_serialization=True)  # timm's own export, no zoo in it
+    model, loaded = build_model(ModelConfig(backbone=f"timm/{ARCH}", pretrained=True), ["a", "b"], tmp_path / "timm_folder")
+    assert loaded.startswith(f"loaded backbone from {tmp_path / 'timm_folder'}; new head for 2 classes")
+    assert torch.equal(model.layer3[0].conv1.weight, source.layer3[0].conv1.weight) and model.num_classes == 2
+    with pytest.raises(ZooError, match="holds a timm 'test_resnet', but the recipe builds 'timm/resnet10t'"):
+        build_model(ModelConfig(backbone="timm/resnet10t", pretrained=True), ["a", "b"], tmp_path / "timm_folder")
+
+
+def test_augmentation_is_switched_by_recipe_keys() -> None:
+    from zoo.data import build_transform
+
+    config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    augmented = repr(build_transform(config, DataConfig(dataset="image_folder", hflip=0.25, scale=[0.5, 1.0])))
+    assert "RandomResizedCrop" in augmented and "RandomHorizontalFlip(p=0.25)" in augmented and "scale=(0.5, 1.0)" in augmented
+    plain = repr(build_transform(config, DataConfig(dataset="image_folder", augment=False)))
+    assert "Random" not in plain and "ColorJitter" not in plain and "Resize" in plain
+    assert repr(build_transform(config)).startswith("ConvertThen('RGB'")
+    assert repr(build_transform({**config, "input_size": (1, 32, 32), "mean": (0.5,), "std": (0.5,)})).startswith("ConvertThen('L'")

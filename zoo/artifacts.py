@@ -28,6 +28,7 @@ RECIPE = "recipe.toml"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
 MODEL_CARD = "README.md"
+PLOTS = ("loss.png", "accuracy.png", "lr.png", "confusion_matrix.png")
 
 
 def atomic_write(path: Path, data: bytes) -> None:

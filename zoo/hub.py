@@ -27,8 +27,9 @@ from huggingface_hub.errors import (
 from . import artifacts, catalog
 from .errors import ZooError
 
-# What a run folder shares: weights, timm-layout config, model card, recipe, results, plots.
-SHARED_FILES = [artifacts.WEIGHTS, artifacts.CONFIG, artifacts.MODEL_CARD, artifacts.RECIPE, artifacts.RESULTS, "*.png"]
+# What a run folder shares: weights, timm-layout config, model card, recipe, results, plots. Exact
+# names, no wildcards: a pull fetches nothing else, whatever else a repo holds or however it is named.
+SHARED_FILES = [artifacts.WEIGHTS, artifacts.CONFIG, artifacts.MODEL_CARD, artifacts.RECIPE, artifacts.RESULTS, *artifacts.PLOTS]
 
 
 @dataclass

@@ -17,7 +17,7 @@ from . import artifacts
 DPI = 100
 CURVE_SIZE = (800, 500)  # pixels
 MATRIX_SIZE = (700, 600)
-LOSS, ACCURACY, LEARNING_RATE, CONFUSION = "loss.png", "accuracy.png", "lr.png", "confusion_matrix.png"
+LOSS, ACCURACY, LEARNING_RATE, CONFUSION = artifacts.PLOTS
 
 
 def _figure(size: tuple[int, int]) -> Figure:
