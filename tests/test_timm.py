@@ -197,6 +197,15 @@ def test_grayscale_input_adapts_the_pretrained_stem(pretrained_run: Path, mnist_
         inputs = torch.randn(2, 1, 32, 32)
         torch.testing.assert_close(timm_model(inputs), zoo.load(result.folder)[0](inputs))
 
+    # From that 1-channel run without saying in_chans: timm takes it from the source's model_args,
+    # and zoo.load, eval and resume rebuild the same 1-channel model.
+    again = timm_recipe(mnist_png, tmp_path / "again", f"model.pretrained={result.folder}", "data.classes=[5,6,7,8,9]", "train.max_steps=2")
+    second = run(again, progress=False)
+    with torch.no_grad():
+        assert zoo.load(second.folder)[0](inputs).shape == (2, 5)
+    resumed = run(again.model_copy(update={"train": again.train.model_copy(update={"max_steps": 4})}), progress=False, resume=second.folder)
+    assert resumed.results["steps"] == 4
+
 
 def fake_hub_cache(cache: Path, repo: str, run_folder: Path) -> str:
     """``repo`` in the Hugging Face cache layout (what a download leaves), holding a run folder's files."""

@@ -197,7 +197,9 @@ def load_run(folder: Path) -> tuple[nn.Module, list[str]]:
     """The model of a run folder in eval mode, and its label names."""
     config = artifacts.read_config(folder)
     recipe = from_dict(config["zoo"]["recipe"], source=str(folder / artifacts.CONFIG))
-    model_config = recipe.model.model_copy(update={"pretrained": False})
+    # timm records the arguments the weights were built with, including any its source set (in_chans).
+    built_with = {key: value for key, value in config.get("model_args", {}).items() if key != "num_classes"}
+    model_config = recipe.model.model_copy(update={"pretrained": False, "args": {**built_with, **recipe.model.args}})
     label_names = list(config["label_names"])
     model, _ = build_model(model_config, label_names)
     model.load_state_dict(artifacts.read_weights(folder))

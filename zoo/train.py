@@ -111,7 +111,8 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     torch.use_deterministic_algorithms(recipe.train.deterministic)
     latest = check_resumable(resume, recipe) if resume else None
     folder = resume or output_folder(recipe)
-    source = None if latest else pretrained_source(recipe, progress, dry_run)
+    # A resumed run is rebuilt as it started (a source can set architecture arguments, e.g. in_chans).
+    source = pretrained_source(recipe, progress, dry_run)
     splits = load_splits(recipe.data, recipe.train.seed)
     num_classes = recipe.model.head.num_classes or len(splits.label_names)
     if num_classes != len(splits.label_names):
@@ -121,9 +122,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
         )
 
     seed_everything(recipe.train.seed)  # the same initial weights whatever ran before
-    # A resumed run's weights come from its checkpoint: no pretrained weights to fetch.
-    model_config = recipe.model.model_copy(update={"pretrained": False}) if latest else recipe.model
-    model, loaded = build_model(model_config, splits.label_names, source)
+    model, loaded = build_model(recipe.model, splits.label_names, source)
     if loaded:
         log(loaded)
     configure_images(splits, recipe.data, model)
