@@ -156,13 +156,12 @@ def plugins(kind: Kind | None = None, pattern: str | None = None, pretrained: bo
             found += _members(plugin, pattern.removeprefix(plugin.prefix), pretrained)
         elif pattern is None or fnmatch.fnmatchcase(plugin.name, pattern):
             found.append(plugin)
-    if pretrained:
-        if not inside_a_namespace:
-            namespaces = [p.name for p in everything if p.is_namespace] or ["none installed"]
-            raise ZooError(
-                f"--pretrained lists the weights of a namespace's models: give a pattern inside one "
-                f"({', '.join(namespaces)}), for example 'timm/resnet*'"
-            )
+    if pretrained and not inside_a_namespace:
+        namespaces = [p.name for p in everything if p.is_namespace] or ["none installed"]
+        raise ZooError(
+            f"--pretrained lists the weights of a namespace's models: give a pattern inside one "
+            f"({', '.join(namespaces)}), for example 'timm/resnet*'"
+        )
     return sorted(found, key=lambda p: (list(GROUPS).index(p.kind), p.name, p.provider))
 
 
