@@ -5,7 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import assert_user_error, zoo_command
+from conftest import RECIPES, assert_user_error, zoo_command
 
 
 def imported_modules(*args: str) -> set[str]:
@@ -20,6 +20,11 @@ def test_help_and_list_import_no_torch_and_no_plugin() -> None:
         modules = imported_modules(*args)
         assert "click" in modules
         assert not {"torch", "timm", "torchvision", "zoo.builtins.mnist_cnn", "zoo_shapes.models"} & modules, args
+
+
+def test_a_run_without_timm_models_or_image_datasets_does_not_import_timm(mnist_dir: Path) -> None:
+    modules = imported_modules("run", str(RECIPES / "mnist.toml"), "--dry-run")
+    assert "torch" in modules and not {m for m in modules if m.split(".")[0] == "timm"}  # 1.5 s of start-up
 
 
 def test_version() -> None:

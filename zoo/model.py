@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models._hub import save_config_for_hf  # public in timm.models._hub only
 from torch import nn
 
 from . import artifacts, registry
@@ -93,11 +92,10 @@ def build_model(
     """
     factory = registry.get("model", config.backbone).load()
     if not builds_own_head(factory):
-        if isinstance(source, str):
-            raise ZooError(
-                f"model.pretrained = '{source}': Hub sources need a backbone that loads its own weights "
-                f"(timm/...); '{config.backbone}' loads from run folders"
-            )
+        if isinstance(source, str):  # hf-hub:ORG/NAME[@REV]: timm loads those itself, zoo's own backbones pull
+            from .hub import pull
+
+            source = pull(source.split(":", 1)[1])
         backbone = build_backbone(config)
         model = Classifier(backbone, build_head(config.head, backbone.num_features, len(label_names)))
         if source is None:
@@ -129,7 +127,9 @@ def adopt_head(model: nn.Module, label_names: list[str], source: object) -> str:
 
 def exchange_config(model: nn.Module, backbone: str, label_names: list[str], data_config: dict[str, Any]) -> dict[str, Any]:
     """config.json in timm's layout: for a timm model timm's own export, which ``local-dir:`` loads."""
-    if builds_own_head(registry.get("model", backbone).load()):
+    if not isinstance(model, Classifier):
+        from timm.models._hub import save_config_for_hf  # exported from timm.models._hub only
+
         with tempfile.TemporaryDirectory() as scratch:  # timm writes a file; the run folder gets it atomically
             path = Path(scratch) / artifacts.CONFIG
             save_config_for_hf(model, str(path), model_config={"label_names": label_names}, data_config=dict(data_config))

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import __version__, artifacts, checkpoint, distributed, freeze, registry
+from . import __version__, artifacts, checkpoint, distributed, freeze
 from . import recipe as recipes
 from .card import model_card
 from .data import Batches, Splits, configure_images, load_splits
@@ -24,7 +24,7 @@ from .device import autocast_dtype, resolve_device
 from .distributed import log
 from .errors import ZooError
 from .evaluate import build_loss, evaluate
-from .model import build_model, builds_own_head, exchange_config
+from .model import Classifier, build_model, exchange_config
 from .optim import build_optimizer, default_weight_decay
 from .plots import write_plots
 from .recipe import Recipe
@@ -61,11 +61,7 @@ def pretrained_source(recipe: Recipe, progress: bool, dry_run: bool) -> Path | s
     if source.startswith(recipes.RECIPE_SCHEME):
         return _cached_recipe_run(Path(source.removeprefix(recipes.RECIPE_SCHEME)), progress, dry_run)
     if source.startswith(recipes.REMOTE_SCHEMES):
-        if builds_own_head(registry.get("model", recipe.model.backbone).load()):
-            return source  # timm loads hf-hub: sources itself, model_args and all
-        from .hub import pull
-
-        return pull(source.split(":", 1)[1])
+        return source  # build_model fetches it
     folder = Path(source)
     if not folder.is_dir():
         raise ZooError(f"model.pretrained: folder not found: {folder}")
@@ -274,7 +270,7 @@ def _write_run(
     config["zoo"] = {"version": __version__, "recipe_hash": recipe_hash, "recipe": recipe.to_dict()}
     artifacts.write_json(folder / artifacts.CONFIG, config)
     plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.get("test"))
-    timm_architecture = config["architecture"] if recipe.model.backbone.startswith("timm/") else None
+    timm_architecture = None if isinstance(model, Classifier) else config["architecture"]
     card = model_card(recipe, results, plots, base_model(recipe, model), timm_architecture)
     artifacts.write_text(folder / artifacts.MODEL_CARD, card)
     artifacts.write_json(folder / artifacts.RESULTS, results)  # last: its state marks the folder complete

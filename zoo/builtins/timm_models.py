@@ -43,7 +43,7 @@ class TimmModels:
         tags = _tags().get(architecture, [])
         if not tags:
             return f"timm {architecture}, no pretrained weights"
-        size = "x".join(map(str, get_pretrained_cfg(name).input_size))
+        size = _input_size(name)
         if tag:
             return f"timm {architecture} with weights {tag}, input {size}"
         more = f" (+{len(tags) - 3})" if len(tags) > 3 else ""
@@ -93,12 +93,16 @@ def _details(name: str) -> str:
         config = get_pretrained_cfg(name)
         lines.append(f"pretrained tags: {', '.join(tags)} (default: {tags[0]})")
         lines.append(
-            f"input: {'x'.join(map(str, config.input_size))}, mean {config.mean}, std {config.std}, "
+            f"input: {_input_size(name)}, mean {config.mean}, std {config.std}, "
             f"{config.interpolation}, crop_pct {config.crop_pct}"
         )
     else:
         lines.append("no pretrained weights in timm: train from scratch or from a run folder")
     return "\n".join(lines)
+
+
+def _input_size(name: str) -> str:
+    return "x".join(map(str, get_pretrained_cfg(name).input_size))
 
 
 def _not_cached(name: str, source: str) -> str:
