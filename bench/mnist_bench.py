@@ -119,7 +119,9 @@ def hand_loop(epochs: int, max_steps: int | None) -> dict:
     test = zoo.create_dataset("mnist", data_dir(), "test")
     backbone = zoo.create_model("mnist_cnn")
     model = nn.Sequential(backbone, nn.Linear(backbone.num_features, 10))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, foreach=True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, foreach=True
+    )
     batch = recipe.data.batch_size
     per_epoch = math.ceil(len(train) / batch)
     total = recipe.train.epochs * per_epoch
@@ -148,8 +150,16 @@ def hand_loop(epochs: int, max_steps: int | None) -> dict:
         seconds = time.perf_counter() - started
         model.eval()
         with torch.no_grad():
-            logits = torch.cat([model(test.images[i : i + 1000].float().mul_(scale).sub_(shift)) for i in range(0, len(test), 1000)])
-        epochs_out.append({"seconds": seconds, "images": images, "test_accuracy": float((logits.argmax(1) == test.targets).float().mean())})
+            logits = torch.cat(
+                [model(test.images[i : i + 1000].float().mul_(scale).sub_(shift)) for i in range(0, len(test), 1000)]
+            )
+        epochs_out.append(
+            {
+                "seconds": seconds,
+                "images": images,
+                "test_accuracy": float((logits.argmax(1) == test.targets).float().mean()),
+            }
+        )
         if max_steps and step >= max_steps:
             break
     return {"epochs": epochs_out}
@@ -306,7 +316,9 @@ def report(args: argparse.Namespace) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="150 steps of each contender: throughput only")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs of the baseline (default 4: it reaches 99%% in 4)")
+    parser.add_argument(
+        "--epochs", type=int, default=4, help="epochs of the baseline (default 4: it reaches 99%% in 4)"
+    )
     parser.add_argument("--contender", help=argparse.SUPPRESS)
     parser.add_argument("--max-steps", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()

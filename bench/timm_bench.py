@@ -112,7 +112,9 @@ def contender(name: str, folder: Path, epochs: int, script: Path | None) -> dict
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--per-class", type=int, default=500, help="training PNGs per digit (default 500: 5,000 images)")
+    parser.add_argument(
+        "--per-class", type=int, default=500, help="training PNGs per digit (default 500: 5,000 images)"
+    )
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--timm-train", type=Path, help="timm's train.py, from a pytorch-image-models checkout")

@@ -93,7 +93,9 @@ def make_distribution(
     return site
 
 
-BROKEN_MODULE = {"broken_plugin.py": 'def net():\n    """Never seen."""\n\nraise ImportError("plugin is broken on purpose")\n'}
+BROKEN_MODULE = {
+    "broken_plugin.py": 'def net():\n    """Never seen."""\n\nraise ImportError("plugin is broken on purpose")\n'
+}
 GOOD_MODULE = {
     "good_plugin.py": '''
     from torch import nn
@@ -110,7 +112,9 @@ GOOD_MODULE = {
 @pytest.fixture
 def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A distribution 'broken-plugin' whose model module raises on import, on sys.path."""
-    site = make_distribution(tmp_path / "site", "broken-plugin", {"zoo.models": {"broken_net": "broken_plugin:net"}}, BROKEN_MODULE)
+    site = make_distribution(
+        tmp_path / "site", "broken-plugin", {"zoo.models": {"broken_net": "broken_plugin:net"}}, BROKEN_MODULE
+    )
     monkeypatch.syspath_prepend(str(site))
     registry.refresh()
     return site

@@ -111,7 +111,9 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                     self.rfile.readline()
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
-        def reply(self, status: int, payload: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None) -> None:
+        def reply(
+            self, status: int, payload: Any = None, headers: dict[str, str] | None = None, raw: bytes | None = None
+        ) -> None:
             data = raw if raw is not None else (json.dumps(payload).encode() if payload is not None else b"")
             self.send_response(status)
             self.send_header("Content-Type", "application/octet-stream" if raw is not None else "application/json")
@@ -146,7 +148,9 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             if repo_id in state.repos:
                 return self.reply(409, {"error": "You already created this model repo", "url": url})
             repo = state.repos[repo_id] = Repo()
-            state.new_commit(repo, {".gitattributes": Blob(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", False)}, "main")
+            state.new_commit(
+                repo, {".gitattributes": Blob(b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n", False)}, "main"
+            )
             self.reply(200, {"url": url, "name": repo_id})
 
         def validate_yaml(self, body: bytes) -> None:
@@ -181,7 +185,11 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             if self.repo(repo_id) is None:
                 return
             files = [
-                {"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(LFS_SUFFIXES) else "regular", "shouldIgnore": False}
+                {
+                    "path": f["path"],
+                    "uploadMode": "lfs" if f["path"].endswith(LFS_SUFFIXES) else "regular",
+                    "shouldIgnore": False,
+                }
                 for f in json.loads(body)["files"]
             ]
             self.reply(200, {"files": files, "commitOid": None})
@@ -237,7 +245,9 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 return
             repo, sha = found
             siblings = [{"rfilename": name} for name in sorted(repo.commits[sha])]
-            self.reply(200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False, "siblings": siblings, "tags": []})
+            self.reply(
+                200, {"id": repo_id, "modelId": repo_id, "sha": sha, "private": False, "siblings": siblings, "tags": []}
+            )
 
         def tree(self, body: bytes, repo_id: str, revision: str) -> None:
             found = self.commit_of(repo_id, revision)

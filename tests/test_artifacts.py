@@ -24,7 +24,9 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pyt
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(artifacts.os, "fsync", full_disk)
-    with pytest.raises(ZooError, match="cannot write .*config.json: No space left on device; config.json was left as it was"):
+    with pytest.raises(
+        ZooError, match="cannot write .*config.json: No space left on device; config.json was left as it was"
+    ):
         artifacts.write_json(target, {"version": 2})
     assert target.read_text() == '{\n  "version": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

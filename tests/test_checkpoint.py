@@ -18,7 +18,13 @@ from zoo import artifacts, checkpoint
 from zoo.cli import cli
 
 # 3,000 images, 94 steps an epoch, two epochs: long enough to kill mid-epoch.
-KILLABLE = ["data.per_class=300", "data.batch_size=32", "train.epochs=2", "train.checkpoint_every=10", "data.val_split=0.02"]
+KILLABLE = [
+    "data.per_class=300",
+    "data.batch_size=32",
+    "train.epochs=2",
+    "train.checkpoint_every=10",
+    "data.val_split=0.02",
+]
 SMALL = ["data.per_class=20", "data.classes=[0,1]", "data.batch_size=4", "data.val_split=0.1", "train.epochs=2"]
 
 
@@ -40,10 +46,19 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> 
     return folder
 
 
-@pytest.mark.parametrize("kill_after", ["step-00000030", "step-00000094", "step-00000120"], ids=["epoch-1", "epoch-end", "epoch-2"])
+@pytest.mark.parametrize(
+    "kill_after", ["step-00000030", "step-00000094", "step-00000120"], ids=["epoch-1", "epoch-end", "epoch-2"]
+)
 def test_sigkill_then_resume_is_bit_identical(kill_after: str, uninterrupted: Path, tmp_path: Path) -> None:
     folder = tmp_path / "run"
-    command = [str(Path(sys.executable).with_name("zoo")), "run", str(RECIPES / "mnist.toml"), *KILLABLE, f"output.dir={folder}", "--no-progress"]
+    command = [
+        str(Path(sys.executable).with_name("zoo")),
+        "run",
+        str(RECIPES / "mnist.toml"),
+        *KILLABLE,
+        f"output.dir={folder}",
+        "--no-progress",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while not (folder / "checkpoints" / kill_after).exists():
@@ -59,9 +74,17 @@ def test_sigkill_then_resume_is_bit_identical(kill_after: str, uninterrupted: Pa
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     assert same_weights(uninterrupted, folder)
-    lines = lambda f: [{k: v for k, v in json.loads(l).items() if k in ("epoch", "step", "train_loss", "val_loss")} for l in (f / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+
+    def lines(folder: Path) -> list[dict]:
+        keys = ("epoch", "step", "train_loss", "val_loss")
+        records = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in record.items() if k in keys} for record in records]
+
     assert lines(folder) == lines(uninterrupted)
-    assert json.loads((folder / "results.json").read_text())["test"] == json.loads((uninterrupted / "results.json").read_text())["test"]
+    assert (
+        json.loads((folder / "results.json").read_text())["test"]
+        == json.loads((uninterrupted / "results.json").read_text())["test"]
+    )
 
 
 def test_checkpoints_hold_the_whole_state_and_stay_bounded(uninterrupted: Path) -> None:
@@ -89,14 +112,41 @@ def test_resume_the_newest_run_and_train_longer(mnist_dir: Path) -> None:
 
 def test_resume_refuses_a_different_recipe(mnist_dir: Path, tmp_path: Path) -> None:
     assert zoo_run(*SMALL, f"output.dir={tmp_path / 'run'}").returncode == 0
-    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *SMALL, "optim.lr=0.1", "data.batch_size=8", "--resume", str(tmp_path / "run")])
-    assert_user_error(result, "differs from the run", "data.batch_size, optim.lr", "only train.epochs and train.max_steps")
-    assert_user_error(CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--resume"]), "no run of 'mnist' with a checkpoint under runs/")
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(RECIPES / "mnist.toml"),
+            *SMALL,
+            "optim.lr=0.1",
+            "data.batch_size=8",
+            "--resume",
+            str(tmp_path / "run"),
+        ],
+    )
+    assert_user_error(
+        result, "differs from the run", "data.batch_size, optim.lr", "only train.epochs and train.max_steps"
+    )
+    assert_user_error(
+        CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--resume"]),
+        "no run of 'mnist' with a checkpoint under runs/",
+    )
 
 
 def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(mnist_dir: Path, tmp_path: Path) -> None:
     with sabotaged_loss("explodes", lambda call, loss: loss * float("nan") if call >= 13 else loss):
-        result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *SMALL, "loss.name=explodes", "train.checkpoint_every=5", f"output.dir={tmp_path / 'run'}", "--no-progress"])
+        result = CliRunner().invoke(
+            cli,
+            [
+                "run",
+                str(RECIPES / "mnist.toml"),
+                *SMALL,
+                "loss.name=explodes",
+                "train.checkpoint_every=5",
+                f"output.dir={tmp_path / 'run'}",
+                "--no-progress",
+            ],
+        )
     line = assert_user_error(result, "the loss became NaN or infinite at step 13", "lower optim.lr", "step-00000010")
     assert "step-00000010" in line
     state = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -106,7 +156,9 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(mnist
     assert all(torch.isfinite(t).all() for name, t in tensors.items() if name.startswith("model."))
 
 
-def test_full_disk_during_a_checkpoint_keeps_the_previous_one(mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     real_fsync = artifacts.os.fsync
     writes = []
 
@@ -117,7 +169,17 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(mnist_dir: Path, t
         real_fsync(descriptor)
 
     monkeypatch.setattr(artifacts.os, "fsync", fsync_until_full)
-    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *SMALL, "train.checkpoint_every=3", f"output.dir={tmp_path / 'run'}", "--no-progress"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(RECIPES / "mnist.toml"),
+            *SMALL,
+            "train.checkpoint_every=3",
+            f"output.dir={tmp_path / 'run'}",
+            "--no-progress",
+        ],
+    )
     assert_user_error(result, "No space left on device")
     kept = checkpoint.all_checkpoints(tmp_path / "run")
     assert [p.name for p in kept] == ["step-00000003", "step-00000006"]
@@ -128,5 +190,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(mnist_dir: Path, t
 
 def test_unwritable_output_folder_is_one_line(mnist_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("not a folder")
-    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *SMALL, f"output.dir={tmp_path / 'a-file' / 'run'}"])
+    result = CliRunner().invoke(
+        cli, ["run", str(RECIPES / "mnist.toml"), *SMALL, f"output.dir={tmp_path / 'a-file' / 'run'}"]
+    )
     assert_user_error(result, "cannot create the run folder", "Not a directory")

@@ -53,7 +53,13 @@ def test_info_shows_arguments_defaults_types_and_doc() -> None:
     result = zoo_command("info", "mnist_cnn")
     assert result.returncode == 0, result.stderr
     assert "model, from zoo" in result.stdout
-    for argument in ("conv1: int = 32", "conv2: int = 64", "hidden: int = 128", "dropout1: float = 0.25", "dropout2: float = 0.5"):
+    for argument in (
+        "conv1: int = 32",
+        "conv2: int = 64",
+        "hidden: int = 128",
+        "dropout1: float = 0.25",
+        "dropout2: float = 0.5",
+    ):
         assert argument in result.stdout
     assert "Classic PyTorch MNIST CNN" in result.stdout
 
@@ -76,7 +82,9 @@ def test_broken_plugin_listed_reported_and_strict(broken_site: Path) -> None:
     assert "mnist_cnn" in report.stdout
 
     for args in (["plugins"], ["list"]):
-        assert_user_error(zoo_command(*args, env={**env, "ZOO_STRICT_PLUGINS": "1"}), "broken_net", "ZOO_STRICT_PLUGINS")
+        assert_user_error(
+            zoo_command(*args, env={**env, "ZOO_STRICT_PLUGINS": "1"}), "broken_net", "ZOO_STRICT_PLUGINS"
+        )
 
 
 def test_example_plugin_is_installed_under_its_distribution() -> None:

@@ -23,7 +23,9 @@ FREEZING = ["model.freeze.freeze=['conv1.*']", "model.freeze.stages=[{epoch=2, u
 
 
 def zoo(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(Path(sys.executable).with_name("zoo")), *args], capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        [str(Path(sys.executable).with_name("zoo")), *args], capture_output=True, text=True, timeout=600
+    )
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +49,12 @@ def test_both_ranks_end_identical_and_match_one_process(ddp_run: Path, tmp_path:
     assert (results["state"], results["world_size"], results["ranks_agree"]) == ("finished", 2, True)
     assert sum(row["support"] for row in results["test"]["per_class"]) == 980 + 1135 + 1032  # every test image, once
 
-    single = run(recipes.load(RECIPES / "mnist.toml", [*SUBSET, *FREEZING, "data.batch_size=64", f"output.dir={tmp_path / 'one'}"]), progress=False)
+    single = run(
+        recipes.load(
+            RECIPES / "mnist.toml", [*SUBSET, *FREEZING, "data.batch_size=64", f"output.dir={tmp_path / 'one'}"]
+        ),
+        progress=False,
+    )
     assert results["steps"] == single.results["steps"]
     assert abs(results["test"]["accuracy"] - single.results["test"]["accuracy"]) < 0.02
 
@@ -62,16 +69,48 @@ def test_frozen_and_staged_parameters_under_ddp(ddp_run: Path) -> None:
 
 
 def test_resume_under_the_same_world_size_only(ddp_run: Path) -> None:
-    refused = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=32", "train.epochs=3", "--resume", str(ddp_run)])
+    refused = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(RECIPES / "mnist.toml"),
+            *SUBSET,
+            *FREEZING,
+            "data.batch_size=32",
+            "train.epochs=3",
+            "--resume",
+            str(ddp_run),
+        ],
+    )
     assert_user_error(refused, "was written by 2 processes; resume it with as many")
-    resumed = zoo("run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=32", "train.epochs=3", "--resume", str(ddp_run), "--no-progress")
+    resumed = zoo(
+        "run",
+        "--nproc",
+        "2",
+        str(RECIPES / "mnist.toml"),
+        *SUBSET,
+        *FREEZING,
+        "data.batch_size=32",
+        "train.epochs=3",
+        "--resume",
+        str(ddp_run),
+        "--no-progress",
+    )
     assert resumed.returncode == 0, resumed.stderr
     results = json.loads((ddp_run / "results.json").read_text())
     assert (results["epochs"], results["ranks_agree"]) == (3, True)
 
 
 def test_the_command_line_shorthand_on_full_mnist(tmp_path: Path, mnist_dir: Path) -> None:
-    result = zoo("run", "--nproc", "2", str(RECIPES / "mnist.toml"), "train.max_steps=20", f"output.dir={tmp_path / 'run'}", "--no-progress")
+    result = zoo(
+        "run",
+        "--nproc",
+        "2",
+        str(RECIPES / "mnist.toml"),
+        "train.max_steps=20",
+        f"output.dir={tmp_path / 'run'}",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (results["steps"], results["world_size"]) == (20, 2)

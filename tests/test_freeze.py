@@ -64,7 +64,9 @@ def test_frozen_batchnorm_stays_in_eval_unless_train_bn() -> None:
 
 
 @pytest.mark.parametrize(("train_bn", "stats_change"), [(False, False), (True, True)])
-def test_batchnorm_statistics_through_a_whole_run(train_bn: bool, stats_change: bool, tmp_path: Path, mnist_dir: Path) -> None:
+def test_batchnorm_statistics_through_a_whole_run(
+    train_bn: bool, stats_change: bool, tmp_path: Path, mnist_dir: Path
+) -> None:
     @zoo.register_model("bn_net")
     def bn_net() -> nn.Module:
         """A conv + BatchNorm backbone for this test."""
@@ -73,12 +75,24 @@ def test_batchnorm_statistics_through_a_whole_run(train_bn: bool, stats_change: 
         return backbone
 
     try:
-        common = ["model.backbone=bn_net", "data.classes=[0,1]", "data.per_class=10", "train.max_steps=3", "data.batch_size=4"]
+        common = [
+            "model.backbone=bn_net",
+            "data.classes=[0,1]",
+            "data.per_class=10",
+            "train.max_steps=3",
+            "data.batch_size=4",
+        ]
         source = run(recipes.load(RECIPES / "mnist.toml", [*common, f"output.dir={tmp_path / 'a'}"]), progress=False)
         tuned = run(
             recipes.load(
                 RECIPES / "mnist.toml",
-                [*common, f"model.pretrained={source.folder}", "model.freeze.freeze=backbone", f"model.freeze.train_bn={str(train_bn).lower()}", f"output.dir={tmp_path / 'b'}"],
+                [
+                    *common,
+                    f"model.pretrained={source.folder}",
+                    "model.freeze.freeze=backbone",
+                    f"model.freeze.train_bn={str(train_bn).lower()}",
+                    f"output.dir={tmp_path / 'b'}",
+                ],
             ),
             progress=False,
         )

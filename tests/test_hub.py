@@ -18,7 +18,14 @@ from zoo import recipe as recipes
 from zoo.train import run
 
 SHARED = ["model.safetensors", "config.json", "README.md", "recipe.toml", "results.json"]
-SMALL = ["data.classes=[0,1,2]", "data.per_class=500", "data.val_split=0.02", "data.batch_size=64", "train.epochs=1", "train.precision=fp32"]
+SMALL = [
+    "data.classes=[0,1,2]",
+    "data.per_class=500",
+    "data.val_split=0.02",
+    "data.batch_size=64",
+    "train.epochs=1",
+    "train.precision=fp32",
+]
 
 
 @pytest.fixture(scope="session")
@@ -26,7 +33,10 @@ def versions(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[
     """Two finished runs of the same small recipe with different seeds: two versions of one model."""
     root = tmp_path_factory.mktemp("versions")
     return [
-        run(recipes.load(RECIPES / "mnist.toml", [*SMALL, f"train.seed={seed}", f"output.dir={root / f'v{seed}'}"]), progress=False).folder
+        run(
+            recipes.load(RECIPES / "mnist.toml", [*SMALL, f"train.seed={seed}", f"output.dir={root / f'v{seed}'}"]),
+            progress=False,
+        ).folder
         for seed in (1, 2)
     ]
 
@@ -77,7 +87,9 @@ def test_each_revision_pulls_its_own_version(hub, versions: list[Path], tmp_path
     server, env = hub
     first = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env))
     second = pushed_commit(zoo_ok("push", str(versions[1]), "--repo", "zoo-test/digits", env=env))
-    branch = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", "--revision", "v1-branch", env=env))
+    branch = pushed_commit(
+        zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", "--revision", "v1-branch", env=env)
+    )
     assert len({first, second, branch}) == 3
     expectations = {f"@{first}": versions[0], f"@{second}": versions[1], "": versions[1], "@v1-branch": versions[0]}
     for revision, version in expectations.items():
@@ -116,7 +128,12 @@ def test_registry_pins_the_commit_and_refuses_a_tampered_file(hub, versions: lis
 def test_registry_check_and_recipe_only_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     registry = tmp_path / "registry.json"
     monkeypatch.setenv("ZOO_REGISTRY", str(registry))
-    entry = {"backbone": "mnist_cnn", "num_classes": 5, "label_names": list("01234"), "sources": {"recipe": str(RECIPES / "mnist_pretrain.toml")}}
+    entry = {
+        "backbone": "mnist_cnn",
+        "num_classes": 5,
+        "label_names": list("01234"),
+        "sources": {"recipe": str(RECIPES / "mnist_pretrain.toml")},
+    }
     registry.write_text(json.dumps({"schema": 1, "weights": {"digits": entry}}))
     assert "1 named weights, valid" in zoo_command("registry", "check").stdout
     assert_user_error(zoo_command("pull", "digits"), "no Hub source", "recipe:")
@@ -126,7 +143,9 @@ def test_registry_check_and_recipe_only_names(tmp_path: Path, monkeypatch: pytes
     assert_user_error(zoo_command("registry", "check"), "weights.digits.sources.hub.revision")
     registry.write_text(json.dumps({"schema": 1, "weights": {"digits": {**entry, "num_classes": 4}}}))
     assert_user_error(zoo_command("registry", "check"), "label_names has 5 names for num_classes = 4")
-    registry.write_text(json.dumps({"schema": 1, "weights": {"digits": {**entry, "sources": {"recipe": "missing.toml"}}}}))
+    registry.write_text(
+        json.dumps({"schema": 1, "weights": {"digits": {**entry, "sources": {"recipe": "missing.toml"}}}})
+    )
     assert_user_error(zoo_command("registry", "check"), "missing.toml not found")
 
 
@@ -158,7 +177,12 @@ def test_offline_pulls_come_from_the_cache_and_a_miss_is_one_line(hub, versions:
     online = zoo_ok("pull", "zoo-test/digits", env=env).strip()
     offline = {**env, "HF_HUB_OFFLINE": "1"}
     assert zoo_ok("pull", "zoo-test/digits", env=offline).strip() == online
-    assert_user_error(zoo_command("pull", "zoo-test/other", env=offline), "zoo-test/other", "not in the Hugging Face cache", "HF_HUB_OFFLINE")
+    assert_user_error(
+        zoo_command("pull", "zoo-test/other", env=offline),
+        "zoo-test/other",
+        "not in the Hugging Face cache",
+        "HF_HUB_OFFLINE",
+    )
 
 
 def test_push_refuses_unfinished_runs_and_missing_repos_are_one_line(hub, versions: list[Path], tmp_path: Path) -> None:
@@ -177,14 +201,21 @@ def test_the_model_card_parses_and_matches_the_results(versions: list[Path]) -> 
     reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert reported == {key: pytest.approx(results[key], abs=1e-6) for key in ("accuracy", "precision", "recall", "f1")}
     assert card.data.library_name == "zoo" and card.data.license == "apache-2.0" and card.data.datasets == ["mnist"]
-    assert all(result.dataset_split == "test" and result.task_type == "image-classification" for result in card.data.eval_results)
+    assert all(
+        result.dataset_split == "test" and result.task_type == "image-classification"
+        for result in card.data.eval_results
+    )
     assert "zoo.load(" in card.text and "```toml" in card.text
 
 
 def test_remote_file_names_cannot_write_outside_the_cache(hub, versions: list[Path], tmp_path: Path) -> None:
     server, env = hub
     weights = Blob((versions[0] / "model.safetensors").read_bytes(), True)
-    hostile = {"model.safetensors": weights, "../../../escape.png": Blob(b"x", True), "sub/../../up.png": Blob(b"y", False)}
+    hostile = {
+        "model.safetensors": weights,
+        "../../../escape.png": Blob(b"x", True),
+        "sub/../../up.png": Blob(b"y", False),
+    }
     server.state.new_commit(server.state.repos.setdefault("zoo-test/hostile", Repo()), hostile, "main")
     folder = Path(zoo_ok("pull", "zoo-test/hostile", env=env).strip())
     assert sorted(path.name for path in folder.iterdir()) == ["model.safetensors"]

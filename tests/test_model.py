@@ -16,12 +16,23 @@ def test_linear_and_mlp_heads() -> None:
     linear = build_head(HeadConfig(), 128, 5)
     assert [type(m) for m in linear] == [nn.Linear] and linear[0].out_features == 5
     mlp = build_head(HeadConfig(type="mlp", hidden=[64, 32], activation="gelu", dropout=0.2), 128, 3)
-    assert [type(m) for m in mlp] == [nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Linear, nn.GELU, nn.Dropout, nn.Linear]
+    assert [type(m) for m in mlp] == [
+        nn.Dropout,
+        nn.Linear,
+        nn.GELU,
+        nn.Dropout,
+        nn.Linear,
+        nn.GELU,
+        nn.Dropout,
+        nn.Linear,
+    ]
     assert mlp(torch.zeros(2, 128)).shape == (2, 3)
 
 
 def test_model_is_backbone_then_head() -> None:
-    model, _ = build_model(ModelConfig(backbone="mnist_cnn", args={"conv1": 4, "conv2": 8, "hidden": 16}), list("abcdefg"))
+    model, _ = build_model(
+        ModelConfig(backbone="mnist_cnn", args={"conv1": 4, "conv2": 8, "hidden": 16}), list("abcdefg")
+    )
     assert model.num_features == 16
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 7)
     assert {name.split(".")[0] for name, _ in model.named_parameters()} == {"backbone", "head"}

@@ -47,8 +47,15 @@ def test_schema_command_prints_json_schema() -> None:
 
 def test_extends_merges_deeply_and_paths_follow_their_file(tmp_path: Path) -> None:
     (tmp_path / "base").mkdir()
-    write(tmp_path / "base" / "base.toml", MINIMAL + 'root = "data"\nclasses = [1, 2]\n[train]\nepochs = 7\nseed = 3\n[model.freeze]\nfreeze = "backbone"\n')
-    child = write(tmp_path / "child.toml", 'extends = "base/base.toml"\nname = "child"\n[train]\nepochs = 2\n[model]\npretrained = "recipe:other.toml"\n')
+    write(
+        tmp_path / "base" / "base.toml",
+        MINIMAL
+        + 'root = "data"\nclasses = [1, 2]\n[train]\nepochs = 7\nseed = 3\n[model.freeze]\nfreeze = "backbone"\n',
+    )
+    child = write(
+        tmp_path / "child.toml",
+        'extends = "base/base.toml"\nname = "child"\n[train]\nepochs = 2\n[model]\npretrained = "recipe:other.toml"\n',
+    )
     recipe = recipes.load(child, check=False)
     assert recipe.name == "child"
     assert (recipe.train.epochs, recipe.train.seed) == (2, 3)
@@ -63,7 +70,15 @@ def test_overrides_are_typed_by_toml_and_the_schema(tmp_path: Path) -> None:
     path = write(tmp_path / "r.toml", MINIMAL)
     recipe = recipes.load(
         path,
-        ["train.epochs=1", "optim.lr=3e-4", "data.classes=[1,2]", "optim.name=sgd", "model.pretrained=false", "model.head.hidden=[8, 4]", "data.root=here"],
+        [
+            "train.epochs=1",
+            "optim.lr=3e-4",
+            "data.classes=[1,2]",
+            "optim.name=sgd",
+            "model.pretrained=false",
+            "model.head.hidden=[8, 4]",
+            "data.root=here",
+        ],
         check=False,
     )
     assert recipe.train.epochs == 1
@@ -94,19 +109,39 @@ def test_show_prints_the_resolved_recipe() -> None:
 BAD_RECIPES = {
     "malformed TOML": ("name = \n", [], "not valid TOML"),
     "unknown top-level key": (MINIMAL + "[trian]\nepochs = 1\n", [], "unknown key 'trian' (did you mean 'train'?)"),
-    "misspelt nested key": (MINIMAL + "[train]\nepoch = 1\n", [], "unknown key 'train.epoch' (did you mean 'train.epochs'?)"),
+    "misspelt nested key": (
+        MINIMAL + "[train]\nepoch = 1\n",
+        [],
+        "unknown key 'train.epoch' (did you mean 'train.epochs'?)",
+    ),
     "wrong type": (MINIMAL + '[train]\nepochs = "ten"\n', [], "train.epochs: Input should be a valid integer"),
     "out of range": (MINIMAL + "[train]\nepochs = 0\n", [], "train.epochs: Input should be greater than or equal to 1"),
-    "bad choice": (MINIMAL + '[optim]\nname = "adagrad"\n', [], "optim.name: Input should be 'sgd', 'adam', 'adamw' or 'adadelta'"),
+    "bad choice": (
+        MINIMAL + '[optim]\nname = "adagrad"\n',
+        [],
+        "optim.name: Input should be 'sgd', 'adam', 'adamw' or 'adadelta'",
+    ),
     "missing key": ('name = "x"\n[model]\nbackbone = "mnist_cnn"\n', [], "missing required key 'data'"),
-    "key for another optimiser": (MINIMAL + '[optim]\nname = "adam"\nmomentum = 0.9\n', [], "optim.momentum does not apply to adam"),
+    "key for another optimiser": (
+        MINIMAL + '[optim]\nname = "adam"\nmomentum = 0.9\n',
+        [],
+        "optim.momentum does not apply to adam",
+    ),
     "unknown backbone": (MINIMAL.replace("mnist_cnn", "resnet9000"), [], "model.backbone: unknown model 'resnet9000'"),
     "unknown loss": (MINIMAL + '[loss]\nname = "crossentropy"\n', [], "did you mean 'cross_entropy'"),
-    "bad plugin arg": (MINIMAL + "[model.args]\nconvv1 = 8\n", [], "model.args.convv1: not an argument of this plugin (did you mean 'conv1'"),
+    "bad plugin arg": (
+        MINIMAL + "[model.args]\nconvv1 = 8\n",
+        [],
+        "model.args.convv1: not an argument of this plugin (did you mean 'conv1'",
+    ),
     "bad plugin arg type": (MINIMAL + '[model.args]\nconv1 = "wide"\n', [], "model.args.conv1: expected int"),
     "pretrained=true without weights": (MINIMAL + "[model]\n", ["model.pretrained=true"], "has no weights of its own"),
     "bad override syntax": (MINIMAL, ["train.epochs"], "write KEY=VALUE"),
-    "bad override value": (MINIMAL, ["train.epochs=ten"], "override train.epochs: train.epochs: Input should be a valid integer"),
+    "bad override value": (
+        MINIMAL,
+        ["train.epochs=ten"],
+        "override train.epochs: train.epochs: Input should be a valid integer",
+    ),
     "unknown override key": (MINIMAL, ["train.epohcs=1"], "did you mean 'train.epochs'"),
     "wrong pretrained type": (MINIMAL, ["model.pretrained=3"], "model.pretrained"),
 }

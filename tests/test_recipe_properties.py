@@ -13,8 +13,14 @@ from zoo import recipe as recipes
 from zoo.errors import ZooError
 
 keys = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)
-scalars = st.one_of(st.integers(-1000, 1000), st.booleans(), st.text(max_size=8), st.floats(allow_nan=False, allow_infinity=False))
-tables = st.recursive(st.dictionaries(keys, scalars, max_size=4), lambda inner: st.dictionaries(keys, inner | scalars, max_size=4), max_leaves=12)
+scalars = st.one_of(
+    st.integers(-1000, 1000), st.booleans(), st.text(max_size=8), st.floats(allow_nan=False, allow_infinity=False)
+)
+tables = st.recursive(
+    st.dictionaries(keys, scalars, max_size=4),
+    lambda inner: st.dictionaries(keys, inner | scalars, max_size=4),
+    max_leaves=12,
+)
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow], deadline=None)

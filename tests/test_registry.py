@@ -14,7 +14,11 @@ from zoo.errors import ZooError
 
 def test_builtins_are_entry_points_of_the_zoo_distribution() -> None:
     found = {(p.kind, p.name): p for p in registry.plugins()}
-    for kind, name in [("model", "mnist_cnn"), ("dataset", "mnist"), *[("loss", n) for n in ("cross_entropy", "nll", "mse", "focal")]]:
+    for kind, name in [
+        ("model", "mnist_cnn"),
+        ("dataset", "mnist"),
+        *[("loss", n) for n in ("cross_entropy", "nll", "mse", "focal")],
+    ]:
         assert found[(kind, name)].provider == "zoo"
         assert found[(kind, name)].description, f"{name} has no description"
 
@@ -38,7 +42,9 @@ def test_create_model_follows_the_backbone_contract() -> None:
 def test_create_loss_and_list_patterns() -> None:
     assert zoo.list_losses("*entropy") == ["cross_entropy"]
     loss = zoo.create_loss("cross_entropy", label_smoothing=0.1)
-    assert loss(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])).item() == pytest.approx(torch.log(torch.tensor(3.0)).item())
+    assert loss(torch.zeros(4, 3), torch.tensor([0, 1, 2, 0])).item() == pytest.approx(
+        torch.log(torch.tensor(3.0)).item()
+    )
 
 
 def test_losses_agree_with_their_definitions() -> None:
@@ -77,12 +83,18 @@ def test_decorator_registers_in_process() -> None:
 
 
 def test_installed_distribution_appears_and_disappears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    site = make_distribution(tmp_path / "site", "good-plugin", {"zoo.models": {"wide": "good_plugin:wide"}}, GOOD_MODULE)
+    site = make_distribution(
+        tmp_path / "site", "good-plugin", {"zoo.models": {"wide": "good_plugin:wide"}}, GOOD_MODULE
+    )
     assert "wide" not in zoo.list_models()
     monkeypatch.syspath_prepend(str(site))
     registry.refresh()
     plugin = registry.get("model", "wide")
-    assert (plugin.provider, plugin.version, plugin.description) == ("good-plugin", "1.0", "A linear backbone from the fake distribution.")
+    assert (plugin.provider, plugin.version, plugin.description) == (
+        "good-plugin",
+        "1.0",
+        "A linear backbone from the fake distribution.",
+    )
     assert zoo.create_model("wide", width=5)(torch.zeros(2, 3, 4)).shape == (2, 5)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(site)])
     registry.refresh()

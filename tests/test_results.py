@@ -30,7 +30,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
 
 
 def test_plots_are_valid_images_of_the_expected_size(trained: Path) -> None:
-    expected = {plots.LOSS: plots.CURVE_SIZE, plots.ACCURACY: plots.CURVE_SIZE, plots.LEARNING_RATE: plots.CURVE_SIZE, plots.CONFUSION: plots.MATRIX_SIZE}
+    expected = {
+        plots.LOSS: plots.CURVE_SIZE,
+        plots.ACCURACY: plots.CURVE_SIZE,
+        plots.LEARNING_RATE: plots.CURVE_SIZE,
+        plots.CONFUSION: plots.MATRIX_SIZE,
+    }
     for name, size in expected.items():
         with Image.open(trained / name) as image:
             image.verify()
@@ -61,8 +66,12 @@ def test_eval_reproduces_the_runs_test_metrics_exactly(trained: Path) -> None:
 
 
 def test_eval_refuses_other_keys_and_other_classes(trained: Path) -> None:
-    assert_user_error(CliRunner().invoke(cli, ["eval", str(trained), "--optim.lr=1"]), "unexpected argument '--optim.lr=1'")
-    assert_user_error(CliRunner().invoke(cli, ["eval", str(trained), "--data.classes=[1,2]"]), "the run was trained on ['3', '7']")
+    assert_user_error(
+        CliRunner().invoke(cli, ["eval", str(trained), "--optim.lr=1"]), "unexpected argument '--optim.lr=1'"
+    )
+    assert_user_error(
+        CliRunner().invoke(cli, ["eval", str(trained), "--data.classes=[1,2]"]), "the run was trained on ['3', '7']"
+    )
     assert_user_error(CliRunner().invoke(cli, ["eval", "no/such/run"]), "run folder not found: no/such/run")
 
 
@@ -102,7 +111,17 @@ def test_predict_reads_pngs_through_the_runs_preprocessing(trained: Path, tmp_pa
 def test_predict_reports_unreadable_files_and_predicts_the_rest(trained: Path, tmp_path: Path) -> None:
     paths, _, _ = write_digits(tmp_path, 2)
     (tmp_path / "notes.txt").write_text("not an image")
-    result = CliRunner().invoke(cli, ["predict", str(trained), str(paths[0]), str(tmp_path / "notes.txt"), str(tmp_path / "missing.png"), str(paths[1])])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "predict",
+            str(trained),
+            str(paths[0]),
+            str(tmp_path / "notes.txt"),
+            str(tmp_path / "missing.png"),
+            str(paths[1]),
+        ],
+    )
     assert result.exit_code == 2
     assert [line.split(":")[0] for line in result.stdout.splitlines()] == [str(paths[0]), str(paths[1])]
     errors = result.stderr.splitlines()
@@ -112,7 +131,10 @@ def test_predict_reports_unreadable_files_and_predicts_the_rest(trained: Path, t
 
 def test_runs_table_and_compare_lists_exactly_the_differing_keys(trained: Path, tmp_path: Path) -> None:
     other = tmp_path / "runs" / "other"
-    run(recipes.load(RECIPES / "mnist.toml", [*COMMON, "train.epochs=1", "optim.lr=0.001", f"output.dir={other}"]), progress=False)
+    run(
+        recipes.load(RECIPES / "mnist.toml", [*COMMON, "train.epochs=1", "optim.lr=0.001", f"output.dir={other}"]),
+        progress=False,
+    )
     (tmp_path / "runs" / "trained").symlink_to(trained)
     table = CliRunner().invoke(cli, ["runs", "--sort", "test_acc"])
     assert table.exit_code == 0, table.stderr
@@ -133,7 +155,12 @@ def test_tensorboard_logs_every_epoch(mnist_dir: Path, tmp_path: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folder = tmp_path / "run"
-    run(recipes.load(RECIPES / "mnist.toml", [*COMMON, "train.epochs=2", "train.tensorboard=true", f"output.dir={folder}"]), progress=False)
+    run(
+        recipes.load(
+            RECIPES / "mnist.toml", [*COMMON, "train.epochs=2", "train.tensorboard=true", f"output.dir={folder}"]
+        ),
+        progress=False,
+    )
     events = EventAccumulator(str(folder / "tensorboard"))
     events.Reload()
     assert {"train/loss", "train/accuracy", "val/accuracy", "val/loss", "lr"} <= set(events.Tags()["scalars"])

@@ -29,7 +29,14 @@ from zoo.recipe import DataConfig, ModelConfig
 from zoo.train import run
 
 ARCH = "test_resnet"  # one of timm's own tiny test models: 0.37M parameters
-SMALL = [f"model.backbone=timm/{ARCH}", "data.image_size=32", "data.hflip=0", "data.batch_size=16", "optim.lr=5e-3", "data.num_workers=0"]
+SMALL = [
+    f"model.backbone=timm/{ARCH}",
+    "data.image_size=32",
+    "data.hflip=0",
+    "data.batch_size=16",
+    "optim.lr=5e-3",
+    "data.num_workers=0",
+]
 RECIPE = RECIPES / "timm_finetune.toml"
 
 
@@ -95,7 +102,9 @@ def test_the_head_is_timm_own_and_swapped_through_its_api(pretrained_run: Path) 
     assert all(torch.equal(value, source[key]) for key, value in same.state_dict().items())
     other, loaded = build_model(ModelConfig(backbone=f"timm/{ARCH}", pretrained=True), list("56789"), pretrained_run)
     assert "new head for 5 classes" in loaded
-    assert not torch.equal(other.fc.weight, source["fc.weight"]) and torch.equal(other.layer4[0].conv1.weight, source["layer4.0.conv1.weight"])
+    assert not torch.equal(other.fc.weight, source["fc.weight"]) and torch.equal(
+        other.layer4[0].conv1.weight, source["layer4.0.conv1.weight"]
+    )
     with pytest.raises(ZooError, match="keeps its own linear classifier"):
         build_model(ModelConfig(backbone=f"timm/{ARCH}", head={"type": "mlp"}), ["a", "b"])
 
@@ -173,8 +182,15 @@ def test_the_data_config_follows_the_model(mnist_png: Path) -> None:
     assert resnet10t["input_size"] == (3, 176, 176) and resnet10t["mean"] == pytest.approx((0.485, 0.456, 0.406))
     assert resnet10t["interpolation"] == "bicubic" and resnet10t["crop_pct"] == 0.875
     assert config_for(f"timm/{ARCH}")["input_size"] == (3, 160, 160)
-    overridden = config_for("timm/resnet10t", recipe_data.model_copy(update={"image_size": [48, 64], "crop_pct": 1.0, "interpolation": "bilinear"}))
-    assert overridden["input_size"] == (3, 48, 64) and overridden["crop_pct"] == 1.0 and overridden["interpolation"] == "bilinear"
+    overridden = config_for(
+        "timm/resnet10t",
+        recipe_data.model_copy(update={"image_size": [48, 64], "crop_pct": 1.0, "interpolation": "bilinear"}),
+    )
+    assert (
+        overridden["input_size"] == (3, 48, 64)
+        and overridden["crop_pct"] == 1.0
+        and overridden["interpolation"] == "bilinear"
+    )
     gray = config_for("timm/resnet10t", in_chans=1)
     assert gray["input_size"] == (1, 176, 176) and gray["mean"] == pytest.approx((0.449,), abs=1e-3)
     with pytest.raises(ZooError, match="data.mean has 2 values, but the model takes 3 input channel"):
@@ -199,11 +215,21 @@ def test_grayscale_input_adapts_the_pretrained_stem(pretrained_run: Path, mnist_
 
     # From that 1-channel run without saying in_chans: timm takes it from the source's model_args,
     # and zoo.load, eval and resume rebuild the same 1-channel model.
-    again = timm_recipe(mnist_png, tmp_path / "again", f"model.pretrained={result.folder}", "data.classes=[5,6,7,8,9]", "train.max_steps=2")
+    again = timm_recipe(
+        mnist_png,
+        tmp_path / "again",
+        f"model.pretrained={result.folder}",
+        "data.classes=[5,6,7,8,9]",
+        "train.max_steps=2",
+    )
     second = run(again, progress=False)
     with torch.no_grad():
         assert zoo.load(second.folder)[0](inputs).shape == (2, 5)
-    resumed = run(again.model_copy(update={"train": again.train.model_copy(update={"max_steps": 4})}), progress=False, resume=second.folder)
+    resumed = run(
+        again.model_copy(update={"train": again.train.model_copy(update={"max_steps": 4})}),
+        progress=False,
+        resume=second.folder,
+    )
     assert resumed.results["steps"] == 4
 
 
@@ -259,7 +285,10 @@ def test_weights_neither_cached_nor_downloadable_are_one_line(mnist_png: Path, t
     ("damage", "message"),
     [
         (lambda root: (root / "train" / "3" / "notes.txt").write_text("x"), "notes.txt is not an image"),
-        (lambda root: (root / "train" / "3" / "broken.png").write_bytes(b"not a png"), "broken.png is not a readable image"),
+        (
+            lambda root: (root / "train" / "3" / "broken.png").write_bytes(b"not a png"),
+            "broken.png is not a readable image",
+        ),
         (lambda root: shutil.rmtree(root / "test"), "has train/ but no test/ folder"),
         (lambda root: (root / "test" / "extra").mkdir(), "class folder(s) ['extra'] that train/ lacks"),
         (lambda root: [shutil.rmtree(p) for p in root.iterdir()], "has no class folders"),
@@ -278,7 +307,16 @@ def test_an_image_that_fails_to_decode_is_named_from_a_worker(mnist_png: Path, t
     shutil.copytree(mnist_png, root)
     truncated = root / "train" / "4" / "truncated.png"
     truncated.write_bytes(next((root / "train" / "4").glob("*.png")).read_bytes()[:60])  # a header, no pixels
-    result = zoo_command("run", str(RECIPE), "--no-progress", *SMALL, "data.num_workers=1", f"data.root={root}", "model.pretrained=false", "train.epochs=1")
+    result = zoo_command(
+        "run",
+        str(RECIPE),
+        "--no-progress",
+        *SMALL,
+        "data.num_workers=1",
+        f"data.root={root}",
+        "model.pretrained=false",
+        "train.epochs=1",
+    )
     assert_user_error(result, "truncated.png is not a readable image")
 
 
@@ -324,7 +362,9 @@ def test_a_plain_timm_model_folder_is_a_pretrained_source(tmp_path: Path) -> Non
 
     source = timm.create_model(ARCH, num_classes=7)
     save_for_hf(source, str(tmp_path / "timm_folder"), safe_serialization=True)  # timm's own export, no zoo in it
-    model, loaded = build_model(ModelConfig(backbone=f"timm/{ARCH}", pretrained=True), ["a", "b"], tmp_path / "timm_folder")
+    model, loaded = build_model(
+        ModelConfig(backbone=f"timm/{ARCH}", pretrained=True), ["a", "b"], tmp_path / "timm_folder"
+    )
     assert loaded.startswith(f"loaded backbone from {tmp_path / 'timm_folder'}; new head for 2 classes")
     assert torch.equal(model.layer3[0].conv1.weight, source.layer3[0].conv1.weight) and model.num_classes == 2
     with pytest.raises(ZooError, match="holds a timm 'test_resnet', but the recipe builds 'timm/resnet10t'"):
@@ -334,10 +374,22 @@ def test_a_plain_timm_model_folder_is_a_pretrained_source(tmp_path: Path) -> Non
 def test_augmentation_is_switched_by_recipe_keys() -> None:
     from zoo.data import build_transform
 
-    config = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear", "crop_pct": 1.0}
+    config = {
+        "input_size": (3, 32, 32),
+        "mean": (0.5,) * 3,
+        "std": (0.5,) * 3,
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+    }
     augmented = repr(build_transform(config, DataConfig(dataset="image_folder", hflip=0.25, scale=[0.5, 1.0])))
-    assert "RandomResizedCrop" in augmented and "RandomHorizontalFlip(p=0.25)" in augmented and "scale=(0.5, 1.0)" in augmented
+    assert (
+        "RandomResizedCrop" in augmented
+        and "RandomHorizontalFlip(p=0.25)" in augmented
+        and "scale=(0.5, 1.0)" in augmented
+    )
     plain = repr(build_transform(config, DataConfig(dataset="image_folder", augment=False)))
     assert "Random" not in plain and "ColorJitter" not in plain and "Resize" in plain
     assert repr(build_transform(config)).startswith("ConvertThen('RGB'")
-    assert repr(build_transform({**config, "input_size": (1, 32, 32), "mean": (0.5,), "std": (0.5,)})).startswith("ConvertThen('L'")
+    assert repr(build_transform({**config, "input_size": (1, 32, 32), "mean": (0.5,), "std": (0.5,)})).startswith(
+        "ConvertThen('L'"
+    )

@@ -93,13 +93,27 @@ def test_finetune_freezes_convs_and_puts_a_new_head(pretrained: Path) -> None:
         (["model.freeze.freeze=backbone"], ["conv1", "conv2", "fc1"], []),
         (["model.freeze.freeze=backbone", 'model.freeze.unfreeze=["fc1.*"]'], ["conv1", "conv2"], ["fc1"]),
         (["model.freeze.freeze=['backbone.conv*']"], ["conv1", "conv2"], ["fc1"]),
-        (["model.freeze.freeze=backbone", "model.freeze.stages=[{epoch=2, unfreeze=['conv2.*'], lr_mult=0.1}]"], ["conv1", "fc1"], ["conv2"]),
-        (["model.freeze.freeze=backbone", "model.freeze.stages=[{epoch=3, unfreeze=['conv2.*']}]"], ["conv1", "conv2", "fc1"], []),
+        (
+            ["model.freeze.freeze=backbone", "model.freeze.stages=[{epoch=2, unfreeze=['conv2.*'], lr_mult=0.1}]"],
+            ["conv1", "fc1"],
+            ["conv2"],
+        ),
+        (
+            ["model.freeze.freeze=backbone", "model.freeze.stages=[{epoch=3, unfreeze=['conv2.*']}]"],
+            ["conv1", "conv2", "fc1"],
+            [],
+        ),
     ],
     ids=["backbone", "unfreeze-exception", "glob-with-prefix", "stage-reached", "stage-not-reached"],
 )
 def test_freezing_policies(pretrained: Path, policy: list[str], frozen: list[str], trained: list[str]) -> None:
-    _, folder = zoo_run(str(RECIPES / "mnist_finetune.toml"), *FINETUNE, f"model.pretrained={pretrained}", "model.freeze.unfreeze=[]", *policy)
+    _, folder = zoo_run(
+        str(RECIPES / "mnist_finetune.toml"),
+        *FINETUNE,
+        f"model.pretrained={pretrained}",
+        "model.freeze.unfreeze=[]",
+        *policy,
+    )
     before, after = weights(pretrained), weights(folder)
     for layer in frozen:
         assert torch.equal(before[f"backbone.{layer}.weight"], after[f"backbone.{layer}.weight"]), layer
@@ -127,7 +141,9 @@ def test_recipe_source_runs_once_then_comes_from_the_cache(tmp_path: Path, mnist
 
 
 def test_mnist_recipe_stops_at_max_steps(mnist_dir: Path) -> None:
-    output, folder = zoo_run(str(RECIPES / "mnist.toml"), "train.max_steps=3", "data.per_class=10", "data.classes=[3,4]", "data.batch_size=4")
+    output, folder = zoo_run(
+        str(RECIPES / "mnist.toml"), "train.max_steps=3", "data.per_class=10", "data.classes=[3,4]", "data.batch_size=4"
+    )
     results = json.loads((folder / "results.json").read_text())
     assert (results["state"], results["steps"], results["epochs"]) == ("finished", 3, 1)
     assert folder.parent == Path("runs") and folder.name.startswith("mnist-")
@@ -159,7 +175,16 @@ def test_interrupted_run_leaves_a_usable_folder(mnist_dir: Path, tmp_path: Path)
         return loss
 
     with sabotaged_loss("interrupting", interrupt_third_step):
-        recipe = recipes.load(RECIPES / "mnist.toml", ["loss.name=interrupting", "data.per_class=50", "data.classes=[0,1]", "data.batch_size=10", f"output.dir={tmp_path / 'out'}"])
+        recipe = recipes.load(
+            RECIPES / "mnist.toml",
+            [
+                "loss.name=interrupting",
+                "data.per_class=50",
+                "data.classes=[0,1]",
+                "data.batch_size=10",
+                f"output.dir={tmp_path / 'out'}",
+            ],
+        )
         result = run(recipe, progress=False)
     assert result.results["state"] == "interrupted"
     assert "Ctrl-C" in result.results["reason"]
@@ -182,7 +207,9 @@ def test_interrupted_run_leaves_a_usable_folder(mnist_dir: Path, tmp_path: Path)
         (["train.device=cuda"], "train.device = 'cuda', but this machine has no CUDA"),
     ],
 )
-def test_bad_run_inputs_are_one_line_exit_2_and_write_nothing(overrides: list[str], expected: str, mnist_dir: Path) -> None:
+def test_bad_run_inputs_are_one_line_exit_2_and_write_nothing(
+    overrides: list[str], expected: str, mnist_dir: Path
+) -> None:
     result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *overrides])
     assert_user_error(result, expected)
     assert not Path("runs").exists()
@@ -195,13 +222,24 @@ def test_corrupted_pretrained_run_is_refused(pretrained: Path, tmp_path: Path) -
     shutil.copytree(pretrained, copy)
     weights_file = copy / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
-    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist_finetune.toml"), *FINETUNE, f"model.pretrained={copy}"])
+    result = CliRunner().invoke(
+        cli, ["run", str(RECIPES / "mnist_finetune.toml"), *FINETUNE, f"model.pretrained={copy}"]
+    )
     assert_user_error(result, "model.safetensors is corrupted")
     assert not Path("runs").exists()
 
 
 def test_pretrained_of_another_shape_names_the_tensor(pretrained: Path) -> None:
-    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist_finetune.toml"), "--dry-run", f"model.pretrained={pretrained}", "model.args.hidden=64"])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "run",
+            str(RECIPES / "mnist_finetune.toml"),
+            "--dry-run",
+            f"model.pretrained={pretrained}",
+            "model.args.hidden=64",
+        ],
+    )
     assert_user_error(result, "backbone tensor 'fc1.bias' is [128]", "but [64] here")
 
 
@@ -220,13 +258,26 @@ def test_missing_mnist_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.
     "options",
     [
         ["train.precision=bf16", "train.grad_accum=2", "train.grad_clip=1.0", "train.channels_last=true"],
-        ["train.compile=true", "train.deterministic=true", "optim.name=sgd", "optim.momentum=0.9", "schedule.name=step"],
+        [
+            "train.compile=true",
+            "train.deterministic=true",
+            "optim.name=sgd",
+            "optim.momentum=0.9",
+            "schedule.name=step",
+        ],
         ["optim.name=adadelta", "optim.lr=1.0", "loss.name=focal", "model.head.type=mlp", "model.head.hidden=[32]"],
     ],
     ids=["bf16-accum-clip-channels-last", "compile-deterministic-sgd", "adadelta-focal-mlp-head"],
 )
 def test_training_options_run_end_to_end(options: list[str], mnist_dir: Path) -> None:
-    _, folder = zoo_run(str(RECIPES / "mnist.toml"), "train.max_steps=4", "data.per_class=8", "data.classes=[0,1]", "data.batch_size=4", *options)
+    _, folder = zoo_run(
+        str(RECIPES / "mnist.toml"),
+        "train.max_steps=4",
+        "data.per_class=8",
+        "data.classes=[0,1]",
+        "data.batch_size=4",
+        *options,
+    )
     results = json.loads((folder / "results.json").read_text())
     assert results["state"] == "finished" and results["steps"] == 4
     assert 0.0 <= results["test"]["accuracy"] <= 1.0
@@ -238,7 +289,13 @@ def test_ctrl_c_stops_cleanly_with_exit_130(mnist_dir: Path, tmp_path: Path) -> 
     import sys
     import time
 
-    command = [str(Path(sys.executable).with_name("zoo")), "run", str(RECIPES / "mnist.toml"), f"output.dir={tmp_path / 'run'}", "--no-progress"]
+    command = [
+        str(Path(sys.executable).with_name("zoo")),
+        "run",
+        str(RECIPES / "mnist.toml"),
+        f"output.dir={tmp_path / 'run'}",
+        "--no-progress",
+    ]
     # A shell may start background jobs with SIGINT ignored; the user's terminal does not.
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip

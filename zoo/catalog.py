@@ -88,7 +88,9 @@ def load(file: Path | None = None) -> Catalog:
         key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function"))
         raise ZooError(f"{file}: {key}: {str(error['msg']).removeprefix('Value error, ')}") from None
     if catalog.schema_version != SCHEMA_VERSION:
-        raise ZooError(f"{file}: schema {catalog.schema_version} is not supported (this zoo reads schema {SCHEMA_VERSION})")
+        raise ZooError(
+            f"{file}: schema {catalog.schema_version} is not supported (this zoo reads schema {SCHEMA_VERSION})"
+        )
     return catalog
 
 
@@ -118,11 +120,15 @@ def add(run: Path, name: str, recipe: Path | None = None, file: Path | None = No
     config = artifacts.read_config(run)
     pushed = artifacts.read_json(run / HUB_RECORD)
     if pushed is None and recipe is None:
-        raise ZooError(f"{run} was never pushed (no {HUB_RECORD}): `zoo push {run} --repo ORG/NAME` first, or give --recipe")
+        raise ZooError(
+            f"{run} was never pushed (no {HUB_RECORD}): `zoo push {run} --repo ORG/NAME` first, or give --recipe"
+        )
     hub = None
     if pushed is not None:
         weights = run / artifacts.WEIGHTS
-        hub = HubSource(repo=pushed["repo"], revision=pushed["commit"], sha256=sha256_of(weights), size=weights.stat().st_size)
+        hub = HubSource(
+            repo=pushed["repo"], revision=pushed["commit"], sha256=sha256_of(weights), size=weights.stat().st_size
+        )
     recipe_source = os.path.relpath(recipe.resolve(), file.resolve().parent) if recipe else None
     results = artifacts.read_results(run) or {}
     test = results.get("test", {})

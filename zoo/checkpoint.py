@@ -75,7 +75,9 @@ def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.T
     return tensors, {"param_groups": saved["param_groups"], "state": others}
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:
+def load_optimizer_state(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], saved: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {int(index): dict(values) for index, values in saved["state"].items()}
     for key, tensor in tensors.items():
         if key.startswith("optim."):
@@ -90,7 +92,10 @@ def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors |= {f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
     version, internal, gauss = random.getstate()
     kind, keys, position, has_gauss, cached = np.random.get_state()
-    return tensors, {"python": [version, list(internal), gauss], "numpy": [kind, keys.tolist(), position, has_gauss, cached]}
+    return tensors, {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, keys.tolist(), position, has_gauss, cached],
+    }
 
 
 def set_rng_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> None:

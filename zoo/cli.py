@@ -66,7 +66,11 @@ def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
 @cli.command("list")
 @click.argument("kind", required=False, type=click.Choice(sorted(KIND_CHOICES)))
 @click.argument("pattern", required=False)
-@click.option("--pretrained", is_flag=True, help="Only models with pretrained weights, as NAME.TAG (in a namespace: 'timm/resnet*').")
+@click.option(
+    "--pretrained",
+    is_flag=True,
+    help="Only models with pretrained weights, as NAME.TAG (in a namespace: 'timm/resnet*').",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def list_command(kind: str | None, pattern: str | None, pretrained: bool, as_json: bool) -> None:
     """List plugins: all kinds, or only KIND, whose names match the glob PATTERN.
@@ -130,7 +134,9 @@ def info(name: str) -> None:
 
 
 def _format_parameter(parameter: inspect.Parameter) -> str:
-    text = {inspect.Parameter.VAR_KEYWORD: "**", inspect.Parameter.VAR_POSITIONAL: "*"}.get(parameter.kind, "") + parameter.name
+    text = {inspect.Parameter.VAR_KEYWORD: "**", inspect.Parameter.VAR_POSITIONAL: "*"}.get(
+        parameter.kind, ""
+    ) + parameter.name
     if parameter.annotation is not inspect.Parameter.empty:
         annotation = parameter.annotation
         text += f": {annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)}"
@@ -144,7 +150,10 @@ def plugins() -> None:
     """List plugin distributions and their entry points, loading each to report any that fail."""
     results = registry.load_all()
     print_table(
-        [(p.provider, p.version, p.kind, p.name, p.target, "ok" if error is None else "FAILED") for p, error in results],
+        [
+            (p.provider, p.version, p.kind, p.name, p.target, "ok" if error is None else "FAILED")
+            for p, error in results
+        ],
         ("PROVIDER", "VERSION", "KIND", "NAME", "TARGET", "STATUS"),
     )
     failed = [(plugin, error) for plugin, error in results if error is not None]
@@ -335,7 +344,13 @@ def predict(run_folder: str, files: tuple[str, ...], top_k: int, as_json: bool) 
 @cli.command()
 @click.argument("paths", nargs=-1, type=click.Path(path_type=str))
 @click.option("--compare", is_flag=True, help="Show how the given runs' recipes differ, next to their metrics.")
-@click.option("--sort", "sort_by", default="name", show_default=True, type=click.Choice(["name", "recipe", "state", "best_val", "test_acc", "duration"]))
+@click.option(
+    "--sort",
+    "sort_by",
+    default="name",
+    show_default=True,
+    type=click.Choice(["name", "recipe", "state", "best_val", "test_acc", "duration"]),
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> None:
     """A table of the runs in PATHS (default: runs/), or --compare RUN RUN... side by side."""
@@ -355,7 +370,10 @@ def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> 
             click.echo(json.dumps({"runs": summaries, "differences": table}, indent=2))
             return
         rows = [(key, *(json.dumps(run_folders.value_at(r, key)) for r in recipes)) for key in keys]
-        rows += [(metric, *(_cell(metric, s[metric]) for s in summaries)) for metric in ("state", "best_val", "test_acc", "test_f1", "duration")]
+        rows += [
+            (metric, *(_cell(metric, s[metric]) for s in summaries))
+            for metric in ("state", "best_val", "test_acc", "test_f1", "duration")
+        ]
         print_table(rows, ("KEY", *(s["name"] for s in summaries)))
         return
     summaries.sort(key=lambda s: (s[sort_by] is None, s[sort_by]), reverse=sort_by in ("best_val", "test_acc"))
@@ -419,7 +437,12 @@ def registry_list(as_json: bool) -> None:
     rows = []
     for name, entry in sorted(weights.items()):
         hub = entry.sources.hub
-        sources = ", ".join(filter(None, [hub and f"{hub.repo}@{hub.revision[:12]}", entry.sources.recipe and f"recipe:{entry.sources.recipe}"]))
+        sources = ", ".join(
+            filter(
+                None,
+                [hub and f"{hub.repo}@{hub.revision[:12]}", entry.sources.recipe and f"recipe:{entry.sources.recipe}"],
+            )
+        )
         accuracy = f"{100 * entry.metrics['accuracy']:.2f}%" if "accuracy" in entry.metrics else "-"
         rows.append((name, entry.backbone, str(entry.num_classes), accuracy, sources))
     print_table(rows, ("NAME", "BACKBONE", "CLASSES", "ACCURACY", "SOURCES"))
@@ -428,7 +451,9 @@ def registry_list(as_json: bool) -> None:
 @registry_group.command("add")
 @click.argument("run_folder", metavar="RUN", type=click.Path(path_type=Path))
 @click.option("--name", required=True, help="The name the weights go by.")
-@click.option("--recipe", "recipe_path", type=click.Path(path_type=Path), help="The recipe that produces them (a second source).")
+@click.option(
+    "--recipe", "recipe_path", type=click.Path(path_type=Path), help="The recipe that produces them (a second source)."
+)
 def registry_add(run_folder: Path, name: str, recipe_path: Path | None) -> None:
     """Record RUN's weights: the commit of its last `zoo push`, the sha256 and size of its weights."""
     from . import catalog

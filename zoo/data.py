@@ -373,4 +373,6 @@ class Batches:
                 yield inputs, labels.to(self.device, non_blocking=True)
         except ZooError as exc:
             # From a worker the message carries the worker's traceback: keep its last line, the user's.
-            raise ZooError(str(exc).strip().splitlines()[-1].removeprefix(f"{ZooError.__module__}.ZooError: ")) from None
+            raise ZooError(
+                str(exc).strip().splitlines()[-1].removeprefix(f"{ZooError.__module__}.ZooError: ")
+            ) from None

@@ -114,7 +114,11 @@ def apply(model: nn.Module, config: FreezeConfig) -> None:
 
 
 def param_groups(
-    model: nn.Module, lr: float, backbone_lr_mult: float = 1.0, layer_decay: float | None = None, weight_decay: float = 0.0
+    model: nn.Module,
+    lr: float,
+    backbone_lr_mult: float = 1.0,
+    layer_decay: float | None = None,
+    weight_decay: float = 0.0,
 ) -> list[dict]:
     """Trainable parameters in optimiser groups, each with its learning rate (``base_lr``).
 
@@ -138,7 +142,11 @@ def param_groups(
         if parameter.requires_grad:
             split[HEAD if name.startswith(head) else BACKBONE].append(parameter)
     rates = {HEAD: lr, BACKBONE: lr * backbone_lr_mult}
-    return [{"name": name, "params": params, "base_lr": rates[name], "lr": rates[name]} for name, params in split.items() if params]
+    return [
+        {"name": name, "params": params, "base_lr": rates[name], "lr": rates[name]}
+        for name, params in split.items()
+        if params
+    ]
 
 
 def unfreeze_stage(model: nn.Module, stage: FreezeStage, lr: float) -> dict | None:

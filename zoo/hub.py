@@ -29,7 +29,14 @@ from .errors import ZooError
 
 # What a run folder shares: weights, timm-layout config, model card, recipe, results, plots. Exact
 # names, no wildcards: a pull fetches nothing else, whatever else a repo holds or however it is named.
-SHARED_FILES = [artifacts.WEIGHTS, artifacts.CONFIG, artifacts.MODEL_CARD, artifacts.RECIPE, artifacts.RESULTS, *artifacts.PLOTS]
+SHARED_FILES = [
+    artifacts.WEIGHTS,
+    artifacts.CONFIG,
+    artifacts.MODEL_CARD,
+    artifacts.RECIPE,
+    artifacts.RESULTS,
+    *artifacts.PLOTS,
+]
 
 
 @dataclass
@@ -38,7 +45,9 @@ class Pushed:
     commit: str
 
 
-def push(folder: Path, repo: str, private: bool = False, revision: str | None = None, message: str | None = None) -> Pushed:
+def push(
+    folder: Path, repo: str, private: bool = False, revision: str | None = None, message: str | None = None
+) -> Pushed:
     """Upload a finished run folder to ``repo`` (created if needed), on ``revision`` (default main)."""
     results = artifacts.read_results(folder)
     if not (folder / artifacts.WEIGHTS).is_file() or not results or results.get("state") != "finished":

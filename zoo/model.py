@@ -113,7 +113,9 @@ def build_model(
     model = _create(factory, config, args)
     if not pretrained:
         return model, None
-    return model, adopt_head(model, label_names, source or f"{config.backbone}'s weights ({model.pretrained_cfg.get('hf_hub_id')})")
+    return model, adopt_head(
+        model, label_names, source or f"{config.backbone}'s weights ({model.pretrained_cfg.get('hf_hub_id')})"
+    )
 
 
 def adopt_head(model: nn.Module, label_names: list[str], source: object) -> str:
@@ -125,14 +127,18 @@ def adopt_head(model: nn.Module, label_names: list[str], source: object) -> str:
     return f"loaded backbone from {source}; new head for {len(label_names)} classes ({', '.join(label_names)})"
 
 
-def exchange_config(model: nn.Module, backbone: str, label_names: list[str], data_config: dict[str, Any]) -> dict[str, Any]:
+def exchange_config(
+    model: nn.Module, backbone: str, label_names: list[str], data_config: dict[str, Any]
+) -> dict[str, Any]:
     """config.json in timm's layout: for a timm model timm's own export, which ``local-dir:`` loads."""
     if not isinstance(model, Classifier):
         from timm.models._hub import save_config_for_hf  # exported from timm.models._hub only
 
         with tempfile.TemporaryDirectory() as scratch:  # timm writes a file; the run folder gets it atomically
             path = Path(scratch) / artifacts.CONFIG
-            save_config_for_hf(model, str(path), model_config={"label_names": label_names}, data_config=dict(data_config))
+            save_config_for_hf(
+                model, str(path), model_config={"label_names": label_names}, data_config=dict(data_config)
+            )
             config = json.loads(path.read_text())
         pretrained_cfg = config["pretrained_cfg"]
         pretrained_cfg.pop("tag", None)  # the tag named the weights this model started from, not these
@@ -170,9 +176,7 @@ def load_pretrained(model: Classifier, folder: Path, backbone_name: str, label_n
     model.backbone.load_state_dict(backbone_state)
     head_state = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
     own_head = model.head.state_dict()
-    same_head = head_state.keys() == own_head.keys() and all(
-        head_state[k].shape == own_head[k].shape for k in own_head
-    )
+    same_head = head_state.keys() == own_head.keys() and all(head_state[k].shape == own_head[k].shape for k in own_head)
     if same_head and config.get("label_names") == label_names:
         model.head.load_state_dict(head_state)
         return f"loaded backbone and head from {folder}"

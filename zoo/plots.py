@@ -30,7 +30,9 @@ def _save(figure: Figure, path: Path) -> None:
     artifacts.atomic_write(path, buffer.getvalue())
 
 
-def _curves(path: Path, title: str, ylabel: str, series: dict[str, tuple[list[float], list[float]]], xlabel: str) -> None:
+def _curves(
+    path: Path, title: str, ylabel: str, series: dict[str, tuple[list[float], list[float]]], xlabel: str
+) -> None:
     figure = _figure(CURVE_SIZE)
     axes = figure.add_subplot()
     for label, (xs, ys) in series.items():
@@ -60,7 +62,9 @@ def write_plots(
             written.append(name)
     if learning_rates:
         steps = list(range(1, len(learning_rates) + 1))
-        _curves(folder / LEARNING_RATE, "Learning rate (head)", "learning rate", {"lr": (steps, learning_rates)}, "step")
+        _curves(
+            folder / LEARNING_RATE, "Learning rate (head)", "learning rate", {"lr": (steps, learning_rates)}, "step"
+        )
         written.append(LEARNING_RATE)
     if test:
         _confusion(folder / CONFUSION, test["confusion_matrix"], [row["label"] for row in test["per_class"]])

@@ -92,21 +92,33 @@ class DataConfig(_Section):
     num_workers: int = Field(2, ge=0, description="DataLoader workers for datasets not held in memory")
     # Image datasets (image_folder) are read through timm's transforms, configured from the
     # model's pretrained config (timm.data.resolve_data_config); these keys override it.
-    image_size: int | list[int] | None = Field(None, description="image datasets: input size, N or [H, W]; default: the model's")
-    mean: list[float] | None = Field(None, description="image datasets: normalisation mean per channel; default: the model's")
-    std: list[float] | None = Field(None, description="image datasets: normalisation std per channel; default: the model's")
+    image_size: int | list[int] | None = Field(
+        None, description="image datasets: input size, N or [H, W]; default: the model's"
+    )
+    mean: list[float] | None = Field(
+        None, description="image datasets: normalisation mean per channel; default: the model's"
+    )
+    std: list[float] | None = Field(
+        None, description="image datasets: normalisation std per channel; default: the model's"
+    )
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
         None, description="image datasets: resize interpolation; default: the model's"
     )
     crop_pct: float | None = Field(None, gt=0.0, le=1.0, description="image datasets: evaluation centre-crop fraction")
-    crop_mode: Literal["center", "squash", "border"] | None = Field(None, description="image datasets: evaluation crop mode")
-    augment: bool = Field(True, description="image datasets: train-time augmentation (random resized crop, flip, jitter)")
+    crop_mode: Literal["center", "squash", "border"] | None = Field(
+        None, description="image datasets: evaluation crop mode"
+    )
+    augment: bool = Field(
+        True, description="image datasets: train-time augmentation (random resized crop, flip, jitter)"
+    )
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="image datasets: horizontal flip probability when augmenting")
     scale: list[float] = Field(
         [0.08, 1.0], min_length=2, max_length=2, description="image datasets: random-resized-crop area range"
     )
     color_jitter: float = Field(0.4, ge=0.0, description="image datasets: colour jitter strength when augmenting")
-    auto_augment: str | None = Field(None, description="image datasets: timm auto-augment policy, e.g. 'rand-m9-mstd0.5'")
+    auto_augment: str | None = Field(
+        None, description="image datasets: timm auto-augment policy, e.g. 'rand-m9-mstd0.5'"
+    )
 
 
 class LossConfig(_Section):
@@ -172,7 +184,10 @@ class TrainConfig(_Section):
     keep_checkpoints: int = Field(2, ge=1, description="how many checkpoints stay in the run folder")
     tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the zoo[tensorboard] extra)")
     layer_decay: float | None = Field(
-        None, gt=0.0, le=1.0, description="layer-wise lr decay (timm's param groups): each layer gets this times the rate above"
+        None,
+        gt=0.0,
+        le=1.0,
+        description="layer-wise lr decay (timm's param groups): each layer gets this times the rate above",
     )
 
 
@@ -358,7 +373,10 @@ def _explain(exc: ValidationError, path: Path, override_keys: set[str]) -> str:
         parent = _schema_at(parts[:-1])
         siblings = list(parent.model_fields) if parent else []
         parent_key = key.rpartition(".")[0]
-        allowed = did_you_mean(str(parts[-1]), siblings, f"{parent_key}." if parent_key else "") or f" (allowed here: {', '.join(siblings)})"
+        allowed = (
+            did_you_mean(str(parts[-1]), siblings, f"{parent_key}." if parent_key else "")
+            or f" (allowed here: {', '.join(siblings)})"
+        )
         return f"{origin}: unknown key '{key}'{allowed}"
     if error["type"] == "missing":
         return f"{origin}: missing required key '{key}'"
@@ -434,7 +452,9 @@ def _parameters(factory: Any) -> dict[str, inspect.Parameter]:
     return dict(inspect.signature(factory).parameters)
 
 
-def check_args(factory: Any, args: Mapping[str, Any], key: str, positional: tuple[str, ...] = (), origin: str = "") -> None:
+def check_args(
+    factory: Any, args: Mapping[str, Any], key: str, positional: tuple[str, ...] = (), origin: str = ""
+) -> None:
     """``args`` fit ``factory``'s signature: known names, and the type of each simple default."""
     parameters = _parameters(factory)
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -455,7 +475,9 @@ def check_args(factory: Any, args: Mapping[str, Any], key: str, positional: tupl
     missing = [
         n
         for n, p in parameters.items()
-        if n not in positional and n not in args and p.default is inspect.Parameter.empty
+        if n not in positional
+        and n not in args
+        and p.default is inspect.Parameter.empty
         and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
     ]
     if missing:

@@ -204,7 +204,9 @@ def _member(namespace: Plugin, name: str) -> Plugin:
     factory = provider.factory(member)
     if factory is None:
         close = did_you_mean(member, provider.names("*", False), namespace.prefix)
-        raise ZooError(f"unknown {namespace.kind} '{name}'{close}; `zoo list {namespace.kind}s '{namespace.prefix}*'` shows them")
+        raise ZooError(
+            f"unknown {namespace.kind} '{name}'{close}; `zoo list {namespace.kind}s '{namespace.prefix}*'` shows them"
+        )
     return Plugin(namespace.kind, name, namespace.provider, namespace.version, namespace.target, factory)
 
 

@@ -126,7 +126,11 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     groups = freeze.param_groups(
-        model, recipe.optim.lr, recipe.optim.backbone_lr_mult, recipe.train.layer_decay, default_weight_decay(recipe.optim)
+        model,
+        recipe.optim.lr,
+        recipe.optim.backbone_lr_mult,
+        recipe.train.layer_decay,
+        default_weight_decay(recipe.optim),
     )
     if not groups:
         raise ZooError("model.freeze freezes every parameter: nothing would train; unfreeze the head at least")
@@ -224,7 +228,9 @@ def _write_state(folder: Path, recipe: Recipe, state: str, reason: str = "", **e
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ZooError(f"cannot create the run folder {folder}: {exc.strerror}") from None
-    artifacts.write_json(folder / artifacts.RESULTS, {"state": state, "reason": reason, "recipe_hash": recipe.hash, **extra})
+    artifacts.write_json(
+        folder / artifacts.RESULTS, {"state": state, "reason": reason, "recipe_hash": recipe.hash, **extra}
+    )
 
 
 RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "output.dir"}
@@ -233,10 +239,14 @@ RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "output.dir"}
 def check_resumable(folder: Path, recipe: Recipe) -> Path:
     """The newest checkpoint of the run in ``folder``, if ``recipe`` may continue it."""
     try:
-        saved = recipes.from_dict(tomllib.loads((folder / artifacts.RECIPE).read_text()), str(folder / artifacts.RECIPE))
+        saved = recipes.from_dict(
+            tomllib.loads((folder / artifacts.RECIPE).read_text()), str(folder / artifacts.RECIPE)
+        )
     except FileNotFoundError:
         raise ZooError(f"--resume: {folder} is not a zoo run folder (no {artifacts.RECIPE})") from None
-    differing = [key for key in recipes.differing_keys([saved.to_dict(), recipe.to_dict()]) if key not in RESUMABLE_KEYS]
+    differing = [
+        key for key in recipes.differing_keys([saved.to_dict(), recipe.to_dict()]) if key not in RESUMABLE_KEYS
+    ]
     if differing:
         raise ZooError(
             f"--resume: the recipe differs from the run in {folder} in {', '.join(differing)}; "
@@ -287,14 +297,21 @@ def base_model(recipe: Recipe, model: nn.Module) -> str | None:
 
 
 def _print_setup(
-    recipe: Recipe, model: nn.Module, groups: list[dict], splits: Splits, device: torch.device, dtype: torch.dtype | None
+    recipe: Recipe,
+    model: nn.Module,
+    groups: list[dict],
+    splits: Splits,
+    device: torch.device,
+    dtype: torch.dtype | None,
 ) -> None:
     val = len(splits.val) if splits.val is not None else 0
     log(
         f"{recipe.name}: {recipe.model.backbone} on {recipe.data.dataset} "
         f"({len(splits.label_names)} classes: {', '.join(splits.label_names)})"
     )
-    log(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {tuple(splits.input_size)}")
+    log(
+        f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {tuple(splits.input_size)}"
+    )
     precision = str(dtype).removeprefix("torch.") if dtype else "fp32"
     ranks = distributed.world_size()
     batch = f"batch {recipe.data.batch_size}" + (
@@ -316,4 +333,3 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     if "val_accuracy" in record:
         line += f", val loss {record['val_loss']:.4f}, val acc {100 * record['val_accuracy']:.2f}%"
     return line
-

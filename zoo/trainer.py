@@ -223,5 +223,10 @@ class Trainer:
             seed_everything(self.recipe.train.seed + distributed.rank() + self.step)
         self.loss_sum.copy_(tensors["loss_sum"])
         self.correct.copy_(tensors["correct"])
-        self.step, self.epoch, self.position, self.seen = state["step"], state["epoch"], state["position"], state["seen"]
+        self.step, self.epoch, self.position, self.seen = (
+            state["step"],
+            state["epoch"],
+            state["position"],
+            state["seen"],
+        )
         self.history = state["history"]

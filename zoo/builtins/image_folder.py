@@ -66,7 +66,9 @@ def _class_names(folder: Path) -> list[str]:
 def _samples(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
     """(path, label) of every image under ``folder/<class>/``; a file that is not an image is an error."""
     if not folder.is_dir():
-        raise ZooError(f"data.root: {folder.parent} has train/ but no {folder.name}/ folder; add one with the same classes")
+        raise ZooError(
+            f"data.root: {folder.parent} has train/ but no {folder.name}/ folder; add one with the same classes"
+        )
     unknown = sorted(set(_class_names(folder)) - set(classes))
     if unknown:
         raise ZooError(f"data.root: {folder} has class folder(s) {unknown} that train/ lacks")

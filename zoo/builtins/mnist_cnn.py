@@ -38,4 +38,3 @@ class MnistCNN(nn.Module):
         x = torch.max_pool2d(x, 2)
         x = self.dropout1(torch.flatten(x, 1))
         return self.dropout2(torch.relu(self.fc1(x)))
-
