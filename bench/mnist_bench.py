@@ -170,12 +170,10 @@ def zoo_runner(recipe_name: str, epochs: int, max_steps: int | None) -> dict:
     import torch
 
     from zoo import checkpoint
-    from zoo.data import Batches, load_splits
-    from zoo.device import autocast_dtype
+    from zoo.artifacts import RunFolder
     from zoo.evaluate import evaluate
-    from zoo.model import build_model
     from zoo.recipe import load
-    from zoo.train import run
+    from zoo.train import build_run, run
 
     folder = Path(tempfile.mkdtemp()) / "run"
     overrides = [f"output.dir={folder}", f"train.keep_checkpoints={epochs}"]
@@ -184,18 +182,16 @@ def zoo_runner(recipe_name: str, epochs: int, max_steps: int | None) -> dict:
     recipe = load(REPO / "recipes" / recipe_name, overrides)
     result = run(recipe, progress=False)
     history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    splits = load_splits(recipe.data, recipe.train.seed)
-    model, _ = build_model(recipe.model, splits.label_names)
-    batches = Batches(splits.test, recipe.data.eval_batch_size, torch.device("cpu"), splits.mean, splits.std)
-    dtype = autocast_dtype(recipe.train.precision, torch.device("cpu"))
+    setup = build_run(recipe, progress=False, trained=RunFolder(folder))
+    model, batches, label_names = setup.model, setup.batches(setup.splits.test), setup.splits.label_names
     epochs_out = []
-    for record, saved in zip(history, checkpoint.all_checkpoints(folder)):
+    for record, saved in zip(history, RunFolder(folder).checkpoints):
         tensors, _ = checkpoint.load(saved)
         model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
-        accuracy = evaluate(model, batches, torch.nn.CrossEntropyLoss(), splits.label_names, dtype)["accuracy"]
+        accuracy = evaluate(model, batches, torch.nn.CrossEntropyLoss(), label_names, setup.dtype)["accuracy"]
         images = round(record["images_per_second"] * record["seconds"])
         epochs_out.append({"seconds": record["seconds"], "images": images, "test_accuracy": accuracy})
-    assert abs(epochs_out[-1]["test_accuracy"] - result.results["test"]["accuracy"]) < 1e-9
+    assert abs(epochs_out[-1]["test_accuracy"] - result.results.test["accuracy"]) < 1e-9
     return {"epochs": epochs_out}
 
 

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from conftest import RECIPES, assert_user_error, sabotaged_loss
 
 from zoo import artifacts, checkpoint
+from zoo.artifacts import RunFolder
 from zoo.cli import cli
 
 # 3,000 images, 94 steps an epoch, two epochs: long enough to kill mid-epoch.
@@ -34,7 +35,7 @@ def zoo_run(*args: str) -> subprocess.CompletedProcess:
 
 
 def same_weights(a: Path, b: Path) -> bool:
-    first, second = artifacts.read_weights(a), artifacts.read_weights(b)
+    first, second = RunFolder(a).weights(), RunFolder(b).weights()
     return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
@@ -88,7 +89,7 @@ def test_sigkill_then_resume_is_bit_identical(kill_after: str, uninterrupted: Pa
 
 
 def test_checkpoints_hold_the_whole_state_and_stay_bounded(uninterrupted: Path) -> None:
-    kept = checkpoint.all_checkpoints(uninterrupted)
+    kept = RunFolder(uninterrupted).checkpoints
     assert [p.name for p in kept] == ["step-00000180", "step-00000188"]  # keep_checkpoints = 2
     tensors, state = checkpoint.load(kept[-1])
     assert {"rng.torch", "loss_sum", "model.head.0.weight"} <= tensors.keys()
@@ -181,7 +182,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
         ],
     )
     assert_user_error(result, "No space left on device")
-    kept = checkpoint.all_checkpoints(tmp_path / "run")
+    kept = RunFolder(tmp_path / "run").checkpoints
     assert [p.name for p in kept] == ["step-00000003", "step-00000006"]
     checkpoint.load(kept[-1])  # whole and readable
     leftovers = [p for p in (tmp_path / "run").rglob("*") if p.name.startswith(".")]

@@ -7,7 +7,11 @@ import torch
 
 from zoo.data import Batches, load_splits, select_classes
 from zoo.errors import ZooError
+from zoo.preprocessing import Preprocessing
 from zoo.recipe import DataConfig
+
+MNIST_INPUT = Preprocessing((1, 28, 28), (0.1307,), (0.3081,))
+UNNORMALISED = Preprocessing((1, 28, 28), (0.0,), (1.0,))
 
 
 def test_select_classes_by_index_or_name_in_the_given_order() -> None:
@@ -38,7 +42,7 @@ def test_splits_relabel_stratify_and_take_per_class(mnist_dir: Path) -> None:
 
 def test_in_memory_batches_equal_the_datasets_own_items(mnist_dir: Path) -> None:
     splits = load_splits(DataConfig(dataset="mnist", classes=[3], per_class=10, val_split=0.0), seed=0)
-    batches = Batches(splits.train, 4, torch.device("cpu"), splits.mean, splits.std)
+    batches = Batches(splits.train, 4, torch.device("cpu"), MNIST_INPUT)
     inputs, labels = next(iter(batches.epoch()))
     expected = torch.stack([splits.train[i][0] for i in range(4)])
     assert torch.allclose(inputs, expected, atol=1e-5)
@@ -50,7 +54,7 @@ def test_shuffled_order_depends_on_seed_and_epoch_and_covers_everything(mnist_di
     splits = load_splits(DataConfig(dataset="mnist", classes=[0, 1], per_class=8, val_split=0.0), seed=0)
 
     def order(seed: int, epoch: int) -> list[float]:
-        batches = Batches(splits.train, 5, torch.device("cpu"), (0.0,), (1.0,), shuffle=True, seed=seed)
+        batches = Batches(splits.train, 5, torch.device("cpu"), UNNORMALISED, shuffle=True, seed=seed)
         return [float(x.sum()) for inputs, _ in batches.epoch(epoch) for x in inputs]
 
     assert order(0, 1) == order(0, 1)
@@ -60,9 +64,9 @@ def test_shuffled_order_depends_on_seed_and_epoch_and_covers_everything(mnist_di
 
 def test_dataloader_path_for_datasets_not_in_memory(mnist_dir: Path) -> None:
     splits = load_splits(DataConfig(dataset="mnist", classes=[4, 9], per_class=6, val_split=0.0), seed=0)
-    memory = Batches(splits.train, 5, torch.device("cpu"), splits.mean, splits.std, shuffle=True, seed=3)
+    memory = Batches(splits.train, 5, torch.device("cpu"), MNIST_INPUT, shuffle=True, seed=3)
     splits.train.dataset = _NotInMemory(splits.train.dataset)
-    loader = Batches(splits.train, 5, torch.device("cpu"), splits.mean, splits.std, shuffle=True, seed=3, num_workers=0)
+    loader = Batches(splits.train, 5, torch.device("cpu"), MNIST_INPUT, shuffle=True, seed=3, num_workers=0)
     assert not loader.in_memory and memory.in_memory
     for (a, la), (b, lb) in zip(memory.epoch(2), loader.epoch(2), strict=True):
         assert torch.allclose(a, b, atol=1e-5) and torch.equal(la, lb)

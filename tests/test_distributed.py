@@ -12,8 +12,8 @@ import torch
 from click.testing import CliRunner
 from conftest import RECIPES, assert_user_error
 
-from zoo import artifacts
 from zoo import recipe as recipes
+from zoo.artifacts import RunFolder
 from zoo.cli import cli
 from zoo.model import build_model
 from zoo.train import run, seed_everything
@@ -55,15 +55,15 @@ def test_both_ranks_end_identical_and_match_one_process(ddp_run: Path, tmp_path:
         ),
         progress=False,
     )
-    assert results["steps"] == single.results["steps"]
-    assert abs(results["test"]["accuracy"] - single.results["test"]["accuracy"]) < 0.02
+    assert results["steps"] == single.results.steps
+    assert abs(results["test"]["accuracy"] - single.results.test["accuracy"]) < 0.02
 
 
 def test_frozen_and_staged_parameters_under_ddp(ddp_run: Path) -> None:
     recipe = recipes.from_dict(json.loads((ddp_run / "config.json").read_text())["zoo"]["recipe"])
     seed_everything(recipe.train.seed)
     initial = build_model(recipe.model, ["0", "1", "2"])[0].state_dict()
-    trained = artifacts.read_weights(ddp_run)
+    trained = RunFolder(ddp_run).weights()
     assert torch.equal(initial["backbone.conv1.weight"], trained["backbone.conv1.weight"])
     assert not torch.equal(initial["backbone.conv2.weight"], trained["backbone.conv2.weight"])
 

@@ -8,8 +8,9 @@ from conftest import RECIPES
 from torch import nn
 
 import zoo
-from zoo import artifacts, freeze, registry
+from zoo import freeze, registry
 from zoo import recipe as recipes
+from zoo.artifacts import RunFolder
 from zoo.errors import ZooError
 from zoo.model import Classifier
 from zoo.recipe import FreezeConfig, FreezeStage
@@ -98,6 +99,6 @@ def test_batchnorm_statistics_through_a_whole_run(
         )
     finally:
         registry.unregister("model", "bn_net")
-    before, after = artifacts.read_weights(source.folder), artifacts.read_weights(tuned.folder)
+    before, after = RunFolder(source.folder).weights(), RunFolder(tuned.folder).weights()
     assert torch.equal(before["backbone.1.weight"], after["backbone.1.weight"])  # frozen either way
     assert torch.equal(before["backbone.1.running_mean"], after["backbone.1.running_mean"]) != stats_change

@@ -75,8 +75,9 @@ def test_push_then_pull_gives_the_same_files_and_logits(hub, versions: list[Path
     assert folder.is_relative_to(tmp_path / "hf-cache")
     for name in [*SHARED, "loss.png", "confusion_matrix.png"]:
         assert (folder / name).read_bytes() == (source / name).read_bytes(), name
-    pulled, labels = zoo.load(folder)
-    original, _ = zoo.load(source)
+    pulled = zoo.load(folder)
+    labels = pulled.label_names
+    original = zoo.load(source)
     inputs = torch.randn(8, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(pulled(inputs), original(inputs)) and labels == ["0", "1", "2"]
@@ -165,8 +166,8 @@ def test_a_recipe_fine_tunes_from_hf_hub_weights(hub, versions: list[Path], tmp_
     assert "loaded backbone from" in output and "new head for 5 classes" in output
     tuned = json.loads((folder / "config.json").read_text())
     assert tuned["label_names"] == list("56789")
-    frozen = zoo.load(folder)[0].backbone.conv1.weight
-    assert torch.equal(frozen, zoo.load(versions[0])[0].backbone.conv1.weight)  # from the pulled weights, frozen
+    frozen = zoo.load(folder).backbone.conv1.weight
+    assert torch.equal(frozen, zoo.load(versions[0]).backbone.conv1.weight)  # from the pulled weights, frozen
     card = ModelCard.load(folder / "README.md")
     assert card.data.base_model == "zoo-test/digits"
 

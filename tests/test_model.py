@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from zoo import artifacts
+from zoo.artifacts import RunFolder
 from zoo.errors import ZooError
 from zoo.model import build_head, build_model, load_pretrained
 from zoo.recipe import HeadConfig, ModelConfig
@@ -39,8 +39,9 @@ def test_model_is_backbone_then_head() -> None:
 
 
 def save_as_run(model: nn.Module, folder: Path, labels: list[str], backbone: str = "mnist_cnn") -> None:
-    artifacts.write_weights(folder / artifacts.WEIGHTS, model.state_dict(), {})
-    artifacts.write_json(folder / artifacts.CONFIG, {"architecture": backbone, "label_names": labels, "zoo": {}})
+    run = RunFolder(folder)
+    run.write_weights(model.state_dict(), {})
+    run.write_config({"architecture": backbone, "label_names": labels, "zoo": {}})
 
 
 def test_same_labels_load_the_head_too_and_new_labels_get_a_new_head(tmp_path: Path) -> None:
@@ -49,11 +50,11 @@ def test_same_labels_load_the_head_too_and_new_labels_get_a_new_head(tmp_path: P
     save_as_run(source, tmp_path, ["a", "b"])
 
     same = build_model(config, ["a", "b"])[0]
-    assert "backbone and head" in load_pretrained(same, tmp_path, "mnist_cnn", ["a", "b"])
+    assert "backbone and head" in load_pretrained(same, RunFolder(tmp_path), "mnist_cnn", ["a", "b"])
     assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), same.state_dict().values()))
 
     other = build_model(config, ["a", "b"])[0]
-    message = load_pretrained(other, tmp_path, "mnist_cnn", ["c", "d"])
+    message = load_pretrained(other, RunFolder(tmp_path), "mnist_cnn", ["c", "d"])
     assert "new head for 2 classes (c, d)" in message
     assert torch.equal(other.backbone.fc1.weight, source.backbone.fc1.weight)
     assert not torch.equal(other.head[0].weight, source.head[0].weight)
@@ -63,8 +64,8 @@ def test_other_architecture_and_corrupted_weights_are_refused(tmp_path: Path) ->
     config = ModelConfig(backbone="mnist_cnn", args={"conv1": 4, "conv2": 8, "hidden": 16})
     save_as_run(build_model(config, ["a", "b"])[0], tmp_path, ["a", "b"], backbone="resnet18")
     with pytest.raises(ZooError, match="holds a 'resnet18' backbone, but the recipe builds 'mnist_cnn'"):
-        load_pretrained(build_model(config, ["a", "b"])[0], tmp_path, "mnist_cnn", ["a", "b"])
+        load_pretrained(build_model(config, ["a", "b"])[0], RunFolder(tmp_path), "mnist_cnn", ["a", "b"])
     save_as_run(build_model(config, ["a", "b"])[0], tmp_path, ["a", "b"])
-    (tmp_path / artifacts.WEIGHTS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
+    (tmp_path / RunFolder.WEIGHTS).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not a header")
     with pytest.raises(ZooError, match="model.safetensors is corrupted"):
-        load_pretrained(build_model(config, ["a", "b"])[0], tmp_path, "mnist_cnn", ["a", "b"])
+        load_pretrained(build_model(config, ["a", "b"])[0], RunFolder(tmp_path), "mnist_cnn", ["a", "b"])

@@ -10,8 +10,10 @@ from click.testing import CliRunner
 from conftest import RECIPES, REPO, assert_user_error
 
 from zoo import recipe as recipes
+from zoo import registry
 from zoo.cli import cli
 from zoo.errors import ZooError
+from zoo.sources import RecipeOutput, Scratch
 
 SHIPPED = sorted(RECIPES.glob("*.toml")) + [REPO / "plugins" / "zoo-shapes" / "shapes.toml"]
 
@@ -62,7 +64,8 @@ def test_extends_merges_deeply_and_paths_follow_their_file(tmp_path: Path) -> No
     assert recipe.model.freeze.freeze == ["backbone"]
     assert recipe.data.classes == [1, 2]
     assert recipe.data.root == str(tmp_path / "base" / "data")
-    assert recipe.model.pretrained == f"recipe:{tmp_path / 'other.toml'}"
+    assert recipe.model.pretrained == RecipeOutput(tmp_path / "other.toml")
+    assert recipe.to_dict()["model"]["pretrained"] == f"recipe:{tmp_path / 'other.toml'}"
     assert "extends" not in recipe.to_dict()
 
 
@@ -84,7 +87,7 @@ def test_overrides_are_typed_by_toml_and_the_schema(tmp_path: Path) -> None:
     assert recipe.train.epochs == 1
     assert recipe.optim.lr == 3e-4 and recipe.optim.name == "sgd"
     assert recipe.data.classes == [1, 2]
-    assert recipe.model.pretrained is False
+    assert recipe.model.pretrained == Scratch()
     assert recipe.model.head.hidden == [8, 4]
     assert recipe.data.root == str(tmp_path / "here")  # override paths are relative to the cwd
 
@@ -175,6 +178,6 @@ def test_merge_replaces_lists_and_keeps_inputs_unchanged() -> None:
 def test_check_args_accepts_ints_for_floats_and_rejects_bools_for_ints() -> None:
     def factory(rate: float = 0.5, count: int = 2) -> None: ...
 
-    recipes.check_args(factory, {"rate": 1, "count": 3}, "model.args")
+    registry.check_args(factory, {"rate": 1, "count": 3}, "model.args")
     with pytest.raises(ZooError, match="model.args.count: expected int"):
-        recipes.check_args(factory, {"count": True}, "model.args")
+        registry.check_args(factory, {"count": True}, "model.args")

@@ -25,7 +25,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """3 vs 7, trained well enough to read digits back from PNG files."""
     folder = tmp_path_factory.mktemp("trained") / "run"
     recipe = recipes.load(RECIPES / "mnist.toml", [*COMMON, "train.epochs=3", f"output.dir={folder}"])
-    assert run(recipe, progress=False).results["test"]["accuracy"] > 0.95
+    assert run(recipe, progress=False).results.test["accuracy"] > 0.95
     return folder
 
 
@@ -101,7 +101,7 @@ def test_predict_reads_pngs_through_the_runs_preprocessing(trained: Path, tmp_pa
     predicted = [p["top"][0]["label"] for p in predictions]
     assert sum(p == t for p, t in zip(predicted, truth)) >= 19
 
-    model, labels = zoo.load(trained)  # the exact PNGs must score like the dataset's own tensors
+    model = zoo.load(trained)  # the exact PNGs must score like the dataset's own tensors
     with torch.no_grad():
         direct = model((images.float() / 255 - 0.1307) / 0.3081).softmax(1)
     for n in range(0, 20, 2):  # the lossless, unresized ones

@@ -58,7 +58,7 @@ def pretrained_run(mnist_png: Path, tmp_path_factory: pytest.TempPathFactory) ->
         "data.augment=false", "train.epochs=8", "train.layer_decay=1.0",
     )  # fmt: skip
     result = run(recipe, progress=False)
-    assert result.results["test"]["accuracy"] > 0.8
+    assert result.results.test["accuracy"] > 0.8
     return folder
 
 
@@ -96,11 +96,11 @@ def test_the_head_is_timm_own_and_swapped_through_its_api(pretrained_run: Path) 
     model, loaded = build_model(ModelConfig(backbone=f"timm/{ARCH}"), ["a", "b", "c"])
     assert loaded is None and model.num_classes == 3 and model.get_classifier().out_features == 3
     assert freeze.head_prefixes(model) == ("fc.",)
-    same, loaded = build_model(ModelConfig(backbone=f"timm/{ARCH}", pretrained=True), list("01234"), pretrained_run)
+    same, loaded = build_model(ModelConfig(backbone=f"timm/{ARCH}", pretrained=str(pretrained_run)), list("01234"))
     assert loaded == f"loaded backbone and head from {pretrained_run}"
     source = load_file(pretrained_run / "model.safetensors")
     assert all(torch.equal(value, source[key]) for key, value in same.state_dict().items())
-    other, loaded = build_model(ModelConfig(backbone=f"timm/{ARCH}", pretrained=True), list("56789"), pretrained_run)
+    other, loaded = build_model(ModelConfig(backbone=f"timm/{ARCH}", pretrained=str(pretrained_run)), list("56789"))
     assert "new head for 5 classes" in loaded
     assert not torch.equal(other.fc.weight, source["fc.weight"]) and torch.equal(
         other.layer4[0].conv1.weight, source["layer4.0.conv1.weight"]
@@ -113,7 +113,8 @@ def test_finetuned_run_folder_is_a_timm_model_folder(finetuned_run: Path, pretra
     config = json.loads((finetuned_run / "config.json").read_text())
     assert config["architecture"] == ARCH and config["label_names"] == list("56789")
     timm_model = timm.create_model(f"local-dir:{finetuned_run}", pretrained=True).eval()
-    zoo_model, labels = zoo.load(finetuned_run)
+    zoo_model = zoo.load(finetuned_run)
+    labels = zoo_model.label_names
     assert labels == list("56789") and timm_model.pretrained_cfg["label_names"] == labels
     inputs = torch.randn(6, 3, 32, 32)
     with torch.no_grad():
@@ -211,7 +212,7 @@ def test_grayscale_input_adapts_the_pretrained_stem(pretrained_run: Path, mnist_
     timm_model = timm.create_model(f"local-dir:{result.folder}", pretrained=True).eval()
     with torch.no_grad():
         inputs = torch.randn(2, 1, 32, 32)
-        torch.testing.assert_close(timm_model(inputs), zoo.load(result.folder)[0](inputs))
+        torch.testing.assert_close(timm_model(inputs), zoo.load(result.folder)(inputs))
 
     # From that 1-channel run without saying in_chans: timm takes it from the source's model_args,
     # and zoo.load, eval and resume rebuild the same 1-channel model.
@@ -224,13 +225,13 @@ def test_grayscale_input_adapts_the_pretrained_stem(pretrained_run: Path, mnist_
     )
     second = run(again, progress=False)
     with torch.no_grad():
-        assert zoo.load(second.folder)[0](inputs).shape == (2, 5)
+        assert zoo.load(second.folder)(inputs).shape == (2, 5)
     resumed = run(
         again.model_copy(update={"train": again.train.model_copy(update={"max_steps": 4})}),
         progress=False,
         resume=second.folder,
     )
-    assert resumed.results["steps"] == 4
+    assert resumed.results.steps == 4
 
 
 def fake_hub_cache(cache: Path, repo: str, run_folder: Path) -> str:
@@ -349,7 +350,7 @@ def test_a_pushed_run_folder_loads_with_timm_from_the_hub(hub, finetuned_run: Pa
     result = subprocess.run([sys.executable, "-c", script, str(inputs), str(tmp_path / "out.safetensors")],
                             env={**os.environ, **env}, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    zoo_model, _ = zoo.load(finetuned_run)
+    zoo_model = zoo.load(finetuned_run)
     with torch.no_grad():
         expected = zoo_model(load_file(inputs)["x"])
     torch.testing.assert_close(load_file(tmp_path / "out.safetensors")["y"], expected, rtol=1e-5, atol=1e-5)
@@ -363,24 +364,19 @@ def test_a_plain_timm_model_folder_is_a_pretrained_source(tmp_path: Path) -> Non
     source = timm.create_model(ARCH, num_classes=7)
     save_for_hf(source, str(tmp_path / "timm_folder"), safe_serialization=True)  # timm's own export, no zoo in it
     model, loaded = build_model(
-        ModelConfig(backbone=f"timm/{ARCH}", pretrained=True), ["a", "b"], tmp_path / "timm_folder"
+        ModelConfig(backbone=f"timm/{ARCH}", pretrained=str(tmp_path / "timm_folder")), ["a", "b"]
     )
     assert loaded.startswith(f"loaded backbone from {tmp_path / 'timm_folder'}; new head for 2 classes")
     assert torch.equal(model.layer3[0].conv1.weight, source.layer3[0].conv1.weight) and model.num_classes == 2
     with pytest.raises(ZooError, match="holds a timm 'test_resnet', but the recipe builds 'timm/resnet10t'"):
-        build_model(ModelConfig(backbone="timm/resnet10t", pretrained=True), ["a", "b"], tmp_path / "timm_folder")
+        build_model(ModelConfig(backbone="timm/resnet10t", pretrained=str(tmp_path / "timm_folder")), ["a", "b"])
 
 
 def test_augmentation_is_switched_by_recipe_keys() -> None:
     from zoo.data import build_transform
+    from zoo.preprocessing import Preprocessing
 
-    config = {
-        "input_size": (3, 32, 32),
-        "mean": (0.5,) * 3,
-        "std": (0.5,) * 3,
-        "interpolation": "bilinear",
-        "crop_pct": 1.0,
-    }
+    config = Preprocessing((3, 32, 32), (0.5,) * 3, (0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
     augmented = repr(build_transform(config, DataConfig(dataset="image_folder", hflip=0.25, scale=[0.5, 1.0])))
     assert (
         "RandomResizedCrop" in augmented
@@ -390,6 +386,4 @@ def test_augmentation_is_switched_by_recipe_keys() -> None:
     plain = repr(build_transform(config, DataConfig(dataset="image_folder", augment=False)))
     assert "Random" not in plain and "ColorJitter" not in plain and "Resize" in plain
     assert repr(build_transform(config)).startswith("ConvertThen('RGB'")
-    assert repr(build_transform({**config, "input_size": (1, 32, 32), "mean": (0.5,), "std": (0.5,)})).startswith(
-        "ConvertThen('L'"
-    )
+    assert repr(build_transform(Preprocessing((1, 32, 32), (0.5,), (0.5,)))).startswith("ConvertThen('L'")

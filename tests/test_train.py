@@ -12,8 +12,8 @@ from conftest import RECIPES, assert_user_error, sabotaged_loss
 from safetensors import safe_open
 
 import zoo
-from zoo import artifacts
 from zoo import recipe as recipes
+from zoo.artifacts import RunFolder
 from zoo.cli import cli
 from zoo.data import Batches, load_splits
 from zoo.train import evaluate, run
@@ -36,12 +36,12 @@ def pretrained(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Pat
     """A run folder of mnist_pretrain.toml on a small subset, shared by this module's tests."""
     folder = tmp_path_factory.mktemp("pretrained") / "run"
     recipe = recipes.load(RECIPES / "mnist_pretrain.toml", [*PRETRAIN, f"output.dir={folder}"])
-    assert run(recipe, progress=False).results["state"] == "finished"
+    assert run(recipe, progress=False).results.state == "finished"
     return folder
 
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
-    return artifacts.read_weights(folder)
+    return RunFolder(folder).weights()
 
 
 def test_run_folder_holds_every_file(pretrained: Path) -> None:
@@ -66,11 +66,12 @@ def test_run_folder_holds_every_file(pretrained: Path) -> None:
 
 
 def test_load_round_trip_reproduces_the_test_metrics(pretrained: Path, mnist_dir: Path) -> None:
-    model, labels = zoo.load(pretrained)
+    model = zoo.load(pretrained)
+    labels = model.label_names
     assert labels == ["0", "1"] and not model.training
     recipe = recipes.from_dict(json.loads((pretrained / "config.json").read_text())["zoo"]["recipe"])
     splits = load_splits(recipe.data, recipe.train.seed)
-    batches = Batches(splits.test, 256, torch.device("cpu"), splits.mean, splits.std)
+    batches = Batches(splits.test, 256, torch.device("cpu"), RunFolder(pretrained).preprocessing)
     metrics = evaluate(model, batches, torch.nn.CrossEntropyLoss(), labels, None)
     saved = json.loads((pretrained / "results.json").read_text())["test"]
     assert metrics["accuracy"] == saved["accuracy"]
@@ -186,9 +187,10 @@ def test_interrupted_run_leaves_a_usable_folder(mnist_dir: Path, tmp_path: Path)
             ],
         )
         result = run(recipe, progress=False)
-    assert result.results["state"] == "interrupted"
-    assert "Ctrl-C" in result.results["reason"]
-    model, labels = zoo.load(tmp_path / "out")
+    assert result.results.state == "interrupted"
+    assert "Ctrl-C" in result.results.reason
+    model = zoo.load(tmp_path / "out")
+    labels = model.label_names
     assert labels == ["0", "1"]
 
 
@@ -310,5 +312,6 @@ def test_ctrl_c_stops_cleanly_with_exit_130(mnist_dir: Path, tmp_path: Path) -> 
     assert "stopped by Ctrl-C in epoch 1" in stdout
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["state"] == "interrupted" and "test" not in results
-    model, labels = zoo.load(tmp_path / "run")
+    model = zoo.load(tmp_path / "run")
+    labels = model.label_names
     assert len(labels) == 10

@@ -61,11 +61,12 @@ def create_loss(name: str, **args: Any) -> nn.Module:
     return registry.get("loss", name).load()(**args)
 
 
-def load(run_folder: str | Path) -> tuple[nn.Module, list[str]]:
-    """The model saved in a run folder (in eval mode) and its label names."""
+def load(run_folder: str | Path) -> nn.Module:
+    """The model saved in a run folder, in eval mode; its label names are ``model.label_names``."""
+    from .artifacts import RunFolder
     from .model import load_run
 
-    return load_run(Path(run_folder))
+    return load_run(RunFolder.existing(run_folder))
 
 
 __all__ = [

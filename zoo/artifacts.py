@@ -1,10 +1,12 @@
-"""The run folder: its files, written atomically, and read back safely.
+"""The run folder: every file name in it, typed access to what it holds, and atomic writes.
 
 A run folder holds ``model.safetensors`` (label names and recipe hash in its metadata),
 ``config.json`` (timm's layout: architecture, num_classes, num_features, label_names,
-pretrained_cfg with mean/std/input size, plus a ``zoo`` section with the resolved recipe),
-``recipe.toml``, ``metrics.jsonl``, ``results.json`` and a model card ``README.md``.
-Every file is written to a temporary name and renamed, so a crash never leaves half a file.
+``pretrained_cfg`` with the preprocessing, plus a ``zoo`` section), ``recipe.toml`` (the resolved
+recipe: the one source of truth for how the run was made), ``metrics.jsonl``, ``results.json``,
+a model card ``README.md``, plots, ``checkpoints/`` and, once pushed, ``hub.json``. Every reader
+and writer of a run folder goes through ``RunFolder``. Every file is written to a temporary name
+and renamed, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
@@ -12,23 +14,248 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import tomllib
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from . import recipe as recipes
 from .errors import ZooError
+from .preprocessing import Preprocessing
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-RECIPE = "recipe.toml"
-METRICS = "metrics.jsonl"
-RESULTS = "results.json"
-MODEL_CARD = "README.md"
-PLOTS = ("loss.png", "accuracy.png", "lr.png", "confusion_matrix.png")
+State = Literal["running", "finished", "interrupted", "failed"]
+
+
+class RunResults(BaseModel):
+    """results.json: the run's state from its first moment, and its final metrics once finished."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    state: State
+    reason: str = ""
+    recipe_hash: str = ""
+    epochs: int | None = None
+    steps: int | None = None
+    failed_at_step: int | None = None
+    train_seconds: float | None = None
+    best_val_accuracy: float | None = None
+    world_size: int | None = None
+    ranks_agree: bool | None = None
+    test: dict[str, Any] | None = None  # evaluate()'s metrics: accuracy, precision, recall, f1, per_class, ...
+
+
+class HubRecord(BaseModel):
+    """hub.json: where `zoo push` put the run."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    repo: str
+    revision: str
+    commit: str
+    url: str
+
+
+class RunFolder:
+    """A run folder on disk; nothing is read until asked for."""
+
+    WEIGHTS = "model.safetensors"
+    CONFIG = "config.json"
+    RECIPE = "recipe.toml"
+    METRICS = "metrics.jsonl"
+    RESULTS = "results.json"
+    MODEL_CARD = "README.md"
+    HUB_RECORD = "hub.json"
+    TENSORBOARD = "tensorboard"
+    CHECKPOINTS = "checkpoints"
+    PLOTS = ("loss.png", "accuracy.png", "lr.png", "confusion_matrix.png")
+    # What a run shares on the Hub. Exact names, no wildcards: a pull fetches nothing else.
+    SHARED = (WEIGHTS, CONFIG, MODEL_CARD, RECIPE, RESULTS, *PLOTS)
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @classmethod
+    def existing(cls, path: str | Path) -> RunFolder:
+        """The run folder at ``path``, which must exist and hold a run; a ZooError otherwise."""
+        run = cls(path)
+        if not run.path.is_dir():
+            raise ZooError(f"run folder not found: {run.path}")
+        if not any(run.file(name).exists() for name in (cls.CONFIG, cls.RESULTS, cls.RECIPE)):
+            raise ZooError(f"{run.path} is not a zoo run folder: it has no {cls.CONFIG}, {cls.RESULTS} or {cls.RECIPE}")
+        return run
+
+    @property
+    def holds_run(self) -> bool:
+        """Whether a run has started writing here."""
+        return self.file(self.WEIGHTS).exists() or self.file(self.RESULTS).exists()
+
+    # Reading
+
+    @cached_property
+    def recipe(self) -> recipes.Recipe:
+        path = self.file(self.RECIPE)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ZooError(f"{self.path} is not a zoo run folder (no {self.RECIPE})") from None
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ZooError(f"{path} is damaged: {exc}") from None
+        return recipes.from_dict(data, str(path))
+
+    @cached_property
+    def config(self) -> dict[str, Any]:
+        """config.json, checked for what zoo reads from it."""
+        path = self.file(self.CONFIG)
+        config = _read_json(path, required=True)
+        if not isinstance(config, dict) or not isinstance(config.get("zoo"), dict):
+            raise ZooError(f"{path} was not written by zoo (no 'zoo' section)")
+        labels = config.get("label_names")
+        if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+            raise ZooError(f"{path}: label_names must be a non-empty list of strings")
+        if not isinstance(config.get("model_args", {}), dict):
+            raise ZooError(f"{path}: model_args must be a table")
+        return config
+
+    @property
+    def label_names(self) -> list[str]:
+        return list(self.config["label_names"])
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        where = f"{self.file(self.CONFIG)}: pretrained_cfg"
+        pretrained_cfg = self.config.get("pretrained_cfg")
+        if not isinstance(pretrained_cfg, dict):
+            raise ZooError(f"{where} must be a table of the preprocessing (input_size, mean, std, ...)")
+        return Preprocessing.from_config(pretrained_cfg, where)
+
+    @property
+    def model_args(self) -> dict[str, Any]:
+        """The architecture arguments timm recorded (those a pretrained source set too, such as in_chans)."""
+        return dict(self.config.get("model_args", {}))
+
+    @property
+    def results(self) -> RunResults | None:
+        """results.json, or None when the run has not written one (or a crash cut it short)."""
+        path = self.file(self.RESULTS)
+        data = _read_json(path, required=False)
+        if data is None:
+            return None
+        try:
+            return RunResults.model_validate(data)
+        except ValidationError as exc:
+            raise ZooError(f"{path} is damaged: {_first_error(exc)}") from None
+
+    @property
+    def state(self) -> str:
+        results = self.results
+        return results.state if results else "unknown"
+
+    @property
+    def hub_record(self) -> HubRecord | None:
+        path = self.file(self.HUB_RECORD)
+        data = _read_json(path, required=False)
+        if data is None:
+            return None
+        try:
+            return HubRecord.model_validate(data)
+        except ValidationError as exc:
+            raise ZooError(f"{path} is damaged: {_first_error(exc)}") from None
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The tensors of model.safetensors; only safetensors are ever loaded."""
+        path = self.file(self.WEIGHTS)
+        try:
+            return load_safetensors(path.read_bytes())
+        except FileNotFoundError:
+            raise ZooError(f"{self.path} has no {self.WEIGHTS}") from None
+        except IsADirectoryError:
+            raise ZooError(f"{path} is a folder, not a weights file") from None
+        except (SafetensorError, ValueError) as exc:
+            raise ZooError(f"{path} is corrupted: {exc}") from None
+
+    @property
+    def checkpoint_root(self) -> Path:
+        return self.file(self.CHECKPOINTS)
+
+    @property
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        from .checkpoint import all_checkpoints
+
+        return all_checkpoints(self.checkpoint_root)
+
+    # Writing
+
+    def create(self) -> None:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ZooError(f"cannot create the run folder {self.path}: {exc.strerror}") from None
+
+    def write_recipe(self, recipe: recipes.Recipe) -> None:
+        write_text(self.file(self.RECIPE), recipe.to_toml())
+        self.__dict__.pop("recipe", None)
+
+    def write_results(self, results: RunResults) -> None:
+        write_json(self.file(self.RESULTS), results.model_dump(exclude_none=True))
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        write_text(self.file(self.METRICS), "".join(json.dumps(record, allow_nan=False) + "\n" for record in history))
+
+    def write_weights(self, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+        tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
+        atomic_write(self.file(self.WEIGHTS), save_safetensors(tensors, metadata=metadata))
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        write_json(self.file(self.CONFIG), config)
+        self.__dict__.pop("config", None)
+
+    def write_model_card(self, text: str) -> None:
+        write_text(self.file(self.MODEL_CARD), text)
+
+    def write_hub_record(self, record: HubRecord) -> None:
+        write_json(self.file(self.HUB_RECORD), record.model_dump())
+
+
+def _read_json(path: Path, required: bool) -> Any:
+    """The JSON in ``path``; None for a missing or half-written optional file, a ZooError otherwise."""
+    try:
+        return json.loads(path.read_text(), parse_constant=_refuse_constant)
+    except FileNotFoundError:
+        if required:
+            raise ZooError(f"{path.parent} is not a zoo run folder: it has no {path.name}") from None
+        return None
+    except IsADirectoryError:
+        raise ZooError(f"{path} is a folder, not a file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        if not required and isinstance(exc, json.JSONDecodeError) and exc.pos == len(exc.doc):
+            return None  # cut short by a crash before atomic writes: as if not written
+        raise ZooError(f"{path} is corrupted: {str(exc).splitlines()[0]}") from None
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _first_error(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    key = ".".join(str(part) for part in error["loc"])
+    return f"{key}: {error['msg']}" if key else str(error["msg"])
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -52,55 +279,9 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def write_json(path: Path, data: Any) -> None:
-    atomic_write(path, (json.dumps(data, indent=2) + "\n").encode())
+    """Strict JSON: a NaN or infinity is a bug to surface, never a file other tools cannot read."""
+    atomic_write(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())
 
 
 def write_text(path: Path, text: str) -> None:
     atomic_write(path, text.encode())
-
-
-def write_weights(path: Path, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
-    atomic_write(path, save_safetensors(tensors, metadata=metadata))
-
-
-def read_config(folder: Path) -> dict[str, Any]:
-    path = folder / CONFIG
-    if not folder.is_dir():
-        raise ZooError(f"run folder not found: {folder}")
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ZooError(f"{folder} is not a zoo run folder: it has no {CONFIG}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ZooError(f"{path} is corrupted: {exc}") from None
-    if not isinstance(config, dict) or "zoo" not in config or "label_names" not in config:
-        raise ZooError(f"{path} was not written by zoo (no 'zoo' section or label_names)")
-    return config
-
-
-def read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """The tensors of ``folder/model.safetensors``; only safetensors are ever loaded."""
-    path = folder / WEIGHTS
-    try:
-        return load_safetensors(path.read_bytes())
-    except FileNotFoundError:
-        raise ZooError(f"{folder} has no {WEIGHTS}") from None
-    except (SafetensorError, ValueError) as exc:
-        raise ZooError(f"{path} is corrupted: {exc}") from None
-
-
-def is_run_folder(folder: Path) -> bool:
-    return (folder / WEIGHTS).exists() or (folder / RESULTS).exists()
-
-
-def read_json(path: Path) -> Any | None:
-    """The JSON in ``path``, or None when it is missing or half-written by an older crash."""
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def read_results(folder: Path) -> dict[str, Any] | None:
-    return read_json(folder / RESULTS)

@@ -8,20 +8,20 @@ base model, license, and the test results as ``model-index``), so that the Hub a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from huggingface_hub import EvalResult, ModelCardData
 
+from .artifacts import RunResults
 from .recipe import Recipe
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 def model_card(
-    recipe: Recipe, results: dict[str, Any], plots: list[str], base_model: str | None, timm_architecture: str | None
+    recipe: Recipe, results: RunResults, plots: list[str], base_model: str | None, timm_architecture: str | None
 ) -> str:
     """README.md for a run folder: front matter, what the model is, how to load it, results, recipe."""
-    test = results.get("test", {})
+    test = results.test or {}
     dataset = recipe.data.dataset
     evaluations = [
         EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=dataset, dataset_split="test",
@@ -62,7 +62,7 @@ model = timm.create_model("hf-hub:ORG/NAME", pretrained=True)   # or "local-dir:
 {recipe.description or f"A {recipe.model.backbone} image classifier."} Trained with zoo on `{dataset}`
 with the backbone `{recipe.model.backbone}`{started}; the resolved recipe is below.
 
-## Results ({results.get("state", "unknown")} run)
+## Results ({results.state} run)
 
 | metric (test split, macro averages) | value |
 |---|---|
@@ -73,7 +73,7 @@ with the backbone `{recipe.model.backbone}`{started}; the resolved recipe is bel
 
 ```python
 import zoo
-model, label_names = zoo.load("path/to/this/folder")   # `zoo pull ORG/NAME` prints the folder
+model = zoo.load("path/to/this/folder")   # `zoo pull ORG/NAME` prints the folder; labels: model.label_names
 ```
 {timm_use}
 ## Recipe

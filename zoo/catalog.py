@@ -15,10 +15,10 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from . import artifacts
+from .artifacts import RunFolder
 from .errors import ZooError, did_you_mean
 
 SCHEMA_VERSION = 1
-HUB_RECORD = "hub.json"  # written into a run folder by `zoo push`: repo, revision, commit
 
 
 class _Strict(BaseModel):
@@ -117,30 +117,30 @@ def entry(name: str, file: Path | None = None) -> Entry:
 def add(run: Path, name: str, recipe: Path | None = None, file: Path | None = None) -> Entry:
     """Record the run folder's weights under ``name``: its last push (``zoo push``) and/or ``recipe``."""
     file = file or path()
-    config = artifacts.read_config(run)
-    pushed = artifacts.read_json(run / HUB_RECORD)
+    folder = RunFolder.existing(run)
+    pushed = folder.hub_record
     if pushed is None and recipe is None:
         raise ZooError(
-            f"{run} was never pushed (no {HUB_RECORD}): `zoo push {run} --repo ORG/NAME` first, or give --recipe"
+            f"{run} was never pushed (no {RunFolder.HUB_RECORD}): `zoo push {run} --repo ORG/NAME` first, or give --recipe"
         )
     hub = None
     if pushed is not None:
-        weights = run / artifacts.WEIGHTS
+        weights = folder.file(RunFolder.WEIGHTS)
         hub = HubSource(
-            repo=pushed["repo"], revision=pushed["commit"], sha256=sha256_of(weights), size=weights.stat().st_size
+            repo=pushed.repo, revision=pushed.commit, sha256=sha256_of(weights), size=weights.stat().st_size
         )
     recipe_source = os.path.relpath(recipe.resolve(), file.resolve().parent) if recipe else None
-    results = artifacts.read_results(run) or {}
-    test = results.get("test", {})
-    stored = config["zoo"]["recipe"]
+    results = folder.results
+    test = (results.test if results else None) or {}
+    stored = folder.recipe
     new = Entry(
-        backbone=stored["model"]["backbone"],
-        num_classes=config["num_classes"],
-        label_names=list(config["label_names"]),
+        backbone=stored.model.backbone,
+        num_classes=len(folder.label_names),
+        label_names=folder.label_names,
         sources=Sources(hub=hub, recipe=recipe_source),
         metrics={key: float(test[key]) for key in ("accuracy", "precision", "recall", "f1") if key in test},
-        license=stored.get("license"),
-        description=stored.get("description", ""),
+        license=stored.license,
+        description=stored.description,
     )
     catalog = load(file)
     catalog.weights[name] = new

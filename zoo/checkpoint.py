@@ -1,6 +1,6 @@
 """Checkpoints: everything a run needs to continue bit-identically after a crash or a kill.
 
-A checkpoint is a folder ``RUN/checkpoints/step-NNNNNNNN/`` with ``state.safetensors`` (model,
+A checkpoint is a folder ``RUN/checkpoints/step-NNNNNNNN/`` (``RunFolder.checkpoint_root``) with ``state.safetensors`` (model,
 optimiser and RNG tensors) and ``state.json`` (the rest). It is written under a temporary
 name and renamed into place, so the newest complete checkpoint is always whole.
 """
@@ -23,14 +23,12 @@ from safetensors.torch import save as save_safetensors
 from . import artifacts
 from .errors import ZooError
 
-FOLDER = "checkpoints"
 TENSORS = "state.safetensors"
 STATE = "state.json"
 
 
-def save(run_folder: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
-    """Write a checkpoint atomically and delete all but the newest ``keep``."""
-    root = run_folder / FOLDER
+def save(root: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
+    """Write a checkpoint into ``root`` (a run folder's checkpoints/) atomically; delete all but the newest ``keep``."""
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:08d}"
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}."))
@@ -43,14 +41,13 @@ def save(run_folder: Path, step: int, tensors: dict[str, torch.Tensor], state: d
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    for old in all_checkpoints(run_folder)[:-keep]:
+    for old in all_checkpoints(root)[:-keep]:
         shutil.rmtree(old)
     return target
 
 
-def all_checkpoints(run_folder: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = run_folder / FOLDER
+def all_checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoints in ``root``, oldest first."""
     return sorted(p for p in root.glob("step-*") if (p / STATE).is_file()) if root.is_dir() else []
 
 

@@ -233,11 +233,10 @@ def run(
     teardown()
     if result is None or not main:
         return
-    test = result.results.get("test")
-    if test:
-        _print_scores(test)
-    click.echo(f"run folder: {result.folder} ({result.results['state']})")
-    if result.results["state"] == "interrupted":
+    if result.results.test:
+        _print_scores(result.results.test)
+    click.echo(f"run folder: {result.folder} ({result.results.state})")
+    if result.results.state == "interrupted":
         sys.exit(130)
 
 
@@ -363,7 +362,7 @@ def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> 
     if compare:
         if len(folders) < 2:
             raise ZooError("--compare needs at least two run folders")
-        recipes = [run_folders.read_recipe(folder) for folder in folders]
+        recipes = [folder.recipe.to_dict() for folder in folders]
         keys = [key for key in differing_keys(recipes) if key != "output.dir"]
         if as_json:
             table = {key: [run_folders.value_at(recipe, key) for recipe in recipes] for key in keys}
@@ -415,8 +414,16 @@ def pull(spec: str) -> None:
     'hf-hub:ORG/NAME[@REVISION]' directly); with HF_HUB_OFFLINE=1 it comes from the cache.
     """
     from .hub import pull as pull_weights
+    from .sources import parse_hub_spec
 
-    click.echo(pull_weights(spec))
+    if "/" not in spec.split("@")[0]:  # a registry.json name
+        click.echo(pull_weights(spec))
+        return
+    try:
+        source = parse_hub_spec(spec)
+    except ValueError as exc:
+        raise ZooError(str(exc)) from None
+    click.echo(pull_weights(source))
 
 
 @cli.group("registry")

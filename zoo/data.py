@@ -16,7 +16,7 @@ imported there only, not for tensor datasets: it costs 1.5 s of start-up.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import distributed, registry
 from .errors import ZooError, did_you_mean
-from .recipe import DataConfig, check_args, default_data_dir
+from .preprocessing import Preprocessing
+from .recipe import DataConfig, default_data_dir
 
 IMAGE_KEYS = ("image_size", "mean", "std", "interpolation", "crop_pct", "crop_mode", "auto_augment")
 
@@ -72,35 +73,25 @@ class Splits:
     val: Split | None
     test: Split
     label_names: list[str]
-    # input_size (C, H, W), mean, std; image datasets add interpolation, crop_pct, crop_mode.
-    data_config: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def mean(self) -> tuple[float, ...]:
-        return tuple(self.data_config["mean"])
-
-    @property
-    def std(self) -> tuple[float, ...]:
-        return tuple(self.data_config["std"])
-
-    @property
-    def input_size(self) -> tuple[int, ...]:
-        return tuple(self.data_config["input_size"])
 
     @property
     def splits(self) -> list[Split]:
         return [split for split in (self.train, self.val, self.test) if split is not None]
 
+    @property
+    def images(self) -> bool:
+        """Whether the splits hold PIL images, which need transforms (else tensors of their own size)."""
+        return is_image_dataset(self.train.dataset)
+
 
 def load_splits(config: DataConfig, seed: int) -> Splits:
     """The recipe's data: its classes relabelled 0..n-1, a stratified validation split, per_class."""
     root = data_root(config)
-    factory = registry.get("dataset", config.dataset).load()
-    check_args(factory, config.args, "data.args", positional=("root", "split"))
-    train_set, test_set = (_create(factory, root, split, config) for split in ("train", "test"))
-    images = is_image_dataset(train_set)
-    if images:
-        train_set.transform = test_set.transform = None  # each split applies its own (configure_images)
+    train_set, test_set = (
+        registry.instantiate("dataset", config.dataset, config.args, "", root, split) for split in ("train", "test")
+    )
+    if is_image_dataset(train_set):
+        train_set.transform = test_set.transform = None  # each split gets its own (attach_transforms)
     else:
         misplaced = [key for key in IMAGE_KEYS if getattr(config, key) is not None]
         if misplaced:
@@ -144,25 +135,29 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     test = split_of(test_set, None, targets_of(test_set))
     if len(test) == 0:
         raise ZooError(f"dataset '{config.dataset}' has no test examples of the selected classes")
-    splits = Splits(train, val, test, [names[i] for i in selected])
-    if not images:
-        input_size = tuple(train_set.images.shape[1:] if is_in_memory(train_set) else train_set[0][0].shape)
-        channels = input_size[0]
-        splits.data_config = {
-            "input_size": input_size,
-            "mean": tuple(getattr(train_set, "mean", (0.0,) * channels)),
-            "std": tuple(getattr(train_set, "std", (1.0,) * channels)),
-        }
-    return splits
+    return Splits(train, val, test, [names[i] for i in selected])
 
 
-def configure_images(splits: Splits, config: DataConfig, model: nn.Module) -> None:
-    """Give an image dataset's splits their transforms, following the model (nothing for tensor datasets)."""
-    if not is_image_dataset(splits.train.dataset):
+def resolve_preprocessing(config: DataConfig, model: nn.Module, splits: Splits) -> Preprocessing:
+    """The run's preprocessing: for image datasets timm's, following the model and ``[data]``; else the dataset's."""
+    if splits.images:
+        return Preprocessing.from_config(image_config(config, model, splits.train), "data")
+    dataset = splits.train.dataset
+    input_size = tuple(dataset.images.shape[1:] if is_in_memory(dataset) else dataset[0][0].shape)
+    channels = input_size[0]
+    return Preprocessing(
+        input_size=input_size,
+        mean=tuple(getattr(dataset, "mean", (0.0,) * channels)),
+        std=tuple(getattr(dataset, "std", (1.0,) * channels)),
+    )
+
+
+def attach_transforms(splits: Splits, preprocessing: Preprocessing, config: DataConfig) -> None:
+    """Give an image dataset's splits their transforms: training's augmented, the others' not."""
+    if not splits.images:
         return
-    splits.data_config = image_config(config, model, splits.train)
-    train_transform = build_transform(splits.data_config, training=config)
-    eval_transform = build_transform(splits.data_config)
+    train_transform = build_transform(preprocessing, training=config)
+    eval_transform = build_transform(preprocessing)
     for split in splits.splits:
         split.transform = train_transform if split is splits.train else eval_transform
 
@@ -225,19 +220,23 @@ def input_channels(model: nn.Module) -> int:
     return int(convolution.in_channels) if convolution is not None else 3
 
 
-def build_transform(data_config: dict[str, Any], training: DataConfig | None = None) -> Callable[[Any], torch.Tensor]:
-    """timm's evaluation transform for ``data_config`` (its training one with ``training``'s
+def build_transform(preprocessing: Preprocessing, training: DataConfig | None = None) -> Callable[[Any], torch.Tensor]:
+    """timm's evaluation transform for ``preprocessing`` (its training one with ``training``'s
     augmentation keys), after converting each image to the model's channels."""
     from timm.data import create_transform
 
-    keys = ("input_size", "interpolation", "mean", "std", "crop_pct", "crop_mode")
-    options: dict[str, Any] = {key: data_config[key] for key in keys if data_config.get(key) is not None}
+    options: dict[str, Any] = dict(preprocessing.to_config())
     if training is not None:
-        options |= {"is_training": True, "no_aug": not training.augment, "hflip": training.hflip,
-                    "scale": tuple(training.scale), "color_jitter": training.color_jitter,
-                    "auto_augment": training.auto_augment}  # fmt: skip
+        options |= {
+            "is_training": True,
+            "no_aug": not training.augment,
+            "hflip": training.hflip,
+            "scale": tuple(training.scale),
+            "color_jitter": training.color_jitter,
+            "auto_augment": training.auto_augment,
+        }
     transform = create_transform(**options)
-    return ConvertThen("L" if data_config["input_size"][0] == 1 else "RGB", transform)
+    return ConvertThen("L" if preprocessing.channels == 1 else "RGB", transform)
 
 
 class ConvertThen:
@@ -252,13 +251,6 @@ class ConvertThen:
 
     def __repr__(self) -> str:
         return f"ConvertThen({self.mode!r}, {self.transform!r})"
-
-
-def _create(factory: Callable[..., Dataset], root: Path, split: str, config: DataConfig) -> Dataset:
-    try:
-        return factory(root, split, **config.args)
-    except ValueError as exc:
-        raise ZooError(f"data: dataset '{config.dataset}' rejected its arguments: {exc}") from exc
 
 
 def select_classes(wanted: Sequence[int | str] | None, names: list[str]) -> list[int]:
@@ -292,15 +284,18 @@ def targets_of(dataset: Dataset) -> torch.Tensor:
 
 
 class Batches:
-    """``(inputs, labels)`` batches of one split on ``device``; shuffled batches depend on (seed, epoch)."""
+    """``(inputs, labels)`` batches of one split on ``device``; shuffled batches depend on (seed, epoch).
+
+    In-memory uint8 datasets are normalised here with ``preprocessing``'s mean and std; image
+    datasets arrive normalised by their transforms (``attach_transforms``).
+    """
 
     def __init__(
         self,
         split: Split,
         batch_size: int,
         device: torch.device,
-        mean: Sequence[float],
-        std: Sequence[float],
+        preprocessing: Preprocessing,
         shuffle: bool = False,
         seed: int = 0,
         num_workers: int = 0,
@@ -316,8 +311,8 @@ class Batches:
         self.in_memory = is_in_memory(split.dataset)
         if self.in_memory:
             # (x / 255 - mean) / std as one multiply and one subtract per batch.
-            std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-            mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            std_t = torch.tensor(preprocessing.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+            mean_t = torch.tensor(preprocessing.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
             self.scale = 1.0 / (255.0 * std_t)
             self.shift = mean_t / std_t
             self.images = split.dataset.images[split.indices].to(device)

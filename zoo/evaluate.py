@@ -9,24 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artifacts, distributed, registry
+from . import distributed
 from . import recipe as recipes
-from .data import Batches, configure_images, load_splits
-from .device import autocast_dtype, resolve_device
+from .artifacts import RunFolder
+from .data import Batches
 from .errors import ZooError
 from .metrics import confusion_matrix, scores
-from .model import load_run
-from .recipe import LossConfig, check_args
-
-
-def build_loss(config: LossConfig) -> nn.Module:
-    """The recipe's loss plugin, called with its checked arguments."""
-    factory = registry.get("loss", config.name).load()
-    check_args(factory, config.args, "loss.args")
-    try:
-        return factory(**config.args)
-    except ValueError as exc:
-        raise ZooError(f"loss.args: {config.name} rejected its arguments: {exc}") from exc
 
 
 @torch.no_grad()
@@ -49,26 +37,18 @@ def evaluate(
     return {"loss": float(loss_sum) / max(1, int(matrix.sum())), **scores(matrix, label_names)}
 
 
-def evaluate_run(folder: Path, split: str = "test", data_overrides: Sequence[str] = ()) -> dict[str, Any]:
+def evaluate_run(path: Path, split: str = "test", data_overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate the model of a run folder on ``split`` of its own data (``data.*`` overrides allowed)."""
-    model, label_names = load_run(folder)
-    stored = artifacts.read_config(folder)["zoo"]["recipe"]
+    from .train import build_run  # the runner evaluates through this module
+
     for override in data_overrides:
         if not override.startswith("data."):
             raise ZooError(f"override {override!r}: only data.* keys can change when evaluating a run")
+    run = RunFolder.existing(path)
+    stored = run.recipe.to_dict()
     recipes.apply_overrides(stored, data_overrides)
-    recipe = recipes.from_dict(stored, str(folder / artifacts.CONFIG))
-    splits = load_splits(recipe.data, recipe.train.seed)
-    configure_images(splits, recipe.data, model)
-    chosen = {"train": splits.train, "val": splits.val, "test": splits.test}[split]
+    setup = build_run(recipes.from_dict(stored, str(run.file(RunFolder.RECIPE))), trained=run)
+    chosen = {"train": setup.splits.train, "val": setup.splits.val, "test": setup.splits.test}[split]
     if chosen is None:
-        raise ZooError(f"{folder} has no validation split (its data.val_split is 0); use --split test")
-    if splits.label_names != label_names:
-        raise ZooError(f"data.classes select {splits.label_names}, but the run was trained on {label_names}")
-    device = resolve_device(recipe.train.device)
-    batches = Batches(
-        chosen, recipe.data.eval_batch_size, device, splits.mean, splits.std,
-        num_workers=recipe.data.num_workers, channels_last=recipe.train.channels_last,
-    )  # fmt: skip
-    return evaluate(model.to(device), batches, build_loss(recipe.loss).to(device), label_names,
-                    autocast_dtype(recipe.train.precision, device))  # fmt: skip
+        raise ZooError(f"{path} has no validation split (its data.val_split is 0); use --split test")
+    return evaluate(setup.model, setup.batches(chosen), setup.loss_fn, setup.splits.label_names, setup.dtype)

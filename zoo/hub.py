@@ -24,19 +24,10 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from . import artifacts, catalog
+from . import catalog
+from .artifacts import HubRecord, RunFolder
 from .errors import ZooError
-
-# What a run folder shares: weights, timm-layout config, model card, recipe, results, plots. Exact
-# names, no wildcards: a pull fetches nothing else, whatever else a repo holds or however it is named.
-SHARED_FILES = [
-    artifacts.WEIGHTS,
-    artifacts.CONFIG,
-    artifacts.MODEL_CARD,
-    artifacts.RECIPE,
-    artifacts.RESULTS,
-    *artifacts.PLOTS,
-]
+from .sources import HubRepo
 
 
 @dataclass
@@ -49,9 +40,11 @@ def push(
     folder: Path, repo: str, private: bool = False, revision: str | None = None, message: str | None = None
 ) -> Pushed:
     """Upload a finished run folder to ``repo`` (created if needed), on ``revision`` (default main)."""
-    results = artifacts.read_results(folder)
-    if not (folder / artifacts.WEIGHTS).is_file() or not results or results.get("state") != "finished":
-        raise ZooError(f"{folder} is not a finished zoo run (see its results.json): only finished runs are pushed")
+    run = RunFolder.existing(folder)
+    if not run.file(RunFolder.WEIGHTS).is_file() or run.state != "finished":
+        raise ZooError(
+            f"{folder} is not a finished zoo run (see its {RunFolder.RESULTS}): only finished runs are pushed"
+        )
     api = HfApi()
     with _hub_errors(repo):
         url = api.create_repo(repo, private=private, exist_ok=True)
@@ -60,41 +53,40 @@ def push(
         info = api.upload_folder(
             repo_id=repo,
             folder_path=folder,
-            allow_patterns=SHARED_FILES,
+            allow_patterns=list(RunFolder.SHARED),
             revision=revision,
             commit_message=message or f"zoo push {folder.name}",
         )
-    record = {"repo": repo, "revision": revision or constants.DEFAULT_REVISION, "commit": info.oid, "url": str(url)}
-    artifacts.write_json(folder / catalog.HUB_RECORD, record)
+    run.write_hub_record(
+        HubRecord(repo=repo, revision=revision or constants.DEFAULT_REVISION, commit=info.oid, url=str(url))
+    )
     return Pushed(str(url), info.oid)
 
 
-def pull(spec: str) -> Path:
-    """The local folder of ``ORG/NAME[@REVISION]``, or of a registry.json name at its pinned commit."""
+def pull(source: HubRepo | str) -> Path:
+    """The local folder of a Hub repo (at its revision), or of a registry.json name at its pinned commit."""
     expected: catalog.HubSource | None = None
-    if "/" in spec.split("@")[0]:
-        repo, _, revision = spec.partition("@")
-    else:
-        entry = catalog.entry(spec)
+    label = source if isinstance(source, str) else source.spec
+    if isinstance(source, str):
+        entry = catalog.entry(source)
         if entry.sources.hub is None:
             raise ZooError(
-                f"'{spec}' has no Hub source, only a recipe: set model.pretrained = 'recipe:{entry.sources.recipe}' "
+                f"'{source}' has no Hub source, only a recipe: set model.pretrained = 'recipe:{entry.sources.recipe}' "
                 "and zoo builds it (relative to registry.json)"
             )
         expected = entry.sources.hub
-        repo, revision = expected.repo, expected.revision
-    where = f"{repo}@{revision}" if revision else repo
-    with _hub_errors(where):
-        folder = Path(snapshot_download(repo, revision=revision or None, allow_patterns=SHARED_FILES))
-    weights = folder / artifacts.WEIGHTS
+        source = HubRepo(expected.repo, expected.revision)
+    with _hub_errors(source.spec):
+        folder = Path(snapshot_download(source.repo, revision=source.revision, allow_patterns=list(RunFolder.SHARED)))
+    weights = folder / RunFolder.WEIGHTS
     if not weights.is_file():
-        raise ZooError(f"{where} has no {artifacts.WEIGHTS}: it is not a zoo or timm model repo")
+        raise ZooError(f"{source.spec} has no {RunFolder.WEIGHTS}: it is not a zoo or timm model repo")
     if expected is not None:
         found = catalog.sha256_of(weights)
         if found != expected.sha256:
             raise ZooError(
-                f"{spec}: {weights} has sha256 {found}, but registry.json pins {expected.sha256}; refusing to load it "
-                f"(delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
+                f"{label}: {weights} has sha256 {found}, but registry.json pins {expected.sha256}; refusing to "
+                f"load it (delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
             )
     return folder
 

@@ -9,7 +9,6 @@ its weights keep the plugin's own names, so a run folder of a timm model is a ti
 
 from __future__ import annotations
 
-import inspect
 import json
 import tempfile
 from pathlib import Path
@@ -18,9 +17,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import artifacts, registry
+from . import registry, sources
+from .artifacts import RunFolder
 from .errors import ZooError
-from .recipe import HeadConfig, ModelConfig, check_args, from_dict
+from .preprocessing import Preprocessing
+from .recipe import HeadConfig, ModelConfig
+from .sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, Scratch, WeightSource
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -55,67 +57,66 @@ def build_head(config: HeadConfig, num_features: int, num_classes: int) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def builds_own_head(factory: object) -> bool:
-    """Whether a model plugin builds the whole classifier (its factory takes ``num_classes``)."""
-    return "num_classes" in inspect.signature(factory).parameters  # type: ignore[arg-type]
+def build_model(config: ModelConfig, label_names: list[str]) -> tuple[nn.Module, str | None]:
+    """The recipe's model for ``label_names``, with the weights ``config.pretrained`` names.
 
-
-def _create(factory: object, config: ModelConfig, args: dict) -> nn.Module:
-    check_args(factory, config.args, "model.args")
-    try:
-        return factory(**args)  # type: ignore[operator]
-    except ValueError as exc:
-        raise ZooError(f"model.args: {config.backbone} rejected its arguments: {exc}") from exc
-
-
-def build_backbone(config: ModelConfig) -> nn.Module:
-    plugin = registry.get("model", config.backbone)
-    factory = plugin.load()
-    args = dict(config.args)
-    if "pretrained" in inspect.signature(factory).parameters:
-        args["pretrained"] = config.pretrained is True
-    backbone = _create(factory, config, args)
-    if not isinstance(getattr(backbone, "num_features", None), int):
-        raise ZooError(
-            f"model plugin {plugin.qualified_name} returned a module without an int `num_features`; "
-            "a zoo backbone must have one (see 'Writing a plugin' in the README)"
-        )
-    return backbone
-
-
-def build_model(
-    config: ModelConfig, label_names: list[str], source: Path | str | None = None
-) -> tuple[nn.Module, str | None]:
-    """The recipe's model for ``label_names``, from the pretrained ``source`` (a folder or ``hf-hub:``).
-
+    ``config.pretrained`` must be resolved (a ``recipe:`` source is trained first, by the runner).
     Returns the model and a line for the log saying what was loaded (None when nothing was).
     """
-    factory = registry.get("model", config.backbone).load()
-    if not builds_own_head(factory):
-        if isinstance(source, str):  # hf-hub:ORG/NAME[@REV]: timm loads those itself, zoo's own backbones pull
-            from .hub import pull
+    source = config.pretrained
+    if isinstance(source, LocalFolder) and not source.path.is_dir():
+        raise ZooError(f"model.pretrained: folder not found: {source.path}")
+    if isinstance(source, RecipeOutput):
+        raise TypeError(f"{source} must be trained into a run folder before the model is built")
+    factory = registry.check("model", config.backbone, config.args)
+    if registry.takes(factory, "num_classes"):
+        return _build_own_head(config, label_names, source)
+    return _build_classifier(config, factory, label_names, source)
 
-            source = pull(source.split(":", 1)[1])
-        backbone = build_backbone(config)
-        model = Classifier(backbone, build_head(config.head, backbone.num_features, len(label_names)))
-        if source is None:
-            return model, f"{config.backbone}'s own pretrained weights" if config.pretrained is True else None
-        return model, load_pretrained(model, source, config.backbone, label_names)
+
+def _build_classifier(
+    config: ModelConfig, factory: object, label_names: list[str], source: WeightSource
+) -> tuple[Classifier, str | None]:
+    if isinstance(source, HubRepo):  # timm fetches Hub weights itself; zoo's own backbones pull the run folder
+        from .hub import pull
+
+        source = LocalFolder(pull(source))
+    supplied = {"pretrained": isinstance(source, PluginWeights)} if registry.takes(factory, "pretrained") else {}
+    backbone = registry.instantiate("model", config.backbone, config.args, **supplied)
+    if not isinstance(getattr(backbone, "num_features", None), int):
+        raise ZooError(
+            f"model plugin {config.backbone} returned a module without an int `num_features`; "
+            "a zoo backbone must have one (see 'Writing a plugin' in the README)"
+        )
+    model = Classifier(backbone, build_head(config.head, backbone.num_features, len(label_names)))
+    if isinstance(source, LocalFolder):
+        return model, load_pretrained(model, RunFolder(source.path), config.backbone, label_names)
+    return model, f"{config.backbone}'s own pretrained weights" if isinstance(source, PluginWeights) else None
+
+
+def _build_own_head(config: ModelConfig, label_names: list[str], source: WeightSource) -> tuple[nn.Module, str | None]:
+    """A plugin that builds its own classifier, the timm way; timm's loaders read the weights."""
     if config.head.type != "linear":
         raise ZooError(
             f"model.head.type = '{config.head.type}': {config.backbone} keeps its own linear classifier; "
             "set its options through model.args"
         )
-    pretrained: bool | str = f"local-dir:{source}" if isinstance(source, Path) else source or config.pretrained is True
-    args = {**config.args, "num_classes": len(label_names), "pretrained": pretrained}
+    match source:
+        case LocalFolder(path):
+            pretrained: bool | str = f"local-dir:{path}"
+        case HubRepo():
+            pretrained = f"hf-hub:{source.spec}"
+        case _:
+            pretrained = isinstance(source, PluginWeights)
+    supplied: dict[str, Any] = {"num_classes": len(label_names), "pretrained": pretrained}
     if config.head.dropout:
-        args["drop_rate"] = config.head.dropout
-    model = _create(factory, config, args)
+        supplied["drop_rate"] = config.head.dropout
+    model = registry.instantiate("model", config.backbone, config.args, **supplied)
     if not pretrained:
         return model, None
-    return model, adopt_head(
-        model, label_names, source or f"{config.backbone}'s weights ({model.pretrained_cfg.get('hf_hub_id')})"
-    )
+    described = sources.text(source) if pretrained is not True else None
+    origin = described or f"{config.backbone}'s weights ({model.pretrained_cfg.get('hf_hub_id')})"
+    return model, adopt_head(model, label_names, origin)
 
 
 def adopt_head(model: nn.Module, label_names: list[str], source: object) -> str:
@@ -128,17 +129,16 @@ def adopt_head(model: nn.Module, label_names: list[str], source: object) -> str:
 
 
 def exchange_config(
-    model: nn.Module, backbone: str, label_names: list[str], data_config: dict[str, Any]
+    model: nn.Module, backbone: str, label_names: list[str], preprocessing: Preprocessing
 ) -> dict[str, Any]:
     """config.json in timm's layout: for a timm model timm's own export, which ``local-dir:`` loads."""
     if not isinstance(model, Classifier):
         from timm.models._hub import save_config_for_hf  # exported from timm.models._hub only
 
         with tempfile.TemporaryDirectory() as scratch:  # timm writes a file; the run folder gets it atomically
-            path = Path(scratch) / artifacts.CONFIG
-            save_config_for_hf(
-                model, str(path), model_config={"label_names": label_names}, data_config=dict(data_config)
-            )
+            path = Path(scratch) / RunFolder.CONFIG
+            model_config = {"label_names": label_names}
+            save_config_for_hf(model, str(path), model_config=model_config, data_config=preprocessing.to_config())
             config = json.loads(path.read_text())
         pretrained_cfg = config["pretrained_cfg"]
         pretrained_cfg.pop("tag", None)  # the tag named the weights this model started from, not these
@@ -150,61 +150,68 @@ def exchange_config(
         "num_classes": len(label_names),
         "num_features": model.num_features,
         "label_names": label_names,
-        "pretrained_cfg": {**_listed(data_config), "num_classes": len(label_names)},
+        "pretrained_cfg": {**preprocessing.to_config(), "num_classes": len(label_names)},
     }
 
 
-def _listed(config: dict[str, Any]) -> dict[str, Any]:
-    return {key: list(value) if isinstance(value, tuple) else value for key, value in config.items()}
-
-
-def load_pretrained(model: Classifier, folder: Path, backbone_name: str, label_names: list[str]) -> str:
+def load_pretrained(model: Classifier, run: RunFolder, backbone_name: str, label_names: list[str]) -> str:
     """Load a run folder's weights into ``model``; returns what was loaded, for the log.
 
     The backbone must match exactly; the head is loaded only when it has the same shape and
     the same label names, and is freshly initialised otherwise.
     """
-    config = artifacts.read_config(folder)
-    source_backbone = config.get("architecture")
+    source_backbone = run.config.get("architecture")
     if source_backbone != backbone_name:
         raise ZooError(
-            f"model.pretrained: {folder} holds a '{source_backbone}' backbone, but the recipe builds '{backbone_name}'"
+            f"model.pretrained: {run} holds a '{source_backbone}' backbone, but the recipe builds '{backbone_name}'"
         )
-    state = artifacts.read_weights(folder)
+    state = run.weights()
     backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
-    _check_same_tensors(model.backbone.state_dict(), backbone_state, folder)
+    hint = "model.args differ from the pretrained run's, or it is another architecture"
+    _check_same_tensors(
+        model.backbone.state_dict(), backbone_state, "model.pretrained", "backbone tensor", run.path, hint
+    )
     model.backbone.load_state_dict(backbone_state)
     head_state = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
     own_head = model.head.state_dict()
     same_head = head_state.keys() == own_head.keys() and all(head_state[k].shape == own_head[k].shape for k in own_head)
-    if same_head and config.get("label_names") == label_names:
+    if same_head and run.label_names == label_names:
         model.head.load_state_dict(head_state)
-        return f"loaded backbone and head from {folder}"
-    return f"loaded backbone from {folder}; new head for {len(label_names)} classes ({', '.join(label_names)})"
+        return f"loaded backbone and head from {run}"
+    return f"loaded backbone from {run}; new head for {len(label_names)} classes ({', '.join(label_names)})"
 
 
-def _check_same_tensors(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], folder: Path) -> None:
-    for key in expected.keys() | found.keys():
-        if key not in found:
-            raise ZooError(f"model.pretrained: {folder} lacks backbone tensor '{key}': is it the same architecture?")
-        if key not in expected:
-            raise ZooError(f"model.pretrained: {folder} has backbone tensor '{key}', which this backbone lacks")
-    for key in sorted(expected):
-        if expected[key].shape != found[key].shape:
+def _check_same_tensors(
+    expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], key: str, noun: str, where: Path, hint: str
+) -> None:
+    """The tensors ``found`` in ``where`` have exactly the names and shapes of ``expected``; else a ZooError."""
+    for name in sorted(expected.keys() | found.keys()):
+        if name not in found:
+            raise ZooError(f"{key}: {where} lacks {noun} '{name}': {hint}")
+        if name not in expected:
+            raise ZooError(f"{key}: {where} has {noun} '{name}', which the model lacks: {hint}")
+        if expected[name].shape != found[name].shape:
             raise ZooError(
-                f"model.pretrained: backbone tensor '{key}' is {list(found[key].shape)} in {folder} but "
-                f"{list(expected[key].shape)} here: model.args differ from the pretrained run's"
+                f"{key}: {noun} '{name}' is {list(found[name].shape)} in {where} but {list(expected[name].shape)} "
+                f"here: {hint}"
             )
 
 
-def load_run(folder: Path) -> tuple[nn.Module, list[str]]:
-    """The model of a run folder in eval mode, and its label names."""
-    config = artifacts.read_config(folder)
-    recipe = from_dict(config["zoo"]["recipe"], source=str(folder / artifacts.CONFIG))
+def load_run(run: RunFolder) -> nn.Module:
+    """The model of a run folder, in eval mode, its label names as ``label_names`` (and where timm keeps them)."""
+    recipe = run.recipe
+    label_names = run.label_names
     # timm records the arguments the weights were built with, including any its source set (in_chans).
-    built_with = {key: value for key, value in config.get("model_args", {}).items() if key != "num_classes"}
-    model_config = recipe.model.model_copy(update={"pretrained": False, "args": {**built_with, **recipe.model.args}})
-    label_names = list(config["label_names"])
+    built_with = {key: value for key, value in run.model_args.items() if key != "num_classes"}
+    model_config = recipe.model.model_copy(
+        update={"pretrained": Scratch(), "args": {**built_with, **recipe.model.args}}
+    )
     model, _ = build_model(model_config, label_names)
-    model.load_state_dict(artifacts.read_weights(folder))
-    return model.eval(), label_names
+    state = run.weights()
+    hint = f"the weights do not fit the model that {RunFolder.CONFIG} and {RunFolder.RECIPE} describe"
+    _check_same_tensors(model.state_dict(), state, "run folder", "tensor", run.file(RunFolder.WEIGHTS), hint)
+    model.load_state_dict(state)
+    model.label_names = label_names
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        model.pretrained_cfg = {**model.pretrained_cfg, "label_names": label_names}
+    return model.eval()

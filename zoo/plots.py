@@ -13,11 +13,12 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from . import artifacts
+from .artifacts import RunFolder
 
 DPI = 100
 CURVE_SIZE = (800, 500)  # pixels
 MATRIX_SIZE = (700, 600)
-LOSS, ACCURACY, LEARNING_RATE, CONFUSION = artifacts.PLOTS
+LOSS, ACCURACY, LEARNING_RATE, CONFUSION = RunFolder.PLOTS
 
 
 def _figure(size: tuple[int, int]) -> Figure:
@@ -46,7 +47,7 @@ def _curves(
 
 
 def write_plots(
-    folder: Path, history: list[dict[str, Any]], learning_rates: list[float], test: dict[str, Any] | None
+    folder: RunFolder, history: list[dict[str, Any]], learning_rates: list[float], test: dict[str, Any] | None
 ) -> list[str]:
     """Write the run's plots into ``folder``; returns the file names written."""
     written = []
@@ -58,16 +59,16 @@ def write_plots(
                 for split in ("train", "val")
                 if f"{split}_{metric}" in history[0]
             }
-            _curves(folder / name, f"{title} per epoch", metric, series, "epoch")
+            _curves(folder.file(name), f"{title} per epoch", metric, series, "epoch")
             written.append(name)
     if learning_rates:
         steps = list(range(1, len(learning_rates) + 1))
         _curves(
-            folder / LEARNING_RATE, "Learning rate (head)", "learning rate", {"lr": (steps, learning_rates)}, "step"
+            folder.file(LEARNING_RATE), "Learning rate (head)", "learning rate", {"lr": (steps, learning_rates)}, "step"
         )
         written.append(LEARNING_RATE)
     if test:
-        _confusion(folder / CONFUSION, test["confusion_matrix"], [row["label"] for row in test["per_class"]])
+        _confusion(folder.file(CONFUSION), test["confusion_matrix"], [row["label"] for row in test["per_class"]])
         written.append(CONFUSION)
     return written
 

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from . import artifacts
+from .artifacts import RunFolder
 from .data import build_transform
 from .errors import ZooError
 from .model import load_run
@@ -26,10 +26,10 @@ def load_image(path: Path, transform: Callable[[Image.Image], torch.Tensor]) -> 
 
 def predict_files(run_folder: Path, paths: Sequence[Path], top_k: int) -> tuple[list[dict[str, Any]], list[str]]:
     """Top-k predictions for each readable file, and a one-line error for each unreadable one."""
-    model, label_names = load_run(run_folder)
-    # Runs on zoo's tensor datasets record size and normalisation only: resize, no crop.
-    data_config = {"interpolation": "bilinear", "crop_pct": 1.0, **artifacts.read_config(run_folder)["pretrained_cfg"]}
-    transform = build_transform(data_config)
+    run = RunFolder.existing(run_folder)
+    model = load_run(run)
+    label_names = model.label_names
+    transform = build_transform(run.preprocessing)
     images, readable, errors = [], [], []
     for path in paths:
         try:

@@ -8,6 +8,7 @@ before anything runs. Every mistake becomes a one-line ZooError naming the file 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import inspect
@@ -17,16 +18,31 @@ import re
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    model_validator,
+)
 
-from . import registry
+from . import registry, sources
 from .errors import ZooError, did_you_mean
+from .sources import WeightSource
 
-RECIPE_SCHEME = "recipe:"
-REMOTE_SCHEMES = ("hf-hub:",)
+# model.pretrained: written as a bool or a string, held as a typed WeightSource (zoo/sources.py).
+Pretrained = Annotated[
+    WeightSource,
+    PlainValidator(lambda value: sources.parse(value, Path.cwd())),
+    PlainSerializer(sources.text),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "string"}]}),
+]
 
 
 class _Section(BaseModel):
@@ -66,8 +82,8 @@ class FreezeConfig(_Section):
 
 class ModelConfig(_Section):
     backbone: str = Field(description="a zoo.models plugin name (`zoo list models`)")
-    pretrained: bool | str = Field(
-        False,
+    pretrained: Pretrained = Field(
+        sources.Scratch(),
         description=(
             "false, true (the plugin's own weights), a run folder, 'recipe:FILE.toml' (that recipe's output), "
             "or for timm/ backbones a timm model folder or 'hf-hub:ORG/REPO[@REVISION]'"
@@ -318,20 +334,14 @@ def _anchor_paths(data: dict[str, Any], folder: Path) -> None:
     if "extends" in data:
         data["extends"] = anchored(data["extends"])
     model, data_section, output = (data.get(key) for key in ("model", "data", "output"))
-    if isinstance(model, dict) and isinstance(model.get("pretrained"), str):
-        model["pretrained"] = anchor_pretrained(model["pretrained"], folder)
+    if isinstance(model, dict) and "pretrained" in model:
+        # A value that does not parse stays as written: the schema reports it, naming the file and the key.
+        with contextlib.suppress(ValueError):
+            model["pretrained"] = sources.parse(model["pretrained"], folder)
     if isinstance(data_section, dict) and "root" in data_section:
         data_section["root"] = anchored(data_section["root"])
     if isinstance(output, dict) and "dir" in output:
         output["dir"] = anchored(output["dir"])
-
-
-def anchor_pretrained(source: str, folder: Path) -> str:
-    if source.startswith(RECIPE_SCHEME):
-        return RECIPE_SCHEME + str((folder / source.removeprefix(RECIPE_SCHEME)).resolve())
-    if source.startswith(REMOTE_SCHEMES):
-        return source
-    return str((folder / source).resolve())
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> set[str]:
@@ -429,67 +439,15 @@ def _field_description(parts: list[Any]) -> str:
 
 def check_plugins(recipe: Recipe, path: Path) -> None:
     """The recipe's plugins exist and their args fit their signatures (imports the plugins)."""
-    checks: list[tuple[registry.Kind, str, str, dict[str, Any], tuple[str, ...]]] = [
-        ("model", "model.backbone", recipe.model.backbone, recipe.model.args, ()),
-        ("dataset", "data.dataset", recipe.data.dataset, recipe.data.args, ("root", "split")),
-        ("loss", "loss.name", recipe.loss.name, recipe.loss.args, ()),
-    ]
-    for kind, name_key, name, args, positional in checks:
-        try:
-            factory = registry.get(kind, name).load()
-        except ZooError as exc:
-            raise ZooError(f"{path}: {name_key}: {exc}") from None
-        args_key = name_key.rsplit(".", 1)[0] + ".args"
-        check_args(factory, args, args_key, positional, origin=str(path))
-        if kind == "model" and recipe.model.pretrained is True and "pretrained" not in _parameters(factory):
-            raise ZooError(
-                f"{path}: model.pretrained: {name} has no weights of its own (its factory takes no "
-                "'pretrained' argument); use a run folder or 'recipe:FILE.toml'"
-            )
-
-
-def _parameters(factory: Any) -> dict[str, inspect.Parameter]:
-    return dict(inspect.signature(factory).parameters)
-
-
-def check_args(
-    factory: Any, args: Mapping[str, Any], key: str, positional: tuple[str, ...] = (), origin: str = ""
-) -> None:
-    """``args`` fit ``factory``'s signature: known names, and the type of each simple default."""
-    parameters = _parameters(factory)
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    accepted = [n for n, p in parameters.items() if n not in positional and p.kind is not inspect.Parameter.VAR_KEYWORD]
-    prefix = f"{origin}: " if origin else ""
-    for name, value in args.items():
-        parameter = parameters.get(name)
-        if parameter is None or name in positional:
-            if takes_any:
-                continue
-            hint = did_you_mean(name, accepted) or f" (it takes: {', '.join(accepted) or 'no arguments'})"
-            raise ZooError(f"{prefix}{key}.{name}: not an argument of this plugin{hint}")
-        default = parameter.default
-        if isinstance(default, bool | int | float | str) and not _fits(value, type(default)):
-            raise ZooError(
-                f"{prefix}{key}.{name}: expected {type(default).__name__} (like the default {default!r}), got {value!r}"
-            )
-    missing = [
-        n
-        for n, p in parameters.items()
-        if n not in positional
-        and n not in args
-        and p.default is inspect.Parameter.empty
-        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    ]
-    if missing:
-        raise ZooError(f"{prefix}{key}: missing required argument(s): {', '.join(missing)}")
-
-
-def _fits(value: Any, expected: type) -> bool:
-    if expected is bool or isinstance(value, bool):
-        return expected is bool and isinstance(value, bool)
-    if expected is float:
-        return isinstance(value, int | float)
-    return isinstance(value, expected)
+    origin = str(path)
+    factory = registry.check("model", recipe.model.backbone, recipe.model.args, origin)
+    registry.check("dataset", recipe.data.dataset, recipe.data.args, origin, positional=2)  # root, split
+    registry.check("loss", recipe.loss.name, recipe.loss.args, origin)
+    if isinstance(recipe.model.pretrained, sources.PluginWeights) and not registry.takes(factory, "pretrained"):
+        raise ZooError(
+            f"{path}: model.pretrained: {recipe.model.backbone} has no weights of its own (its factory takes no "
+            "'pretrained' argument); use a run folder or 'recipe:FILE.toml'"
+        )
 
 
 def default_data_dir() -> Path:

@@ -22,13 +22,14 @@ import fnmatch
 import importlib
 import importlib.machinery
 import importlib.metadata
+import inspect
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from .errors import ZooError, did_you_mean
 
@@ -208,6 +209,91 @@ def _member(namespace: Plugin, name: str) -> Plugin:
             f"unknown {namespace.kind} '{name}'{close}; `zoo list {namespace.kind}s '{namespace.prefix}*'` shows them"
         )
     return Plugin(namespace.kind, name, namespace.provider, namespace.version, namespace.target, factory)
+
+
+# The recipe keys that name each kind's plugin and its arguments, for error messages.
+RECIPE_KEYS: dict[Kind, tuple[str, str]] = {
+    "model": ("model.backbone", "model.args"),
+    "dataset": ("data.dataset", "data.args"),
+    "loss": ("loss.name", "loss.args"),
+}
+
+
+def check(kind: Kind, name: str, args: Mapping[str, Any], where: str = "", positional: int = 0) -> Callable:
+    """The factory of plugin ``name``, once ``args`` fit its signature.
+
+    Errors name the recipe key, after ``where`` (the recipe file or run folder) when given.
+    ``positional`` counts the leading parameters that zoo passes itself (a dataset's root and split).
+    """
+    name_key, args_key = RECIPE_KEYS[kind]
+    origin = f"{where}: " if where else ""
+    try:
+        factory = get(kind, name).load()
+    except ZooError as exc:
+        raise type(exc)(f"{origin}{name_key}: {exc}") from exc.__cause__
+    check_args(factory, args, f"{origin}{args_key}", positional)
+    return factory
+
+
+def instantiate(kind: Kind, name: str, args: Mapping[str, Any], where: str = "", *leading: Any, **supplied: Any) -> Any:
+    """Load plugin ``name``, check ``args`` against its signature and call ``factory(*leading, **args, **supplied)``.
+
+    The one place where zoo calls a plugin. ``leading`` and ``supplied`` are what zoo passes itself
+    (a dataset's root and split; a model's ``pretrained`` or ``num_classes``). A ValueError or
+    TypeError that the plugin raises about its arguments becomes a one-line ZooError naming the
+    recipe key (after ``where``, the recipe file or run folder, when given).
+    """
+    factory = check(kind, name, args, where, len(leading))
+    try:
+        return factory(*leading, **args, **supplied)
+    except (ValueError, TypeError) as exc:
+        origin = f"{where}: " if where else ""
+        raise ZooError(f"{origin}{RECIPE_KEYS[kind][1]}: {name} rejected its arguments: {exc}") from exc
+
+
+def check_args(factory: Callable, args: Mapping[str, Any], key: str, positional: int = 0) -> None:
+    """``args`` fit ``factory``'s signature: known names, and the type of each simple default."""
+    parameters = dict(inspect.signature(factory).parameters)
+    passed_by_zoo = list(parameters)[:positional]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    accepted = [
+        n for n, p in parameters.items() if n not in passed_by_zoo and p.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    for name, value in args.items():
+        parameter = parameters.get(name)
+        if parameter is None or name in passed_by_zoo:
+            if takes_any and name not in passed_by_zoo:
+                continue
+            hint = did_you_mean(name, accepted) or f" (it takes: {', '.join(accepted) or 'no arguments'})"
+            raise ZooError(f"{key}.{name}: not an argument of this plugin{hint}")
+        default = parameter.default
+        if isinstance(default, bool | int | float | str) and not _fits(value, type(default)):
+            raise ZooError(
+                f"{key}.{name}: expected {type(default).__name__} (like the default {default!r}), got {value!r}"
+            )
+    missing = [
+        n
+        for n, p in parameters.items()
+        if n not in passed_by_zoo
+        and n not in args
+        and p.default is inspect.Parameter.empty
+        and p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    if missing:
+        raise ZooError(f"{key}: missing required argument(s): {', '.join(missing)}")
+
+
+def takes(factory: Callable, parameter: str) -> bool:
+    """Whether ``factory`` has a parameter called ``parameter`` (``pretrained``, ``num_classes``)."""
+    return parameter in inspect.signature(factory).parameters
+
+
+def _fits(value: Any, expected: type) -> bool:
+    if expected is bool or isinstance(value, bool):
+        return expected is bool and isinstance(value, bool)
+    if expected is float:
+        return isinstance(value, int | float)
+    return isinstance(value, expected)
 
 
 def strict_plugins() -> bool:

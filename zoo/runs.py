@@ -2,51 +2,43 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from . import artifacts
+from .artifacts import RunFolder
 from .errors import ZooError
 
 COLUMNS = ("name", "recipe", "backbone", "dataset", "state", "best_val", "test_acc", "duration", "path")
 
 
-def find_runs(paths: list[Path]) -> list[Path]:
+def find_runs(paths: list[Path]) -> list[RunFolder]:
     """Each path that is a run folder, and the run folders directly inside the others."""
     found = []
     for path in paths:
         if not path.is_dir():
             raise ZooError(f"no such folder: {path}")
-        if (path / artifacts.RECIPE).is_file():
-            found.append(path)
+        if (path / RunFolder.RECIPE).is_file():
+            found.append(RunFolder(path))
         else:
-            found += sorted(p.parent for p in path.glob(f"*/{artifacts.RECIPE}"))
+            found += [RunFolder(p.parent) for p in sorted(path.glob(f"*/{RunFolder.RECIPE}"))]
     return found
 
 
-def read_recipe(folder: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads((folder / artifacts.RECIPE).read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise ZooError(f"{folder}: cannot read its {artifacts.RECIPE}: {exc}") from None
-
-
-def summary(folder: Path) -> dict[str, Any]:
-    recipe = read_recipe(folder)
-    results = artifacts.read_results(folder) or {}
-    test = results.get("test") or {}
+def summary(run: RunFolder) -> dict[str, Any]:
+    recipe = run.recipe
+    results = run.results
+    test = (results.test if results else None) or {}
     return {
-        "name": folder.name,
-        "recipe": recipe.get("name", "?"),
-        "backbone": recipe.get("model", {}).get("backbone", "?"),
-        "dataset": recipe.get("data", {}).get("dataset", "?"),
-        "state": results.get("state", "unknown"),
-        "best_val": results.get("best_val_accuracy"),
+        "name": run.path.name,
+        "recipe": recipe.name,
+        "backbone": recipe.model.backbone,
+        "dataset": recipe.data.dataset,
+        "state": results.state if results else "unknown",
+        "best_val": results.best_val_accuracy if results else None,
         "test_acc": test.get("accuracy"),
         "test_f1": test.get("f1"),
-        "duration": results.get("train_seconds"),
-        "path": str(folder),
+        "duration": results.train_seconds if results else None,
+        "path": str(run.path),
     }
 
 

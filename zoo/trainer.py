@@ -6,7 +6,7 @@ import math
 import random
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -14,11 +14,14 @@ from torch import nn
 from tqdm import tqdm
 
 from . import checkpoint, distributed, freeze
-from .data import Batches
+from .artifacts import RunFolder, State
 from .distributed import log
 from .errors import ZooError
+from .evaluate import evaluate
 from .optim import lr_factor, set_lr
-from .recipe import Recipe
+
+if TYPE_CHECKING:
+    from .train import RunSetup
 
 
 def seed_everything(seed: int) -> None:
@@ -38,30 +41,24 @@ class Trainer:
     (seed, epoch) and every RNG saved, a resumed run repeats the uninterrupted one exactly.
     """
 
-    def __init__(
-        self,
-        recipe: Recipe,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        loss_fn: nn.Module,
-        batches: Batches,
-        dtype: torch.dtype | None,
-        folder: Path,
-    ) -> None:
-        self.recipe = recipe
-        self.config = recipe.train
-        self.model = model
-        self.optimizer = optimizer
-        self.loss_fn = loss_fn
-        self.batches = batches
-        self.device = batches.device
-        self.dtype = dtype
+    def __init__(self, setup: RunSetup, folder: RunFolder) -> None:
+        assert setup.optimizer is not None, "a RunSetup built for training has an optimiser"
+        self.recipe = setup.recipe
+        self.config = setup.recipe.train
+        self.model = setup.model
+        self.optimizer = setup.optimizer
+        self.loss_fn = setup.loss_fn
+        self.label_names = setup.splits.label_names
+        self.batches = setup.batches(setup.splits.train, training=True)
+        self.val_batches = setup.batches(setup.splits.val) if setup.splits.val else None
+        self.device = setup.device
+        self.dtype = setup.dtype
         self.folder = folder
-        self.forward = self._wrap(model)
+        self.forward = self._wrap(self.model)
         # DDP's forward is a collective; each rank evaluates its own share of a split alone.
-        self.evaluator = self.forward if distributed.world_size() == 1 else model
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
-        self.steps_per_epoch = math.ceil(len(batches) / self.config.grad_accum)
+        self.evaluator = self.forward if distributed.world_size() == 1 else self.model
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
+        self.steps_per_epoch = math.ceil(len(self.batches) / self.config.grad_accum)
         self.total_steps = self.config.epochs * self.steps_per_epoch
         if self.config.max_steps:
             self.total_steps = min(self.total_steps, self.config.max_steps)
@@ -101,6 +98,43 @@ class Trainer:
             self.optimizer.add_param_group(group)
             self.forward = self._wrap(self.model)  # DDP must learn of the newly trainable parameters
             log(f"epoch {stage.epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
+
+    def fit(self, progress: bool) -> tuple[State, str]:
+        """Train epoch after epoch to the end (or ``max_steps``): validate, log and checkpoint each.
+
+        Returns the run's state and why: ("finished", "") or ("interrupted", reason) after Ctrl-C.
+        """
+        tensorboard = self._tensorboard() if self.config.tensorboard and distributed.is_main() else None
+        try:
+            while self.epoch <= self.config.epochs and not self.done:
+                record = self.train_epoch(progress)
+                if self.val_batches is not None:
+                    val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype)
+                    record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
+                self.history.append(record)
+                if distributed.is_main():
+                    self.folder.write_metrics(self.history)
+                self.save_checkpoint()
+                log(_epoch_line(record, self.config.epochs))
+                if tensorboard:
+                    for key, value in record.items():
+                        if key not in ("epoch", "step"):
+                            tensorboard.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+        except KeyboardInterrupt:
+            reason = f"stopped by Ctrl-C in epoch {self.epoch}, after step {self.step}"
+            log(f"\n{reason}: saving the run folder")
+            return "interrupted", reason
+        finally:
+            if tensorboard:
+                tensorboard.close()
+        return "finished", ""
+
+    def _tensorboard(self) -> Any:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ModuleNotFoundError:
+            raise ZooError("train.tensorboard = true needs TensorBoard: pip install 'zoo[tensorboard]'") from None
+        return SummaryWriter(str(self.folder.file(RunFolder.TENSORBOARD)))
 
     def train_epoch(self, progress: bool) -> dict[str, Any]:
         """Train the rest of ``self.epoch`` (or up to the last step); the epoch's record."""
@@ -176,7 +210,7 @@ class Trainer:
     def check_finite(self) -> None:
         bad_step = int(distributed.max_across_ranks(self.first_nonfinite))
         if bad_step >= 0:
-            last = checkpoint.all_checkpoints(self.folder)
+            last = self.folder.checkpoints
             kept = f"; the last good checkpoint is {last[-1]}" if last else ""
             raise NonFiniteLoss(
                 f"the loss became NaN or infinite at step {bad_step} (epoch {self.epoch}): lower optim.lr, "
@@ -205,7 +239,7 @@ class Trainer:
             "world_size": distributed.world_size(),
             "rng": rng,
         }
-        checkpoint.save(self.folder, self.step, tensors, state, self.config.keep_checkpoints)
+        checkpoint.save(self.folder.checkpoint_root, self.step, tensors, state, self.config.keep_checkpoints)
 
     def load_checkpoint(self, path: Path) -> None:
         tensors, state = checkpoint.load(path)
@@ -230,3 +264,13 @@ class Trainer:
             state["seen"],
         )
         self.history = state["history"]
+
+
+def _epoch_line(record: dict[str, Any], epochs: int) -> str:
+    line = (
+        f"epoch {record['epoch']}/{epochs}: train loss {record['train_loss']:.4f}, "
+        f"{record['images_per_second']:.0f} img/s, {record['seconds']:.1f}s"
+    )
+    if "val_accuracy" in record:
+        line += f", val loss {record['val_loss']:.4f}, val acc {100 * record['val_accuracy']:.2f}%"
+    return line

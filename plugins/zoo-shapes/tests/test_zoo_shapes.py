@@ -57,5 +57,5 @@ def test_poly1_is_cross_entropy_plus_epsilon_times_one_minus_p() -> None:
 def test_the_plugin_recipe_trains_well_above_chance(tmp_path: Path) -> None:
     recipe = recipes.load(RECIPE, [f"output.dir={tmp_path / 'run'}"])
     result = run(recipe, progress=False)
-    assert result.results["state"] == "finished"
-    assert result.results["test"]["accuracy"] > 0.75  # chance is 1/3
+    assert result.results.state == "finished"
+    assert result.results.test["accuracy"] > 0.75  # chance is 1/3
