@@ -15,7 +15,9 @@ import torch
 from hub_server import FakeHub
 
 import zoo
+from zoo import recipe as recipes
 from zoo import registry
+from zoo.artifacts import RunFolder, RunResults
 from zoo.builtins.mnist import write_image_folder
 from zoo.errors import ZooError
 from zoo.recipe import default_data_dir
@@ -163,3 +165,20 @@ def sabotaged_loss(name: str, sabotage: Callable[[int, torch.Tensor], torch.Tens
         yield
     finally:
         registry.unregister("loss", name)
+
+
+def write_finished_run(folder: Path) -> RunFolder:
+    """A run folder with the files a finished run of mnist.toml writes, without training."""
+    run = RunFolder(folder)
+    run.write_recipe(recipes.load(RECIPES / "mnist.toml", [f"output.dir={folder}"], check=False))
+    run.write_config(
+        {
+            "architecture": "mnist_cnn",
+            "num_classes": 2,
+            "label_names": ["0", "1"],
+            "pretrained_cfg": {"input_size": [1, 28, 28], "mean": [0.1307], "std": [0.3081]},
+            "zoo": {},
+        }
+    )
+    run.write_results(RunResults(state="finished", recipe_hash="abc", test={"accuracy": 0.5}))
+    return run

@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import pytest
+from conftest import write_finished_run
 
 from zoo import artifacts
+from zoo.artifacts import HubRecord, RunFolder, RunResults
 from zoo.errors import ZooError
 
 
@@ -30,3 +34,68 @@ def test_a_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pyt
         artifacts.write_json(target, {"version": 2})
     assert target.read_text() == '{\n  "version": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+def test_run_folder_reads_back_what_it_wrote(tmp_path: Path) -> None:
+    run = write_finished_run(tmp_path / "run")
+    again = RunFolder.existing(tmp_path / "run")
+    assert again.recipe.name == "mnist" and again.label_names == ["0", "1"]
+    assert again.results == RunResults(state="finished", recipe_hash="abc", test={"accuracy": 0.5})
+    assert again.state == "finished" and again.preprocessing.mean == (0.1307,)
+    assert again.hub_record is None and again.checkpoints == []
+    record = HubRecord(repo="org/name", revision="main", commit="0" * 40, url="https://hub/org/name")
+    run.write_hub_record(record)
+    assert again.hub_record == record
+    assert json.loads(run.file(RunFolder.RESULTS).read_text()) == {
+        "state": "finished",
+        "reason": "",
+        "recipe_hash": "abc",
+        "test": {"accuracy": 0.5},
+    }
+
+
+def test_results_are_strict_json() -> None:
+    with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
+        artifacts.write_json(Path("never-written.json"), {"loss": float("nan")})
+    assert not Path("never-written.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "read", "fragment"),
+    [
+        (RunFolder.RESULTS, '{"state": "flying"}', "results", "results.json is damaged: state"),
+        (RunFolder.RESULTS, '{"state": "finished", "test": NaN}', "results", "NaN is not JSON"),
+        (RunFolder.RESULTS, "[1, 2]", "results", "results.json is damaged"),
+        (RunFolder.CONFIG, '{"zoo": {}, "label_names": "ab"}', "label_names", "label_names must be a non-empty list"),
+        (RunFolder.CONFIG, '{"label_names": ["a"]}', "label_names", "was not written by zoo"),
+        (RunFolder.CONFIG, '{"zoo": {}, "label_names": ["a"], "pretrained_cfg": 3}', "preprocessing", "pretrained_cfg"),
+        (RunFolder.RECIPE, "name = [", "recipe", "recipe.toml is damaged"),
+        (RunFolder.RECIPE, 'name = "x"', "recipe", "missing required key 'model'"),
+        (RunFolder.HUB_RECORD, '{"repo": 1}', "hub_record", "hub.json is damaged"),
+    ],
+)
+def test_damaged_files_are_one_line_errors_naming_them(
+    tmp_path: Path, name: str, content: str, read: str, fragment: str
+) -> None:
+    run = write_finished_run(tmp_path / "run")
+    run.file(name).write_text(content)
+    with pytest.raises(ZooError, match=re.escape(fragment)) as caught:
+        getattr(RunFolder(run.path), read)
+    assert "\n" not in str(caught.value)
+
+
+def test_missing_truncated_and_misplaced_files(tmp_path: Path) -> None:
+    run = write_finished_run(tmp_path / "run")
+    run.file(RunFolder.RESULTS).write_text('{"state": "runn')  # cut short: zoo's own writes never leave this
+    with pytest.raises(ZooError, match="results.json is corrupted: Unterminated string"):
+        _ = run.state
+    run.file(RunFolder.RESULTS).unlink()
+    assert run.results is None and run.state == "unknown"
+    run.file(RunFolder.WEIGHTS).mkdir()
+    with pytest.raises(ZooError, match="is a folder, not a weights file"):
+        run.weights()
+    with pytest.raises(ZooError, match="run folder not found"):
+        RunFolder.existing(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ZooError, match="is not a zoo run folder"):
+        RunFolder.existing(tmp_path / "empty")

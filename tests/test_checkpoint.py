@@ -18,6 +18,8 @@ from zoo import artifacts, checkpoint
 from zoo.artifacts import RunFolder
 from zoo.cli import cli
 
+pytestmark = pytest.mark.slow
+
 # 3,000 images, 94 steps an epoch, two epochs: long enough to kill mid-epoch.
 KILLABLE = [
     "data.per_class=300",

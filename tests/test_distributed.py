@@ -18,6 +18,8 @@ from zoo.cli import cli
 from zoo.model import build_model
 from zoo.train import run, seed_everything
 
+pytestmark = pytest.mark.slow
+
 SUBSET = ["data.classes=[0,1,2]", "data.per_class=200", "data.val_split=0.05", "train.epochs=2"]
 FREEZING = ["model.freeze.freeze=['conv1.*']", "model.freeze.stages=[{epoch=2, unfreeze=['conv2.*'], lr_mult=0.5}]"]
 

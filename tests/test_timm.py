@@ -28,6 +28,8 @@ from zoo.model import build_model
 from zoo.recipe import DataConfig, ModelConfig
 from zoo.train import run
 
+pytestmark = pytest.mark.slow
+
 ARCH = "test_resnet"  # one of timm's own tiny test models: 0.37M parameters
 SMALL = [
     f"model.backbone=timm/{ARCH}",

@@ -150,7 +150,7 @@ class RunFolder:
 
     @property
     def results(self) -> RunResults | None:
-        """results.json, or None when the run has not written one (or a crash cut it short)."""
+        """results.json, or None when the run has not written one."""
         path = self.file(self.RESULTS)
         data = _read_json(path, required=False)
         if data is None:
@@ -233,7 +233,7 @@ class RunFolder:
 
 
 def _read_json(path: Path, required: bool) -> Any:
-    """The JSON in ``path``; None for a missing or half-written optional file, a ZooError otherwise."""
+    """The JSON in ``path``; None for a missing optional file, a one-line ZooError for a damaged one."""
     try:
         return json.loads(path.read_text(), parse_constant=_refuse_constant)
     except FileNotFoundError:
@@ -243,8 +243,6 @@ def _read_json(path: Path, required: bool) -> Any:
     except IsADirectoryError:
         raise ZooError(f"{path} is a folder, not a file") from None
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        if not required and isinstance(exc, json.JSONDecodeError) and exc.pos == len(exc.doc):
-            return None  # cut short by a crash before atomic writes: as if not written
         raise ZooError(f"{path} is corrupted: {str(exc).splitlines()[0]}") from None
 
 

@@ -1,0 +1,33 @@
+"""The model card: Hugging Face front matter that the Hub's own parser reads back, and what it says."""
+
+from __future__ import annotations
+
+from conftest import RECIPES
+from huggingface_hub import ModelCard
+
+from zoo import recipe as recipes
+from zoo.artifacts import RunResults
+from zoo.card import model_card
+
+TEST = {"accuracy": 0.91, "precision": 0.9, "recall": 0.89, "f1": 0.895, "loss": 0.3}
+
+
+def test_front_matter_and_metrics_parse_back() -> None:
+    recipe = recipes.load(RECIPES / "mnist_finetune.toml", check=False)
+    results = RunResults(state="finished", recipe_hash=recipe.hash, test=TEST)
+    card = ModelCard(model_card(recipe, results, ["loss.png"], base_model=None, timm_architecture=None))
+    assert card.data.library_name == "zoo" and card.data.license == recipe.license
+    reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
+    assert reported == {key: TEST[key] for key in ("accuracy", "precision", "recall", "f1")}
+    assert "![loss](loss.png)" in card.text and "## Results (finished run)" in card.text
+    assert "timm.create_model" not in card.text and "model.label_names" in card.text
+    assert recipe.to_toml() in card.text
+
+
+def test_timm_models_and_hub_sources_say_so() -> None:
+    recipe = recipes.load(RECIPES / "timm_finetune.toml", check=False)
+    results = RunResults(state="interrupted", recipe_hash=recipe.hash)
+    card = ModelCard(model_card(recipe, results, [], base_model="timm/resnet18.a1_in1k", timm_architecture="resnet18"))
+    assert card.data.library_name == "timm" and "timm/resnet18" in card.data.tags
+    assert card.data.base_model == "timm/resnet18.a1_in1k" and card.data.eval_results is None
+    assert "timm.create_model" in card.text and "starting from `timm/resnet18.a1_in1k`" in card.text

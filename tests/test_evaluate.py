@@ -1,0 +1,66 @@
+"""Evaluation: metrics from a model's predictions on a split, and a saved run evaluated again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import RECIPES
+from torch import nn
+
+from zoo import recipe as recipes
+from zoo.artifacts import RunFolder
+from zoo.cli import cli
+from zoo.evaluate import evaluate, evaluate_run
+from zoo.train import build_run, run
+
+
+class Constant(nn.Module):
+    """Predicts ``label`` for every input, with a fixed confidence."""
+
+    def __init__(self, label: int, classes: int) -> None:
+        super().__init__()
+        self.logits = torch.zeros(classes)
+        self.logits[label] = 5.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_metrics_follow_the_predictions(mnist_dir: Path) -> None:
+    recipe = recipes.load(RECIPES / "mnist.toml", ["data.classes=[3,8]", "data.eval_batch_size=100"])
+    setup = build_run(recipe, progress=False)
+    batches = setup.batches(setup.splits.test)
+    support = [int((setup.splits.test.labels == label).sum()) for label in (0, 1)]  # 1,010 threes, 974 eights
+    metrics = evaluate(Constant(1, 2), batches, nn.CrossEntropyLoss(), ["3", "8"], None)
+    assert metrics["confusion_matrix"] == [[0, support[0]], [0, support[1]]]
+    assert metrics["accuracy"] == pytest.approx(support[1] / sum(support))
+    assert metrics["recall"] == pytest.approx(0.5) and metrics["per_class"][1]["recall"] == 1.0
+    logits = Constant(1, 2)(torch.zeros(1))
+    wrong, right = (nn.functional.cross_entropy(logits, torch.tensor([label])).item() for label in (0, 1))
+    assert metrics["loss"] == pytest.approx((support[0] * wrong + support[1] * right) / sum(support))
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
+    folder = tmp_path_factory.mktemp("evaluate") / "run"
+    overrides = ["data.classes=[1,7]", "data.per_class=30", "train.epochs=1", f"output.dir={folder}"]
+    run(recipes.load(RECIPES / "mnist.toml", overrides), progress=False)
+    return folder
+
+
+def test_a_run_evaluated_again_on_each_split(small_run: Path) -> None:
+    assert evaluate_run(small_run) == RunFolder(small_run).results.test  # the same weights, split and batches
+    assert sum(row["support"] for row in evaluate_run(small_run, "train")["per_class"]) == 60
+    assert sum(row["support"] for row in evaluate_run(small_run, "test", ["data.eval_batch_size=7"])["per_class"]) == (
+        1135 + 1028
+    )
+
+
+def test_only_data_keys_may_change_and_the_classes_must_stay(small_run: Path) -> None:
+    with pytest.raises(Exception, match="only data.\\* keys can change"):
+        evaluate_run(small_run, "test", ["train.epochs=3"])
+    result = CliRunner().invoke(cli, ["eval", str(small_run), "--data.classes=[1,2]"])
+    assert result.exit_code == 2 and "but the run was trained on ['1', '7']" in result.stderr

@@ -1,0 +1,62 @@
+"""model.pretrained parsed once into a typed source, and written back unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zoo import recipe as recipes
+from zoo import sources
+from zoo.errors import ZooError
+from zoo.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, Scratch
+
+BASE = Path("/recipes/here")
+repo_part = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,12}", fullmatch=True)
+
+
+def test_each_spelling_parses_to_its_type() -> None:
+    assert sources.parse(False, BASE) == Scratch()
+    assert sources.parse(True, BASE) == PluginWeights()
+    assert sources.parse("runs/a", BASE) == LocalFolder(BASE / "runs/a")
+    assert sources.parse("/abs/run", BASE) == LocalFolder(Path("/abs/run"))
+    assert sources.parse("recipe:../pre.toml", BASE) == RecipeOutput(Path("/recipes/pre.toml"))
+    assert sources.parse("hf-hub:org/name", BASE) == HubRepo("org/name")
+    assert sources.parse("hf-hub:org/name@v1.0", BASE) == HubRepo("org/name", "v1.0")
+
+
+@pytest.mark.parametrize("text", ["", "  ", "hf-hub:", "hf-hub:noslash", "hf-hub:a/b@", "hf-hub:../x", "hf-hub:a/b/c"])
+def test_malformed_sources_are_refused(text: str) -> None:
+    with pytest.raises(ValueError):
+        sources.parse(text, BASE)
+
+
+@given(org=repo_part, name=repo_part, revision=st.one_of(st.none(), repo_part))
+def test_hub_sources_round_trip_through_text(org: str, name: str, revision: str | None) -> None:
+    source = HubRepo(f"{org}/{name}", revision)
+    assert sources.parse(sources.text(source), BASE) == source
+
+
+@given(st.text(max_size=40))
+def test_any_string_is_one_source_or_a_value_error(text: str) -> None:
+    try:
+        parsed = sources.parse(text, BASE)
+    except ValueError:
+        return
+    assert isinstance(parsed, LocalFolder | RecipeOutput | HubRepo)
+    assert sources.parse(sources.text(parsed), Path("/elsewhere")) == parsed  # written back absolute
+
+
+def test_recipes_anchor_sources_to_their_file_and_report_bad_ones(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    recipe = tmp_path / "sub" / "r.toml"
+    recipe.write_text(
+        'name = "r"\n[model]\nbackbone = "mnist_cnn"\npretrained = "recipe:base.toml"\n[data]\ndataset = "mnist"\n'
+    )
+    assert recipes.load(recipe, check=False).model.pretrained == RecipeOutput(tmp_path / "sub" / "base.toml")
+    overridden = recipes.load(recipe, ["model.pretrained=runs/x"], check=False)
+    assert overridden.model.pretrained == LocalFolder(Path.cwd() / "runs/x")  # overrides: relative to the cwd
+    with pytest.raises(ZooError, match=r"override model.pretrained: .*'a/b/c' is not a Hub repo"):
+        recipes.load(recipe, ["model.pretrained='hf-hub:a/b/c'"], check=False)

@@ -1,0 +1,66 @@
+"""Trainer.fit: the epoch loop, its history and logs, checkpoints, and Ctrl-C, on a few MNIST images."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import RECIPES, sabotaged_loss
+
+from zoo import recipe as recipes
+from zoo.artifacts import RunFolder
+from zoo.train import build_run
+from zoo.trainer import Trainer
+
+TINY = ["data.classes=[0,1]", "data.per_class=24", "data.val_split=0.2", "data.batch_size=8", "train.precision=fp32"]
+
+
+def trainer_for(tmp_path: Path, *overrides: str) -> Trainer:
+    recipe = recipes.load(RECIPES / "mnist.toml", [*TINY, *overrides])
+    return Trainer(build_run(recipe, progress=False), RunFolder(tmp_path / "run"))
+
+
+def test_fit_trains_every_epoch_validates_logs_and_checkpoints(mnist_dir: Path, tmp_path: Path) -> None:
+    trainer = trainer_for(tmp_path, "train.epochs=2")
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    assert trainer.fit(progress=False) == ("finished", "")
+    assert [record["epoch"] for record in trainer.history] == [1, 2]
+    assert trainer.step == trainer.total_steps == 2 * trainer.steps_per_epoch == 2 * 6  # 48 images, batch 8
+    assert all({"train_loss", "val_loss", "val_accuracy", "val_f1"} <= set(record) for record in trainer.history)
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == trainer.history
+    assert [p.name for p in trainer.folder.checkpoints] == ["step-00000006", "step-00000012"]
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+    assert len(trainer.learning_rates()) == trainer.total_steps
+
+
+def test_gradient_accumulation_and_max_steps_count_optimiser_steps(mnist_dir: Path, tmp_path: Path) -> None:
+    trainer = trainer_for(tmp_path, "train.epochs=3", "train.grad_accum=4", "train.max_steps=3")
+    assert trainer.steps_per_epoch == 2  # 6 batches, 4 to a step, the last step takes the 2 left
+    assert trainer.fit(progress=False) == ("finished", "")
+    assert trainer.step == 3 and [record["epoch"] for record in trainer.history] == [1, 2]
+
+
+def test_ctrl_c_stops_fit_as_interrupted_with_what_was_done(mnist_dir: Path, tmp_path: Path) -> None:
+    def interrupt(call: int, loss: torch.Tensor) -> torch.Tensor:
+        if call == 9:  # in the second epoch
+            raise KeyboardInterrupt
+        return loss
+
+    with sabotaged_loss("interrupt_at_9", interrupt):
+        trainer = trainer_for(tmp_path, "train.epochs=3", "loss.name=interrupt_at_9")
+        state, reason = trainer.fit(progress=False)
+    assert state == "interrupted" and reason == "stopped by Ctrl-C in epoch 2, after step 8"
+    assert [record["epoch"] for record in trainer.history] == [1]
+
+
+def test_a_failure_inside_fit_propagates(mnist_dir: Path, tmp_path: Path) -> None:
+    def explode(call: int, loss: torch.Tensor) -> torch.Tensor:
+        if call == 2:
+            raise RuntimeError("a bug in a plugin")
+        return loss
+
+    with sabotaged_loss("explodes_at_2", explode), pytest.raises(RuntimeError, match="a bug in a plugin"):
+        trainer_for(tmp_path, "loss.name=explodes_at_2").fit(progress=False)
