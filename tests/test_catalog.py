@@ -21,17 +21,18 @@ def test_registry_check_and_recipe_only_names(tmp_path: Path, monkeypatch: pytes
         "label_names": list("01234"),
         "sources": {"recipe": str(RECIPES / "mnist_pretrain.toml")},
     }
-    registry.write_text(json.dumps({"schema": 1, "weights": {"digits": entry}}))
+    registry.write_text(json.dumps({"schema": 2, "weights": {"digits": entry}}))
     assert "1 named weights, valid" in zoo_command("registry", "check").stdout
     assert_user_error(zoo_command("pull", "digits"), "no Hub source", "recipe:")
     assert_user_error(zoo_command("pull", "digitz"), "no weights named 'digitz'", "'digits'")
-    moving = {**entry, "sources": {"hub": {"repo": "a/b", "revision": "main", "sha256": "0" * 64, "size": 1}}}
-    registry.write_text(json.dumps({"schema": 1, "weights": {"digits": moving}}))
+    pins = {name: {"sha256": "0" * 64, "size": 1} for name in ("model.safetensors", "config.json")}
+    moving = {**entry, "sources": {"hub": {"repo": "a/b", "revision": "main", "files": pins}}}
+    registry.write_text(json.dumps({"schema": 2, "weights": {"digits": moving}}))
     assert_user_error(zoo_command("registry", "check"), "weights.digits.sources.hub.revision")
-    registry.write_text(json.dumps({"schema": 1, "weights": {"digits": {**entry, "num_classes": 4}}}))
+    registry.write_text(json.dumps({"schema": 2, "weights": {"digits": {**entry, "num_classes": 4}}}))
     assert_user_error(zoo_command("registry", "check"), "label_names has 5 names for num_classes = 4")
     registry.write_text(
-        json.dumps({"schema": 1, "weights": {"digits": {**entry, "sources": {"recipe": "missing.toml"}}}})
+        json.dumps({"schema": 2, "weights": {"digits": {**entry, "sources": {"recipe": "missing.toml"}}}})
     )
     assert_user_error(zoo_command("registry", "check"), "missing.toml not found")
 
@@ -44,7 +45,7 @@ def test_the_shipped_registry_is_valid() -> None:
 def test_add_records_a_run_by_its_recipe_and_keeps_other_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOO_REGISTRY", str(tmp_path / "team" / "registry.json"))
     (tmp_path / "team").mkdir()
-    (tmp_path / "team" / "registry.json").write_text('{"schema": 1, "weights": {}}')
+    (tmp_path / "team" / "registry.json").write_text('{"schema": 2, "weights": {}}')
     run = write_finished_run(tmp_path / "run")
     with pytest.raises(ZooError, match="was never pushed .*zoo push"):
         catalog.add(run.path, "digits")
@@ -53,7 +54,7 @@ def test_add_records_a_run_by_its_recipe_and_keeps_other_names(tmp_path: Path, m
     assert first.sources.hub is None and first.label_names == ["0", "1"] and first.metrics == {"accuracy": 0.5}
     assert (tmp_path / "team" / first.sources.recipe).resolve() == (RECIPES / "mnist.toml").resolve()  # relative
     stored = json.loads((tmp_path / "team" / "registry.json").read_text())
-    assert sorted(stored["weights"]) == ["digits", "digits-again"] and stored["schema"] == 1
+    assert sorted(stored["weights"]) == ["digits", "digits-again"] and stored["schema"] == 2
     assert catalog.check().weights["digits"] == first
     with pytest.raises(ZooError, match="no weights named 'digts' .*did you mean 'digits'"):
         catalog.entry("digts")

@@ -15,6 +15,7 @@ from huggingface_hub import ModelCard
 
 import zoo
 from zoo import recipe as recipes
+from zoo.artifacts import RunFolder
 from zoo.train import run
 
 pytestmark = pytest.mark.slow
@@ -76,7 +77,11 @@ def test_push_then_pull_gives_the_same_files_and_logits(hub, versions: list[Path
     folder = Path(zoo_ok("pull", "zoo-test/digits", env=env).strip())
     assert folder.is_relative_to(tmp_path / "hf-cache")
     for name in [*SHARED, "loss.png", "confusion_matrix.png"]:
-        assert (folder / name).read_bytes() == (source / name).read_bytes(), name
+        if name == "recipe.toml":  # pushed without this machine's paths (output.dir, data.root)
+            assert (folder / name).read_text() == RunFolder(source).recipe.shareable().to_toml()
+        else:
+            assert (folder / name).read_bytes() == (source / name).read_bytes(), name
+        assert str(tmp_path).encode() not in (folder / name).read_bytes(), f"{name} holds a local path"
     pulled = zoo.load(folder)
     labels = pulled.label_names
     original = zoo.load(source)
@@ -103,28 +108,37 @@ def test_each_revision_pulls_its_own_version(hub, versions: list[Path], tmp_path
 def test_registry_pins_the_commit_and_refuses_a_tampered_file(hub, versions: list[Path], tmp_path: Path) -> None:
     server, env = hub
     env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
-    (tmp_path / "registry.json").write_text('{"schema": 1, "weights": {}}')
+    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
     commit = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env))
     assert commit in zoo_ok("registry", "add", str(versions[0]), "--name", "digits-012", env=env)
     zoo_ok("push", str(versions[1]), "--repo", "zoo-test/digits", env=env)  # main moves on; the name does not
 
     entry = json.loads((tmp_path / "registry.json").read_text())["weights"]["digits-012"]
     weights = versions[0] / "model.safetensors"
-    assert entry["sources"]["hub"] == {
-        "repo": "zoo-test/digits", "revision": commit,
-        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), "size": weights.stat().st_size,
-    }  # fmt: skip
+    hub_source = entry["sources"]["hub"]
+    assert (hub_source["repo"], hub_source["revision"]) == ("zoo-test/digits", commit)
+    pinned = hub_source["files"]
+    assert set(pinned) >= {"model.safetensors", "config.json", "recipe.toml", "README.md", "results.json"}
+    assert pinned["model.safetensors"] == {
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "size": weights.stat().st_size,
+    }
     assert entry["label_names"] == ["0", "1", "2"] and entry["metrics"]["accuracy"] > 0.9
     assert "digits-012" in zoo_ok("registry", "list", env=env)
     assert "1 named weights, valid" in zoo_ok("registry", "check", env=env)
 
     folder = Path(zoo_ok("pull", "digits-012", env=env).strip())
     assert (folder / "model.safetensors").read_bytes() == weights.read_bytes()  # the pinned commit, not main
-    blob = (folder / "model.safetensors").resolve()
-    blob.chmod(0o644)
-    blob.write_bytes(blob.read_bytes()[:-1] + b"!")  # tampered in the cache
-    refused = zoo_command("pull", "digits-012", env={**env, "HF_HUB_OFFLINE": "1"})
-    assert_user_error(refused, "refusing to load it", entry["sources"]["hub"]["sha256"])
+    for name, pin in pinned.items():  # every pulled file is the pinned one
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == pin["sha256"], name
+    for tampered in ("config.json", "model.safetensors"):  # config.json decides the plugin and labels
+        blob = (folder / tampered).resolve()
+        original = blob.read_bytes()
+        blob.chmod(0o644)
+        blob.write_bytes(original[:-1] + b"!")  # tampered in the cache
+        refused = zoo_command("pull", "digits-012", env={**env, "HF_HUB_OFFLINE": "1"})
+        assert_user_error(refused, "refusing to load it", tampered, pinned[tampered]["sha256"])
+        blob.write_bytes(original)
     no_file_holds_the_token(tmp_path)
 
 

@@ -11,6 +11,7 @@ and renamed, so a crash never leaves half a file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -50,8 +51,17 @@ class RunResults(BaseModel):
     test: dict[str, Any] | None = None  # evaluate()'s metrics: accuracy, precision, recall, f1, per_class, ...
 
 
+class FilePin(BaseModel):
+    """A file's sha256 and size: what `zoo push` uploaded, what registry.json pins and a pull checks."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0)
+
+
 class HubRecord(BaseModel):
-    """hub.json: where `zoo push` put the run."""
+    """hub.json: where `zoo push` put the run, and the hash of every file it uploaded."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -59,6 +69,7 @@ class HubRecord(BaseModel):
     revision: str
     commit: str
     url: str
+    files: dict[str, FilePin] = {}
 
 
 class RunFolder:
@@ -274,6 +285,14 @@ def atomic_write(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):  # a full disk, a read-only or vanished folder: the user's to fix
             raise ZooError(f"cannot write {path}: {exc.strerror}; {path.name} was left as it was") from exc
         raise
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: Path, data: Any) -> None:

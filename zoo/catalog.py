@@ -1,24 +1,28 @@
-"""registry.json: the catalogue of named weights, each pinned to a Hub commit and a sha256.
+"""registry.json: the catalogue of named weights, each pinned to a Hub commit and the sha256 of every file.
 
-A name resolves to an exact commit (never a moving branch) and the hash and size of its
-``model.safetensors``, and/or to the recipe that produces the weights. zoo reads
-``$ZOO_REGISTRY``, else ``registry.json`` in the current folder (the project's top level).
+A name resolves to an exact commit (never a moving branch) and the hash and size of each file
+a pull fetches (weights, config.json, recipe, card, results, plots), and/or to the recipe that
+produces the weights. zoo reads ``$ZOO_REGISTRY``, else ``registry.json`` in the current folder.
+Changes are read-modify-write under a lock, so concurrent ``zoo registry add`` lose nothing.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
+import re
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from . import artifacts
-from .artifacts import RunFolder
+from . import artifacts, locking
+from .artifacts import FilePin, HubRecord, RunFolder
 from .errors import ZooError, did_you_mean
+from .sources import HUB_REPO
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every pulled file pinned (1 pinned model.safetensors only)
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a name, not a path: no '/', no '..', no spaces
 
 
 class _Strict(BaseModel):
@@ -26,10 +30,21 @@ class _Strict(BaseModel):
 
 
 class HubSource(_Strict):
-    repo: str = Field(pattern=r"^[\w.-]+/[\w.-]+$", description="ORG/NAME on the Hub")
+    repo: str = Field(pattern=f"^{HUB_REPO.pattern}$", description="ORG/NAME on the Hub")
     revision: str = Field(pattern=r"^[0-9a-f]{40}$", description="the full commit hash the name is pinned to")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of model.safetensors at that commit")
-    size: int = Field(ge=1, description="bytes of model.safetensors")
+    files: dict[str, FilePin] = Field(description="every file a pull fetches, with its sha256 and size")
+
+    @model_validator(mode="after")
+    def _pins_the_run_files(self) -> HubSource:
+        if ".." in self.repo:
+            raise ValueError(f"repo {self.repo!r} is not a Hub repo id")
+        unknown = sorted(set(self.files) - set(RunFolder.SHARED))
+        if unknown:
+            raise ValueError(f"files: {unknown[0]!r} is not a run-folder file zoo pulls")
+        missing = [name for name in (RunFolder.WEIGHTS, RunFolder.CONFIG) if name not in self.files]
+        if missing:
+            raise ValueError(f"files must pin {missing[0]}")
+        return self
 
 
 class Sources(_Strict):
@@ -61,7 +76,7 @@ class Entry(_Strict):
 
 class Catalog(_Strict):
     schema_version: int = Field(alias="schema")
-    weights: dict[str, Entry] = {}
+    weights: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Entry] = {}
 
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
@@ -117,19 +132,19 @@ def entry(name: str, file: Path | None = None) -> Entry:
 def add(run: Path, name: str, recipe: Path | None = None, file: Path | None = None) -> Entry:
     """Record the run folder's weights under ``name``: its last push (``zoo push``) and/or ``recipe``."""
     file = file or path()
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ZooError(
+            f"--name {name!r}: a name is letters, digits, '.', '_' and '-' (not a path), like mnist_cnn.digits"
+        )
+    if recipe is not None and not recipe.is_file():
+        raise ZooError(f"--recipe {recipe}: no such recipe file")
     folder = RunFolder.existing(run)
     pushed = folder.hub_record
     if pushed is None and recipe is None:
         raise ZooError(
             f"{run} was never pushed (no {RunFolder.HUB_RECORD}): `zoo push {run} --repo ORG/NAME` first, or give --recipe"
         )
-    hub = None
-    if pushed is not None:
-        weights = folder.file(RunFolder.WEIGHTS)
-        hub = HubSource(
-            repo=pushed.repo, revision=pushed.commit, sha256=sha256_of(weights), size=weights.stat().st_size
-        )
-    recipe_source = os.path.relpath(recipe.resolve(), file.resolve().parent) if recipe else None
+    hub = _hub_source(folder, pushed) if pushed is not None else None
     results = folder.results
     test = (results.test if results else None) or {}
     stored = folder.recipe
@@ -137,20 +152,28 @@ def add(run: Path, name: str, recipe: Path | None = None, file: Path | None = No
         backbone=stored.model.backbone,
         num_classes=len(folder.label_names),
         label_names=folder.label_names,
-        sources=Sources(hub=hub, recipe=recipe_source),
+        sources=Sources(hub=hub, recipe=os.path.relpath(recipe.resolve(), file.resolve().parent) if recipe else None),
         metrics={key: float(test[key]) for key in ("accuracy", "precision", "recall", "f1") if key in test},
         license=stored.license,
         description=stored.description,
     )
-    catalog = load(file)
-    catalog.weights[name] = new
-    artifacts.write_json(file, catalog.model_dump(by_alias=True, exclude_none=True))
+    target = file.resolve()  # a symlinked registry.json is written through, not replaced
+    with locking.locked(target):
+        catalog = load(file)
+        catalog.weights[name] = new
+        artifacts.write_json(target, catalog.model_dump(by_alias=True, exclude_none=True))
     return new
 
 
-def sha256_of(file: Path) -> str:
-    digest = hashlib.sha256()
-    with file.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def _hub_source(folder: RunFolder, pushed: HubRecord) -> HubSource:
+    """The pin for what `zoo push` uploaded, once the run folder is checked to still hold those files."""
+    if not pushed.files:
+        raise ZooError(f"{folder} was pushed by an older zoo that recorded no file hashes: push it again")
+    for name, pin in pushed.files.items():
+        local = folder.file(name)
+        if name != RunFolder.RECIPE and (not local.is_file() or artifacts.sha256_of(local) != pin.sha256):
+            raise ZooError(
+                f"{local} is not what commit {pushed.commit[:12]} of {pushed.repo} holds (the run changed after "
+                f"`zoo push`): push it again, then add it"
+            )
+    return HubSource(repo=pushed.repo, revision=pushed.commit, files=pushed.files)

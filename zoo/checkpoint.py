@@ -51,10 +51,38 @@ def all_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.glob("step-*") if (p / STATE).is_file()) if root.is_dir() else []
 
 
-def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+# What state.json must hold, and of which type, for a resume to use it.
+STATE_TYPES: dict[str, type] = {
+    "step": int,
+    "epoch": int,
+    "position": int,
+    "seen": int,
+    "world_size": int,
+    "applied_stages": list,
+    "history": list,
+    "optimizer": dict,
+    "rng": dict,
+}
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The checkpoint's state.json, checked; a one-line ZooError when it is damaged."""
     try:
-        return load_safetensors((path / TENSORS).read_bytes()), json.loads((path / STATE).read_text())
-    except (OSError, SafetensorError, json.JSONDecodeError) as exc:
+        state = json.loads((path / STATE).read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        raise ZooError(f"checkpoint {path} is unreadable ({exc}); remove it to resume from the one before") from None
+    for key, expected in STATE_TYPES.items():
+        value = state.get(key) if isinstance(state, dict) else None
+        if not isinstance(value, expected) or isinstance(value, bool) or (expected is int and value < 0):
+            raise ZooError(f"checkpoint {path} is damaged ({STATE}: {key}); remove it to resume from the one before")
+    return state
+
+
+def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    state = read_state(path)
+    try:
+        return load_safetensors((path / TENSORS).read_bytes()), state
+    except (OSError, SafetensorError) as exc:
         raise ZooError(f"checkpoint {path} is unreadable ({exc}); remove it to resume from the one before") from None
 
 

@@ -464,10 +464,13 @@ def registry_list(as_json: bool) -> None:
 def registry_add(run_folder: Path, name: str, recipe_path: Path | None) -> None:
     """Record RUN's weights: the commit of its last `zoo push`, the sha256 and size of its weights."""
     from . import catalog
+    from .artifacts import RunFolder
 
     entry = catalog.add(run_folder, name, recipe_path)
     hub = entry.sources.hub
-    pinned = f"{hub.repo}@{hub.revision}, sha256 {hub.sha256}" if hub else f"recipe:{entry.sources.recipe}"
+    weights = hub.files[RunFolder.WEIGHTS].sha256 if hub else ""
+    pinned = f"{hub.repo}@{hub.revision}, {len(hub.files)} files, weights sha256 {weights}" if hub else ""
+    pinned = pinned or f"recipe:{entry.sources.recipe}"
     click.echo(f"{catalog.path()}: {name} -> {pinned}")
 
 

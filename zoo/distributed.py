@@ -65,6 +65,15 @@ def _all_reduce(tensor: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
     return reduced.to(tensor.device)
 
 
+def from_main(value: object) -> object:
+    """Rank 0's ``value`` on every rank: a decision that rank 0 alone makes (it alone reads the run folders)."""
+    if world_size() == 1:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
 def barrier() -> None:
     if world_size() > 1:
         dist.barrier()

@@ -8,7 +8,11 @@ safetensors weights are ever loaded from them.
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,16 +22,17 @@ import httpx2  # huggingface_hub 2.x's HTTP client: its transport errors mean "n
 from huggingface_hub import HfApi, constants, snapshot_download
 from huggingface_hub.errors import (
     HfHubHTTPError,
+    HFValidationError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
 )
 
-from . import catalog
-from .artifacts import HubRecord, RunFolder
+from . import artifacts, catalog
+from .artifacts import FilePin, HubRecord, RunFolder
 from .errors import ZooError
-from .sources import HubRepo
+from .sources import HUB_REPO, HubRepo
 
 
 @dataclass
@@ -39,34 +44,78 @@ class Pushed:
 def push(
     folder: Path, repo: str, private: bool = False, revision: str | None = None, message: str | None = None
 ) -> Pushed:
-    """Upload a finished run folder to ``repo`` (created if needed), on ``revision`` (default main)."""
+    """Upload a finished run folder to ``repo`` (created if needed), on ``revision`` (default main).
+
+    What goes up is a staged copy: the run folder's own regular files only (never a symbolic link
+    or anything outside it), and a recipe.toml without this machine's paths. Their hashes go into
+    hub.json, which `zoo registry add` pins.
+    """
+    _check_repo_id(repo)
     run = RunFolder.existing(folder)
     if not run.file(RunFolder.WEIGHTS).is_file() or run.state != "finished":
         raise ZooError(
             f"{folder} is not a finished zoo run (see its {RunFolder.RESULTS}): only finished runs are pushed"
         )
     api = HfApi()
-    with _hub_errors(repo):
-        url = api.create_repo(repo, private=private, exist_ok=True)
-        if revision:
-            api.create_branch(repo, branch=revision, exist_ok=True)
-        info = api.upload_folder(
-            repo_id=repo,
-            folder_path=folder,
-            allow_patterns=list(RunFolder.SHARED),
-            revision=revision,
-            commit_message=message or f"zoo push {folder.name}",
-        )
-    run.write_hub_record(
-        HubRecord(repo=repo, revision=revision or constants.DEFAULT_REVISION, commit=info.oid, url=str(url))
-    )
+    with tempfile.TemporaryDirectory(prefix="zoo-push-") as staging:
+        files = _stage(run, Path(staging))
+        with _hub_errors(repo):
+            url = api.create_repo(repo, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo, branch=revision, exist_ok=True)
+            info = api.upload_folder(
+                repo_id=repo,
+                folder_path=staging,
+                revision=revision,
+                commit_message=message or f"zoo push {run.path.name}",
+            )
+    branch = revision or constants.DEFAULT_REVISION
+    try:
+        run.write_hub_record(HubRecord(repo=repo, revision=branch, commit=info.oid, url=str(url), files=files))
+    except ZooError as exc:  # the commit exists on the Hub all the same: say which
+        raise ZooError(f"pushed to {url} as commit {info.oid}, but {exc}") from None
     return Pushed(str(url), info.oid)
 
 
+def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
+    """Copy the run folder's shared files into ``staging``; their pins. Symbolic links and non-files are refused."""
+    files = {}
+    for name in RunFolder.SHARED:
+        if name == RunFolder.RECIPE:
+            data = run.recipe.shareable().to_toml().encode()
+        else:
+            data = _read_own_file(run, name)
+            if data is None:
+                continue  # plots are optional
+        (staging / name).write_bytes(data)
+        files[name] = FilePin(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    return files
+
+
+def _read_own_file(run: RunFolder, name: str) -> bytes | None:
+    """The bytes of ``run/name`` if it is a regular file of the run folder's own; None if it does not exist."""
+    path = run.file(name)
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ZooError(f"{path} is a symbolic link: zoo pushes only the run folder's own files") from None
+        raise ZooError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as file:
+        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
+            raise ZooError(f"{path} is not a regular file: zoo pushes only the run folder's own files")
+        return file.read()
+
+
 def pull(source: HubRepo | str) -> Path:
-    """The local folder of a Hub repo (at its revision), or of a registry.json name at its pinned commit."""
-    expected: catalog.HubSource | None = None
+    """The local folder of a Hub repo (at its revision), or of a registry.json name at its pinned commit.
+
+    A registry name fetches exactly its pinned files and checks the sha256 of every one.
+    """
     label = source if isinstance(source, str) else source.spec
+    pins: dict[str, FilePin] | None = None
     if isinstance(source, str):
         entry = catalog.entry(source)
         if entry.sources.hub is None:
@@ -74,21 +123,31 @@ def pull(source: HubRepo | str) -> Path:
                 f"'{source}' has no Hub source, only a recipe: set model.pretrained = 'recipe:{entry.sources.recipe}' "
                 "and zoo builds it (relative to registry.json)"
             )
-        expected = entry.sources.hub
-        source = HubRepo(expected.repo, expected.revision)
+        pins = entry.sources.hub.files
+        source = HubRepo(entry.sources.hub.repo, entry.sources.hub.revision)
+    wanted = sorted(pins) if pins else list(RunFolder.SHARED)
     with _hub_errors(source.spec):
-        folder = Path(snapshot_download(source.repo, revision=source.revision, allow_patterns=list(RunFolder.SHARED)))
-    weights = folder / RunFolder.WEIGHTS
-    if not weights.is_file():
-        raise ZooError(f"{source.spec} has no {RunFolder.WEIGHTS}: it is not a zoo or timm model repo")
-    if expected is not None:
-        found = catalog.sha256_of(weights)
-        if found != expected.sha256:
+        _check_repo_id(source.repo)
+        folder = Path(snapshot_download(source.repo, revision=source.revision, allow_patterns=wanted))
+    if not (folder / RunFolder.WEIGHTS).is_file():
+        raise ZooError(
+            f"{source.spec} has no {RunFolder.WEIGHTS}: it is not a zoo or timm model repo with safetensors weights "
+            "(zoo never loads pickled weights)"
+        )
+    for name, pin in (pins or {}).items():
+        path = folder / name
+        found = artifacts.sha256_of(path) if path.is_file() else "(missing)"
+        if found != pin.sha256:
             raise ZooError(
-                f"{label}: {weights} has sha256 {found}, but registry.json pins {expected.sha256}; refusing to "
-                f"load it (delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
+                f"{label}: {path} has sha256 {found}, but registry.json pins {pin.sha256}; refusing to load it "
+                f"(delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
             )
     return folder
+
+
+def _check_repo_id(repo: str) -> None:
+    if not HUB_REPO.fullmatch(repo) or ".." in repo:
+        raise ZooError(f"'{repo}' is not a Hub repo id: write ORG/NAME (letters, digits, '-', '_', '.')")
 
 
 @contextmanager
@@ -109,5 +168,12 @@ def _hub_errors(what: str) -> Iterator[None]:
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else "?"
         raise ZooError(f"{what}: the Hub answered {status}: {str(exc).splitlines()[0]}") from None
+    except HFValidationError as exc:
+        raise ZooError(f"{what}: {str(exc).splitlines()[0]}") from None
+    except PermissionError as exc:
+        raise ZooError(
+            f"{what}: cannot write the Hugging Face cache ({exc.filename or constants.HF_HUB_CACHE}): {exc.strerror}; "
+            "set HF_HUB_CACHE to a writable folder"
+        ) from None
     except httpx2.TransportError as exc:
         raise ZooError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__})") from None

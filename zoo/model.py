@@ -68,6 +68,12 @@ def build_model(config: ModelConfig, label_names: list[str]) -> tuple[nn.Module,
         raise ZooError(f"model.pretrained: folder not found: {source.path}")
     if isinstance(source, RecipeOutput):
         raise TypeError(f"{source} must be trained into a run folder before the model is built")
+    if isinstance(source, HubRepo):  # zoo pulls exactly the run-folder files, safetensors only, for every kind
+        from .hub import pull
+
+        source = LocalFolder(pull(source))
+    if isinstance(source, LocalFolder):
+        _refuse_pickles(source.path)
     factory = registry.check("model", config.backbone, config.args)
     if registry.takes(factory, "num_classes"):
         return _build_own_head(config, label_names, source)
@@ -77,10 +83,6 @@ def build_model(config: ModelConfig, label_names: list[str]) -> tuple[nn.Module,
 def _build_classifier(
     config: ModelConfig, factory: object, label_names: list[str], source: WeightSource
 ) -> tuple[Classifier, str | None]:
-    if isinstance(source, HubRepo):  # timm fetches Hub weights itself; zoo's own backbones pull the run folder
-        from .hub import pull
-
-        source = LocalFolder(pull(source))
     supplied = {"pretrained": isinstance(source, PluginWeights)} if registry.takes(factory, "pretrained") else {}
     backbone = registry.instantiate("model", config.backbone, config.args, **supplied)
     if not isinstance(getattr(backbone, "num_features", None), int):
@@ -101,13 +103,7 @@ def _build_own_head(config: ModelConfig, label_names: list[str], source: WeightS
             f"model.head.type = '{config.head.type}': {config.backbone} keeps its own linear classifier; "
             "set its options through model.args"
         )
-    match source:
-        case LocalFolder(path):
-            pretrained: bool | str = f"local-dir:{path}"
-        case HubRepo():
-            pretrained = f"hf-hub:{source.spec}"
-        case _:
-            pretrained = isinstance(source, PluginWeights)
+    pretrained = f"local-dir:{source.path}" if isinstance(source, LocalFolder) else isinstance(source, PluginWeights)
     supplied: dict[str, Any] = {"num_classes": len(label_names), "pretrained": pretrained}
     if config.head.dropout:
         supplied["drop_rate"] = config.head.dropout
@@ -117,6 +113,23 @@ def _build_own_head(config: ModelConfig, label_names: list[str], source: WeightS
     described = sources.text(source) if pretrained is not True else None
     origin = described or f"{config.backbone}'s weights ({model.pretrained_cfg.get('hf_hub_id')})"
     return model, adopt_head(model, label_names, origin)
+
+
+PICKLES = ("pytorch_model.bin", "model.pth", "model.pt", "model.ckpt")
+
+
+def _refuse_pickles(folder: Path) -> None:
+    """zoo never unpickles: a folder whose weights are not model.safetensors is refused, saying how to convert."""
+    if (folder / RunFolder.WEIGHTS).is_file():
+        return
+    pickle = next((folder / name for name in PICKLES if (folder / name).exists()), None)
+    if pickle is not None:
+        raise ZooError(
+            f"model.pretrained: {pickle} is a pickle, and zoo loads safetensors only; if you trust it, convert it: "
+            f"python -c \"import torch, safetensors.torch as s; s.save_file(torch.load('{pickle}', weights_only=True), "
+            f"'{folder / RunFolder.WEIGHTS}')\""
+        )
+    raise ZooError(f"model.pretrained: {folder} has no {RunFolder.WEIGHTS}")
 
 
 def adopt_head(model: nn.Module, label_names: list[str], source: object) -> str:
@@ -210,6 +223,11 @@ def load_run(run: RunFolder) -> nn.Module:
     state = run.weights()
     hint = f"the weights do not fit the model that {RunFolder.CONFIG} and {RunFolder.RECIPE} describe"
     _check_same_tensors(model.state_dict(), state, "run folder", "tensor", run.file(RunFolder.WEIGHTS), hint)
+    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        raise ZooError(
+            f"{run.file(RunFolder.WEIGHTS)} holds NaN or infinite values (tensor '{bad[0]}'): it cannot predict"
+        )
     model.load_state_dict(state)
     model.label_names = label_names
     if isinstance(getattr(model, "pretrained_cfg", None), dict):

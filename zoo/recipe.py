@@ -46,22 +46,31 @@ Pretrained = Annotated[
 
 
 class _Section(BaseModel):
-    # strict: a string where a number belongs is a mistake, not something to coerce.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # strict: a string where a number belongs is a mistake, not something to coerce; and TOML's
+    # inf and nan are never a setting (an infinite learning rate trains NaN weights to the end).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# Upper bounds on sizes: beyond them a value is a typo, not a run (they also keep products finite).
+MAX_SIZE = 1 << 20
+Size = Annotated[int, Field(ge=1, le=MAX_SIZE)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# A run's name becomes a folder name: letters, digits, '.', '_' and '-', not starting with '.' or '-'.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
 
 
 class HeadConfig(_Section):
     type: Literal["linear", "mlp"] = Field("linear", description="linear, or mlp with hidden layers")
-    num_classes: int | None = Field(None, ge=1, description="outputs; default: the number of selected classes")
+    num_classes: Size | None = Field(None, description="outputs; default: the number of selected classes")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before each linear layer of the head")
-    hidden: list[int] = Field([256], description="hidden widths of an mlp head")
+    hidden: list[Size] = Field([256], description="hidden widths of an mlp head")
     activation: Literal["relu", "gelu", "tanh", "sigmoid"] = Field("relu", description="activation of an mlp head")
 
 
 class FreezeStage(_Section):
-    epoch: int = Field(ge=1, description="first epoch (counting from 1) in which these parameters train")
+    epoch: int = Field(ge=1, le=MAX_SIZE, description="first epoch (counting from 1) in which these parameters train")
     unfreeze: list[str] = Field(description="glob patterns over parameter names, or 'backbone'")
-    lr_mult: float = Field(1.0, gt=0.0, description="their learning rate as a multiple of optim.lr")
+    lr_mult: float = Field(1.0, gt=0.0, le=100.0, description="their learning rate as a multiple of optim.lr")
 
 
 class FreezeConfig(_Section):
@@ -101,20 +110,20 @@ class DataConfig(_Section):
     classes: list[int | str] | None = Field(
         None, description="subset of the dataset's classes (indices or names), relabelled 0..n-1 in this order"
     )
-    per_class: int | None = Field(None, ge=1, description="labelled training examples per class")
+    per_class: Size | None = Field(None, description="labelled training examples per class")
     val_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training split held out for validation")
-    batch_size: int = Field(64, ge=1, description="training batch size")
-    eval_batch_size: int = Field(512, ge=1, description="batch size for evaluation")
-    num_workers: int = Field(2, ge=0, description="DataLoader workers for datasets not held in memory")
+    batch_size: Size = Field(64, description="training batch size")
+    eval_batch_size: Size = Field(512, description="batch size for evaluation")
+    num_workers: int = Field(2, ge=0, le=256, description="DataLoader workers for datasets not held in memory")
     # Image datasets (image_folder) are read through timm's transforms, configured from the
     # model's pretrained config (timm.data.resolve_data_config); these keys override it.
-    image_size: int | list[int] | None = Field(
+    image_size: Annotated[int, Field(ge=1, le=8192)] | list[Annotated[int, Field(ge=1, le=8192)]] | None = Field(
         None, description="image datasets: input size, N or [H, W]; default: the model's"
     )
     mean: list[float] | None = Field(
         None, description="image datasets: normalisation mean per channel; default: the model's"
     )
-    std: list[float] | None = Field(
+    std: list[Annotated[float, Field(gt=0.0)]] | None = Field(
         None, description="image datasets: normalisation std per channel; default: the model's"
     )
     interpolation: Literal["bilinear", "bicubic", "nearest"] | None = Field(
@@ -128,10 +137,12 @@ class DataConfig(_Section):
         True, description="image datasets: train-time augmentation (random resized crop, flip, jitter)"
     )
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="image datasets: horizontal flip probability when augmenting")
-    scale: list[float] = Field(
+    scale: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
         [0.08, 1.0], min_length=2, max_length=2, description="image datasets: random-resized-crop area range"
     )
-    color_jitter: float = Field(0.4, ge=0.0, description="image datasets: colour jitter strength when augmenting")
+    color_jitter: float = Field(
+        0.4, ge=0.0, le=10.0, description="image datasets: colour jitter strength when augmenting"
+    )
     auto_augment: str | None = Field(
         None, description="image datasets: timm auto-augment policy, e.g. 'rand-m9-mstd0.5'"
     )
@@ -153,13 +164,13 @@ OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
 
 class OptimConfig(_Section):
     name: Literal["sgd", "adam", "adamw", "adadelta"] = Field("adamw", description="optimiser")
-    lr: float = Field(1e-3, gt=0.0, description="learning rate (of the head; see backbone_lr_mult)")
-    backbone_lr_mult: float = Field(1.0, gt=0.0, description="backbone learning rate as a multiple of lr")
-    weight_decay: float | None = Field(None, ge=0.0, description="weight decay")
+    lr: float = Field(1e-3, gt=0.0, le=10.0, description="learning rate (of the head; see backbone_lr_mult)")
+    backbone_lr_mult: float = Field(1.0, gt=0.0, le=100.0, description="backbone learning rate as a multiple of lr")
+    weight_decay: float | None = Field(None, ge=0.0, le=10.0, description="weight decay")
     momentum: float | None = Field(None, ge=0.0, lt=1.0, description="sgd momentum")
     nesterov: bool | None = Field(None, description="sgd Nesterov momentum")
-    betas: list[float] | None = Field(None, min_length=2, max_length=2, description="adam/adamw betas")
-    eps: float | None = Field(None, gt=0.0, description="numerical epsilon")
+    betas: list[Fraction] | None = Field(None, min_length=2, max_length=2, description="adam/adamw betas")
+    eps: float | None = Field(None, gt=0.0, le=1.0, description="numerical epsilon")
     rho: float | None = Field(None, ge=0.0, le=1.0, description="adadelta rho")
 
     @model_validator(mode="after")
@@ -173,31 +184,31 @@ class OptimConfig(_Section):
 
 class ScheduleConfig(_Section):
     name: Literal["none", "step", "cosine", "onecycle", "warmup"] = Field("none", description="learning-rate schedule")
-    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warm-up (cosine, warmup), in epochs")
-    step_size: int = Field(1, ge=1, description="step: epochs between decays")
+    warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_SIZE, description="linear warm-up (cosine, warmup), in epochs")
+    step_size: Size = Field(1, description="step: epochs between decays")
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
     min_lr_mult: float = Field(0.0, ge=0.0, le=1.0, description="cosine: final learning rate as a multiple of lr")
     pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction of steps spent rising")
-    div_factor: float = Field(25.0, ge=1.0, description="onecycle: lr / starting lr")
-    final_div_factor: float = Field(1e4, ge=1.0, description="onecycle: starting lr / final lr")
+    div_factor: float = Field(25.0, ge=1.0, le=1e6, description="onecycle: lr / starting lr")
+    final_div_factor: float = Field(1e4, ge=1.0, le=1e9, description="onecycle: starting lr / final lr")
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(10, ge=1, description="epochs to train")
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimiser steps")
-    seed: int = Field(0, ge=0, description="seeds data selection, order and initialisation")
+    epochs: Size = Field(10, description="epochs to train")
+    max_steps: int | None = Field(None, ge=1, le=1 << 40, description="stop after this many optimiser steps")
+    seed: int = Field(0, ge=0, lt=1 << 32, description="seeds data selection, order and initialisation")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, then mps, then cpu")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="autocast precision; auto: bf16 on CUDA, fp32 elsewhere"
     )
     compile: bool = Field(False, description="torch.compile the model")
     channels_last: bool = Field(False, description="channels-last memory format")
-    grad_clip: float | None = Field(None, gt=0.0, description="clip gradients to this global norm")
-    grad_accum: int = Field(1, ge=1, description="batches per optimiser step")
+    grad_clip: float | None = Field(None, gt=0.0, le=1e6, description="clip gradients to this global norm")
+    grad_accum: Size = Field(1, description="batches per optimiser step")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
-    log_every: int = Field(50, ge=1, description="optimiser steps between progress-bar loss updates")
-    checkpoint_every: int | None = Field(None, ge=1, description="also checkpoint every this many optimiser steps")
-    keep_checkpoints: int = Field(2, ge=1, description="how many checkpoints stay in the run folder")
+    log_every: Size = Field(50, description="optimiser steps between progress-bar loss updates")
+    checkpoint_every: Size | None = Field(None, description="also checkpoint every this many optimiser steps")
+    keep_checkpoints: int = Field(2, ge=1, le=1000, description="how many checkpoints stay in the run folder")
     tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the zoo[tensorboard] extra)")
     layer_decay: float | None = Field(
         None,
@@ -214,7 +225,9 @@ class OutputConfig(_Section):
 class Recipe(_Section):
     """A zoo recipe: backbone + head + freezing policy + data, loss, optimiser, schedule, training."""
 
-    name: str = Field(min_length=1, description="the run's name")
+    name: str = Field(
+        pattern=NAME_PATTERN, description="the run's name, part of its folder's: letters, digits, '.', '_', '-'"
+    )
     description: str = Field("", description="what the recipe does, for the model card")
     license: str | None = Field(None, description="the trained weights' license for the model card, e.g. 'apache-2.0'")
     extends: str | None = Field(None, description="a base recipe to merge underneath, relative to this file")
@@ -231,6 +244,20 @@ class Recipe(_Section):
         if self.train.layer_decay is not None and self.optim.backbone_lr_mult != 1.0:
             raise ValueError("train.layer_decay and optim.backbone_lr_mult both set the backbone's rate: keep one")
         return self
+
+    def shareable(self) -> Recipe:
+        """This recipe without this machine's paths, for what leaves it (a Hub push, the model card):
+        no output folder or data root, and a local pretrained source named by its last part only."""
+        source = self.model.pretrained
+        if isinstance(source, sources.LocalFolder | sources.RecipeOutput):
+            source = type(source)(Path(source.path.name))
+        return self.model_copy(
+            update={
+                "output": OutputConfig(),
+                "data": self.data.model_copy(update={"root": None}),
+                "model": self.model.model_copy(update={"pretrained": source}),
+            }
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, exclude={"extends"})

@@ -23,6 +23,7 @@ import importlib
 import importlib.machinery
 import importlib.metadata
 import inspect
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping
@@ -260,6 +261,8 @@ def check_args(factory: Callable, args: Mapping[str, Any], key: str, positional:
         n for n, p in parameters.items() if n not in passed_by_zoo and p.kind is not inspect.Parameter.VAR_KEYWORD
     ]
     for name, value in args.items():
+        if not _finite(value):
+            raise ZooError(f"{key}.{name}: {value!r} holds a number that is not finite; write a finite one")
         parameter = parameters.get(name)
         if parameter is None or name in passed_by_zoo:
             if takes_any and name not in passed_by_zoo:
@@ -286,6 +289,16 @@ def check_args(factory: Callable, args: Mapping[str, Any], key: str, positional:
 def takes(factory: Callable, parameter: str) -> bool:
     """Whether ``factory`` has a parameter called ``parameter`` (``pretrained``, ``num_classes``)."""
     return parameter in inspect.signature(factory).parameters
+
+
+def _finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, Mapping):
+        return all(_finite(item) for item in value.values())
+    if isinstance(value, list | tuple):
+        return all(_finite(item) for item in value)
+    return True
 
 
 def _fits(value: Any, expected: type) -> bool:

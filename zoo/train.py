@@ -8,6 +8,7 @@ model card, and ``results.json`` last.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, distributed, freeze, registry
+from . import __version__, checkpoint, distributed, freeze, locking, registry
 from . import recipe as recipes
 from .artifacts import RunFolder, RunResults
 from .card import model_card
@@ -35,7 +36,7 @@ from .plots import write_plots
 from .preprocessing import Preprocessing
 from .recipe import Recipe
 from .sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, Scratch, WeightSource
-from .trainer import Trainer, seed_everything
+from .trainer import Trainer, check_finite_weights, seed_everything
 
 
 @dataclass
@@ -131,28 +132,39 @@ def resolve_source(source: WeightSource, progress: bool, dry_run: bool) -> Weigh
 
 
 def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> RunFolder | None:
-    """The output of the recipe at ``path``, cached by the hash of the resolved recipe (None on a dry run)."""
+    """The output of the recipe at ``path``, cached by the hash of the resolved recipe (None on a dry run).
+
+    Rank 0 decides and builds, holding a lock on the cache entry: a second zoo process that
+    needs the same source waits for it instead of training it again.
+    """
     source = recipes.load(path)
     cached = RunFolder(recipes.cache_dir() / "runs" / f"{source.name}-{source.hash[:12]}")
-    if cached.state == "finished":
-        log(f"pretrained: {path.name} (cached in {cached})")
-        return cached
-    if dry_run:
-        log(f"pretrained: {path.name} is not cached yet; `zoo run` trains it first")
-        return None
-    log(f"pretrained: running {path.name} first (cached afterwards in {cached})")
-    cached.path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=cached.path.parent, prefix=f".{cached.path.name}."))
-    try:
-        source = source.model_copy(update={"output": recipes.OutputConfig(dir=str(staging))})
-        result = run(source, progress=progress)
-        if result.results.state != "finished":
-            raise ZooError(f"pretraining recipe {path} did not finish ({result.results.state})")
-        if distributed.is_main():
-            shutil.rmtree(cached.path, ignore_errors=True)
-            os.replace(staging, cached.path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    main = distributed.is_main()
+    with locking.locked(cached.path) if main else contextlib.nullcontext():
+        if main:  # under the lock, any staging folder of this entry was left by a dead process
+            for abandoned in cached.path.parent.glob(f".{cached.path.name}.*"):
+                shutil.rmtree(abandoned, ignore_errors=True)
+        if distributed.from_main(cached.state == "finished"):
+            log(f"pretrained: {path.name} (cached in {cached})")
+            return cached
+        if dry_run:
+            log(f"pretrained: {path.name} is not cached yet; `zoo run` trains it first")
+            return None
+        log(f"pretrained: running {path.name} first (cached afterwards in {cached})")
+        staging = Path(tempfile.mkdtemp(dir=cached.path.parent, prefix=f".{cached.path.name}.")) if main else None
+        staging = distributed.from_main(staging)
+        try:
+            result = run(
+                source.model_copy(update={"output": recipes.OutputConfig(dir=str(staging))}), progress=progress
+            )
+            if result.results.state != "finished":
+                raise ZooError(f"pretraining recipe {path} did not finish ({result.results.state})")
+            if main:
+                shutil.rmtree(cached.path, ignore_errors=True)
+                os.replace(staging, cached.path)
+        finally:
+            if main:
+                shutil.rmtree(staging, ignore_errors=True)
     distributed.barrier()  # the other ranks read what rank 0 just put in place
     return cached
 
@@ -160,14 +172,44 @@ def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> RunFolder |
 def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Path | None = None) -> RunResult | None:
     """Train and evaluate ``recipe``; returns the run folder and results (None for a dry run).
 
-    ``resume`` continues the run in that folder from its newest checkpoint.
+    ``resume`` continues the run in that folder from its newest checkpoint. The folder is claimed
+    first, before any data, model or pretrained source is read, and released at the end.
     """
-    latest = check_resumable(RunFolder(resume), recipe) if resume else None
-    folder = RunFolder(resume) if resume else output_folder(recipe)
-    setup = build_run(recipe, progress, dry_run)
-    _print_setup(setup)
-    if dry_run:
-        return None
+    distributed.setup(resolve_device(recipe.train.device))
+    folder = RunFolder(resume) if resume else output_folder(recipe, create=not dry_run and distributed.is_main())
+    folder = RunFolder(distributed.from_main(folder.path))  # the folder rank 0 chose and created
+    new = not resume and not folder.path.exists()
+    claim = locking.claim(folder.path) if distributed.is_main() and not dry_run else None
+    new = new or (claim is not None and not resume and recipe.output.dir is None)  # output_folder created it
+    try:
+        if claim and claim.took_over:
+            owner = claim.took_over
+            log(
+                f"{folder}: taking over from process {owner.get('pid')} (started {owner.get('started')}), which is gone"
+            )
+        latest = check_resumable(folder, recipe) if resume else None
+        setup = build_run(recipe, progress, dry_run)
+        _print_setup(setup)
+        if dry_run:
+            return None
+        return _train(setup, folder, latest, progress)
+    finally:
+        if claim:
+            claim.release()
+            if new:
+                _remove_if_empty(folder.path)
+
+
+def _remove_if_empty(path: Path) -> None:
+    """Leave nothing behind when a new run stopped before writing anything (a mistake found early)."""
+    with contextlib.suppress(OSError):  # not empty: the run wrote something worth keeping
+        path.rmdir()
+        if path.parent.name == "runs":
+            path.parent.rmdir()
+
+
+def _train(setup: RunSetup, folder: RunFolder, latest: Path | None, progress: bool) -> RunResult:
+    recipe = setup.recipe
     if distributed.rank():  # same initial weights on every rank, but each its own dropout
         seed_everything(recipe.train.seed + distributed.rank())
     trainer = Trainer(setup, folder)
@@ -175,7 +217,6 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
         trainer.load_checkpoint(latest)
         log(f"resuming {folder} from {latest.name} (epoch {trainer.epoch}, step {trainer.step})")
     if distributed.is_main():
-        folder.create()
         folder.write_results(RunResults(state="running", recipe_hash=recipe.hash))
         folder.write_recipe(recipe)
     log(f"run folder: {folder}")
@@ -193,6 +234,7 @@ def _finish(
     setup: RunSetup, trainer: Trainer, folder: RunFolder, state: str, reason: str, seconds: float
 ) -> RunResults:
     """The run's results (test metrics once finished), and on rank 0 the run folder's final files."""
+    check_finite_weights(setup.model)  # never finished with NaN weights, whatever the loss said
     history = trainer.history
     results = RunResults(
         state=state,
@@ -228,20 +270,30 @@ def _record_failure(folder: RunFolder, recipe: Recipe, exc: BaseException, step:
         exc.add_note(f"(the failure could not be recorded in the run folder: {unrecorded})")
 
 
-def output_folder(recipe: Recipe) -> RunFolder:
-    """``output.dir``, which must not hold another run, else a new ``runs/<name>-<timestamp>``."""
+def output_folder(recipe: Recipe, create: bool) -> RunFolder:
+    """``output.dir``, which must be new or empty, else a new ``runs/<name>-<timestamp>`` (created if ``create``)."""
     if recipe.output.dir:
         folder = RunFolder(recipe.output.dir)
         if folder.holds_run:
             raise ZooError(f"output.dir {folder} already holds a run; choose another folder or remove that one")
+        if folder.path.is_dir() and any(folder.path.iterdir()):
+            raise ZooError(f"output.dir {folder} is a folder with other files in it; name a new or empty folder")
+        if folder.path.exists() and not folder.path.is_dir():
+            raise ZooError(f"output.dir {folder} is a file, not a folder")
         return folder
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = Path("runs") / f"{recipe.name}-{stamp}"
-    suffix = 1
-    while path.exists():
-        suffix += 1
-        path = Path("runs") / f"{recipe.name}-{stamp}-{suffix}"
-    return RunFolder(path)
+    for suffix in range(1, 1000):
+        path = Path("runs") / (f"{recipe.name}-{stamp}" + (f"-{suffix}" if suffix > 1 else ""))
+        if not create:
+            return RunFolder(path)
+        try:
+            path.mkdir(parents=True)  # atomic: two runs started in the same second get two folders
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise ZooError(f"cannot create the run folder {path}: {exc.strerror}") from None
+        return RunFolder(path)
+    raise ZooError(f"runs/ already holds 999 runs of {recipe.name} started at {stamp}")
 
 
 RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "output.dir"}
@@ -266,6 +318,13 @@ def check_resumable(folder: RunFolder, recipe: Recipe) -> Path:
     checkpoints = folder.checkpoints
     if not checkpoints:
         raise ZooError(f"--resume: {folder} has no checkpoint yet; start it again instead")
+    state = checkpoint.read_state(checkpoints[-1])
+    trained_epochs = state["epoch"] - 1 if state["position"] == 0 else state["epoch"]
+    if recipe.train.epochs < trained_epochs or (recipe.train.max_steps or state["step"]) < state["step"]:
+        raise ZooError(
+            f"--resume: {folder} has already trained {trained_epochs} epoch(s), {state['step']} steps; "
+            "train.epochs and train.max_steps can only grow"
+        )
     return checkpoints[-1]
 
 
@@ -283,11 +342,14 @@ def _write_run(folder: RunFolder, setup: RunSetup, results: RunResults, trainer:
     metadata = {"label_names": json.dumps(label_names), "recipe_hash": recipe.hash, "format": "pt"}
     folder.write_weights(setup.model.state_dict(), metadata)
     config = exchange_config(setup.model, recipe.model.backbone, label_names, setup.preprocessing)
-    config["zoo"] = {"version": __version__, "recipe_hash": recipe.hash, "recipe": recipe.to_dict()}
+    # Files that may be shared hold the recipe without this machine's paths; recipe.toml keeps them.
+    config["zoo"] = {"version": __version__, "recipe_hash": recipe.hash, "recipe": recipe.shareable().to_dict()}
     folder.write_config(config)
     plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.test)
     timm_architecture = config["architecture"] if hasattr(setup.model, "pretrained_cfg") else None
-    card = model_card(recipe, results, plots, base_model(recipe.model.pretrained, setup.model), timm_architecture)
+    card = model_card(
+        recipe.shareable(), results, plots, base_model(recipe.model.pretrained, setup.model), timm_architecture
+    )
     folder.write_model_card(card)
     folder.write_results(results)  # last: its state marks the folder complete
 

@@ -34,6 +34,20 @@ class NonFiniteLoss(ZooError):
     """The loss became NaN or infinite."""
 
 
+def check_finite_weights(model: nn.Module) -> None:
+    """A ZooError when a weight or buffer holds NaN or infinity (a loss can stay finite while they do not)."""
+    bad = [
+        name
+        for name, tensor in model.state_dict().items()
+        if tensor.is_floating_point() and not tensor.isfinite().all()
+    ]
+    if bad:
+        raise NonFiniteLoss(
+            f"the weights became NaN or infinite ({len(bad)} tensor(s), first '{bad[0]}'): lower optim.lr, "
+            "set train.grad_clip, or use train.precision=fp32"
+        )
+
+
 class Trainer:
     """The training loop and all of its state, which a checkpoint saves and restores whole.
 
@@ -220,6 +234,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         """Checkpoint on rank 0 (every rank checks the loss first: a collective)."""
         self.check_finite()  # never save weights a NaN has already reached
+        check_finite_weights(self.model)
         if not distributed.is_main():
             return
         tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
@@ -245,24 +260,25 @@ class Trainer:
         tensors, state = checkpoint.load(path)
         if state["world_size"] != distributed.world_size():
             raise ZooError(f"{path} was written by {state['world_size']} processes; resume it with as many")
-        for index in state["applied_stages"]:
-            self._apply_stage(index)
-        model_state = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
-        self.model.load_state_dict(model_state)
-        checkpoint.load_optimizer_state(self.optimizer, tensors, state["optimizer"])
-        if state["scaler"]:
-            self.scaler.load_state_dict(state["scaler"])
-        checkpoint.set_rng_state(tensors, state["rng"])
+        try:
+            for index in state["applied_stages"]:
+                self._apply_stage(index)
+            model_state = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
+            self.model.load_state_dict(model_state)
+            checkpoint.load_optimizer_state(self.optimizer, tensors, state["optimizer"])
+            if state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            checkpoint.set_rng_state(tensors, state["rng"])
+            self.loss_sum.copy_(tensors["loss_sum"])
+            self.correct.copy_(tensors["correct"])
+        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ZooError(
+                f"checkpoint {path} does not fit this run ({detail}); remove it to resume from the one before"
+            ) from exc
         if distributed.rank():  # rank 0's RNG state is saved; the others restart theirs from the seed
-            seed_everything(self.recipe.train.seed + distributed.rank() + self.step)
-        self.loss_sum.copy_(tensors["loss_sum"])
-        self.correct.copy_(tensors["correct"])
-        self.step, self.epoch, self.position, self.seen = (
-            state["step"],
-            state["epoch"],
-            state["position"],
-            state["seen"],
-        )
+            seed_everything(self.recipe.train.seed + distributed.rank() + state["step"])
+        self.step, self.epoch, self.position, self.seen = (state[k] for k in ("step", "epoch", "position", "seen"))
         self.history = state["history"]
 
 

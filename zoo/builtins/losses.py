@@ -9,6 +9,8 @@ from torch.nn import functional as F
 
 def cross_entropy(label_smoothing: float = 0.0) -> nn.Module:
     """Cross-entropy on logits, with optional label smoothing."""
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
 
 

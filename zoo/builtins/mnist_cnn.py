@@ -21,11 +21,20 @@ class MnistCNN(nn.Module):
         dropout2: float = 0.5,
     ) -> None:
         super().__init__()
+        sizes = {"in_chans": in_chans, "image_size": image_size, "conv1": conv1, "conv2": conv2, "hidden": hidden}
+        for name, value in {**sizes, "kernel_size": kernel_size}.items():
+            if not 1 <= value <= 1 << 16:
+                raise ValueError(f"{name} must be between 1 and 65536, got {value}")
+        for name, value in {"dropout1": dropout1, "dropout2": dropout2}.items():
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
         self.conv1 = nn.Conv2d(in_chans, conv1, kernel_size)
         self.conv2 = nn.Conv2d(conv1, conv2, kernel_size)
         pooled = (image_size - 2 * (kernel_size - 1)) // 2
         if pooled < 1:
             raise ValueError(f"image_size {image_size} is too small for kernel_size {kernel_size}")
+        if conv2 * pooled * pooled * hidden > 1 << 30:
+            raise ValueError(f"fc1 would hold {conv2 * pooled * pooled * hidden:,} weights; lower image_size or hidden")
         # Dropout, not Dropout2d: widespread copies apply Dropout2d to the flattened features.
         self.dropout1 = nn.Dropout(dropout1)
         self.fc1 = nn.Linear(conv2 * pooled * pooled, hidden)

@@ -68,7 +68,15 @@ class TimmModel:
         self.__doc__ = _details(name)
 
     def __call__(self, num_classes: int = 1000, pretrained: bool | str = False, **kwargs: Any) -> nn.Module:
+        loading = sorted(FILE_ARGUMENTS & kwargs.keys())
+        if loading:
+            raise ZooError(
+                f"model.args.{loading[0]}: zoo loads weights only through model.pretrained (safetensors, never a "
+                "pickle); point model.pretrained at a folder or hf-hub: repo instead"
+            )
         source = pretrained if isinstance(pretrained, str) else self.name
+        if pretrained is True:
+            kwargs["pretrained_cfg_overlay"] = {"file": _safetensors_weights(self.name)}
         try:
             model = timm.create_model(source, pretrained=bool(pretrained), num_classes=num_classes, **kwargs)
         except LocalEntryNotFoundError:
@@ -82,6 +90,34 @@ class TimmModel:
         if built != wanted:
             raise ZooError(f"model.pretrained: {source} holds a timm '{built}', but the recipe builds 'timm/{wanted}'")
         return model
+
+
+# timm.create_model keywords that make timm read a file or replace where weights come from.
+FILE_ARGUMENTS = {"checkpoint_path", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"}
+
+
+def _safetensors_weights(name: str) -> str:
+    """The local path of timm's pretrained weights for ``name`` as safetensors (downloaded once, then cached)."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    config = get_pretrained_cfg(name)
+    if config is None or not config.hf_hub_id:
+        raise ZooError(
+            f"model.pretrained: timm/{name} has no weights on the Hugging Face Hub (timm serves them as a pickle "
+            "from a URL, and zoo loads safetensors only); train it from scratch or from a run folder"
+        )
+    try:
+        return hf_hub_download(config.hf_hub_id, "model.safetensors")
+    except LocalEntryNotFoundError:  # a subclass of EntryNotFoundError: offline, and not cached
+        raise ZooError(_not_cached(name, name)) from None
+    except EntryNotFoundError:
+        raise ZooError(
+            f"model.pretrained: {config.hf_hub_id} holds timm/{name}'s weights only as a pickle "
+            "(pytorch_model.bin), and zoo loads safetensors only"
+        ) from None
+    except HfHubHTTPError as exc:
+        raise ZooError(f"model.pretrained: {config.hf_hub_id}: {str(exc).splitlines()[0]}") from None
 
 
 def _details(name: str) -> str:
