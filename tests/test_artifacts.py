@@ -92,7 +92,7 @@ def test_missing_truncated_and_misplaced_files(tmp_path: Path) -> None:
     run.file(RunFolder.RESULTS).unlink()
     assert run.results is None and run.state == "unknown"
     run.file(RunFolder.WEIGHTS).mkdir()
-    with pytest.raises(ZooError, match="is a folder, not a weights file"):
+    with pytest.raises(ZooError, match="model.safetensors is a folder; it should be a file"):
         run.weights()
     with pytest.raises(ZooError, match="run folder not found"):
         RunFolder.existing(tmp_path / "nothing")

@@ -125,7 +125,7 @@ def test_predict_reports_unreadable_files_and_predicts_the_rest(trained: Path, t
     assert result.exit_code == 2
     assert [line.split(":")[0] for line in result.stdout.splitlines()] == [str(paths[0]), str(paths[1])]
     errors = result.stderr.splitlines()
-    assert len(errors) == 2 and "notes.txt: not a readable image" in errors[0] and "missing.png" in errors[1]
+    assert len(errors) == 2 and "notes.txt is not a readable image" in errors[0] and "missing.png" in errors[1]
     assert "Traceback" not in result.stderr
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tempfile
 import tomllib
 from functools import cached_property
@@ -120,11 +121,12 @@ class RunFolder:
     @cached_property
     def recipe(self) -> recipes.Recipe:
         path = self.file(self.RECIPE)
+        text = _read_small(path)
+        if text is None:
+            raise ZooError(f"{self.path} is not a zoo run folder (no {self.RECIPE})")
         try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ZooError(f"{self.path} is not a zoo run folder (no {self.RECIPE})") from None
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            data = tomllib.loads(text.decode())
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
             raise ZooError(f"{path} is damaged: {exc}") from None
         return recipes.from_dict(data, str(path))
 
@@ -190,12 +192,11 @@ class RunFolder:
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors of model.safetensors; only safetensors are ever loaded."""
         path = self.file(self.WEIGHTS)
+        data = _read_small(path, limit=None)
+        if data is None:
+            raise ZooError(f"{self.path} has no {self.WEIGHTS}")
         try:
-            return load_safetensors(path.read_bytes())
-        except FileNotFoundError:
-            raise ZooError(f"{self.path} has no {self.WEIGHTS}") from None
-        except IsADirectoryError:
-            raise ZooError(f"{path} is a folder, not a weights file") from None
+            return load_safetensors(data)
         except (SafetensorError, ValueError) as exc:
             raise ZooError(f"{path} is corrupted: {exc}") from None
 
@@ -245,16 +246,38 @@ class RunFolder:
 
 def _read_json(path: Path, required: bool) -> Any:
     """The JSON in ``path``; None for a missing optional file, a one-line ZooError for a damaged one."""
-    try:
-        return json.loads(path.read_text(), parse_constant=_refuse_constant)
-    except FileNotFoundError:
+    data = _read_small(path)
+    if data is None:
         if required:
-            raise ZooError(f"{path.parent} is not a zoo run folder: it has no {path.name}") from None
+            raise ZooError(f"{path.parent} is not a zoo run folder: it has no {path.name}")
         return None
-    except IsADirectoryError:
-        raise ZooError(f"{path} is a folder, not a file") from None
+    try:
+        return json.loads(data, parse_constant=_refuse_constant)
     except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ZooError(f"{path} is corrupted: {str(exc).splitlines()[0]}") from None
+
+
+MAX_METADATA_BYTES = 64 << 20  # config.json, results.json, recipe.toml, hub.json: far below this
+
+
+def _read_small(path: Path, limit: int | None = MAX_METADATA_BYTES) -> bytes | None:
+    """The bytes of a run-folder file; None when it does not exist. Only regular files are read
+    (a FIFO would block forever), and metadata files only up to ``limit`` bytes."""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ZooError(f"cannot read {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise ZooError(f"{path} is {kind}; it should be a file")
+    if limit is not None and info.st_size > limit:
+        raise ZooError(f"{path} is {info.st_size:,} bytes: too large to be what zoo wrote there")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ZooError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _refuse_constant(name: str) -> Any:
@@ -276,6 +299,7 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise ZooError(f"cannot write {path}: {exc.strerror}") from exc
     try:
         with os.fdopen(descriptor, "wb") as file:
+            os.fchmod(file.fileno(), _mode_for(path))  # mkstemp makes 0600; a plain write would not
             file.write(data)
             file.flush()
             os.fsync(file.fileno())
@@ -285,6 +309,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         if isinstance(exc, OSError):  # a full disk, a read-only or vanished folder: the user's to fix
             raise ZooError(f"cannot write {path}: {exc.strerror}; {path.name} was left as it was") from exc
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The mode that writing ``path`` in place would leave: the file's own, else the umask's default."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def sha256_of(path: Path) -> str:

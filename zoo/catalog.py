@@ -94,7 +94,7 @@ def load(file: Path | None = None) -> Catalog:
         if os.environ.get("ZOO_REGISTRY"):
             raise ZooError(f"ZOO_REGISTRY names {file}, which does not exist") from None
         return Catalog(schema=SCHEMA_VERSION)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ZooError(f"{file}: not valid JSON: {exc}") from None
     try:
         catalog = Catalog.model_validate(data)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ import click
 from . import __version__, registry
 from .errors import ZooError
 
+ERROR_DIR = "ZOO_ERROR_DIR"  # set by `zoo run --nproc` for its ranks: where each writes its user error
 KIND_CHOICES = {"models": "model", "datasets": "dataset", "losses": "loss"}
 
 
@@ -27,7 +29,12 @@ class UserError(click.ClickException):
     exit_code = 2
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"zoo: error: {self.format_message()}", err=True)
+        line = f"zoo: error: {self.format_message()}"
+        errors = os.environ.get(ERROR_DIR)
+        if errors:  # one rank of `zoo run --nproc`: the launching zoo reports it, once for all ranks
+            Path(errors, f"rank-{int(os.environ.get('RANK', '0')):06d}").write_text(line)
+            return
+        click.echo(line, err=True)
 
 
 class ZooGroup(click.Group):
@@ -241,14 +248,29 @@ def run(
 
 
 def _torchrun(nproc: int, zoo_arguments: list[str]) -> None:
-    """Hand over to PyTorch's own launcher, which starts one `python -m zoo` per rank."""
+    """Hand over to PyTorch's own launcher, which starts one `python -m zoo` per rank.
+
+    A user's mistake is reported once, by this process, as one line; torchrun's own log lines
+    (thread warning, closing signals, failure summary) stay out of the way.
+    """
+    import logging
+    import tempfile
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
-    try:
-        torchrun(["--standalone", "--nproc_per_node", str(nproc), "-m", "zoo", *zoo_arguments])
-    except ChildFailedError as exc:
-        sys.exit(max(failure.exitcode for failure in exc.failures.values()) or 1)
+    for logger in ("torch.distributed.run", "torch.distributed.elastic"):
+        logging.getLogger(logger).setLevel(logging.CRITICAL)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    with tempfile.TemporaryDirectory(prefix="zoo-ranks-") as errors:
+        os.environ[ERROR_DIR] = errors
+        try:
+            torchrun(["--standalone", "--nproc_per_node", str(nproc), "-m", "zoo", *zoo_arguments])
+        except ChildFailedError as exc:
+            reported = sorted(Path(errors).iterdir())
+            if reported:
+                click.echo(reported[0].read_text(), err=True)
+            sys.exit(max(failure.exitcode for failure in exc.failures.values()) or 1)
 
 
 def _print_scores(metrics: dict[str, Any], split: str = "test") -> None:

@@ -15,13 +15,16 @@ imported there only, not for tensor datasets: it costs 1.5 s of start-up.
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
@@ -31,6 +34,27 @@ from .preprocessing import Preprocessing
 from .recipe import DataConfig, default_data_dir
 
 IMAGE_KEYS = ("image_size", "mean", "std", "interpolation", "crop_pct", "crop_mode", "auto_augment")
+
+
+@contextmanager
+def image_file(path: Path, decode: bool = True) -> Iterator[Image.Image]:
+    """An image file opened safely, for a dataset or for `zoo predict`: regular files only (a FIFO
+    would block the read forever), PIL's decompression-bomb limit kept, every failure one line."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        raise ZooError(f"{path} is not a readable image ({exc.strerror})") from None
+    if not stat.S_ISREG(mode):
+        raise ZooError(f"{path} is not a readable image (not a regular file); only image files are read")
+    try:
+        with Image.open(path) as image:
+            if decode:
+                image.load()
+            yield image
+    except Image.DecompressionBombError as exc:
+        raise ZooError(f"{path} is too large to decode safely ({exc})") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+        raise ZooError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
 
 
 def data_root(config: DataConfig) -> Path:

@@ -115,6 +115,11 @@ def _build_own_head(config: ModelConfig, label_names: list[str], source: WeightS
     return model, adopt_head(model, label_names, origin)
 
 
+# timm keywords that only change the shapes of a model, which a run folder's config.json may set.
+ARCHITECTURE_ARGS = frozenset(
+    {"in_chans", "num_classes", "global_pool", "img_size", "patch_size", "embed_dim", "depth", "num_heads",
+     "mlp_ratio", "output_stride", "class_token", "reg_tokens", "no_embed_class", "dynamic_img_size"}
+)  # fmt: skip
 PICKLES = ("pytorch_model.bin", "model.pth", "model.pt", "model.ckpt")
 
 
@@ -215,7 +220,15 @@ def load_run(run: RunFolder) -> nn.Module:
     recipe = run.recipe
     label_names = run.label_names
     # timm records the arguments the weights were built with, including any its source set (in_chans).
+    # Only arguments that shape the architecture are taken from a run folder: any other could make
+    # timm read a file (checkpoint_path) or change where weights come from.
     built_with = {key: value for key, value in run.model_args.items() if key != "num_classes"}
+    refused = sorted(key for key in built_with if key not in ARCHITECTURE_ARGS)
+    if refused:
+        raise ZooError(
+            f"{run.file(RunFolder.CONFIG)}: model_args.{refused[0]} is not an architecture argument zoo accepts "
+            f"from a run folder (it accepts {', '.join(sorted(ARCHITECTURE_ARGS))})"
+        )
     model_config = recipe.model.model_copy(
         update={"pretrained": Scratch(), "args": {**built_with, **recipe.model.args}}
     )

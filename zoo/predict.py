@@ -2,26 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 
 from .artifacts import RunFolder
-from .data import build_transform
+from .data import build_transform, image_file
 from .errors import ZooError
 from .model import load_run
 
-
-def load_image(path: Path, transform: Callable[[Image.Image], torch.Tensor]) -> torch.Tensor:
-    """``path`` through the run's evaluation transform."""
-    try:
-        with Image.open(path) as image:
-            return transform(image)
-    except (OSError, UnidentifiedImageError, ValueError) as exc:
-        raise ZooError(f"{path}: not a readable image ({type(exc).__name__}: {exc})") from None
+BATCH = 64  # images in memory at once, however many files are given
 
 
 def predict_files(run_folder: Path, paths: Sequence[Path], top_k: int) -> tuple[list[dict[str, Any]], list[str]]:
@@ -30,19 +22,31 @@ def predict_files(run_folder: Path, paths: Sequence[Path], top_k: int) -> tuple[
     model = load_run(run)
     label_names = model.label_names
     transform = build_transform(run.preprocessing)
-    images, readable, errors = [], [], []
-    for path in paths:
-        try:
-            images.append(load_image(path, transform))
-            readable.append(path)
-        except ZooError as exc:
-            errors.append(str(exc))
-    predictions = []
-    if images:
-        with torch.no_grad():
-            probabilities = model(torch.stack(images)).float().softmax(dim=1)
-        top = probabilities.topk(min(top_k, len(label_names)), dim=1)
-        for path, values, indices in zip(readable, top.values, top.indices):
-            ranked = [{"label": label_names[i], "probability": float(p)} for p, i in zip(values, indices)]
-            predictions.append({"file": str(path), "top": ranked})
+    predictions, errors = [], []
+    for start in range(0, len(paths), BATCH):
+        images, readable = [], []
+        for path in paths[start : start + BATCH]:
+            try:
+                with image_file(path) as image:
+                    images.append(transform(image))
+                readable.append(path)
+            except ZooError as exc:
+                errors.append(str(exc))
+        if images:
+            predictions += _top(model, torch.stack(images), readable, label_names, top_k)
     return predictions, errors
+
+
+@torch.no_grad()
+def _top(
+    model: torch.nn.Module, images: torch.Tensor, paths: list[Path], label_names: list[str], top_k: int
+) -> list[dict[str, Any]]:
+    probabilities = model(images).float().softmax(dim=1)
+    top = probabilities.topk(min(top_k, len(label_names)), dim=1)
+    return [
+        {
+            "file": str(path),
+            "top": [{"label": label_names[i], "probability": float(p)} for p, i in zip(values, indices)],
+        }
+        for path, values, indices in zip(paths, top.values, top.indices)
+    ]

@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -304,19 +305,29 @@ def from_dict(data: Mapping[str, Any], source: str = "recipe") -> Recipe:
         raise ZooError(_explain(exc, Path(source), set())) from None
 
 
+MAX_RECIPE_BYTES = 1 << 20
+
+
 def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
     if path in chain:
         cycle = " -> ".join(p.name for p in (*chain, path))
         raise ZooError(f"{chain[0]}: extends cycle: {cycle}")
+    where = f" (extended by {chain[-1]})" if chain else ""
     try:
+        info = path.stat()
+        if not stat.S_ISREG(info.st_mode):  # a device or FIFO would block or never end
+            raise ZooError(f"recipe {path}{where} is not a regular file")
+        if info.st_size > MAX_RECIPE_BYTES:
+            raise ZooError(
+                f"recipe {path}{where} is {info.st_size:,} bytes: not a recipe (at most {MAX_RECIPE_BYTES:,})"
+            )
         with path.open("rb") as file:
             data = tomllib.load(file)
     except FileNotFoundError:
-        where = f" (extended by {chain[-1]})" if chain else ""
         raise ZooError(f"recipe not found: {path}{where}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ZooError(f"{path}: not valid TOML: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, RecursionError) as exc:
         raise ZooError(f"{path}: cannot read: {exc}") from None
     _anchor_paths(data, path.parent)
     base_name = data.get("extends")

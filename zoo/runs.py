@@ -25,8 +25,15 @@ def find_runs(paths: list[Path]) -> list[RunFolder]:
 
 
 def summary(run: RunFolder) -> dict[str, Any]:
-    recipe = run.recipe
-    results = run.results
+    """A row of `zoo runs`; a damaged run folder is a row that says so, not the end of the table."""
+    try:
+        recipe, results = run.recipe, run.results
+    except ZooError as exc:
+        return dict.fromkeys([*COLUMNS, "test_f1"]) | {
+            "name": run.path.name,
+            "state": f"damaged ({exc})",
+            "path": str(run.path),
+        }
     test = (results.test if results else None) or {}
     return {
         "name": run.path.name,

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
+from ..data import image_file
 from ..errors import ZooError
 
 
@@ -42,11 +42,8 @@ class ImageFolder(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         path, label = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                image.load()
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
-            raise ZooError(f"data: {path} is not a readable image ({type(exc).__name__}: {exc})") from None
+        with image_file(Path(path)) as image:
+            pass
         return (self.transform(image) if self.transform is not None else image), label
 
 
@@ -79,11 +76,8 @@ def _samples(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
                 continue
             if not path.name.lower().endswith(IMG_EXTENSIONS):
                 raise ZooError(f"data: {path} is not an image ({', '.join(IMG_EXTENSIONS)}); move it out of {folder}")
-            try:
-                with Image.open(path):  # reads the header only
-                    pass
-            except (OSError, UnidentifiedImageError) as exc:
-                raise ZooError(f"data: {path} is not a readable image ({type(exc).__name__}: {exc})") from None
+            with image_file(path, decode=False):  # the header only, of a regular file
+                pass
             samples.append((str(path), label))
     if not samples:
         raise ZooError(f"data.root: no images under {folder}")
