@@ -58,3 +58,15 @@ def test_add_records_a_run_by_its_recipe_and_keeps_other_names(tmp_path: Path, m
     assert catalog.check().weights["digits"] == first
     with pytest.raises(ZooError, match="no weights named 'digts' .*did you mean 'digits'"):
         catalog.entry("digts")
+
+
+@pytest.mark.parametrize("name", ["../../x", "has space", "org/name", "", ".hidden"])
+def test_names_are_names_not_paths(name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZOO_REGISTRY", str(tmp_path / "registry.json"))
+    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    run = write_finished_run(tmp_path / "run")
+    with pytest.raises(ZooError, match="a name is letters, digits"):
+        catalog.add(run.path, name, recipe=RECIPES / "mnist.toml")
+    with pytest.raises(ZooError, match="no such recipe file"):
+        catalog.add(run.path, "fine", recipe=tmp_path / "missing.toml")
+    assert json.loads((tmp_path / "registry.json").read_text())["weights"] == {}

@@ -117,3 +117,12 @@ def test_the_command_line_shorthand_on_full_mnist(tmp_path: Path, mnist_dir: Pat
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert (results["steps"], results["world_size"]) == (20, 2)
     assert results["test"]["accuracy"] > 0.5
+
+
+def test_a_mistake_under_nproc_is_one_line_once(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml"), "data.root=nowhere"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert_user_error(result, "MNIST not found in", "nowhere")
+    assert "torch.distributed" not in result.stderr + result.stdout

@@ -181,6 +181,35 @@ def test_push_refuses_unfinished_runs_and_missing_repos_are_one_line(hub, versio
     assert_user_error(zoo_command("push", str(unfinished), "--repo", "zoo-test/x", env=env), "not a finished zoo run")
     assert_user_error(zoo_command("pull", "zoo-test/nothing-here", env=env), "zoo-test/nothing-here")
     assert_user_error(zoo_command("pull", "zoo-test/digits@v9", env=env), "zoo-test/digits@v9")
+    for bad in ("../../etc", "org/na me", "org/"):
+        assert_user_error(zoo_command("push", str(versions[0]), "--repo", bad, env=env), "is not a Hub repo id")
+        assert_user_error(zoo_command("pull", bad, env=env), "is not a Hub repo")
+
+
+@pytest.mark.parametrize("link", ["README.md", "config.json"])
+def test_push_never_follows_a_symlink_to_a_secret(hub, versions: list[Path], tmp_path: Path, link: str) -> None:
+    server, env = hub
+    secret = tmp_path / "token.txt"
+    secret.write_text(TOKEN)
+    run = tmp_path / "run"
+    shutil.copytree(versions[0], run)
+    (run / link).unlink()
+    (run / link).symlink_to(secret)
+    assert_user_error(zoo_command("push", str(run), "--repo", "zoo-test/leak", env=env), f"{link} is a symbolic link")
+    assert "zoo-test/leak" not in server.state.repos  # refused before anything reached the Hub
+    assert not (run / "hub.json").exists()
+
+
+def test_a_push_whose_record_cannot_be_written_still_names_its_commit(
+    hub, versions: list[Path], tmp_path: Path
+) -> None:
+    server, env = hub
+    run = tmp_path / "run"
+    shutil.copytree(versions[0], run)
+    (run / "hub.json").mkdir()  # the record cannot be written where it belongs
+    line = assert_user_error(zoo_command("push", str(run), "--repo", "zoo-test/digits", env=env), "as commit")
+    commit = line.split("as commit ")[1].split(",")[0]
+    assert server.file("zoo-test/digits", commit, "model.safetensors").lfs
 
 
 def test_the_model_card_parses_and_matches_the_results(versions: list[Path]) -> None:

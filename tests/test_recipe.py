@@ -181,3 +181,13 @@ def test_check_args_accepts_ints_for_floats_and_rejects_bools_for_ints() -> None
     registry.check_args(factory, {"rate": 1, "count": 3}, "model.args")
     with pytest.raises(ZooError, match="model.args.count: expected int"):
         registry.check_args(factory, {"count": True}, "model.args")
+
+
+def test_extends_never_reads_a_device_or_a_huge_file(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.toml"
+    huge.write_bytes(b"# " + b"x" * (2 << 20))
+    for base, fragment in (("/dev/zero", "is not a regular file"), (str(huge), r"not a recipe \(at most")):
+        recipe = tmp_path / "r.toml"
+        recipe.write_text(f'extends = "{base}"\nname = "r"\n')
+        with pytest.raises(ZooError, match=fragment):
+            recipes.load(recipe, check=False)

@@ -129,6 +129,33 @@ def test_predict_reports_unreadable_files_and_predicts_the_rest(trained: Path, t
     assert "Traceback" not in result.stderr
 
 
+def png_claiming(width: int, height: int, path: Path) -> Path:
+    """A PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb, without the memory)."""
+    import struct
+    import zlib
+
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    header = bytes(data[12:16]) + struct.pack(">II", width, height) + bytes(data[24:29])
+    data[16:24] = header[4:12]
+    data[29:33] = struct.pack(">I", zlib.crc32(header))
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_predict_never_opens_a_fifo_or_decodes_a_bomb(trained: Path, tmp_path: Path) -> None:
+    import os
+
+    paths, _, _ = write_digits(tmp_path, 1)
+    os.mkfifo(tmp_path / "pipe.png")  # opening it would wait for a writer forever
+    bomb = png_claiming(40_000, 40_000, tmp_path / "bomb.png")
+    result = CliRunner().invoke(cli, ["predict", str(trained), str(tmp_path / "pipe.png"), str(bomb), str(paths[0])])
+    assert result.exit_code == 2 and result.stdout.startswith(str(paths[0]))
+    errors = result.stderr.splitlines()
+    assert "pipe.png is not a readable image (not a regular file)" in errors[0]
+    assert "bomb.png is too large to decode safely" in errors[1] and len(errors) == 2
+
+
 def test_runs_table_and_compare_lists_exactly_the_differing_keys(trained: Path, tmp_path: Path) -> None:
     other = tmp_path / "runs" / "other"
     run(

@@ -295,6 +295,7 @@ def test_weights_neither_cached_nor_downloadable_are_one_line(mnist_png: Path, t
         (lambda root: shutil.rmtree(root / "test"), "has train/ but no test/ folder"),
         (lambda root: (root / "test" / "extra").mkdir(), "class folder(s) ['extra'] that train/ lacks"),
         (lambda root: [shutil.rmtree(p) for p in root.iterdir()], "has no class folders"),
+        (lambda root: os.mkfifo(root / "train" / "3" / "pipe.png"), "pipe.png is not a readable image (not a regular"),
     ],
 )
 def test_bad_image_folders_name_the_file(damage, message: str, mnist_png: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import RECIPES, assert_user_error, sabotaged_loss
+from PIL import Image
 from safetensors import safe_open
 
 import zoo
@@ -16,6 +17,7 @@ from zoo import recipe as recipes
 from zoo.artifacts import RunFolder
 from zoo.cli import cli
 from zoo.data import Batches, load_splits
+from zoo.errors import ZooError
 from zoo.train import evaluate, run
 
 # Small enough for seconds on 2 cores: 20 training images a class, two classes.
@@ -132,7 +134,11 @@ def test_recipe_source_runs_once_then_comes_from_the_cache(tmp_path: Path, mnist
         '[model]\npretrained = "recipe:tiny_pretrain.toml"\n'
         "[data]\nper_class = 10\nval_split = 0.02\nclasses = [5, 6]\n[train]\nepochs = 1\n"
     )
+    source_hash = recipes.load(tmp_path / "tiny_pretrain.toml").hash[:12]
+    stale = tmp_path / "cache" / "runs" / f".tiny_pretrain-{source_hash}.killed"  # a pretraining killed earlier
+    stale.mkdir(parents=True)
     first, _ = zoo_run("tiny_finetune.toml")
+    assert not stale.exists()
     assert "running tiny_pretrain.toml first" in first
     cached = [p for p in (tmp_path / "cache" / "runs").iterdir() if not p.name.startswith(".")]  # not the lock
     assert len(cached) == 1 and cached[0].name.startswith("tiny_pretrain-")
@@ -250,6 +256,17 @@ def test_output_folder_holding_a_run_is_refused(pretrained: Path) -> None:
     assert_user_error(result, "already holds a run")
 
 
+def test_an_existing_folder_with_other_files_is_never_written_into(mnist_dir: Path, tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "README.md").write_text("my project")
+    (project / "config.json").write_text("{}")
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *TINY, f"output.dir={project}"])
+    assert_user_error(result, "is a folder with other files in it")
+    assert sorted(p.name for p in project.iterdir()) == ["README.md", "config.json"]
+    assert (project / "README.md").read_text() == "my project"
+
+
 def test_missing_mnist_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ZOO_DATA_DIR", str(tmp_path / "nodata"))
     result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--dry-run"])
@@ -315,3 +332,92 @@ def test_ctrl_c_stops_cleanly_with_exit_130(mnist_dir: Path, tmp_path: Path) -> 
     model = zoo.load(tmp_path / "run")
     labels = model.label_names
     assert len(labels) == 10
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("optim.lr=inf", "optim.lr"),
+        ("optim.lr=1e30", "optim.lr"),
+        ("optim.betas=[0.9, nan]", "optim.betas"),
+        ("train.seed=5000000000", "train.seed"),
+        ("data.batch_size=0", "data.batch_size"),
+        ("model.args.kernel_size=0", "kernel_size"),
+        ("model.args.dropout1=nan", "model.args.dropout1"),
+        ("name='../../escape'", "name"),
+        ("name=/abs/run", "name"),
+        ("name='run*'", "name"),
+    ],
+)
+def test_absurd_or_unsafe_values_are_refused_before_anything_runs(override: str, key: str, mnist_dir: Path) -> None:
+    assert_user_error(CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), override]), key)
+    assert not Path("runs").exists() and not Path("/abs").exists()
+
+
+class NanGradient(torch.autograd.Function):
+    """Identity forward (the loss stays finite), NaN backward (the weights do not)."""
+
+    @staticmethod
+    def forward(ctx: object, loss: torch.Tensor) -> torch.Tensor:
+        return loss.clone()
+
+    @staticmethod
+    def backward(ctx: object, grad: torch.Tensor) -> torch.Tensor:
+        return grad * float("nan")
+
+
+def test_nan_weights_with_a_finite_loss_never_finish(mnist_dir: Path, tmp_path: Path) -> None:
+    # The last step's gradient is NaN: every loss was finite, but the weights the run would keep are not.
+    with sabotaged_loss("nan_grad_at_3", lambda call, loss: NanGradient.apply(loss) if call == 3 else loss):
+        result = CliRunner().invoke(
+            cli,
+            ["run", str(RECIPES / "mnist.toml"), *TINY, "train.max_steps=3", "data.batch_size=8",
+             "loss.name=nan_grad_at_3", f"output.dir={tmp_path / 'run'}", "--no-progress"],
+        )  # fmt: skip
+    assert_user_error(result, "the weights became NaN or infinite")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())  # strict JSON: it parses
+    assert results["state"] == "failed" and "weights became NaN" in results["reason"]
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_a_failed_final_write_is_recorded_as_failed(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(self: RunFolder, *args: object) -> None:
+        raise ZooError(f"cannot write {self.file(RunFolder.WEIGHTS)}: No space left on device")
+
+    monkeypatch.setattr(RunFolder, "write_weights", disk_full)
+    result = CliRunner().invoke(
+        cli, ["run", str(RECIPES / "mnist.toml"), *TINY, f"output.dir={tmp_path / 'run'}", "--no-progress"]
+    )
+    assert_user_error(result, "No space left on device")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["state"] == "failed" and "No space left" in results["reason"]
+
+
+def test_resume_never_trains_fewer_epochs_than_done(pretrained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pretrained, copy)
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text((copy / "recipe.toml").read_text())
+    result = CliRunner().invoke(cli, ["run", str(recipe), "train.epochs=1", "--resume", str(copy)])
+    assert_user_error(result, "has already trained 3 epoch(s)", "can only grow")
+    assert "epochs = 3" in (copy / "recipe.toml").read_text()
+
+
+def test_nan_weights_are_refused_by_eval_and_predict(pretrained: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from safetensors.torch import save_file
+
+    copy = tmp_path / "copy"
+    shutil.copytree(pretrained, copy)
+    tensors = RunFolder(copy).weights()
+    tensors["head.0.bias"][0] = float("nan")
+    save_file(tensors, str(copy / "model.safetensors"))
+    image = tmp_path / "digit.png"
+    Image.new("L", (28, 28)).save(image)
+    for command in (["eval", str(copy)], ["predict", str(copy), str(image)]):
+        assert_user_error(CliRunner().invoke(cli, command), "holds NaN or infinite values", "head.0.bias")

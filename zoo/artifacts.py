@@ -121,7 +121,7 @@ class RunFolder:
     @cached_property
     def recipe(self) -> recipes.Recipe:
         path = self.file(self.RECIPE)
-        text = _read_small(path)
+        text = read_file(path)
         if text is None:
             raise ZooError(f"{self.path} is not a zoo run folder (no {self.RECIPE})")
         try:
@@ -192,7 +192,7 @@ class RunFolder:
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors of model.safetensors; only safetensors are ever loaded."""
         path = self.file(self.WEIGHTS)
-        data = _read_small(path, limit=None)
+        data = read_file(path, limit=None)
         if data is None:
             raise ZooError(f"{self.path} has no {self.WEIGHTS}")
         try:
@@ -246,7 +246,7 @@ class RunFolder:
 
 def _read_json(path: Path, required: bool) -> Any:
     """The JSON in ``path``; None for a missing optional file, a one-line ZooError for a damaged one."""
-    data = _read_small(path)
+    data = read_file(path)
     if data is None:
         if required:
             raise ZooError(f"{path.parent} is not a zoo run folder: it has no {path.name}")
@@ -260,8 +260,8 @@ def _read_json(path: Path, required: bool) -> Any:
 MAX_METADATA_BYTES = 64 << 20  # config.json, results.json, recipe.toml, hub.json: far below this
 
 
-def _read_small(path: Path, limit: int | None = MAX_METADATA_BYTES) -> bytes | None:
-    """The bytes of a run-folder file; None when it does not exist. Only regular files are read
+def read_file(path: Path, limit: int | None = MAX_METADATA_BYTES) -> bytes | None:
+    """The bytes of a file zoo wrote (run folder, checkpoint); None when it does not exist. Only regular files are read
     (a FIFO would block forever), and metadata files only up to ``limit`` bytes."""
     try:
         info = path.stat()

@@ -68,8 +68,8 @@ STATE_TYPES: dict[str, type] = {
 def read_state(path: Path) -> dict[str, Any]:
     """The checkpoint's state.json, checked; a one-line ZooError when it is damaged."""
     try:
-        state = json.loads((path / STATE).read_text())
-    except (OSError, ValueError, RecursionError) as exc:
+        state = json.loads(artifacts.read_file(path / STATE) or b"null")
+    except (ValueError, RecursionError) as exc:
         raise ZooError(f"checkpoint {path} is unreadable ({exc}); remove it to resume from the one before") from None
     for key, expected in STATE_TYPES.items():
         value = state.get(key) if isinstance(state, dict) else None
@@ -81,8 +81,8 @@ def read_state(path: Path) -> dict[str, Any]:
 def load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     state = read_state(path)
     try:
-        return load_safetensors((path / TENSORS).read_bytes()), state
-    except (OSError, SafetensorError) as exc:
+        return load_safetensors(artifacts.read_file(path / TENSORS, limit=None) or b""), state
+    except (SafetensorError, ValueError) as exc:
         raise ZooError(f"checkpoint {path} is unreadable ({exc}); remove it to resume from the one before") from None
 
 

@@ -276,7 +276,7 @@ def output_folder(recipe: Recipe, create: bool) -> RunFolder:
         folder = RunFolder(recipe.output.dir)
         if folder.holds_run:
             raise ZooError(f"output.dir {folder} already holds a run; choose another folder or remove that one")
-        if folder.path.is_dir() and any(folder.path.iterdir()):
+        if folder.path.is_dir() and any(path.name != locking.LOCK_NAME for path in folder.path.iterdir()):
             raise ZooError(f"output.dir {folder} is a folder with other files in it; name a new or empty folder")
         if folder.path.exists() and not folder.path.is_dir():
             raise ZooError(f"output.dir {folder} is a file, not a folder")

@@ -188,6 +188,7 @@ class Trainer:
                 break
         bar.close()
         self.check_finite()
+        check_finite_weights(self.model)  # before validation: NaN weights give NaN metrics, not a run
         seconds = time.perf_counter() - started
         totals = distributed.sum_across_ranks(torch.stack([self.loss_sum, self.correct.double(), torch.tensor(
             float(self.seen - seen_before), device=self.device), torch.tensor(float(self.seen), device=self.device)]))  # fmt: skip
