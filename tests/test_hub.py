@@ -193,11 +193,25 @@ def test_push_never_follows_a_symlink_to_a_secret(hub, versions: list[Path], tmp
     secret.write_text(TOKEN)
     run = tmp_path / "run"
     shutil.copytree(versions[0], run)
+    (run / "hub.json").unlink(missing_ok=True)  # pushed by an earlier test
     (run / link).unlink()
     (run / link).symlink_to(secret)
     assert_user_error(zoo_command("push", str(run), "--repo", "zoo-test/leak", env=env), f"{link} is a symbolic link")
     assert "zoo-test/leak" not in server.state.repos  # refused before anything reached the Hub
     assert not (run / "hub.json").exists()
+
+
+def test_registry_add_refuses_a_run_changed_after_its_push(hub, versions: list[Path], tmp_path: Path) -> None:
+    server, env = hub
+    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
+    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    run = tmp_path / "run"
+    shutil.copytree(versions[0], run)
+    commit = pushed_commit(zoo_ok("push", str(run), "--repo", "zoo-test/digits", env=env))
+    shutil.copy(versions[1] / "model.safetensors", run / "model.safetensors")  # resumed and trained on, say
+    refused = zoo_command("registry", "add", str(run), "--name", "digits", env=env)
+    assert_user_error(refused, "model.safetensors is not what commit", commit[:12], "push it again")
+    assert json.loads((tmp_path / "registry.json").read_text())["weights"] == {}
 
 
 def test_a_push_whose_record_cannot_be_written_still_names_its_commit(
@@ -206,6 +220,7 @@ def test_a_push_whose_record_cannot_be_written_still_names_its_commit(
     server, env = hub
     run = tmp_path / "run"
     shutil.copytree(versions[0], run)
+    (run / "hub.json").unlink(missing_ok=True)  # pushed by an earlier test
     (run / "hub.json").mkdir()  # the record cannot be written where it belongs
     line = assert_user_error(zoo_command("push", str(run), "--repo", "zoo-test/digits", env=env), "as commit")
     commit = line.split("as commit ")[1].split(",")[0]
