@@ -126,3 +126,55 @@ def test_a_mistake_under_nproc_is_one_line_once(tmp_path: Path) -> None:
     )  # fmt: skip
     assert_user_error(result, "MNIST not found in", "nowhere")
     assert "torch.distributed" not in result.stderr + result.stdout
+
+
+def zoo_nproc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", *args, "--no-progress"]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
+
+
+def test_a_batchnorm_backbone_finishes_with_ranks_in_agreement(mnist_png: Path, tmp_path: Path) -> None:
+    """timm's test_resnet has BatchNorm: each rank's running statistics differ until rank 0's are shared."""
+    folder = tmp_path / "bn"
+    result = zoo_nproc(
+        tmp_path, str(RECIPES / "timm_finetune.toml"), "model.backbone=timm/test_resnet", "model.pretrained=false",
+        "model.freeze.freeze=[]", f"data.root={mnist_png}", "data.classes=[0,1,2]", "data.image_size=32",
+        "data.hflip=0", "data.batch_size=8", "data.num_workers=0", "train.epochs=2", f"output.dir={folder}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((folder / "results.json").read_text())
+    assert (results["state"], results["world_size"], results["ranks_agree"]) == ("finished", 2, True)
+    weights = RunFolder(folder).weights()
+    assert any(name.endswith("running_mean") for name in weights)  # the statistics were saved, from rank 0
+    assert sum(row["support"] for row in results["test"]["per_class"]) == 90  # 30 test images a class, each once
+
+
+def test_sync_bn_needs_gpus(mnist_dir: Path, tmp_path: Path) -> None:
+    result = zoo_nproc(tmp_path, str(RECIPES / "mnist.toml"), *SUBSET, "train.sync_bn=true")
+    assert_user_error(result, "train.sync_bn = true needs GPUs")
+
+
+def test_gradient_accumulation_under_ddp_equals_the_larger_batch(mnist_dir: Path, tmp_path: Path) -> None:
+    """Accumulating two micro-batches of 8 per rank (DDP synchronising only the last) steps like batches of 16.
+
+    SGD, not Adam: its update is linear in the gradient, so summation order cannot flip a tiny step.
+    """
+    same = [
+        *SUBSET,
+        "train.epochs=1",
+        "train.max_steps=6",
+        "train.precision=fp32",
+        "model.args.dropout1=0.0",
+        "model.args.dropout2=0.0",
+        "data.val_split=0.0",
+        "optim.name=sgd",
+        "optim.lr=0.05",
+    ]  # fmt: skip
+    accumulated = zoo_nproc(tmp_path, str(RECIPES / "mnist.toml"), *same, "data.batch_size=8", "train.grad_accum=2", f"output.dir={tmp_path / 'accum'}")  # fmt: skip
+    whole = zoo_nproc(tmp_path, str(RECIPES / "mnist.toml"), *same, "data.batch_size=16", f"output.dir={tmp_path / 'whole'}")  # fmt: skip
+    assert accumulated.returncode == 0 and whole.returncode == 0, accumulated.stderr + whole.stderr
+    first, second = RunFolder(tmp_path / "accum").weights(), RunFolder(tmp_path / "whole").weights()
+    for name in first:
+        torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-6)
+    moved = RunFolder(tmp_path / "accum").weights()["head.0.weight"]
+    assert json.loads((tmp_path / "accum" / "results.json").read_text())["steps"] == 6 and moved.abs().sum() > 0

@@ -359,7 +359,12 @@ class Batches:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             order = torch.randperm(len(self.split), generator=generator)
         # Every rank draws the same order and takes its own share of it.
-        order = distributed.shard(order, pad=self.shuffle)[start * self.batch_size :]
+        order = distributed.shard(order, pad=self.shuffle)
+        if self.shuffle and len(order) % self.batch_size:
+            # The last training batch is filled up from the start of the order: every step sees a full
+            # batch (BatchNorm cannot train on one sample, and torch.compile keeps one shape).
+            order = order.repeat(-(-self.batch_size // len(order)) + 1)[: len(self) * self.batch_size]
+        order = order[start * self.batch_size :]
         if self.in_memory:
             yield from self._from_memory(order)
         else:

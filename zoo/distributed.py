@@ -80,13 +80,30 @@ def barrier() -> None:
 
 
 def ranks_agree(model: torch.nn.Module) -> bool:
-    """Whether every rank holds the same weights (compared through per-tensor float64 sums)."""
+    """Whether every rank holds the same weights and buffers (compared through per-tensor float64 sums)."""
     if world_size() == 1:
         return True
-    fingerprint = torch.stack([p.detach().double().sum() for p in model.state_dict().values()]).cpu()
+    # On NCCL the tensors of a collective must be on the GPU: gather there, compare there.
+    fingerprint = torch.stack([t.detach().double().sum() for t in model.state_dict().values()])
+    fingerprint = fingerprint.to(_collective_device())
     gathered = [torch.empty_like(fingerprint) for _ in range(world_size())]
-    dist.all_gather(gathered, fingerprint.to(_collective_device()))
-    return all(torch.equal(fingerprint, other.cpu()) for other in gathered)
+    dist.all_gather(gathered, fingerprint)
+    return all(torch.equal(fingerprint, other) for other in gathered)
+
+
+def broadcast_buffers(model: torch.nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank.
+
+    DDP keeps parameters in step, but each rank updates its BatchNorm statistics from its own
+    share of the data; evaluation, checkpoints and the saved weights use rank 0's.
+    """
+    if world_size() == 1:
+        return
+    for buffer in model.buffers():
+        if buffer.is_floating_point() or buffer.dtype in (torch.int64, torch.int32):
+            shared = buffer.to(_collective_device())
+            dist.broadcast(shared, src=0)
+            buffer.copy_(shared)
 
 
 def _collective_device() -> torch.device:

@@ -207,6 +207,10 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(None, gt=0.0, le=1e6, description="clip gradients to this global norm")
     grad_accum: Size = Field(1, description="batches per optimiser step")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
+    sync_bn: bool = Field(
+        False,
+        description="under DDP on GPUs, BatchNorm statistics across all ranks (SyncBatchNorm): for small per-GPU batches",
+    )
     log_every: Size = Field(50, description="optimiser steps between progress-bar loss updates")
     checkpoint_every: Size | None = Field(None, description="also checkpoint every this many optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="how many checkpoints stay in the run folder")

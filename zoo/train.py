@@ -91,6 +91,13 @@ def build_run(
             raise ZooError(f"data.classes select {splits.label_names}, but the run was trained on {model.label_names}")
     attach_transforms(splits, preprocessing, recipe.data)
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+    if recipe.train.sync_bn and distributed.world_size() > 1 and trained is None:
+        if device.type != "cuda":
+            raise ZooError(
+                "train.sync_bn = true needs GPUs (SyncBatchNorm has no CPU kernel); on the CPU the ranks "
+                "share rank 0's BatchNorm statistics after every epoch: leave sync_bn out"
+            )
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format)
     loss_fn = registry.instantiate("loss", recipe.loss.name, recipe.loss.args).to(device)
     dtype = autocast_dtype(recipe.train.precision, device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -89,10 +90,15 @@ class Trainer:
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """What the training step calls: the model, under DDP when launched by torchrun, compiled if asked."""
+        self.ddp = None
         if distributed.world_size() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+            model = self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         return torch.compile(model) if self.config.compile else model
+
+    def _synchronising(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces gradients on the last micro-batch of an optimiser step only."""
+        return self.ddp.no_sync() if self.ddp is not None and not last_micro_batch else contextlib.nullcontext()
 
     @property
     def done(self) -> bool:
@@ -122,6 +128,7 @@ class Trainer:
         try:
             while self.epoch <= self.config.epochs and not self.done:
                 record = self.train_epoch(progress)
+                distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics everywhere
                 if self.val_batches is not None:
                     val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype)
                     record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
@@ -162,11 +169,13 @@ class Trainer:
                    unit="img", unit_scale=True, disable=not (progress and distributed.is_main()),
                    leave=False, dynamic_ncols=True)  # fmt: skip
         for inputs, labels in self.batches.epoch(epoch, start=self.position):
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                logits = self.forward(inputs)
-                loss = self.loss_fn(logits, labels)
+            stepping = (self.position + 1) % self.config.grad_accum == 0 or self.position + 1 == len(self.batches)
+            with self._synchronising(stepping):
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    logits = self.forward(inputs)
+                    loss = self.loss_fn(logits, labels)
+                self.scaler.scale(loss / self.config.grad_accum).backward()
             self.correct += (logits.detach().argmax(1) == labels).sum()
-            self.scaler.scale(loss / self.config.grad_accum).backward()
             loss = loss.detach()
             self.first_nonfinite = torch.where(
                 (self.first_nonfinite < 0) & ~torch.isfinite(loss), self.step + 1, self.first_nonfinite
