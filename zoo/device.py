@@ -21,7 +21,29 @@ def resolve_device(name: str) -> torch.device:
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32; auto means bf16 on CUDA only."""
+    """The autocast dtype, or None for plain fp32.
+
+    auto: on CUDA, bf16 where the GPU computes it natively (Ampere and later), else fp16 with the
+    grad scaler; fp32 elsewhere (a CPU's bf16 speed varies too much to choose it unasked).
+    """
     if precision == "auto":
-        precision = "bf16" if device.type == "cuda" else "fp32"
+        if device.type != "cuda":
+            precision = "fp32"
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def configure(device: torch.device, deterministic: bool) -> None:
+    """The backend settings a run uses: reproducible kernels, or the fastest ones on CUDA.
+
+    Deterministic runs warn, rather than stop, at an op without a deterministic kernel. Otherwise
+    CUDA matmuls and convolutions use TF32 tensor cores and cuDNN picks its fastest algorithms.
+    """
+    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    if device.type == "cuda":
+        fast = not deterministic
+        torch.backends.cuda.matmul.allow_tf32 = fast
+        torch.backends.cudnn.allow_tf32 = fast
+        torch.backends.cudnn.benchmark = fast
+        torch.backends.cudnn.deterministic = deterministic

@@ -22,12 +22,20 @@ OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
 }
 
 
-def build_optimizer(config: OptimConfig, groups: list[dict]) -> torch.optim.Optimizer:
+def build_optimizer(
+    config: OptimConfig, groups: list[dict], device: torch.device | None = None
+) -> torch.optim.Optimizer:
     options = {key: getattr(config, key) for key in OPTIMIZER_KEYS[config.name] if getattr(config, key) is not None}
     if "betas" in options:
         options["betas"] = tuple(options["betas"])
-    # foreach: one fused kernel per group instead of a Python loop over tensors.
+    # On CUDA, one fused kernel for the whole step where torch has it (AdamW, Adam, SGD); else
+    # foreach: one kernel per group instead of a Python loop over tensors.
+    if device is not None and device.type == "cuda" and config.name in FUSED:
+        return OPTIMIZERS[config.name](groups, lr=config.lr, fused=True, **options)
     return OPTIMIZERS[config.name](groups, lr=config.lr, foreach=True, **options)
+
+
+FUSED = {"adamw", "adam", "sgd"}
 
 
 def default_weight_decay(config: OptimConfig) -> float:

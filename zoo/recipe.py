@@ -202,7 +202,10 @@ class TrainConfig(_Section):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="autocast precision; auto: bf16 on CUDA, fp32 elsewhere"
     )
-    compile: bool = Field(False, description="torch.compile the model")
+    compile: bool = Field(False, description="torch.compile the training step's model")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
+        "default", description="torch.compile mode; reduce-overhead uses CUDA graphs on GPUs"
+    )
     channels_last: bool = Field(False, description="channels-last memory format")
     grad_clip: float | None = Field(None, gt=0.0, le=1e6, description="clip gradients to this global norm")
     grad_accum: Size = Field(1, description="batches per optimiser step")

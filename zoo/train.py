@@ -27,6 +27,7 @@ from .artifacts import RunFolder, RunResults
 from .card import model_card
 from .data import Batches, Split, Splits, attach_transforms, load_splits, resolve_preprocessing
 from .device import autocast_dtype, resolve_device
+from .device import configure as configure_backends
 from .distributed import log
 from .errors import ZooError
 from .evaluate import evaluate
@@ -79,7 +80,7 @@ def build_run(
     """Set up ``recipe``: a model to train (from its pretrained source), or the model of the ``trained`` run."""
     seed_everything(recipe.train.seed)
     device = distributed.setup(resolve_device(recipe.train.device))
-    torch.use_deterministic_algorithms(recipe.train.deterministic)
+    configure_backends(device, recipe.train.deterministic)
     # A resumed run is rebuilt as it started (a source can set architecture arguments, e.g. in_chans).
     source = None if trained else resolve_source(recipe.model.pretrained, progress, dry_run)
     splits = load_splits(recipe.data, recipe.train.seed)
@@ -110,7 +111,7 @@ def build_run(
         )
         if not setup.groups:
             raise ZooError("model.freeze freezes every parameter: nothing would train; unfreeze the head at least")
-        setup.optimizer = build_optimizer(optim, setup.groups)
+        setup.optimizer = build_optimizer(optim, setup.groups, device)
     return setup
 
 

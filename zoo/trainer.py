@@ -70,8 +70,9 @@ class Trainer:
         self.dtype = setup.dtype
         self.folder = folder
         self.forward = self._wrap(self.model)
-        # DDP's forward is a collective; each rank evaluates its own share of a split alone.
-        self.evaluator = self.forward if distributed.world_size() == 1 else self.model
+        # Evaluation calls the model itself: DDP's forward is a collective (each rank evaluates its
+        # own share alone), and a compiled forward would recompile for evaluation's batch shapes.
+        self.evaluator = self.model
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
         self.steps_per_epoch = math.ceil(len(self.batches) / self.config.grad_accum)
         self.total_steps = self.config.epochs * self.steps_per_epoch
@@ -93,8 +94,11 @@ class Trainer:
         self.ddp = None
         if distributed.world_size() > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
-            model = self.ddp = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-        return torch.compile(model) if self.config.compile else model
+            # gradient_as_bucket_view: gradients live in DDP's buckets, one copy fewer each step.
+            model = self.ddp = nn.parallel.DistributedDataParallel(
+                model, device_ids=device_ids, gradient_as_bucket_view=True
+            )
+        return torch.compile(model, mode=self.config.compile_mode) if self.config.compile else model
 
     def _synchronising(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """DDP all-reduces gradients on the last micro-batch of an optimiser step only."""
