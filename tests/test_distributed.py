@@ -178,3 +178,36 @@ def test_gradient_accumulation_under_ddp_equals_the_larger_batch(mnist_dir: Path
         torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-6)
     moved = RunFolder(tmp_path / "accum").weights()["head.0.weight"]
     assert json.loads((tmp_path / "accum" / "results.json").read_text())["steps"] == 6 and moved.abs().sum() > 0
+
+
+def test_sigkill_then_resume_under_two_processes_is_bit_identical(mnist_dir: Path, tmp_path: Path) -> None:
+    """Every rank's RNG (dropout) and partial sums are checkpointed, so the resumed run repeats each rank."""
+    import os
+    import signal
+    import time
+
+    zoo_run = [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml")]
+    settings = [*SUBSET, "data.per_class=600", "data.batch_size=16", "train.checkpoint_every=7", "train.precision=fp32"]
+    settings.append("--no-progress")
+    whole = subprocess.run([*zoo_run, *settings, f"output.dir={tmp_path / 'whole'}"], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+
+    folder = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*zoo_run, *settings, f"output.dir={folder}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (folder / "checkpoints" / "step-00000014").exists():  # mid-epoch 1 (54 steps an epoch)
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, at once
+    process.wait()
+    assert json.loads((folder / "results.json").read_text())["state"] == "running"  # killed mid-run
+    resumed = subprocess.run([*zoo_run, *settings, "--resume", str(folder)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    first, second = RunFolder(tmp_path / "whole").weights(), RunFolder(folder).weights()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    results = [json.loads((path / "results.json").read_text()) for path in (tmp_path / "whole", folder)]
+    assert results[0]["test"] == results[1]["test"] and results[1]["ranks_agree"]

@@ -10,9 +10,15 @@ function here is a no-op for a single process.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+
+from .errors import ZooError
+
+T = TypeVar("T")
 
 
 def launched() -> bool:
@@ -75,6 +81,34 @@ def from_main(value: object) -> object:
     holder = [value]
     dist.broadcast_object_list(holder, src=0)
     return holder[0]
+
+
+def gather_at_main(value: object) -> list[object]:
+    """Every rank's ``value``, in rank order (every rank receives the list; rank 0 uses it)."""
+    if world_size() == 1:
+        return [value]
+    gathered: list[object] = [None] * world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def decided_by_main(decide: Callable[[], T]) -> T:
+    """``decide()`` run on rank 0 alone (it alone may see the run folders), its answer on every rank.
+
+    A ZooError there is raised on every rank, so that no rank goes on to a collective the others skip.
+    """
+    if world_size() == 1:
+        return decide()
+    answer: tuple[T | None, str | None] = (None, None)
+    if is_main():
+        try:
+            answer = (decide(), None)
+        except ZooError as exc:
+            answer = (None, str(exc))
+    value, error = from_main(answer)  # type: ignore[misc]
+    if error is not None:
+        raise ZooError(error)
+    return value  # type: ignore[return-value]
 
 
 def barrier() -> None:

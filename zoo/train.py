@@ -195,7 +195,7 @@ def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Pa
             log(
                 f"{folder}: taking over from process {owner.get('pid')} (started {owner.get('started')}), which is gone"
             )
-        latest = check_resumable(folder, recipe) if resume else None
+        latest = distributed.decided_by_main(lambda: check_resumable(folder, recipe)) if resume else None
         setup = build_run(recipe, progress, dry_run)
         _print_setup(setup)
         if dry_run:

@@ -249,12 +249,17 @@ class Trainer:
         """Checkpoint on rank 0 (every rank checks the loss first: a collective)."""
         self.check_finite()  # never save weights a NaN has already reached
         check_finite_weights(self.model)
+        # Each rank's own RNG and partial sums, so that a resumed DDP run repeats every rank exactly.
+        rng_tensors, rng = checkpoint.rng_state()
+        own = {**rng_tensors, "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu()}
+        ranks = distributed.gather_at_main((own, {"rng": rng, "seen": self.seen}))
         if not distributed.is_main():
             return
         tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
         optim_tensors, optim_state = checkpoint.optimizer_state(self.optimizer)
-        rng_tensors, rng = checkpoint.rng_state()
-        tensors |= optim_tensors | rng_tensors | {"loss_sum": self.loss_sum, "correct": self.correct}
+        tensors |= optim_tensors | own
+        for rank, (rank_tensors, _) in enumerate(ranks[1:], start=1):
+            tensors |= {f"rank{rank}.{name}": tensor for name, tensor in rank_tensors.items()}
         state = {
             "recipe_hash": self.recipe.hash,
             "step": self.step,
@@ -267,11 +272,13 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "world_size": distributed.world_size(),
             "rng": rng,
+            "ranks": [rank_state for _, rank_state in ranks[1:]],
         }
         checkpoint.save(self.folder.checkpoint_root, self.step, tensors, state, self.config.keep_checkpoints)
 
     def load_checkpoint(self, path: Path) -> None:
-        tensors, state = checkpoint.load(path)
+        """Restore the run from ``path``, which rank 0 reads and sends: the other ranks need not see it."""
+        tensors, state = distributed.decided_by_main(lambda: checkpoint.load(path))
         if state["world_size"] != distributed.world_size():
             raise ZooError(f"{path} was written by {state['world_size']} processes; resume it with as many")
         try:
@@ -282,18 +289,26 @@ class Trainer:
             checkpoint.load_optimizer_state(self.optimizer, tensors, state["optimizer"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
-            checkpoint.set_rng_state(tensors, state["rng"])
-            self.loss_sum.copy_(tensors["loss_sum"])
-            self.correct.copy_(tensors["correct"])
+            rank = distributed.rank()
+            own, saved = (
+                (tensors, state) if rank == 0 else (_prefixed(tensors, f"rank{rank}."), state["ranks"][rank - 1])
+            )
+            checkpoint.set_rng_state(own, saved["rng"])
+            self.loss_sum.copy_(own["loss_sum"])
+            self.correct.copy_(own["correct"])
+            seen = saved["seen"]
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ZooError(
                 f"checkpoint {path} does not fit this run ({detail}); remove it to resume from the one before"
             ) from exc
-        if distributed.rank():  # rank 0's RNG state is saved; the others restart theirs from the seed
-            seed_everything(self.recipe.train.seed + distributed.rank() + state["step"])
-        self.step, self.epoch, self.position, self.seen = (state[k] for k in ("step", "epoch", "position", "seen"))
+        self.step, self.epoch, self.position = (state[k] for k in ("step", "epoch", "position"))
+        self.seen = seen
         self.history = state["history"]
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
