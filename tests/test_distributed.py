@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -211,3 +212,40 @@ def test_sigkill_then_resume_under_two_processes_is_bit_identical(mnist_dir: Pat
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     results = [json.loads((path / "results.json").read_text()) for path in (tmp_path / "whole", folder)]
     assert results[0]["test"] == results[1]["test"] and results[1]["ranks_agree"]
+
+
+def test_two_nodes_without_a_shared_folder_build_a_recipe_source_once(mnist_dir: Path, tmp_path: Path) -> None:
+    """Two torchrun "nodes" on this machine, each with its own working folder and zoo cache."""
+    import socket
+
+    (tmp_path / "pre.toml").write_text(
+        f'extends = "{RECIPES / "mnist_pretrain.toml"}"\nname = "pre"\n'
+        "[data]\nper_class = 20\nval_split = 0.05\nclasses = [0, 1]\n[train]\nepochs = 1\n"
+    )
+    (tmp_path / "fine.toml").write_text(
+        f'extends = "{RECIPES / "mnist_finetune.toml"}"\nname = "fine"\n[model]\npretrained = "recipe:pre.toml"\n'
+        "[data]\nper_class = 20\nval_split = 0.05\nclasses = [5, 6]\n[train]\nepochs = 1\n"
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nodes = []
+    for node in (0, 1):
+        work = tmp_path / f"node{node}"
+        work.mkdir()
+        command = [
+            str(Path(sys.executable).with_name("torchrun")), "--nnodes", "2", "--node_rank", str(node),
+            "--nproc_per_node", "1", "--master_addr", "127.0.0.1", "--master_port", str(port),
+            "-m", "zoo", "run", str(tmp_path / "fine.toml"), "--no-progress",
+        ]  # fmt: skip
+        env = {**os.environ, "ZOO_CACHE_DIR": str(work / "cache")}
+        nodes.append(subprocess.Popen(command, cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], outputs
+    assert outputs[0][0].count("running pre.toml first") == 1 and "running" not in outputs[1][0]
+    runs = list((tmp_path / "node0" / "runs").iterdir())
+    assert len(runs) == 1 and not (tmp_path / "node1" / "runs").exists()  # rank 0 alone writes the run
+    results = json.loads((runs[0] / "results.json").read_text())
+    assert (results["state"], results["world_size"], results["ranks_agree"]) == ("finished", 2, True)
+    built, sent = (next((tmp_path / f"node{n}" / "cache" / "runs").glob("pre-*")) for n in (0, 1))
+    assert (built / "model.safetensors").read_bytes() == (sent / "model.safetensors").read_bytes()

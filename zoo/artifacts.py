@@ -19,7 +19,7 @@ import tempfile
 import tomllib
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -164,14 +164,7 @@ class RunFolder:
     @property
     def results(self) -> RunResults | None:
         """results.json, or None when the run has not written one."""
-        path = self.file(self.RESULTS)
-        data = _read_json(path, required=False)
-        if data is None:
-            return None
-        try:
-            return RunResults.model_validate(data)
-        except ValidationError as exc:
-            raise ZooError(f"{path} is damaged: {_first_error(exc)}") from None
+        return _read_record(self.file(self.RESULTS), RunResults)
 
     @property
     def state(self) -> str:
@@ -180,14 +173,8 @@ class RunFolder:
 
     @property
     def hub_record(self) -> HubRecord | None:
-        path = self.file(self.HUB_RECORD)
-        data = _read_json(path, required=False)
-        if data is None:
-            return None
-        try:
-            return HubRecord.model_validate(data)
-        except ValidationError as exc:
-            raise ZooError(f"{path} is damaged: {_first_error(exc)}") from None
+        """hub.json, or None when the run was never pushed."""
+        return _read_record(self.file(self.HUB_RECORD), HubRecord)
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors of model.safetensors; only safetensors are ever loaded."""
@@ -282,6 +269,20 @@ def read_file(path: Path, limit: int | None = MAX_METADATA_BYTES) -> bytes | Non
 
 def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+Record = TypeVar("Record", bound=BaseModel)
+
+
+def _read_record(path: Path, schema: type[Record]) -> Record | None:
+    """The JSON file at ``path`` checked against ``schema``; None when it does not exist."""
+    data = _read_json(path, required=False)
+    if data is None:
+        return None
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        raise ZooError(f"{path} is damaged: {_first_error(exc)}") from None
 
 
 def _first_error(exc: ValidationError) -> str:

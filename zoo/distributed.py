@@ -10,7 +10,8 @@ function here is a no-op for a single process.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 import torch
@@ -109,6 +110,42 @@ def decided_by_main(decide: Callable[[], T]) -> T:
     if error is not None:
         raise ZooError(error)
     return value  # type: ignore[return-value]
+
+
+def agreed(work: Callable[[], T]) -> T:
+    """``work()`` on every rank; if it fails with a ZooError on any rank, every rank raises one.
+
+    Each node reads its own data and folders; a mistake seen on one node alone must stop all of
+    them here, not leave the others waiting in a collective.
+    """
+    if world_size() == 1:
+        return work()
+    try:
+        value, error = work(), None
+    except ZooError as exc:
+        value, error = None, str(exc)
+    errors = gather_at_main(error)
+    failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]
+    if failed:
+        rank, message = failed[0]
+        raise ZooError(message if error is not None else f"on rank {rank}: {message}")
+    return value  # type: ignore[return-value]
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0")) if world_size() > 1 else 0
+
+
+@contextmanager
+def node_main_first() -> Iterator[None]:
+    """The block runs on each node's first rank, then on the others: one download per node."""
+    if world_size() > 1 and local_rank() != 0:
+        dist.barrier()
+    try:
+        yield
+    finally:  # even when it failed: the node's other ranks are waiting for it
+        if world_size() > 1 and local_rank() == 0:
+            dist.barrier()
 
 
 def barrier() -> None:

@@ -83,9 +83,9 @@ def build_run(
     configure_backends(device, recipe.train.deterministic)
     # A resumed run is rebuilt as it started (a source can set architecture arguments, e.g. in_chans).
     source = None if trained else resolve_source(recipe.model.pretrained, progress, dry_run)
-    splits = load_splits(recipe.data, recipe.train.seed)
+    splits = distributed.agreed(lambda: load_splits(recipe.data, recipe.train.seed))
     if trained is None:
-        model, preprocessing = _new_model(recipe, splits, source)
+        model, preprocessing = distributed.agreed(lambda: _new_model(recipe, splits, source))
     else:
         model, preprocessing = load_run(trained), trained.preprocessing
         if splits.label_names != model.label_names:
@@ -152,8 +152,9 @@ def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> RunFolder |
         if main:  # under the lock, any staging folder of this entry was left by a dead process
             for abandoned in cached.path.parent.glob(f".{cached.path.name}.*"):
                 shutil.rmtree(abandoned, ignore_errors=True)
-        if distributed.from_main(cached.state == "finished"):
+        if distributed.decided_by_main(lambda: cached.state == "finished"):
             log(f"pretrained: {path.name} (cached in {cached})")
+            _share_with_every_node(cached)
             return cached
         if dry_run:
             log(f"pretrained: {path.name} is not cached yet; `zoo run` trains it first")
@@ -173,8 +174,30 @@ def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> RunFolder |
         finally:
             if main:
                 shutil.rmtree(staging, ignore_errors=True)
-    distributed.barrier()  # the other ranks read what rank 0 just put in place
+    _share_with_every_node(cached)
     return cached
+
+
+def _share_with_every_node(cached: RunFolder) -> None:
+    """Rank 0's cached run folder, copied into each node's own cache where that node lacks it.
+
+    Nodes need not share a filesystem: a source is built once, on rank 0, and sent to the rest.
+    """
+    if distributed.world_size() == 1:
+        return
+    missing = distributed.gather_at_main(distributed.local_rank() == 0 and cached.state != "finished")
+    files = None
+    if distributed.is_main() and any(missing):
+        files = {name: cached.file(name).read_bytes() for name in RunFolder.SHARED if cached.file(name).is_file()}
+    files = distributed.from_main(files)
+    if missing[distributed.rank()]:
+        cached.path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=cached.path.parent, prefix=f".{cached.path.name}."))
+        for name, data in files.items():
+            (staging / name).write_bytes(data)
+        shutil.rmtree(cached.path, ignore_errors=True)  # an unfinished copy, if any
+        os.replace(staging, cached.path)
+    distributed.barrier()  # every node now holds the source
 
 
 def run(recipe: Recipe, progress: bool = True, dry_run: bool = False, resume: Path | None = None) -> RunResult | None:
