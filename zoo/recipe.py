@@ -115,7 +115,12 @@ class DataConfig(_Section):
     val_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training split held out for validation")
     batch_size: Size = Field(64, description="training batch size")
     eval_batch_size: Size = Field(512, description="batch size for evaluation")
-    num_workers: int = Field(2, ge=0, le=256, description="DataLoader workers for datasets not held in memory")
+    num_workers: int | None = Field(
+        None,
+        ge=0,
+        le=256,
+        description="DataLoader workers for datasets not held in memory; default: the CPUs per local rank, at most 8",
+    )
     # Image datasets (image_folder) are read through timm's transforms, configured from the
     # model's pretrained config (timm.data.resolve_data_config); these keys override it.
     image_size: Annotated[int, Field(ge=1, le=8192)] | list[Annotated[int, Field(ge=1, le=8192)]] | None = Field(

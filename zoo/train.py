@@ -63,9 +63,15 @@ class RunSetup:
             self.preprocessing,
             shuffle=training,
             seed=self.recipe.train.seed,
-            num_workers=data.num_workers,
+            num_workers=default_workers() if data.num_workers is None else data.num_workers,
             channels_last=self.recipe.train.channels_last,
         )
+
+
+def default_workers() -> int:
+    """DataLoader workers when the recipe does not say: this node's CPUs shared by its ranks, at most 8."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 1) // ranks_here))
 
 
 @dataclass

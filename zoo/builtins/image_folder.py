@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +62,19 @@ def _class_names(folder: Path) -> list[str]:
 
 
 def _samples(folder: Path, classes: list[str]) -> list[tuple[str, int]]:
-    """(path, label) of every image under ``folder/<class>/``; a file that is not an image is an error."""
+    """(path, label) of every image under ``folder/<class>/``; a file that is not an image is an error.
+
+    A folder split into train and test is scanned once, not once per split: the scan (every file's
+    header opened) is kept while the class folders are unchanged.
+    """
+    if folder.is_dir():
+        changed = tuple((folder / name).stat().st_mtime_ns for name in classes if (folder / name).is_dir())
+        return list(_scan(folder, tuple(classes), changed))
+    return _scan(folder, tuple(classes), ())
+
+
+@cache
+def _scan(folder: Path, classes: tuple[str, ...], changed: tuple[int, ...]) -> list[tuple[str, int]]:
     if not folder.is_dir():
         raise ZooError(
             f"data.root: {folder.parent} has train/ but no {folder.name}/ folder; add one with the same classes"
