@@ -249,3 +249,30 @@ def test_two_nodes_without_a_shared_folder_build_a_recipe_source_once(mnist_dir:
     assert (results["state"], results["world_size"], results["ranks_agree"]) == ("finished", 2, True)
     built, sent = (next((tmp_path / f"node{n}" / "cache" / "runs").glob("pre-*")) for n in (0, 1))
     assert (built / "model.safetensors").read_bytes() == (sent / "model.safetensors").read_bytes()
+
+
+def test_ctrl_c_under_two_processes_leaves_one_interrupted_run_folder(mnist_dir: Path, tmp_path: Path) -> None:
+    """Ctrl-C reaches torchrun, which passes SIGINT to both ranks; they agree on a step and stop there."""
+    import signal
+    import time
+
+    folder = tmp_path / "run"
+    command = [
+        str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET,
+        "data.per_class=2000", "data.batch_size=8", "train.log_every=5", "train.checkpoint_every=10",
+        f"output.dir={folder}", "--no-progress",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not list((folder / "checkpoints").glob("step-*")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground process group
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stdout + stderr
+    results = json.loads((folder / "results.json").read_text())
+    assert results["state"] == "interrupted" and "Ctrl-C" in results["reason"], results
+    assert results["world_size"] == 2 and results["ranks_agree"] is True
+    assert (folder / "model.safetensors").is_file() and "Traceback" not in stderr

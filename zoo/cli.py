@@ -256,6 +256,7 @@ def _torchrun(nproc: int, zoo_arguments: list[str]) -> None:
     import logging
     import tempfile
 
+    from torch.distributed.elastic.multiprocessing import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
@@ -271,6 +272,8 @@ def _torchrun(nproc: int, zoo_arguments: list[str]) -> None:
             if reported:
                 click.echo(reported[0].read_text(), err=True)
             sys.exit(max(failure.exitcode for failure in exc.failures.values()) or 1)
+        except SignalException:  # Ctrl-C: torchrun passed it to the ranks, which stopped together
+            sys.exit(130)
 
 
 def _print_scores(metrics: dict[str, Any], split: str = "test") -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -88,6 +90,7 @@ class Trainer:
         self.seen = 0
         # The first step whose loss was not finite, kept on the device: checking costs no sync.
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
+        self.stop_flag = torch.zeros((), dtype=torch.long)  # set by SIGINT under DDP
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """What the training step calls: the model, under DDP when launched by torchrun, compiled if asked."""
@@ -130,21 +133,8 @@ class Trainer:
         """
         tensorboard = self._tensorboard() if self.config.tensorboard and distributed.is_main() else None
         try:
-            while self.epoch <= self.config.epochs and not self.done:
-                record = self.train_epoch(progress)
-                distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics everywhere
-                if self.val_batches is not None:
-                    val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype)
-                    record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
-                self.history.append(record)
-                if distributed.is_main():
-                    self.folder.write_metrics(self.history)
-                self.save_checkpoint()
-                log(_epoch_line(record, self.config.epochs))
-                if tensorboard:
-                    for key, value in record.items():
-                        if key not in ("epoch", "step"):
-                            tensorboard.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+            with self._agreeing_on_ctrl_c():
+                self._epochs(progress, tensorboard)
         except KeyboardInterrupt:
             reason = f"stopped by Ctrl-C in epoch {self.epoch}, after step {self.step}"
             log(f"\n{reason}: saving the run folder")
@@ -153,6 +143,43 @@ class Trainer:
             if tensorboard:
                 tensorboard.close()
         return "finished", ""
+
+    @contextlib.contextmanager
+    def _agreeing_on_ctrl_c(self) -> Iterator[None]:
+        """Under DDP, Ctrl-C (torchrun forwards SIGINT to every rank) only asks to stop; the ranks
+        agree at the next check (``stop_requested``) and stop after the same step, so that no rank
+        is left in a collective the others have abandoned."""
+        if distributed.world_size() == 1:
+            yield
+            return
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: self.stop_flag.fill_(1))
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def stop_requested(self) -> None:
+        """KeyboardInterrupt on every rank once any rank was asked to stop (a collective under DDP)."""
+        if distributed.world_size() > 1 and int(distributed.max_across_ranks(self.stop_flag)):
+            raise KeyboardInterrupt
+
+    def _epochs(self, progress: bool, tensorboard: Any) -> None:
+        """Train, validate, log and checkpoint each epoch that is left."""
+        while self.epoch <= self.config.epochs and not self.done:
+            record = self.train_epoch(progress)
+            distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics everywhere
+            if self.val_batches is not None:
+                val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype)
+                record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
+            self.history.append(record)
+            if distributed.is_main():
+                self.folder.write_metrics(self.history)
+            self.save_checkpoint()
+            log(_epoch_line(record, self.config.epochs))
+            if tensorboard:
+                for key, value in record.items():
+                    if key not in ("epoch", "step"):
+                        tensorboard.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
 
     def _tensorboard(self) -> Any:
         try:
@@ -193,6 +220,7 @@ class Trainer:
             self._optimizer_step()
             if self.step % self.config.log_every == 0:  # the loop's only host sync
                 self.check_finite()
+                self.stop_requested()
                 bar.set_postfix(loss=f"{float(self.loss_sum) / self.seen:.4f}")
             every = self.config.checkpoint_every
             if every and self.step % every == 0 and self.position < len(self.batches) and not self.done:
@@ -201,6 +229,7 @@ class Trainer:
                 break
         bar.close()
         self.check_finite()
+        self.stop_requested()
         check_finite_weights(self.model)  # before validation: NaN weights give NaN metrics, not a run
         seconds = time.perf_counter() - started
         totals = distributed.sum_across_ranks(torch.stack([self.loss_sum, self.correct.double(), torch.tensor(
