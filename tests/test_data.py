@@ -82,3 +82,24 @@ class _NotInMemory(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.dataset[index]
+
+
+def test_image_workers_send_uint8_normalised_on_the_device_as_the_float_transform_would(mnist_png: Path) -> None:
+    from PIL import Image
+
+    from zoo.data import attach_transforms, build_transform
+
+    config = DataConfig(dataset="image_folder", root=str(mnist_png), classes=[0, 1], val_split=0.0)
+    splits = load_splits(config, seed=0)
+    preprocessing = Preprocessing((1, 32, 32), (0.5,), (0.25,), interpolation="bilinear", crop_pct=1.0)
+    attach_transforms(splits, preprocessing, config)
+    sample, _ = splits.test[0]
+    assert sample.dtype == torch.uint8 and sample.shape == (1, 32, 32)  # a quarter of float32's bytes
+    batches = Batches(splits.test, 8, torch.device("cpu"), preprocessing, num_workers=1)
+    inputs, _ = next(batches.epoch())
+    as_predict_reads_them = build_transform(preprocessing)  # the float path: ToTensor, Normalize
+    paths = [splits.test.dataset.samples[int(i)][0] for i in splits.test.indices[:8]]
+    expected = torch.stack([as_predict_reads_them(Image.open(path)) for path in paths])
+    torch.testing.assert_close(inputs, expected, rtol=0, atol=1e-5)
+    loader = batches.loader
+    assert len(list(batches.epoch())) == 8 and batches.loader is loader  # 60 images; one loader, its workers persist

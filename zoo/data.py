@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import distributed, registry
 from .errors import ZooError, did_you_mean
@@ -181,8 +181,8 @@ def attach_transforms(splits: Splits, preprocessing: Preprocessing, config: Data
     """Give an image dataset's splits their transforms: training's augmented, the others' not."""
     if not splits.images:
         return
-    train_transform = build_transform(preprocessing, training=config)
-    eval_transform = build_transform(preprocessing)
+    train_transform = build_transform(preprocessing, training=config, uint8=True)
+    eval_transform = build_transform(preprocessing, uint8=True)
     for split in splits.splits:
         split.transform = train_transform if split is splits.train else eval_transform
 
@@ -245,12 +245,18 @@ def input_channels(model: nn.Module) -> int:
     return int(convolution.in_channels) if convolution is not None else 3
 
 
-def build_transform(preprocessing: Preprocessing, training: DataConfig | None = None) -> Callable[[Any], torch.Tensor]:
+def build_transform(
+    preprocessing: Preprocessing, training: DataConfig | None = None, uint8: bool = False
+) -> Callable[[Any], Any]:
     """timm's evaluation transform for ``preprocessing`` (its training one with ``training``'s
-    augmentation keys), after converting each image to the model's channels."""
+    augmentation keys), after converting each image to the model's channels.
+
+    ``uint8``: stop before normalising (timm's prefetcher form, a C x H x W uint8 array): workers
+    then send a quarter of the bytes, and ``Batches`` normalises on the device.
+    """
     from timm.data import create_transform
 
-    options: dict[str, Any] = dict(preprocessing.to_config())
+    options: dict[str, Any] = dict(preprocessing.to_config(), use_prefetcher=uint8)
     if training is not None:
         options |= {
             "is_training": True,
@@ -308,6 +314,19 @@ def targets_of(dataset: Dataset) -> torch.Tensor:
     return torch.as_tensor(targets, dtype=torch.long)
 
 
+class EpochOrder(Sampler[int]):
+    """The sample order of the current epoch, set before each pass over a persistent DataLoader."""
+
+    def __init__(self) -> None:
+        self.indices: list[int] = []
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class Batches:
     """``(inputs, labels)`` batches of one split on ``device``; shuffled batches depend on (seed, epoch).
 
@@ -334,12 +353,15 @@ class Batches:
         self.num_workers = num_workers
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.in_memory = is_in_memory(split.dataset)
+        # uint8 batches (in memory, or from image workers) become (x / 255 - mean) / std on the
+        # device: one multiply and one subtract per batch.
+        std_t = torch.tensor(preprocessing.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        mean_t = torch.tensor(preprocessing.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        self.scale = 1.0 / (255.0 * std_t)
+        self.shift = mean_t / std_t
+        self.order = EpochOrder()
+        self.loader: DataLoader | None = None
         if self.in_memory:
-            # (x / 255 - mean) / std as one multiply and one subtract per batch.
-            std_t = torch.tensor(preprocessing.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-            mean_t = torch.tensor(preprocessing.mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
-            self.scale = 1.0 / (255.0 * std_t)
-            self.shift = mean_t / std_t
             self.images = split.dataset.images[split.indices].to(device)
             self.labels = split.labels.to(device)
 
@@ -385,18 +407,23 @@ class Batches:
             yield inputs.contiguous(memory_format=self.memory_format), labels
 
     def _from_loader(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        loader = DataLoader(
-            self.split,
-            batch_size=self.batch_size,
-            sampler=order.tolist(),
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",  # page-locked batches: the copies below overlap compute
-            prefetch_factor=4 if self.num_workers else None,
-        )
+        self.order.indices = order.tolist()
+        if self.loader is None:  # one loader for the whole run: its workers persist from epoch to epoch
+            self.loader = DataLoader(
+                self.split,
+                batch_size=self.batch_size,
+                sampler=self.order,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",  # page-locked batches: the copies below overlap compute
+                prefetch_factor=4 if self.num_workers else None,
+                persistent_workers=self.num_workers > 0,
+            )
         try:
-            for inputs, labels in loader:
-                inputs = inputs.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-                yield inputs, labels.to(self.device, non_blocking=True)
+            for inputs, labels in self.loader:
+                inputs = inputs.to(self.device, non_blocking=True)
+                if inputs.dtype == torch.uint8:
+                    inputs = inputs.float().mul_(self.scale).sub_(self.shift)
+                yield inputs.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True)
         except ZooError as exc:
             # From a worker the message carries the worker's traceback: keep its last line, the user's.
             raise ZooError(
