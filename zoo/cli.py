@@ -235,9 +235,11 @@ def run(
         run_folder = latest_run(recipe) if resume == "latest" else Path(resume)
     from .distributed import is_main, teardown
 
-    result = run_recipe(recipe, progress=progress, dry_run=dry_run, resume=run_folder)
-    main = is_main()
-    teardown()
+    try:
+        result = run_recipe(recipe, progress=progress, dry_run=dry_run, resume=run_folder)
+        main = is_main()
+    finally:  # a rank that leaves with its process group alive can abort at exit (gloo's threads)
+        teardown()
     if result is None or not main:
         return
     if result.results.test:
@@ -269,8 +271,9 @@ def _torchrun(nproc: int, zoo_arguments: list[str]) -> None:
             torchrun(["--standalone", "--nproc_per_node", str(nproc), "-m", "zoo", *zoo_arguments])
         except ChildFailedError as exc:
             reported = sorted(Path(errors).iterdir())
-            if reported:
+            if reported:  # a user's mistake: what the other ranks did on their way out is beside the point
                 click.echo(reported[0].read_text(), err=True)
+                sys.exit(UserError.exit_code)
             sys.exit(max(failure.exitcode for failure in exc.failures.values()) or 1)
         except SignalException:  # Ctrl-C: torchrun passed it to the ranks, which stopped together
             sys.exit(130)
