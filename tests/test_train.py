@@ -421,3 +421,28 @@ def test_nan_weights_are_refused_by_eval_and_predict(pretrained: Path, tmp_path:
     Image.new("L", (28, 28)).save(image)
     for command in (["eval", str(copy)], ["predict", str(copy), str(image)]):
         assert_user_error(CliRunner().invoke(cli, command), "holds NaN or infinite values", "head.0.bias")
+
+
+def test_two_runs_needing_one_recipe_source_at_once_train_it_once(mnist_dir: Path, tmp_path: Path) -> None:
+    """The second waits on the cache entry's lock, then finds the first one's pretraining."""
+    import subprocess
+    import sys
+
+    (tmp_path / "pre.toml").write_text(
+        f'extends = "{RECIPES / "mnist_pretrain.toml"}"\nname = "pre"\n'
+        "[data]\nper_class = 200\nval_split = 0.02\nclasses = [0, 1]\n[train]\nepochs = 2\n"
+    )
+    (tmp_path / "fine.toml").write_text(
+        f'extends = "{RECIPES / "mnist_finetune.toml"}"\nname = "fine"\n[model]\npretrained = "recipe:pre.toml"\n'
+        "[data]\nper_class = 10\nval_split = 0.02\nclasses = [5, 6]\n[train]\nepochs = 1\n"
+    )
+    zoo = str(Path(sys.executable).with_name("zoo"))
+    runs = [
+        subprocess.Popen([zoo, "run", str(tmp_path / "fine.toml"), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=600) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert sum(out.count("running pre.toml first") for out, _ in outputs) == 1
+    assert sum(out.count("(cached in") for out, _ in outputs) == 1
+    assert len(list((tmp_path / "runs").iterdir())) == 2

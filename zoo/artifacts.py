@@ -11,6 +11,7 @@ and renamed, so a crash never leaves half a file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -247,24 +248,36 @@ def _read_json(path: Path, required: bool) -> Any:
 MAX_METADATA_BYTES = 64 << 20  # config.json, results.json, recipe.toml, hub.json: far below this
 
 
-def read_file(path: Path, limit: int | None = MAX_METADATA_BYTES) -> bytes | None:
-    """The bytes of a file zoo wrote (run folder, checkpoint); None when it does not exist. Only regular files are read
-    (a FIFO would block forever), and metadata files only up to ``limit`` bytes."""
+def read_file(path: Path, limit: int | None = MAX_METADATA_BYTES, follow_symlinks: bool = True) -> bytes | None:
+    """The bytes of a file zoo wrote (run folder, checkpoint); None when it does not exist.
+
+    Only regular files are read (a FIFO would block forever; it is opened non-blocking and checked
+    before any read), metadata files only up to ``limit`` bytes, and with ``follow_symlinks=False``
+    (what `zoo push` uploads) never through a symbolic link.
+    """
+    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
     try:
-        info = path.stat()
+        descriptor = os.open(path, flags)
     except FileNotFoundError:
         return None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ZooError(
+                f"{path} is a symbolic link, which zoo does not follow here; put the file itself there"
+            ) from None
         raise ZooError(f"cannot read {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(info.st_mode):
+    info = os.fstat(descriptor)
+    if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
+        os.close(descriptor)
+        if stat.S_ISREG(info.st_mode):
+            raise ZooError(f"{path} is {info.st_size:,} bytes: too large to be what zoo wrote there")
         kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
         raise ZooError(f"{path} is {kind}; it should be a file")
-    if limit is not None and info.st_size > limit:
-        raise ZooError(f"{path} is {info.st_size:,} bytes: too large to be what zoo wrote there")
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise ZooError(f"cannot read {path}: {exc.strerror}") from None
+    with os.fdopen(descriptor, "rb") as file:
+        try:
+            return file.read()
+        except OSError as exc:
+            raise ZooError(f"cannot read {path}: {exc.strerror}") from None
 
 
 def _refuse_constant(name: str) -> Any:

@@ -8,10 +8,8 @@ safetensors weights are ever loaded from them.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
-import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -84,29 +82,12 @@ def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
         if name == RunFolder.RECIPE:
             data = run.recipe.shareable().to_toml().encode()
         else:
-            data = _read_own_file(run, name)
+            data = artifacts.read_file(run.file(name), limit=None, follow_symlinks=False)
             if data is None:
                 continue  # plots are optional
         (staging / name).write_bytes(data)
         files[name] = FilePin(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     return files
-
-
-def _read_own_file(run: RunFolder, name: str) -> bytes | None:
-    """The bytes of ``run/name`` if it is a regular file of the run folder's own; None if it does not exist."""
-    path = run.file(name)
-    try:
-        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise ZooError(f"{path} is a symbolic link: zoo pushes only the run folder's own files") from None
-        raise ZooError(f"cannot read {path}: {exc.strerror}") from None
-    with os.fdopen(descriptor, "rb") as file:
-        if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):
-            raise ZooError(f"{path} is not a regular file: zoo pushes only the run folder's own files")
-        return file.read()
 
 
 def pull(source: HubRepo | str) -> Path:

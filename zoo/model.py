@@ -137,6 +137,14 @@ def _refuse_pickles(folder: Path) -> None:
     raise ZooError(f"model.pretrained: {folder} has no {RunFolder.WEIGHTS}")
 
 
+def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity; one host sync when there are none."""
+    floats = {name: tensor for name, tensor in state.items() if tensor.is_floating_point()}
+    if not floats or bool(torch.stack([t.isfinite().all() for t in floats.values()]).all()):
+        return []
+    return [name for name, tensor in floats.items() if not tensor.isfinite().all()]
+
+
 def adopt_head(model: nn.Module, label_names: list[str], source: object) -> str:
     """Keep a pretrained timm-style head only if it was trained on the same labels; else a new one."""
     loaded = model.pretrained_cfg
@@ -236,7 +244,7 @@ def load_run(run: RunFolder) -> nn.Module:
     state = run.weights()
     hint = f"the weights do not fit the model that {RunFolder.CONFIG} and {RunFolder.RECIPE} describe"
     _check_same_tensors(model.state_dict(), state, "run folder", "tensor", run.file(RunFolder.WEIGHTS), hint)
-    bad = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    bad = nonfinite_tensors(state)
     if bad:
         raise ZooError(
             f"{run.file(RunFolder.WEIGHTS)} holds NaN or infinite values (tensor '{bad[0]}'): it cannot predict"

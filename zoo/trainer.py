@@ -21,6 +21,7 @@ from .artifacts import RunFolder, State
 from .distributed import log
 from .errors import ZooError
 from .evaluate import evaluate
+from .model import nonfinite_tensors
 from .optim import lr_factor, set_lr
 
 if TYPE_CHECKING:
@@ -39,11 +40,7 @@ class NonFiniteLoss(ZooError):
 
 def check_finite_weights(model: nn.Module) -> None:
     """A ZooError when a weight or buffer holds NaN or infinity (a loss can stay finite while they do not)."""
-    bad = [
-        name
-        for name, tensor in model.state_dict().items()
-        if tensor.is_floating_point() and not tensor.isfinite().all()
-    ]
+    bad = nonfinite_tensors(model.state_dict())
     if bad:
         raise NonFiniteLoss(
             f"the weights became NaN or infinite ({len(bad)} tensor(s), first '{bad[0]}'): lower optim.lr, "
