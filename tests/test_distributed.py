@@ -13,6 +13,7 @@ import torch
 from click.testing import CliRunner
 from conftest import RECIPES, assert_user_error
 
+from zoo import checkpoint
 from zoo import recipe as recipes
 from zoo.artifacts import RunFolder
 from zoo.cli import cli
@@ -183,35 +184,78 @@ def test_gradient_accumulation_under_ddp_equals_the_larger_batch(mnist_dir: Path
 
 def test_sigkill_then_resume_under_two_processes_is_bit_identical(mnist_dir: Path, tmp_path: Path) -> None:
     """Every rank's RNG (dropout) and partial sums are checkpointed, so the resumed run repeats each rank."""
+    settings = [*SUBSET, "data.per_class=600", "data.batch_size=16", "train.checkpoint_every=7", "train.precision=fp32"]
+    kill_then_resume(tmp_path, [str(RECIPES / "mnist.toml"), *settings], "step-00000014")  # 54 steps an epoch
+
+
+def kill_then_resume(tmp_path: Path, args: list[str], checkpoint_name: str) -> None:
+    """A run killed (torchrun and every rank, at once) once ``checkpoint_name`` is written, then resumed,
+    ends bit-identical to the same run uninterrupted."""
     import os
     import signal
     import time
 
-    zoo_run = [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml")]
-    settings = [*SUBSET, "data.per_class=600", "data.batch_size=16", "train.checkpoint_every=7", "train.precision=fp32"]
-    settings.append("--no-progress")
-    whole = subprocess.run([*zoo_run, *settings, f"output.dir={tmp_path / 'whole'}"], capture_output=True, text=True)
+    zoo_run = [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", *args, "--no-progress"]
+    whole = subprocess.run([*zoo_run, f"output.dir={tmp_path / 'whole'}"], capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr
 
     folder = tmp_path / "killed"
     process = subprocess.Popen(
-        [*zoo_run, *settings, f"output.dir={folder}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [*zoo_run, f"output.dir={folder}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         start_new_session=True,
     )  # fmt: skip
     deadline = time.monotonic() + 300
-    while not (folder / "checkpoints" / "step-00000014").exists():  # mid-epoch 1 (54 steps an epoch)
+    while not (folder / "checkpoints" / checkpoint_name).exists():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)  # torchrun and both ranks, at once
+    os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     assert json.loads((folder / "results.json").read_text())["state"] == "running"  # killed mid-run
-    resumed = subprocess.run([*zoo_run, *settings, "--resume", str(folder)], capture_output=True, text=True)
+    resumed = subprocess.run([*zoo_run, "--resume", str(folder)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
     first, second = RunFolder(tmp_path / "whole").weights(), RunFolder(folder).weights()
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     results = [json.loads((path / "results.json").read_text()) for path in (tmp_path / "whole", folder)]
     assert results[0]["test"] == results[1]["test"] and results[1]["ranks_agree"]
+
+
+def test_fsdp_shards_what_ddp_replicates_and_trains_the_same(mnist_dir: Path, tmp_path: Path) -> None:
+    """Frozen parameters, a stage unfrozen mid-run, gradient accumulation: FSDP steps like DDP, holding half."""
+    same = [str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=16", "train.grad_accum=2",
+            "train.precision=fp32", "train.checkpoint_every=7"]  # fmt: skip
+    sharded = zoo_nproc(tmp_path, *same, "train.strategy=fsdp", f"output.dir={tmp_path / 'fsdp'}")
+    replicated = zoo_nproc(tmp_path, *same, f"output.dir={tmp_path / 'ddp'}")
+    assert sharded.returncode == 0 and replicated.returncode == 0, sharded.stderr + replicated.stderr
+    assert "= 32 global (fsdp)" in sharded.stdout
+    first, second = RunFolder(tmp_path / "fsdp").weights(), RunFolder(tmp_path / "ddp").weights()
+    assert first.keys() == second.keys()
+    for name in first:  # whole tensors in the run folder, equal up to the order of summation
+        torch.testing.assert_close(first[name], second[name], rtol=1e-5, atol=1e-6)
+    results = json.loads((tmp_path / "fsdp" / "results.json").read_text())
+    assert (results["state"], results["ranks_agree"]) == ("finished", True)
+    assert sum(row["support"] for row in results["test"]["per_class"]) == 980 + 1135 + 1032
+
+    # A checkpoint holds each rank's own shard: together they make the whole tensor, neither alone.
+    saved, _ = checkpoint.load(RunFolder(tmp_path / "fsdp").checkpoints[-1])
+    for name, whole in first.items():
+        shards = [saved[f"model.{name}"], saved[f"rank1.model.{name}"]]
+        assert all(len(shard) < len(whole) for shard in shards), name
+        assert torch.equal(torch.cat(shards), whole), name
+
+
+def test_fsdp_on_a_batchnorm_backbone_resumes_bit_identical_after_sigkill(mnist_png: Path, tmp_path: Path) -> None:
+    """timm's test_resnet, sharded: BatchNorm buffers stay whole, weights and Adam state are sharded."""
+    args = [
+        str(RECIPES / "timm_finetune.toml"), "model.backbone=timm/test_resnet", "model.pretrained=false",
+        "model.freeze.freeze=[]", f"data.root={mnist_png}", "data.classes=[0,1,2]", "data.image_size=32",
+        "data.hflip=0", "data.batch_size=8", "data.num_workers=0", "data.val_split=0.1", "train.epochs=2",
+        "train.checkpoint_every=5", "train.precision=fp32", "train.strategy=fsdp",
+    ]  # fmt: skip
+    kill_then_resume(tmp_path, args, "step-00000005")  # 11 steps an epoch
+    results = json.loads((tmp_path / "killed" / "results.json").read_text())
+    assert sum(row["support"] for row in results["test"]["per_class"]) == 90  # 45 on one rank, 45 on the other
+    assert any(name.endswith("running_mean") for name in RunFolder(tmp_path / "killed").weights())
 
 
 def test_two_nodes_without_a_shared_folder_build_a_recipe_source_once(mnist_dir: Path, tmp_path: Path) -> None:

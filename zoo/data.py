@@ -351,6 +351,7 @@ class Batches:
         self.shuffle = shuffle
         self.seed = seed
         self.num_workers = num_workers
+        self.input_size = preprocessing.input_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.in_memory = is_in_memory(split.dataset)
         # uint8 batches (in memory, or from image workers) become (x / 255 - mean) / std on the

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from .errors import ZooError
 
@@ -84,12 +85,22 @@ def from_main(value: object) -> object:
     return holder[0]
 
 
-def gather_at_main(value: object) -> list[object]:
-    """Every rank's ``value``, in rank order (every rank receives the list; rank 0 uses it)."""
+def all_gathered(value: object) -> list[object]:
+    """Every rank's ``value``, in rank order, on every rank."""
     if world_size() == 1:
         return [value]
     gathered: list[object] = [None] * world_size()
     dist.all_gather_object(gathered, value)
+    return gathered
+
+
+def gather_at_main(value: object) -> list[object] | None:
+    """Every rank's ``value``, in rank order, on rank 0 alone (None elsewhere): a checkpoint's shards
+    meet only where they are written."""
+    if world_size() == 1:
+        return [value]
+    gathered: list[object] | None = [None] * world_size() if is_main() else None
+    dist.gather_object(value, gathered, dst=0)
     return gathered
 
 
@@ -100,16 +111,36 @@ def decided_by_main(decide: Callable[[], T]) -> T:
     """
     if world_size() == 1:
         return decide()
-    answer: tuple[T | None, str | None] = (None, None)
-    if is_main():
-        try:
-            answer = (decide(), None)
-        except ZooError as exc:
-            answer = (None, str(exc))
-    value, error = from_main(answer)  # type: ignore[misc]
+    value, error = from_main(_answer(decide))  # type: ignore[misc]
     if error is not None:
         raise ZooError(error)
     return value  # type: ignore[return-value]
+
+
+def scattered_by_main(decide: Callable[[], list[T]]) -> T:
+    """``decide()`` run on rank 0 alone gives one value per rank; each rank receives its own.
+
+    A ZooError there is raised on every rank, as in ``decided_by_main``.
+    """
+    if world_size() == 1:
+        return decide()[0]
+    values, error = _answer(decide)
+    error = from_main(error)
+    if error is not None:
+        raise ZooError(error)
+    received: list[object] = [None]
+    dist.scatter_object_list(received, values, src=0)
+    return received[0]  # type: ignore[return-value]
+
+
+def _answer(decide: Callable[[], T]) -> tuple[T | None, str | None]:
+    """(``decide()``, None) on rank 0, or (None, the message) when it raised a ZooError; (None, None) elsewhere."""
+    if not is_main():
+        return None, None
+    try:
+        return decide(), None
+    except ZooError as exc:
+        return None, str(exc)
 
 
 def agreed(work: Callable[[], T]) -> T:
@@ -124,7 +155,7 @@ def agreed(work: Callable[[], T]) -> T:
         value, error = work(), None
     except ZooError as exc:
         value, error = None, str(exc)
-    errors = gather_at_main(error)
+    errors = all_gathered(error)
     failed = [(rank, message) for rank, message in enumerate(errors) if message is not None]
     if failed:
         rank, message = failed[0]
@@ -158,7 +189,11 @@ def ranks_agree(model: torch.nn.Module) -> bool:
     if world_size() == 1:
         return True
     # On NCCL the tensors of a collective must be on the GPU: gather there, compare there.
-    fingerprint = torch.stack([t.detach().double().sum() for t in model.state_dict().values()])
+    # A sharded parameter (FSDP) is held once, by one rank: only what every rank holds is compared.
+    replicated = [t for t in model.state_dict().values() if not isinstance(t, DTensor)]
+    if not replicated:
+        return True
+    fingerprint = torch.stack([t.detach().double().sum() for t in replicated])
     fingerprint = fingerprint.to(_collective_device())
     gathered = [torch.empty_like(fingerprint) for _ in range(world_size())]
     dist.all_gather(gathered, fingerprint)

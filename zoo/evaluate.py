@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import distributed
+from . import distributed, fsdp
 from . import recipe as recipes
 from .artifacts import RunFolder
 from .data import Batches
@@ -31,7 +31,13 @@ def evaluate(
         loss_sum += loss_fn(logits.float(), labels) * len(labels)
         predictions.append(logits.argmax(1))
         targets.append(labels)
-    matrix = confusion_matrix(torch.cat(predictions).cpu(), torch.cat(targets).cpu(), len(label_names))
+    if fsdp.is_sharded(model):  # its forward is a collective: the ranks with fewer batches call it too
+        calls = int(distributed.max_across_ranks(torch.tensor(len(batches))))
+        for _ in range(calls - len(batches)):
+            with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
+                model(torch.zeros(1, *batches.input_size, device=batches.device))
+    none = [torch.empty(0, dtype=torch.long)]  # a rank's share of a tiny split can be empty
+    matrix = confusion_matrix(torch.cat(predictions or none).cpu(), torch.cat(targets or none).cpu(), len(label_names))
     matrix = distributed.sum_across_ranks(matrix)  # each rank evaluated its share of the split
     loss_sum = distributed.sum_across_ranks(loss_sum)
     return {"loss": float(loss_sum) / max(1, int(matrix.sum())), **scores(matrix, label_names)}

@@ -215,6 +215,11 @@ class TrainConfig(_Section):
     grad_clip: float | None = Field(None, gt=0.0, le=1e6, description="clip gradients to this global norm")
     grad_accum: Size = Field(1, description="batches per optimiser step")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="with several processes: ddp (a whole model on each rank) or fsdp (FSDP2: weights, gradients "
+        "and optimiser state sharded across the ranks, for models that do not fit one GPU)",
+    )
     sync_bn: bool = Field(
         False,
         description="under DDP on GPUs, BatchNorm statistics across all ranks (SyncBatchNorm): for small per-GPU batches",

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, checkpoint, distributed, freeze, locking, registry
+from . import __version__, checkpoint, distributed, freeze, fsdp, locking, registry
 from . import recipe as recipes
 from .artifacts import RunFolder, RunResults
 from .card import model_card
@@ -106,6 +106,8 @@ def build_run(
             )
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format)
+    if recipe.train.strategy == "fsdp" and distributed.world_size() > 1 and trained is None:
+        fsdp.shard(model)  # before the optimiser, which must hold the sharded parameters
     loss_fn = registry.instantiate("loss", recipe.loss.name, recipe.loss.args).to(device)
     dtype = autocast_dtype(recipe.train.precision, device)
     setup = RunSetup(recipe, device, dtype, splits, preprocessing, model, loss_fn)
@@ -191,7 +193,7 @@ def _share_with_every_node(cached: RunFolder) -> None:
     """
     if distributed.world_size() == 1:
         return
-    missing = distributed.gather_at_main(distributed.local_rank() == 0 and cached.state != "finished")
+    missing = distributed.all_gathered(distributed.local_rank() == 0 and cached.state != "finished")
     files = None
     if distributed.is_main() and any(missing):
         files = {name: cached.file(name).read_bytes() for name in RunFolder.SHARED if cached.file(name).is_file()}
@@ -291,8 +293,9 @@ def _finish(
     if state == "finished":
         test = setup.batches(setup.splits.test)
         results.test = evaluate(trainer.evaluator, test, setup.loss_fn, setup.splits.label_names, setup.dtype)
+    weights = fsdp.full_state_dict(setup.model)  # a collective when sharded
     if distributed.is_main():
-        _write_run(folder, setup, results, trainer)
+        _write_run(folder, setup, results, trainer, weights)
     return results
 
 
@@ -374,10 +377,12 @@ def latest_run(recipe: Recipe, runs: Path = Path("runs")) -> Path:
     return max(candidates, key=lambda run: run.checkpoints[-1].stat().st_mtime).path
 
 
-def _write_run(folder: RunFolder, setup: RunSetup, results: RunResults, trainer: Trainer) -> None:
+def _write_run(
+    folder: RunFolder, setup: RunSetup, results: RunResults, trainer: Trainer, weights: dict[str, torch.Tensor]
+) -> None:
     recipe, label_names = setup.recipe, setup.splits.label_names
     metadata = {"label_names": json.dumps(label_names), "recipe_hash": recipe.hash, "format": "pt"}
-    folder.write_weights(setup.model.state_dict(), metadata)
+    folder.write_weights(weights, metadata)
     config = exchange_config(setup.model, recipe.model.backbone, label_names, setup.preprocessing)
     # Files that may be shared hold the recipe without this machine's paths; recipe.toml keeps them.
     config["zoo"] = {"version": __version__, "recipe_hash": recipe.hash, "recipe": recipe.shareable().to_dict()}
@@ -412,7 +417,9 @@ def _print_setup(setup: RunSetup) -> None:
     precision = str(setup.dtype).removeprefix("torch.") if setup.dtype else "fp32"
     ranks = distributed.world_size()
     batch = f"batch {recipe.data.batch_size}" + (
-        f" per rank x {ranks} ranks = {recipe.data.batch_size * ranks} global" if ranks > 1 else ""
+        f" per rank x {ranks} ranks = {recipe.data.batch_size * ranks} global ({recipe.train.strategy})"
+        if ranks > 1
+        else ""
     )
     log(f"device: {setup.device} ({precision}), {batch}, {recipe.optim.name} lr {recipe.optim.lr:g}")
     rows = freeze.summary(setup.model, setup.groups or [])

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import checkpoint, distributed, freeze
+from . import checkpoint, distributed, freeze, fsdp
 from .artifacts import RunFolder, State
 from .distributed import log
 from .errors import ZooError
@@ -39,11 +39,18 @@ class NonFiniteLoss(ZooError):
 
 
 def check_finite_weights(model: nn.Module) -> None:
-    """A ZooError when a weight or buffer holds NaN or infinity (a loss can stay finite while they do not)."""
-    bad = nonfinite_tensors(model.state_dict())
-    if bad:
+    """A ZooError when a weight or buffer holds NaN or infinity (a loss can stay finite while they do not).
+
+    A sharded model is checked shard by shard, and the ranks agree (a collective), so that all stop.
+    """
+    bad = nonfinite_tensors({name: fsdp.local(tensor) for name, tensor in model.state_dict().items()})
+    count = len(bad)
+    if fsdp.is_sharded(model):
+        count = int(distributed.max_across_ranks(torch.tensor(count)))
+    if count:
+        first = f"first '{bad[0]}'" if bad else "on another rank"
         raise NonFiniteLoss(
-            f"the weights became NaN or infinite ({len(bad)} tensor(s), first '{bad[0]}'): lower optim.lr, "
+            f"the weights became NaN or infinite ({count} tensor(s), {first}): lower optim.lr, "
             "set train.grad_clip, or use train.precision=fp32"
         )
 
@@ -68,9 +75,11 @@ class Trainer:
         self.device = setup.device
         self.dtype = setup.dtype
         self.folder = folder
+        self.sharded = fsdp.is_sharded(self.model)  # sharded by build_run (train.strategy = "fsdp")
         self.forward = self._wrap(self.model)
         # Evaluation calls the model itself: DDP's forward is a collective (each rank evaluates its
         # own share alone), and a compiled forward would recompile for evaluation's batch shapes.
+        # (A sharded model's forward is always a collective: evaluate pads the ranks instead.)
         self.evaluator = self.model
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
         self.steps_per_epoch = math.ceil(len(self.batches) / self.config.grad_accum)
@@ -90,9 +99,10 @@ class Trainer:
         self.stop_flag = torch.zeros((), dtype=torch.long)  # set by SIGINT under DDP
 
     def _wrap(self, model: nn.Module) -> nn.Module:
-        """What the training step calls: the model, under DDP when launched by torchrun, compiled if asked."""
+        """What the training step calls: the model, under DDP when launched by torchrun (unless it is
+        sharded, which synchronises by itself), compiled if asked."""
         self.ddp = None
-        if distributed.world_size() > 1:
+        if distributed.world_size() > 1 and not self.sharded:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             # gradient_as_bucket_view: gradients live in DDP's buckets, one copy fewer each step.
             model = self.ddp = nn.parallel.DistributedDataParallel(
@@ -101,7 +111,10 @@ class Trainer:
         return torch.compile(model, mode=self.config.compile_mode) if self.config.compile else model
 
     def _synchronising(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
-        """DDP all-reduces gradients on the last micro-batch of an optimiser step only."""
+        """DDP all-reduces (FSDP reduce-scatters) gradients on the last micro-batch of an optimiser step only."""
+        if self.sharded:
+            self.model.set_requires_gradient_sync(last_micro_batch)
+            return contextlib.nullcontext()
         return self.ddp.no_sync() if self.ddp is not None and not last_micro_batch else contextlib.nullcontext()
 
     @property
@@ -275,15 +288,17 @@ class Trainer:
         """Checkpoint on rank 0 (every rank checks the loss first: a collective)."""
         self.check_finite()  # never save weights a NaN has already reached
         check_finite_weights(self.model)
-        # Each rank's own RNG and partial sums, so that a resumed DDP run repeats every rank exactly.
+        # Each rank's own RNG and partial sums, so that a resumed DDP run repeats every rank exactly;
+        # under FSDP also its own shards of the weights and the optimiser state.
         rng_tensors, rng = checkpoint.rng_state()
         own = {**rng_tensors, "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu()}
-        ranks = distributed.gather_at_main((own, {"rng": rng, "seen": self.seen}))
-        if not distributed.is_main():
-            return
-        tensors = {f"model.{name}": value for name, value in self.model.state_dict().items()}
         optim_tensors, optim_state = checkpoint.optimizer_state(self.optimizer)
-        tensors |= optim_tensors | own
+        if self.sharded:
+            own |= self._model_and_optimizer_tensors(optim_tensors)
+        ranks = distributed.gather_at_main((own, {"rng": rng, "seen": self.seen}))
+        if ranks is None:
+            return
+        tensors = own if self.sharded else self._model_and_optimizer_tensors(optim_tensors) | own
         for rank, (rank_tensors, _) in enumerate(ranks[1:], start=1):
             tensors |= {f"rank{rank}.{name}": tensor for name, tensor in rank_tensors.items()}
         state = {
@@ -302,39 +317,62 @@ class Trainer:
         }
         checkpoint.save(self.folder.checkpoint_root, self.step, tensors, state, self.config.keep_checkpoints)
 
+    def _model_and_optimizer_tensors(self, optim_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's and optimiser's tensors as a checkpoint keeps them (this rank's shards when sharded)."""
+        tensors = {f"model.{name}": fsdp.local(value) for name, value in self.model.state_dict().items()}
+        return tensors | {name: fsdp.local(value) for name, value in optim_tensors.items()}
+
     def load_checkpoint(self, path: Path) -> None:
-        """Restore the run from ``path``, which rank 0 reads and sends: the other ranks need not see it."""
-        tensors, state = distributed.decided_by_main(lambda: checkpoint.load(path))
-        if state["world_size"] != distributed.world_size():
-            raise ZooError(f"{path} was written by {state['world_size']} processes; resume it with as many")
+        """Restore the run from ``path``, which rank 0 reads and sends, each rank its own part: the
+        other ranks need not see the file."""
+        tensors, state = distributed.scattered_by_main(lambda: _per_rank(path))
         try:
             for index in state["applied_stages"]:
                 self._apply_stage(index)
             model_state = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
-            self.model.load_state_dict(model_state)
+            if self.sharded:
+                fsdp.load_local_state(self.model, model_state)
+                tensors = fsdp.sharded_optimizer_tensors(self.optimizer, tensors)
+            else:
+                self.model.load_state_dict(model_state)
             checkpoint.load_optimizer_state(self.optimizer, tensors, state["optimizer"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
-            rank = distributed.rank()
-            own, saved = (
-                (tensors, state) if rank == 0 else (_prefixed(tensors, f"rank{rank}."), state["ranks"][rank - 1])
-            )
-            checkpoint.set_rng_state(own, saved["rng"])
-            self.loss_sum.copy_(own["loss_sum"])
-            self.correct.copy_(own["correct"])
-            seen = saved["seen"]
+            checkpoint.set_rng_state(tensors, state["rng"])
+            self.loss_sum.copy_(tensors["loss_sum"])
+            self.correct.copy_(tensors["correct"])
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ZooError(
                 f"checkpoint {path} does not fit this run ({detail}); remove it to resume from the one before"
             ) from exc
         self.step, self.epoch, self.position = (state[k] for k in ("step", "epoch", "position"))
-        self.seen = seen
+        self.seen = state["seen"]
         self.history = state["history"]
 
 
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+def _per_rank(path: Path) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+    """The checkpoint at ``path`` as each rank restores it: rank 0's tensors and state, overlaid for
+    rank R by what was saved as R's own (``rankR.*`` tensors, ``ranks[R-1]`` state)."""
+    tensors, state = checkpoint.load(path)
+    ranks = distributed.world_size()
+    if state["world_size"] != ranks:
+        raise ZooError(f"{path} was written by {state['world_size']} processes; resume it with as many")
+    saved_ranks = state.get("ranks")
+    if (
+        not isinstance(saved_ranks, list)
+        or len(saved_ranks) != ranks - 1
+        or not all(isinstance(r, dict) for r in saved_ranks)
+    ):
+        raise ZooError(f"checkpoint {path} is damaged (state.json: ranks); remove it to resume from the one before")
+    parts = [(tensors, state)]
+    for rank in range(1, ranks):
+        prefix = f"rank{rank}."
+        own = {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+        saved = saved_ranks[rank - 1]
+        shared = {name: tensor for name, tensor in tensors.items() if not name.startswith("rank")}
+        parts.append((shared | own, state | saved))
+    return parts
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
