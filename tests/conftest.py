@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -182,3 +185,33 @@ def write_finished_run(folder: Path) -> RunFolder:
     )
     run.write_results(RunResults(state="finished", recipe_hash="abc", test={"accuracy": 0.5}))
     return run
+
+
+def kill_then_resume(tmp_path: Path, args: list[str], checkpoint_name: str, nproc: int = 1) -> None:
+    """A run killed (with torchrun and every rank, at once) once ``checkpoint_name`` is written, then
+    resumed, ends bit-identical to the same run uninterrupted."""
+    launch = ["--nproc", str(nproc)] if nproc > 1 else []
+    zoo_run = [str(Path(sys.executable).with_name("zoo")), "run", *launch, *args, "--no-progress"]
+    whole = subprocess.run([*zoo_run, f"output.dir={tmp_path / 'whole'}"], capture_output=True, text=True)
+    assert whole.returncode == 0, whole.stderr
+
+    folder = tmp_path / "killed"
+    process = subprocess.Popen(
+        [*zoo_run, f"output.dir={folder}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (folder / "checkpoints" / checkpoint_name).exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    assert json.loads((folder / "results.json").read_text())["state"] == "running"  # killed mid-run
+    resumed = subprocess.run([*zoo_run, "--resume", str(folder)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    first, second = RunFolder(tmp_path / "whole").weights(), RunFolder(folder).weights()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    results = [json.loads((path / "results.json").read_text()) for path in (tmp_path / "whole", folder)]
+    assert results[0]["test"] == results[1]["test"]
+    assert results[1].get("ranks_agree") is (True if nproc > 1 else None)

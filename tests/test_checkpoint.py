@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error, sabotaged_loss
+from conftest import RECIPES, assert_user_error, kill_then_resume, sabotaged_loss
 
 from zoo import artifacts, checkpoint
 from zoo.artifacts import RunFolder
@@ -197,3 +197,17 @@ def test_unwritable_output_folder_is_one_line(mnist_dir: Path, tmp_path: Path) -
         cli, ["run", str(RECIPES / "mnist.toml"), *SMALL, f"output.dir={tmp_path / 'a-file' / 'run'}"]
     )
     assert_user_error(result, "cannot create the run folder", "Not a directory")
+
+
+def test_sigkill_then_resume_with_ema_mixing_balanced_sampling_and_augmentation_is_bit_identical(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Every stateful option at once: the EMA's weights, MixUp/CutMix draws (numpy's RNG), the balanced
+    sampler's order and the on-device augmentation's draws all continue exactly."""
+    args = [
+        str(RECIPES / "mnist.toml"), "data.classes=[0,1,2]", "data.per_class=[300,40,200]", "data.batch_size=16",
+        "data.val_split=0.05", "train.epochs=2", "train.checkpoint_every=10", "train.ema=0.99",
+        "data.mixup=0.2", "data.cutmix=1.0", "data.sampler=balanced", "loss.class_weights=balanced",
+        "data.augment=default", "train.precision=fp32",
+    ]  # fmt: skip
+    kill_then_resume(tmp_path, args, "step-00000020")  # 34 steps an epoch

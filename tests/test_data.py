@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from zoo.data import Batches, load_splits, select_classes
+from zoo.data import Batches, class_weights, load_splits, select_classes
 from zoo.errors import ZooError
 from zoo.preprocessing import Preprocessing
 from zoo.recipe import DataConfig
@@ -92,7 +92,7 @@ def test_image_workers_send_uint8_normalised_on_the_device_as_the_float_transfor
     config = DataConfig(dataset="image_folder", root=str(mnist_png), classes=[0, 1], val_split=0.0)
     splits = load_splits(config, seed=0)
     preprocessing = Preprocessing((1, 32, 32), (0.5,), (0.25,), interpolation="bilinear", crop_pct=1.0)
-    attach_transforms(splits, preprocessing, config)
+    attach_transforms(splits, preprocessing, None)
     sample, _ = splits.test[0]
     assert sample.dtype == torch.uint8 and sample.shape == (1, 32, 32)  # a quarter of float32's bytes
     batches = Batches(splits.test, 8, torch.device("cpu"), preprocessing, num_workers=1)
@@ -103,3 +103,32 @@ def test_image_workers_send_uint8_normalised_on_the_device_as_the_float_transfor
     torch.testing.assert_close(inputs, expected, rtol=0, atol=1e-5)
     loader = batches.loader
     assert len(list(batches.epoch())) == 8 and batches.loader is loader  # 60 images; one loader, its workers persist
+
+
+UNBALANCED = DataConfig(dataset="mnist", classes=[3, 7, 9], per_class=[200, 10, 90], val_split=0.0)
+
+
+def test_per_class_counts_and_balanced_class_weights(mnist_dir: Path) -> None:
+    splits = load_splits(UNBALANCED, seed=0)
+    assert torch.bincount(splits.train.labels).tolist() == [200, 10, 90]
+    weights = class_weights("balanced", splits)
+    assert weights == pytest.approx([300 / (3 * 200), 300 / (3 * 10), 300 / (3 * 90)])
+    assert sum(w * n for w, n in zip(weights, [200, 10, 90], strict=True)) == pytest.approx(300)  # averages 1
+    assert class_weights([1.0, 2.0, 3.0], splits) == [1.0, 2.0, 3.0]
+    with pytest.raises(ZooError, match="lists 2 weights for 3 classes"):
+        class_weights([1.0, 2.0], splits)
+    with pytest.raises(ZooError, match="lists 2 counts for 3 classes"):
+        load_splits(UNBALANCED.model_copy(update={"per_class": [5, 5]}), seed=0)
+
+
+def test_the_balanced_sampler_draws_classes_equally_in_a_seeded_order(mnist_dir: Path) -> None:
+    splits = load_splits(UNBALANCED, seed=0)
+    preprocessing = Preprocessing((1, 28, 28), (0.5,), (0.5,))
+
+    def drawn(epoch: int, start: int = 0) -> torch.Tensor:
+        batches = Batches(splits.train, 30, torch.device("cpu"), preprocessing, shuffle=True, balanced=True)
+        return torch.cat([labels for _, labels in batches.epoch(epoch, start)])
+
+    counts = torch.bincount(torch.cat([drawn(epoch) for epoch in range(1, 11)]), minlength=3)
+    assert counts.sum() == 3000 and (counts - 1000).abs().max() < 120  # 1,000 +- 4 sigma each
+    assert torch.equal(drawn(1)[60:], drawn(1, start=2)) and not torch.equal(drawn(1), drawn(2))

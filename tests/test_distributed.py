@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error
+from conftest import RECIPES, assert_user_error, kill_then_resume
 
 from zoo import checkpoint
 from zoo import recipe as recipes
@@ -185,39 +185,7 @@ def test_gradient_accumulation_under_ddp_equals_the_larger_batch(mnist_dir: Path
 def test_sigkill_then_resume_under_two_processes_is_bit_identical(mnist_dir: Path, tmp_path: Path) -> None:
     """Every rank's RNG (dropout) and partial sums are checkpointed, so the resumed run repeats each rank."""
     settings = [*SUBSET, "data.per_class=600", "data.batch_size=16", "train.checkpoint_every=7", "train.precision=fp32"]
-    kill_then_resume(tmp_path, [str(RECIPES / "mnist.toml"), *settings], "step-00000014")  # 54 steps an epoch
-
-
-def kill_then_resume(tmp_path: Path, args: list[str], checkpoint_name: str) -> None:
-    """A run killed (torchrun and every rank, at once) once ``checkpoint_name`` is written, then resumed,
-    ends bit-identical to the same run uninterrupted."""
-    import os
-    import signal
-    import time
-
-    zoo_run = [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", *args, "--no-progress"]
-    whole = subprocess.run([*zoo_run, f"output.dir={tmp_path / 'whole'}"], capture_output=True, text=True)
-    assert whole.returncode == 0, whole.stderr
-
-    folder = tmp_path / "killed"
-    process = subprocess.Popen(
-        [*zoo_run, f"output.dir={folder}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )  # fmt: skip
-    deadline = time.monotonic() + 300
-    while not (folder / "checkpoints" / checkpoint_name).exists():
-        assert process.poll() is None and time.monotonic() < deadline
-        time.sleep(0.02)
-    os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
-    assert json.loads((folder / "results.json").read_text())["state"] == "running"  # killed mid-run
-    resumed = subprocess.run([*zoo_run, "--resume", str(folder)], capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
-    first, second = RunFolder(tmp_path / "whole").weights(), RunFolder(folder).weights()
-    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
-    results = [json.loads((path / "results.json").read_text()) for path in (tmp_path / "whole", folder)]
-    assert results[0]["test"] == results[1]["test"] and results[1]["ranks_agree"]
+    kill_then_resume(tmp_path, [str(RECIPES / "mnist.toml"), *settings], "step-00000014", nproc=2)  # 54 steps an epoch
 
 
 def test_fsdp_shards_what_ddp_replicates_and_trains_the_same(mnist_dir: Path, tmp_path: Path) -> None:
@@ -252,7 +220,7 @@ def test_fsdp_on_a_batchnorm_backbone_resumes_bit_identical_after_sigkill(mnist_
         "data.hflip=0", "data.batch_size=8", "data.num_workers=0", "data.val_split=0.1", "train.epochs=2",
         "train.checkpoint_every=5", "train.precision=fp32", "train.strategy=fsdp",
     ]  # fmt: skip
-    kill_then_resume(tmp_path, args, "step-00000005")  # 11 steps an epoch
+    kill_then_resume(tmp_path, args, "step-00000005", nproc=2)  # 11 steps an epoch
     results = json.loads((tmp_path / "killed" / "results.json").read_text())
     assert sum(row["support"] for row in results["test"]["per_class"]) == 90  # 45 on one rank, 45 on the other
     assert any(name.endswith("running_mean") for name in RunFolder(tmp_path / "killed").weights())

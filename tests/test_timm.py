@@ -373,20 +373,3 @@ def test_a_plain_timm_model_folder_is_a_pretrained_source(tmp_path: Path) -> Non
     assert torch.equal(model.layer3[0].conv1.weight, source.layer3[0].conv1.weight) and model.num_classes == 2
     with pytest.raises(ZooError, match="holds a timm 'test_resnet', but the recipe builds 'timm/resnet10t'"):
         build_model(ModelConfig(backbone="timm/resnet10t", pretrained=str(tmp_path / "timm_folder")), ["a", "b"])
-
-
-def test_augmentation_is_switched_by_recipe_keys() -> None:
-    from zoo.data import build_transform
-    from zoo.preprocessing import Preprocessing
-
-    config = Preprocessing((3, 32, 32), (0.5,) * 3, (0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
-    augmented = repr(build_transform(config, DataConfig(dataset="image_folder", hflip=0.25, scale=[0.5, 1.0])))
-    assert (
-        "RandomResizedCrop" in augmented
-        and "RandomHorizontalFlip(p=0.25)" in augmented
-        and "scale=(0.5, 1.0)" in augmented
-    )
-    plain = repr(build_transform(config, DataConfig(dataset="image_folder", augment=False)))
-    assert "Random" not in plain and "ColorJitter" not in plain and "Resize" in plain
-    assert repr(build_transform(config)).startswith("ConvertThen('RGB'")
-    assert repr(build_transform(Preprocessing((1, 32, 32), (0.5,), (0.5,)))).startswith("ConvertThen('L'")

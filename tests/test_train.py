@@ -18,7 +18,7 @@ from zoo.artifacts import RunFolder
 from zoo.cli import cli
 from zoo.data import Batches, load_splits
 from zoo.errors import ZooError
-from zoo.train import evaluate, run
+from zoo.train import build_run, evaluate, run
 
 # Small enough for seconds on 2 cores: 20 training images a class, two classes.
 TINY = ["data.per_class=20", "data.val_split=0.02", "train.epochs=1"]
@@ -115,6 +115,7 @@ def test_freezing_policies(pretrained: Path, policy: list[str], frozen: list[str
         *FINETUNE,
         f"model.pretrained={pretrained}",
         "model.freeze.unfreeze=[]",
+        "train.keep=last",  # the weights after the stage, whichever epoch validated best
         *policy,
     )
     before, after = weights(pretrained), weights(folder)
@@ -446,3 +447,30 @@ def test_two_runs_needing_one_recipe_source_at_once_train_it_once(mnist_dir: Pat
     assert sum(out.count("running pre.toml first") for out, _ in outputs) == 1
     assert sum(out.count("(cached in") for out, _ in outputs) == 1
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.mixup=0.2", "loss.name=focal"], "loss 'focal' takes class indices only; use cross_entropy"),
+        (["loss.class_weights=balanced", "loss.name=focal"], "loss 'focal' takes no class weights"),
+        (["data.cutmix=1.0", "data.batch_size=7"], "batch_size must be even (got 7)"),
+        (["train.monitor=val_f1", "data.val_split=0"], "train.monitor = val_f1 needs a validation split"),
+        (["train.ema=0.99", "train.strategy=fsdp"], "train.ema keeps a whole copy"),
+    ],
+)
+def test_settings_that_cannot_work_together_are_one_line(overrides: list[str], message: str, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *TINY, *overrides, "--dry-run"])
+    assert_user_error(result, message)
+
+
+def test_class_weights_reach_the_loss_and_results(mnist_dir: Path, tmp_path: Path) -> None:
+    recipe = recipes.load(
+        RECIPES / "mnist.toml",
+        ["data.classes=[0,1]", "data.per_class=[30,10]", "data.val_split=0", "train.epochs=1",
+         "loss.class_weights=balanced", "data.sampler=balanced", f"output.dir={tmp_path / 'run'}"],
+    )  # fmt: skip
+    setup = build_run(recipe, progress=False)
+    assert setup.loss_fn.weight.tolist() == pytest.approx([40 / 60, 40 / 20])
+    result = run(recipe, progress=False)
+    assert result.results.class_weights == pytest.approx([40 / 60, 40 / 20])

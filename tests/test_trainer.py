@@ -64,3 +64,13 @@ def test_a_failure_inside_fit_propagates(mnist_dir: Path, tmp_path: Path) -> Non
 
     with sabotaged_loss("explodes_at_2", explode), pytest.raises(RuntimeError, match="a bug in a plugin"):
         trainer_for(tmp_path, "loss.name=explodes_at_2").fit(progress=False)
+
+
+def test_mixing_gives_the_loss_soft_targets_from_pairs_of_images(mnist_dir: Path, tmp_path: Path) -> None:
+    trainer = trainer_for(tmp_path, "data.mixup=0.4", "data.cutmix=1.0")
+    inputs, labels = next(trainer.batches.epoch(1))
+    mixed, targets = trainer.mix(inputs.clone(), labels)
+    assert targets.shape == (8, 2) and torch.allclose(targets.sum(1), torch.ones(8))
+    assert not torch.equal(targets, torch.nn.functional.one_hot(labels, 2).float()) and not torch.equal(mixed, inputs)
+    assert trainer.fit(progress=False)[0] == "finished"
+    assert trainer_for(tmp_path).mix is None

@@ -48,6 +48,12 @@ class RunResults(BaseModel):
     failed_at_step: int | None = None
     train_seconds: float | None = None
     best_val_accuracy: float | None = None
+    monitor: str | None = None  # train.monitor
+    kept: Literal["best", "last"] | None = None  # which epoch's weights the run folder holds
+    kept_epoch: int | None = None
+    kept_value: float | None = None  # the monitor's value in that epoch
+    stopped_early: bool | None = None
+    class_weights: list[float] | None = None  # the loss's per-class weights (loss.class_weights)
     world_size: int | None = None
     ranks_agree: bool | None = None
     test: dict[str, Any] | None = None  # evaluate()'s metrics: accuracy, precision, recall, f1, per_class, ...

@@ -27,8 +27,11 @@ TENSORS = "state.safetensors"
 STATE = "state.json"
 
 
-def save(root: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int) -> Path:
-    """Write a checkpoint into ``root`` (a run folder's checkpoints/) atomically; delete all but the newest ``keep``."""
+def save(
+    root: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[str, Any], keep: int, best: int | None = None
+) -> Path:
+    """Write a checkpoint into ``root`` (a run folder's checkpoints/) atomically; delete all but the
+    newest ``keep`` and the one of step ``best`` (the weights a run keeps come from it)."""
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"step-{step:08d}"
     staging = Path(tempfile.mkdtemp(dir=root, prefix=f".{target.name}."))
@@ -42,7 +45,8 @@ def save(root: Path, step: int, tensors: dict[str, torch.Tensor], state: dict[st
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     for old in all_checkpoints(root)[:-keep]:
-        shutil.rmtree(old)
+        if best is None or old.name != f"step-{best:08d}":
+            shutil.rmtree(old)
     return target
 
 

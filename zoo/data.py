@@ -29,6 +29,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import distributed, registry
+from .augment import Augmentation, BatchAugment
 from .errors import ZooError, did_you_mean
 from .preprocessing import Preprocessing
 from .recipe import DataConfig, default_data_dir
@@ -55,6 +56,22 @@ def image_file(path: Path, decode: bool = True) -> Iterator[Image.Image]:
         raise ZooError(f"{path} is too large to decode safely ({exc})") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
         raise ZooError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
+
+
+def class_weights(setting: str | list[float], splits: Splits) -> list[float]:
+    """``loss.class_weights``: as listed, or for "balanced" n / (classes x n_c) over the training
+    split (rarer classes weigh more; an image's weight averages 1)."""
+    names, labels = splits.label_names, splits.train.labels
+    if setting != "balanced":
+        if len(setting) != len(names):
+            raise ZooError(f"loss.class_weights lists {len(setting)} weights for {len(names)} classes "
+                           f"({', '.join(names)}); give one per class, in data.classes order")  # fmt: skip
+        return list(setting)
+    counts = torch.bincount(labels, minlength=len(names))
+    if not counts.all():
+        missing = names[int((counts == 0).nonzero()[0])]
+        raise ZooError(f"loss.class_weights = balanced: class {missing} has no training image")
+    return (len(labels) / (len(names) * counts.double())).tolist()
 
 
 def data_root(config: DataConfig) -> Path:
@@ -134,19 +151,23 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     generator = torch.Generator().manual_seed(seed)
     train_targets = targets_of(train_set)
     train_parts, val_parts = [], []
-    for class_index in selected:
+    per_class = config.per_class if isinstance(config.per_class, list) else [config.per_class] * len(selected)
+    if len(per_class) != len(selected):
+        raise ZooError(f"data.per_class lists {len(per_class)} counts for {len(selected)} classes; give one per "
+                       "class, in data.classes order, or a single number")  # fmt: skip
+    for class_index, wanted in zip(selected, per_class, strict=True):
         members = (train_targets == class_index).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=generator)]
         n_val = round(len(members) * config.val_split)
         val_parts.append(members[:n_val])
         rest = members[n_val:]
-        if config.per_class is not None:
-            if config.per_class > len(rest):
+        if wanted is not None:
+            if wanted > len(rest):
                 raise ZooError(
-                    f"data.per_class = {config.per_class}, but class '{names[class_index]}' has only "
+                    f"data.per_class = {wanted}, but class '{names[class_index]}' has only "
                     f"{len(rest)} training examples (after the validation split); lower data.per_class"
                 )
-            rest = rest[: config.per_class]
+            rest = rest[:wanted]
         if len(rest) == 0:
             raise ZooError(f"data.classes: class '{names[class_index]}' has no training examples in {root}")
         train_parts.append(rest)
@@ -177,11 +198,11 @@ def resolve_preprocessing(config: DataConfig, model: nn.Module, splits: Splits) 
     )
 
 
-def attach_transforms(splits: Splits, preprocessing: Preprocessing, config: DataConfig) -> None:
+def attach_transforms(splits: Splits, preprocessing: Preprocessing, augmentation: Augmentation | None) -> None:
     """Give an image dataset's splits their transforms: training's augmented, the others' not."""
     if not splits.images:
         return
-    train_transform = build_transform(preprocessing, training=config, uint8=True)
+    train_transform = build_transform(preprocessing, training=True, augmentation=augmentation, uint8=True)
     eval_transform = build_transform(preprocessing, uint8=True)
     for split in splits.splits:
         split.transform = train_transform if split is splits.train else eval_transform
@@ -246,10 +267,13 @@ def input_channels(model: nn.Module) -> int:
 
 
 def build_transform(
-    preprocessing: Preprocessing, training: DataConfig | None = None, uint8: bool = False
+    preprocessing: Preprocessing,
+    training: bool = False,
+    augmentation: Augmentation | None = None,
+    uint8: bool = False,
 ) -> Callable[[Any], Any]:
-    """timm's evaluation transform for ``preprocessing`` (its training one with ``training``'s
-    augmentation keys), after converting each image to the model's channels.
+    """timm's evaluation transform for ``preprocessing`` (its training one with ``augmentation``,
+    none when None), after converting each image to the model's channels.
 
     ``uint8``: stop before normalising (timm's prefetcher form, a C x H x W uint8 array): workers
     then send a quarter of the bytes, and ``Batches`` normalises on the device.
@@ -257,16 +281,17 @@ def build_transform(
     from timm.data import create_transform
 
     options: dict[str, Any] = dict(preprocessing.to_config(), use_prefetcher=uint8)
-    if training is not None:
-        options |= {
-            "is_training": True,
-            "no_aug": not training.augment,
-            "hflip": training.hflip,
-            "scale": tuple(training.scale),
-            "color_jitter": training.color_jitter,
-            "auto_augment": training.auto_augment,
-        }
+    if training:
+        options |= {"is_training": True, "no_aug": augmentation is None}
+    if training and augmentation is not None:
+        options |= {key: getattr(augmentation, key) for key in ("scale", "ratio", "hflip", "color_jitter")}
+        options["auto_augment"] = augmentation.auto_augment
     transform = create_transform(**options)
+    if training and augmentation is not None and (augmentation.degrees or augmentation.translate):
+        from torchvision.transforms import Compose, RandomAffine
+
+        shift = (augmentation.translate, augmentation.translate)
+        transform = Compose([RandomAffine(augmentation.degrees, translate=shift), transform])
     return ConvertThen("L" if preprocessing.channels == 1 else "RGB", transform)
 
 
@@ -344,8 +369,11 @@ class Batches:
         seed: int = 0,
         num_workers: int = 0,
         channels_last: bool = False,
+        balanced: bool = False,
+        augmentation: Augmentation | None = None,
     ) -> None:
         self.split = split
+        self.balanced = balanced
         self.batch_size = batch_size
         self.device = device
         self.shuffle = shuffle
@@ -362,6 +390,8 @@ class Batches:
         self.shift = mean_t / std_t
         self.order = EpochOrder()
         self.loader: DataLoader | None = None
+        # Image datasets are augmented by their transforms, in the workers; tensors here, on the device.
+        self.augment = BatchAugment(augmentation) if augmentation is not None and self.in_memory else None
         if self.in_memory:
             self.images = split.dataset.images[split.indices].to(device)
             self.labels = split.labels.to(device)
@@ -381,7 +411,11 @@ class Batches:
         order = torch.arange(len(self.split))
         if self.shuffle:
             generator = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
-            order = torch.randperm(len(self.split), generator=generator)
+            if self.balanced:  # each class as often as any other: rare images repeat, common ones are skipped
+                per_image = (1.0 / torch.bincount(self.split.labels).double())[self.split.labels]
+                order = torch.multinomial(per_image, len(self.split), replacement=True, generator=generator)
+            else:
+                order = torch.randperm(len(self.split), generator=generator)
         # Every rank draws the same order and takes its own share of it.
         order = distributed.shard(order, pad=self.shuffle)
         if self.shuffle and len(order) % self.batch_size:
@@ -390,21 +424,25 @@ class Batches:
             order = order.repeat(-(-self.batch_size // len(order)) + 1)[: len(self) * self.batch_size]
         order = order[start * self.batch_size :]
         if self.in_memory:
-            yield from self._from_memory(order)
+            yield from self._from_memory(order, epoch, start)
         else:
             yield from self._from_loader(order)
 
-    def _from_memory(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _from_memory(self, order: torch.Tensor, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         sequential = not self.shuffle and len(order) == len(self.split)
         order = order.to(self.device)
-        for start in range(0, len(order), self.batch_size):
+        for number, start in enumerate(range(0, len(order), self.batch_size), start=first):
             if sequential:  # slices, no gather
                 images = self.images[start : start + self.batch_size]
                 labels = self.labels[start : start + self.batch_size]
             else:
                 chosen = order[start : start + self.batch_size]
                 images, labels = self.images[chosen], self.labels[chosen]
-            inputs = images.float().mul_(self.scale).sub_(self.shift)
+            inputs = images.float()
+            if self.augment is not None:  # drawn from (seed, epoch, batch, rank): resumes exactly, differs per rank
+                seed = ((self.seed * 100_003 + epoch) * 1_000_003 + number) * 1_009 + distributed.rank()
+                inputs = self.augment(inputs, torch.Generator(self.device).manual_seed(seed))
+            inputs = inputs.mul_(self.scale).sub_(self.shift)
             yield inputs.contiguous(memory_format=self.memory_format), labels
 
     def _from_loader(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

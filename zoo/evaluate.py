@@ -16,6 +16,9 @@ from .data import Batches
 from .errors import ZooError
 from .metrics import confusion_matrix, scores
 
+# Top-5 accuracy is reported from this many classes on (with fewer it says little).
+TOP5_CLASSES = 10
+
 
 @torch.no_grad()
 def evaluate(
@@ -25,10 +28,13 @@ def evaluate(
     model.eval()
     predictions, targets = [], []
     loss_sum = torch.zeros((), device=batches.device)
+    top5 = torch.zeros((), dtype=torch.long, device=batches.device)
     for inputs, labels in batches.epoch():
         with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
         loss_sum += loss_fn(logits.float(), labels) * len(labels)
+        if len(label_names) >= TOP5_CLASSES:
+            top5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
         predictions.append(logits.argmax(1))
         targets.append(labels)
     if fsdp.is_sharded(model):  # its forward is a collective: the ranks with fewer batches call it too
@@ -40,7 +46,11 @@ def evaluate(
     matrix = confusion_matrix(torch.cat(predictions or none).cpu(), torch.cat(targets or none).cpu(), len(label_names))
     matrix = distributed.sum_across_ranks(matrix)  # each rank evaluated its share of the split
     loss_sum = distributed.sum_across_ranks(loss_sum)
-    return {"loss": float(loss_sum) / max(1, int(matrix.sum())), **scores(matrix, label_names)}
+    seen = max(1, int(matrix.sum()))
+    metrics = {"loss": float(loss_sum) / seen, **scores(matrix, label_names)}
+    if len(label_names) >= TOP5_CLASSES:
+        metrics["top5_accuracy"] = int(distributed.sum_across_ranks(top5)) / seen
+    return metrics
 
 
 def evaluate_run(path: Path, split: str = "test", data_overrides: Sequence[str] = ()) -> dict[str, Any]:

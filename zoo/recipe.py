@@ -111,7 +111,9 @@ class DataConfig(_Section):
     classes: list[int | str] | None = Field(
         None, description="subset of the dataset's classes (indices or names), relabelled 0..n-1 in this order"
     )
-    per_class: Size | None = Field(None, description="labelled training examples per class")
+    per_class: Size | list[Size] | None = Field(
+        None, description="labelled training examples per class, or a list of counts in data.classes order"
+    )
     val_split: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the training split held out for validation")
     batch_size: Size = Field(64, description="training batch size")
     eval_batch_size: Size = Field(512, description="batch size for evaluation")
@@ -139,24 +141,56 @@ class DataConfig(_Section):
     crop_mode: Literal["center", "squash", "border"] | None = Field(
         None, description="image datasets: evaluation crop mode"
     )
-    augment: bool = Field(
-        True, description="image datasets: train-time augmentation (random resized crop, flip, jitter)"
+    augment: Literal["none", "light", "default", "strong"] = Field(
+        "default",
+        description="training augmentation preset: none, light (crops of 80%+, no jitter), default (timm's, or "
+        "what the model declares), strong (+ RandAugment); the keys below change single settings",
     )
-    hflip: float = Field(0.5, ge=0.0, le=1.0, description="image datasets: horizontal flip probability when augmenting")
-    scale: list[Annotated[float, Field(gt=0.0, le=1.0)]] = Field(
-        [0.08, 1.0], min_length=2, max_length=2, description="image datasets: random-resized-crop area range"
+    hflip: float | None = Field(None, ge=0.0, le=1.0, description="horizontal flip probability when augmenting")
+    scale: list[Annotated[float, Field(gt=0.0, le=1.0)]] | None = Field(
+        None, min_length=2, max_length=2, description="random-resized-crop area range"
     )
-    color_jitter: float = Field(
-        0.4, ge=0.0, le=10.0, description="image datasets: colour jitter strength when augmenting"
+    color_jitter: float | None = Field(
+        None, ge=0.0, le=10.0, description="image datasets: colour jitter strength when augmenting"
     )
     auto_augment: str | None = Field(
         None, description="image datasets: timm auto-augment policy, e.g. 'rand-m9-mstd0.5'"
     )
+    degrees: float | None = Field(None, ge=0.0, le=180.0, description="random rotation within +-degrees")
+    translate: float | None = Field(None, ge=0.0, le=0.5, description="random shift, as a fraction of the size")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _augment_as_switch(cls, data: Any) -> Any:
+        """``augment = true/false``, as recipes and run folders of earlier versions say it."""
+        if isinstance(data, dict) and isinstance(data.get("augment"), bool):
+            return {**data, "augment": "default" if data["augment"] else "none"}
+        return data
+
+    sampler: Literal["shuffle", "balanced"] = Field(
+        "shuffle", description="training order: shuffle, or balanced (every class drawn equally often)"
+    )
+    mixup: float = Field(0.0, ge=0.0, le=10.0, description="MixUp alpha (0: off); mixes images and labels")
+    cutmix: float = Field(0.0, ge=0.0, le=10.0, description="CutMix alpha (0: off)")
+    mix_prob: float = Field(1.0, ge=0.0, le=1.0, description="probability that a batch is mixed")
+    mix_switch_prob: float = Field(0.5, ge=0.0, le=1.0, description="with both on: probability of CutMix")
+
+    @model_validator(mode="after")
+    def _mixing_pairs_a_batch(self) -> DataConfig:
+        if (self.mixup or self.cutmix) and self.batch_size % 2:
+            raise ValueError(f"mixup and cutmix pair the images of a batch: batch_size must be even "
+                             f"(got {self.batch_size})")  # fmt: skip
+        return self
 
 
 class LossConfig(_Section):
     name: str = Field("cross_entropy", description="a zoo.losses plugin name (`zoo list losses`)")
     args: dict[str, Any] = Field({}, description="arguments for the loss plugin")
+    class_weights: Literal["balanced"] | list[Annotated[float, Field(gt=0.0, le=1e6)]] | None = Field(
+        None,
+        description="per-class loss weights: balanced (inverse class frequency in the training split) or a "
+        "list in data.classes order, for losses that take a `weight`",
+    )
 
 
 # What each optimiser accepts beyond lr; a key set for an optimiser that ignores it is an error.
@@ -199,6 +233,11 @@ class ScheduleConfig(_Section):
     final_div_factor: float = Field(1e4, ge=1.0, le=1e9, description="onecycle: starting lr / final lr")
 
 
+class EarlyStopConfig(_Section):
+    patience: Size = Field(description="evaluations in a row without improvement before the run stops")
+    min_delta: float = Field(0.0, ge=0.0, le=1e6, description="the least change of train.monitor that counts")
+
+
 class TrainConfig(_Section):
     epochs: Size = Field(10, description="epochs to train")
     max_steps: int | None = Field(None, ge=1, le=1 << 40, description="stop after this many optimiser steps")
@@ -224,6 +263,19 @@ class TrainConfig(_Section):
         False,
         description="under DDP on GPUs, BatchNorm statistics across all ranks (SyncBatchNorm): for small per-GPU batches",
     )
+    monitor: Literal["val_accuracy", "val_f1", "val_loss", "train_loss"] | None = Field(
+        None, description="picks the best epoch and drives early_stop; default val_accuracy, train_loss without val"
+    )
+    keep: Literal["best", "last"] | None = Field(
+        None, description="the weights the run keeps: the best epoch's by monitor, or the last; default best with val"
+    )
+    early_stop: EarlyStopConfig | None = Field(None, description="stop when the monitor stops improving")
+    eval_every: Size = Field(1, description="epochs between validations (the last epoch is always validated)")
+    ema: float | None = Field(
+        None, gt=0.0, lt=1.0, description="keep an exponential moving average of the weights with this decay "
+        "(e.g. 0.999): it is what validation, the best epoch and the run folder use",
+    )  # fmt: skip
+    ema_warmup: bool = Field(False, description="ramp the EMA decay up over the first steps (timm's warmup)")
     log_every: Size = Field(50, description="optimiser steps between progress-bar loss updates")
     checkpoint_every: Size | None = Field(None, description="also checkpoint every this many optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="how many checkpoints stay in the run folder")
@@ -258,9 +310,18 @@ class Recipe(_Section):
     output: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
-    def _one_backbone_rate_rule(self) -> Recipe:
+    def _settings_agree(self) -> Recipe:
         if self.train.layer_decay is not None and self.optim.backbone_lr_mult != 1.0:
             raise ValueError("train.layer_decay and optim.backbone_lr_mult both set the backbone's rate: keep one")
+        if self.data.val_split == 0 and (self.train.monitor or "train_loss").startswith("val_"):
+            raise ValueError(
+                f"train.monitor = {self.train.monitor} needs a validation split: set data.val_split or "
+                "train.monitor = train_loss"
+            )
+        if self.train.ema is not None and self.train.strategy == "fsdp":
+            raise ValueError(
+                "train.ema keeps a whole copy of the weights on every rank: not with train.strategy = fsdp"
+            )
         return self
 
     def shareable(self) -> Recipe:

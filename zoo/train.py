@@ -21,11 +21,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, checkpoint, distributed, freeze, fsdp, locking, registry
+from . import __version__, augment, checkpoint, distributed, freeze, fsdp, locking, registry
 from . import recipe as recipes
 from .artifacts import RunFolder, RunResults
+from .augment import Augmentation
 from .card import model_card
-from .data import Batches, Split, Splits, attach_transforms, load_splits, resolve_preprocessing
+from .data import Batches, Split, Splits, attach_transforms, class_weights, load_splits, resolve_preprocessing
 from .device import autocast_dtype, resolve_device
 from .device import configure as configure_backends
 from .distributed import log
@@ -53,6 +54,8 @@ class RunSetup:
     loss_fn: nn.Module
     optimizer: torch.optim.Optimizer | None = None  # None when only evaluating
     groups: list[dict] | None = None
+    class_weights: list[float] | None = None  # the loss's, from loss.class_weights
+    augmentation: Augmentation | None = None  # training's, resolved from data.augment and the model
 
     def batches(self, split: Split, training: bool = False) -> Batches:
         data = self.recipe.data
@@ -65,6 +68,8 @@ class RunSetup:
             seed=self.recipe.train.seed,
             num_workers=default_workers() if data.num_workers is None else data.num_workers,
             channels_last=self.recipe.train.channels_last,
+            balanced=training and data.sampler == "balanced",
+            augmentation=self.augmentation if training else None,
         )
 
 
@@ -96,7 +101,8 @@ def build_run(
         model, preprocessing = load_run(trained), trained.preprocessing
         if splits.label_names != model.label_names:
             raise ZooError(f"data.classes select {splits.label_names}, but the run was trained on {model.label_names}")
-    attach_transforms(splits, preprocessing, recipe.data)
+    augmentation = augment.resolve(recipe.data, model, on_tensors=not splits.images) if trained is None else None
+    attach_transforms(splits, preprocessing, augmentation)
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     if recipe.train.sync_bn and distributed.world_size() > 1 and trained is None:
         if device.type != "cuda":
@@ -108,9 +114,12 @@ def build_run(
     model.to(device, memory_format=memory_format)
     if recipe.train.strategy == "fsdp" and distributed.world_size() > 1 and trained is None:
         fsdp.shard(model)  # before the optimiser, which must hold the sharded parameters
-    loss_fn = registry.instantiate("loss", recipe.loss.name, recipe.loss.args).to(device)
+    weights = class_weights(recipe.loss.class_weights, splits) if recipe.loss.class_weights else None
+    loss_fn = _loss(recipe, weights).to(device)
     dtype = autocast_dtype(recipe.train.precision, device)
-    setup = RunSetup(recipe, device, dtype, splits, preprocessing, model, loss_fn)
+    setup = RunSetup(
+        recipe, device, dtype, splits, preprocessing, model, loss_fn, class_weights=weights, augmentation=augmentation
+    )
     if trained is None:
         optim = recipe.optim
         weight_decay = default_weight_decay(optim)
@@ -121,6 +130,30 @@ def build_run(
             raise ZooError("model.freeze freezes every parameter: nothing would train; unfreeze the head at least")
         setup.optimizer = build_optimizer(optim, setup.groups, device)
     return setup
+
+
+def _loss(recipe: Recipe, weights: list[float] | None) -> nn.Module:
+    """The recipe's loss, given its class weights; refused where it cannot take what training gives it."""
+    name, args = recipe.loss.name, recipe.loss.args
+    supplied = {}
+    if weights is not None:
+        if not registry.takes(registry.check("loss", name, args), "weight"):
+            raise ZooError(f"loss.class_weights: loss '{name}' takes no class weights (it has no `weight` "
+                           "parameter); use cross_entropy or nll, or remove loss.class_weights")  # fmt: skip
+        supplied["weight"] = torch.tensor(weights, dtype=torch.float32)
+    loss_fn = registry.instantiate("loss", name, args, **supplied)
+    if (recipe.data.mixup or recipe.data.cutmix) and not takes_soft_targets(loss_fn):
+        raise ZooError(
+            f"data.mixup and data.cutmix mix the labels too, but loss '{name}' takes class indices only; "
+            "use cross_entropy (or a loss plugin that sets `soft_targets = True`)"
+        )
+    return loss_fn
+
+
+def takes_soft_targets(loss_fn: nn.Module) -> bool:
+    """Whether ``loss_fn`` takes class probabilities as targets: torch's cross-entropy does; a
+    plugin's loss says so with ``soft_targets = True``."""
+    return bool(getattr(loss_fn, "soft_targets", isinstance(loss_fn, nn.CrossEntropyLoss)))
 
 
 def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn.Module, Preprocessing]:
@@ -273,8 +306,12 @@ def _finish(
     setup: RunSetup, trainer: Trainer, folder: RunFolder, state: str, reason: str, seconds: float
 ) -> RunResults:
     """The run's results (test metrics once finished), and on rank 0 the run folder's final files."""
-    check_finite_weights(setup.model)  # never finished with NaN weights, whatever the loss said
-    history = trainer.history
+    kept = trainer.keep_best()
+    log(f"keeping {kept}")
+    model = trainer.evaluator  # the weights the run keeps (the EMA's, if there is one)
+    check_finite_weights(model)  # never finished with NaN weights, whatever the loss said
+    history, monitor = trainer.history, trainer.monitor
+    best = monitor.best if trainer.keep == "best" else None
     results = RunResults(
         state=state,
         reason=reason,
@@ -282,18 +319,24 @@ def _finish(
         epochs=len(history),
         steps=trainer.step,
         train_seconds=seconds,
+        monitor=monitor.metric,
+        kept=trainer.keep,
+        kept_epoch=best.epoch if best else (history[-1]["epoch"] if history else None),
+        kept_value=best.value if best else (history[-1].get(monitor.metric) if history else None),
+        stopped_early=trainer.stopped_early,
+        class_weights=setup.class_weights,
     )
-    if history and "val_accuracy" in history[-1]:
-        results.best_val_accuracy = max(record["val_accuracy"] for record in history)
+    if any("val_accuracy" in record for record in history):
+        results.best_val_accuracy = max(record["val_accuracy"] for record in history if "val_accuracy" in record)
     if distributed.world_size() > 1:
         results.world_size = distributed.world_size()
-        results.ranks_agree = distributed.ranks_agree(setup.model)
+        results.ranks_agree = distributed.ranks_agree(model)
         if not results.ranks_agree:
             raise RuntimeError("the ranks ended with different weights: DDP did not keep them in step")
     if state == "finished":
         test = setup.batches(setup.splits.test)
-        results.test = evaluate(trainer.evaluator, test, setup.loss_fn, setup.splits.label_names, setup.dtype)
-    weights = fsdp.full_state_dict(setup.model)  # a collective when sharded
+        results.test = evaluate(model, test, setup.loss_fn, setup.splits.label_names, setup.dtype)
+    weights = fsdp.full_state_dict(model)  # a collective when sharded
     if distributed.is_main():
         _write_run(folder, setup, results, trainer, weights)
     return results
@@ -422,6 +465,11 @@ def _print_setup(setup: RunSetup) -> None:
         else ""
     )
     log(f"device: {setup.device} ({precision}), {batch}, {recipe.optim.name} lr {recipe.optim.lr:g}")
+    augmentation = setup.augmentation
+    described = augmentation.describe(on_tensors=not splits.images) if augmentation else "none"
+    log(f"augmentation ({recipe.data.augment}): {described}")
+    if setup.class_weights:
+        log(f"class weights: {', '.join(f'{weight:.3g}' for weight in setup.class_weights)}")
     rows = freeze.summary(setup.model, setup.groups or [])
     width = max(len(row[0]) for row in rows)
     log(f"{'group':<{width}}  {'tensors':>7}  {'parameters':>12}  lr")

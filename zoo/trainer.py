@@ -7,7 +7,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +23,10 @@ from .errors import ZooError
 from .evaluate import evaluate
 from .model import nonfinite_tensors
 from .optim import lr_factor, set_lr
+from .selection import Monitor
 
 if TYPE_CHECKING:
+    from .recipe import DataConfig
     from .train import RunSetup
 
 
@@ -77,10 +79,22 @@ class Trainer:
         self.folder = folder
         self.sharded = fsdp.is_sharded(self.model)  # sharded by build_run (train.strategy = "fsdp")
         self.forward = self._wrap(self.model)
-        # Evaluation calls the model itself: DDP's forward is a collective (each rank evaluates its
-        # own share alone), and a compiled forward would recompile for evaluation's batch shapes.
-        # (A sharded model's forward is always a collective: evaluate pads the ranks instead.)
-        self.evaluator = self.model
+        self.ema = _ema(self.model, self.config.ema, self.config.ema_warmup) if self.config.ema else None
+        # What is evaluated and kept: the EMA's weights when there is one. Evaluation calls the model
+        # itself: DDP's forward is a collective (each rank evaluates its own share alone), and a
+        # compiled forward would recompile for evaluation's batch shapes. (A sharded model's forward
+        # is always a collective: evaluate pads the ranks instead.)
+        self.evaluator = self.ema.module if self.ema is not None else self.model
+        validating = self.val_batches is not None
+        early_stop = self.config.early_stop
+        self.monitor = Monitor(
+            self.config.monitor or ("val_accuracy" if validating else "train_loss"),
+            early_stop.min_delta if early_stop else 0.0,
+            early_stop.patience if early_stop else None,
+        )
+        self.keep = self.config.keep or ("best" if validating else "last")
+        self.mix = _mixing(setup.recipe.data, len(self.label_names))
+        self.stopped_early = False
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
         self.steps_per_epoch = math.ceil(len(self.batches) / self.config.grad_accum)
         self.total_steps = self.config.epochs * self.steps_per_epoch
@@ -137,9 +151,11 @@ class Trainer:
             log(f"epoch {stage.epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
 
     def fit(self, progress: bool) -> tuple[State, str]:
-        """Train epoch after epoch to the end (or ``max_steps``): validate, log and checkpoint each.
+        """Train epoch after epoch to the end (or ``max_steps``, or an early stop): validate, log and
+        checkpoint each.
 
-        Returns the run's state and why: ("finished", "") or ("interrupted", reason) after Ctrl-C.
+        Returns the run's state and why: ("finished", "" or the early stop) or ("interrupted", reason)
+        after Ctrl-C.
         """
         tensorboard = self._tensorboard() if self.config.tensorboard and distributed.is_main() else None
         try:
@@ -152,7 +168,7 @@ class Trainer:
         finally:
             if tensorboard:
                 tensorboard.close()
-        return "finished", ""
+        return "finished", self.monitor.stop_reason() if self.stopped_early else ""
 
     @contextlib.contextmanager
     def _agreeing_on_ctrl_c(self) -> Iterator[None]:
@@ -178,18 +194,28 @@ class Trainer:
         while self.epoch <= self.config.epochs and not self.done:
             record = self.train_epoch(progress)
             distributed.broadcast_buffers(self.model)  # rank 0's BatchNorm statistics everywhere
-            if self.val_batches is not None:
+            if self.ema is not None:
+                distributed.broadcast_buffers(self.ema.module)
+            last = self.epoch > self.config.epochs or self.done
+            if self.val_batches is not None and (record["epoch"] % self.config.eval_every == 0 or last):
                 val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype)
                 record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
+                if "top5_accuracy" in val:
+                    record["val_top5_accuracy"] = val["top5_accuracy"]
+            best = self.monitor.update(record)
             self.history.append(record)
             if distributed.is_main():
                 self.folder.write_metrics(self.history)
             self.save_checkpoint()
-            log(_epoch_line(record, self.config.epochs))
+            log(_epoch_line(record, self.config.epochs) + (f" (best {self.monitor.metric})" if best else ""))
             if tensorboard:
                 for key, value in record.items():
                     if key not in ("epoch", "step"):
                         tensorboard.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
+            if self.monitor.should_stop and not last:
+                self.stopped_early = True
+                log(self.monitor.stop_reason())
+                return
 
     def _tensorboard(self) -> Any:
         try:
@@ -211,10 +237,13 @@ class Trainer:
                    leave=False, dynamic_ncols=True)  # fmt: skip
         for inputs, labels in self.batches.epoch(epoch, start=self.position):
             stepping = (self.position + 1) % self.config.grad_accum == 0 or self.position + 1 == len(self.batches)
+            targets = labels
+            if self.mix is not None:  # images and labels mixed in pairs: soft targets (numpy's RNG, checkpointed)
+                inputs, targets = self.mix(inputs, labels)
             with self._synchronising(stepping):
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                     logits = self.forward(inputs)
-                    loss = self.loss_fn(logits, labels)
+                    loss = self.loss_fn(logits, targets)
                 self.scaler.scale(loss / self.config.grad_accum).backward()
             self.correct += (logits.detach().argmax(1) == labels).sum()
             loss = loss.detach()
@@ -268,6 +297,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.step)
 
     def learning_rates(self) -> list[float]:
         """The head's learning rate at every step of the run, from the schedule."""
@@ -314,12 +345,16 @@ class Trainer:
             "world_size": distributed.world_size(),
             "rng": rng,
             "ranks": [rank_state for _, rank_state in ranks[1:]],
+            "monitor": self.monitor.state(),
         }
-        checkpoint.save(self.folder.checkpoint_root, self.step, tensors, state, self.config.keep_checkpoints)
+        best = self.monitor.best.step if self.keep == "best" and self.monitor.best else None
+        checkpoint.save(self.folder.checkpoint_root, self.step, tensors, state, self.config.keep_checkpoints, best)
 
     def _model_and_optimizer_tensors(self, optim_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's and optimiser's tensors as a checkpoint keeps them (this rank's shards when sharded)."""
         tensors = {f"model.{name}": fsdp.local(value) for name, value in self.model.state_dict().items()}
+        if self.ema is not None:
+            tensors |= {f"ema.{name}": value for name, value in self.ema.module.state_dict().items()}
         return tensors | {name: fsdp.local(value) for name, value in optim_tensors.items()}
 
     def load_checkpoint(self, path: Path) -> None:
@@ -329,18 +364,16 @@ class Trainer:
         try:
             for index in state["applied_stages"]:
                 self._apply_stage(index)
-            model_state = {name.removeprefix("model."): t for name, t in tensors.items() if name.startswith("model.")}
+            self._load_weights(tensors)
             if self.sharded:
-                fsdp.load_local_state(self.model, model_state)
                 tensors = fsdp.sharded_optimizer_tensors(self.optimizer, tensors)
-            else:
-                self.model.load_state_dict(model_state)
             checkpoint.load_optimizer_state(self.optimizer, tensors, state["optimizer"])
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             checkpoint.set_rng_state(tensors, state["rng"])
             self.loss_sum.copy_(tensors["loss_sum"])
             self.correct.copy_(tensors["correct"])
+            self.monitor.restore(state.get("monitor", {}))
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ZooError(
@@ -349,6 +382,58 @@ class Trainer:
         self.step, self.epoch, self.position = (state[k] for k in ("step", "epoch", "position"))
         self.seen = state["seen"]
         self.history = state["history"]
+
+    def _load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        """The model's (and the EMA's) weights from a checkpoint's tensors."""
+        model_state = _prefixed(tensors, "model.")
+        if self.sharded:
+            fsdp.load_local_state(self.model, model_state)
+        else:
+            self.model.load_state_dict(model_state)
+        if self.ema is not None:
+            self.ema.module.load_state_dict(_prefixed(tensors, "ema."))
+
+    def keep_best(self) -> str:
+        """With ``train.keep = "best"``, bring back the best epoch's weights from its checkpoint; what
+        the run keeps, in words (for the log, results.json and the model card)."""
+        best = self.monitor.best
+        if self.keep == "last" or best is None:
+            return "the last epoch's weights"
+        kept = f"the best epoch's weights (epoch {best.epoch}, {self.monitor.metric} {best.value:.4f})"
+        if best.step != self.step:
+            path = self.folder.checkpoint_root / f"step-{best.step:08d}"
+            tensors, _ = distributed.scattered_by_main(lambda: _per_rank(path))
+            self._load_weights(tensors)
+        return kept
+
+
+def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
+def _mixing(data: DataConfig, num_classes: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+    """timm's MixUp/CutMix for ``data.mixup``/``data.cutmix`` (None when both are off).
+
+    No label smoothing here: the loss's own ``label_smoothing`` applies to the mixed targets.
+    """
+    if not (data.mixup or data.cutmix):
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=data.mixup,
+        cutmix_alpha=data.cutmix,
+        prob=data.mix_prob,
+        switch_prob=data.mix_switch_prob,
+        label_smoothing=0.0,
+        num_classes=num_classes,
+    )
+
+
+def _ema(model: nn.Module, decay: float, warmup: bool) -> nn.Module:
+    from timm.utils import ModelEmaV3  # timm only when asked for: it costs 1.5 s of start-up
+
+    return ModelEmaV3(model, decay=decay, use_warmup=warmup)
 
 
 def _per_rank(path: Path) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
@@ -367,8 +452,7 @@ def _per_rank(path: Path) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise ZooError(f"checkpoint {path} is damaged (state.json: ranks); remove it to resume from the one before")
     parts = [(tensors, state)]
     for rank in range(1, ranks):
-        prefix = f"rank{rank}."
-        own = {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+        own = _prefixed(tensors, f"rank{rank}.")
         saved = saved_ranks[rank - 1]
         shared = {name: tensor for name, tensor in tensors.items() if not name.startswith("rank")}
         parts.append((shared | own, state | saved))

@@ -7,21 +7,26 @@ from torch import nn
 from torch.nn import functional as F
 
 
-def cross_entropy(label_smoothing: float = 0.0) -> nn.Module:
-    """Cross-entropy on logits, with optional label smoothing."""
+def cross_entropy(label_smoothing: float = 0.0, weight: torch.Tensor | None = None) -> nn.Module:
+    """Cross-entropy on logits, with optional label smoothing and class weights; takes soft targets
+    (class probabilities, as MixUp and CutMix make) as well as class indices."""
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    return nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    return nn.CrossEntropyLoss(weight=weight, label_smoothing=label_smoothing)
 
 
 class _NLLOnLogits(nn.Module):
+    def __init__(self, weight: torch.Tensor | None) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.nll_loss(F.log_softmax(logits, dim=1), targets)
+        return F.nll_loss(F.log_softmax(logits, dim=1), targets, weight=self.weight)
 
 
-def nll() -> nn.Module:
+def nll(weight: torch.Tensor | None = None) -> nn.Module:
     """Negative log-likelihood of log-softmax(logits), as in the classic MNIST example."""
-    return _NLLOnLogits()
+    return _NLLOnLogits(weight)
 
 
 class _SoftmaxMSE(nn.Module):

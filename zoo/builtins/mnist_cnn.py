@@ -9,6 +9,11 @@ from torch import nn
 class MnistCNN(nn.Module):
     """Classic PyTorch MNIST CNN (conv 32-64, max-pool, fc 128) as a backbone with 128 features."""
 
+    # Training augmentation for digits (zoo/augment.py): a mirrored digit is another digit or none,
+    # and a small crop cuts strokes off; small rotations, shifts and zooms keep the digit.
+    augmentation = {"hflip": 0.0, "scale": (0.85, 1.0), "ratio": (0.9, 1.1), "color_jitter": 0.0,
+                    "degrees": 10.0, "translate": 0.08}  # fmt: skip
+
     def __init__(
         self,
         in_chans: int = 1,

@@ -1,0 +1,106 @@
+"""The best epoch, not the last: train.monitor, train.keep, train.early_stop, train.ema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import RECIPES
+from hypothesis import given
+from hypothesis import strategies as st
+
+from zoo import checkpoint
+from zoo import recipe as recipes
+from zoo.artifacts import RunFolder
+from zoo.selection import Monitor
+from zoo.train import run
+
+values = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=30)
+
+
+@given(values, st.sampled_from(["val_accuracy", "val_loss"]))
+def test_the_best_is_the_first_extreme_and_staleness_counts_evaluations_since(series: list[float], metric: str) -> None:
+    monitor = Monitor(metric)
+    for epoch, value in enumerate(series, start=1):
+        monitor.update({"epoch": epoch, "step": 10 * epoch, metric: value})
+    extreme = min(series) if metric == "val_loss" else max(series)
+    first = series.index(extreme) + 1
+    assert (monitor.best.epoch, monitor.best.step, monitor.best.value) == (first, 10 * first, extreme)
+    assert monitor.stale == len(series) - first
+
+
+@given(values, st.floats(0.0, 0.5), st.integers(1, 5))
+def test_a_margin_only_delays_the_reset_and_the_state_survives_a_checkpoint(
+    series: list[float], margin: float, patience: int
+) -> None:
+    strict, lenient = Monitor("val_f1", margin, patience), Monitor("val_f1", 0.0, patience)
+    for epoch, value in enumerate(series, start=1):
+        record = {"epoch": epoch, "step": epoch, "val_f1": value}
+        strict.update(record)
+        lenient.update(record)
+        assert strict.stale >= lenient.stale and strict.best == lenient.best
+    restored = Monitor("val_f1", margin, patience)
+    restored.restore(strict.state())
+    assert (restored.best, restored.stale, restored.should_stop) == (strict.best, strict.stale, strict.should_stop)
+
+
+def test_epochs_without_the_metric_are_not_evaluations() -> None:
+    monitor = Monitor("val_accuracy", patience=1)
+    assert monitor.update({"epoch": 1, "step": 1, "val_accuracy": 0.5})
+    assert not monitor.update({"epoch": 2, "step": 2, "train_loss": 0.1})  # train.eval_every skipped it
+    assert monitor.stale == 0 and not monitor.should_stop
+
+
+# Two good epochs on the head alone, then the whole backbone at 100x the rate: accuracy collapses.
+COLLAPSE = [
+    "data.classes=[0,1,2]", "data.per_class=100", "data.val_split=0.2", "data.batch_size=16",
+    "schedule.name=none", "model.freeze.freeze=['backbone']", "train.precision=fp32",
+    "model.freeze.stages=[{epoch=3, unfreeze=['backbone'], lr_mult=100}]", "train.epochs=4",
+]  # fmt: skip
+
+
+def history(folder: RunFolder) -> list[dict]:
+    return [json.loads(line) for line in folder.file(RunFolder.METRICS).read_text().splitlines()]
+
+
+def run_mnist(tmp_path: Path, name: str, *overrides: str) -> RunFolder:
+    recipe = recipes.load(RECIPES / "mnist.toml", [*COLLAPSE, *overrides, f"output.dir={tmp_path / name}"])
+    return RunFolder(run(recipe, progress=False).folder)
+
+
+@pytest.mark.slow
+def test_the_run_keeps_the_best_epochs_weights_bit_for_bit(mnist_dir: Path, tmp_path: Path) -> None:
+    best, last = run_mnist(tmp_path, "best"), run_mnist(tmp_path, "last", "train.keep=last")
+    records = history(best)
+    accuracies = [record["val_accuracy"] for record in records]
+    results = best.results
+    assert accuracies.index(max(accuracies)) + 1 == results.kept_epoch < 4  # the collapse came after it
+    assert (results.kept, results.monitor, results.kept_value) == ("best", "val_accuracy", max(accuracies))
+    # Its checkpoint outlived keep_checkpoints = 2, and the run folder holds exactly its weights.
+    step = records[results.kept_epoch - 1]["step"]
+    tensors, _ = checkpoint.load(best.checkpoint_root / f"step-{step:08d}")
+    kept = best.weights()
+    assert all(torch.equal(kept[name], tensors[f"model.{name}"]) for name in kept)
+    assert len(best.checkpoints) == 3  # the best and the newest two
+    assert last.results.kept_epoch == 4 and last.results.test["accuracy"] < results.test["accuracy"] - 0.1
+
+
+@pytest.mark.slow
+def test_early_stop_ends_a_finished_run_and_says_why(mnist_dir: Path, tmp_path: Path) -> None:
+    folder = run_mnist(tmp_path, "stopped", "train.epochs=8", "train.early_stop={patience=2}")
+    results = folder.results
+    assert (results.state, results.stopped_early, results.epochs) == ("finished", True, results.kept_epoch + 2)
+    assert results.reason.startswith("stopped early: val_accuracy did not improve in 2 evaluation(s)")
+    assert results.test is not None
+
+
+@pytest.mark.slow
+def test_ema_weights_are_evaluated_and_kept(mnist_dir: Path, tmp_path: Path) -> None:
+    folder = run_mnist(tmp_path, "ema", "train.ema=0.9", "train.keep=last", "train.epochs=2",
+                       "model.freeze.stages=[]")  # fmt: skip
+    tensors, _ = checkpoint.load(folder.checkpoints[-1])
+    kept = folder.weights()
+    assert all(torch.equal(kept[name], tensors[f"ema.{name}"]) for name in kept)
+    assert not torch.equal(tensors["ema.head.0.weight"], tensors["model.head.0.weight"])

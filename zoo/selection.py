@@ -1,0 +1,68 @@
+"""Which epoch's weights a run keeps, and when it stops early: one monitored metric, watched per evaluation.
+
+``train.monitor`` names a value of an epoch's record (``val_accuracy``, ``val_f1``, ``val_loss``,
+``train_loss``); the epoch where it was best is the one ``train.keep = "best"`` keeps, and
+``train.early_stop`` stops the run once it has not improved by more than ``min_delta`` for
+``patience`` evaluations in a row. Everything here is a function of the records, so every rank of
+a distributed run (whose records are all-reduced) decides alike, and a checkpoint restores it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# Metrics where lower is better; the rest rise as the model improves.
+LOWER_IS_BETTER = ("val_loss", "train_loss")
+
+
+@dataclass
+class Best:
+    epoch: int
+    step: int
+    value: float
+
+
+@dataclass
+class Monitor:
+    metric: str
+    min_delta: float = 0.0
+    patience: int | None = None  # None: never stop early
+    best: Best | None = None
+    stale: int = 0  # evaluations since the last improvement by more than min_delta
+
+    def improves(self, value: float, on: float, by: float) -> bool:
+        return value < on - by if self.metric in LOWER_IS_BETTER else value > on + by
+
+    def update(self, record: dict[str, Any]) -> bool:
+        """Take an epoch's record into account; whether it holds a new best (False when not evaluated)."""
+        value = record.get(self.metric)
+        if value is None:
+            return False
+        if self.best is not None and not self.improves(value, self.best.value, 0.0):
+            self.stale += 1
+            return False
+        clearly = self.best is None or self.improves(value, self.best.value, self.min_delta)
+        self.stale = 0 if clearly else self.stale + 1
+        self.best = Best(record["epoch"], record["step"], value)
+        return True
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.stale >= self.patience
+
+    def stop_reason(self) -> str:
+        assert self.best is not None, "a run stops early only after an evaluation"
+        by = f" by more than {self.min_delta:g}" if self.min_delta else ""
+        return (
+            f"stopped early: {self.metric} did not improve{by} in {self.stale} evaluation(s); "
+            f"best {self.best.value:.4f} at epoch {self.best.epoch}"
+        )
+
+    def state(self) -> dict[str, Any]:
+        return {"best": asdict(self.best) if self.best else None, "stale": self.stale}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        best = state.get("best")
+        self.best = Best(int(best["epoch"]), int(best["step"]), float(best["value"])) if best else None
+        self.stale = int(state.get("stale", 0))
