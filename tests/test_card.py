@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import RECIPES
 from huggingface_hub import ModelCard
 
@@ -31,3 +33,26 @@ def test_timm_models_and_hub_sources_say_so() -> None:
     assert card.data.library_name == "timm" and "timm/resnet18" in card.data.tags
     assert card.data.base_model == "timm/resnet18.a1_in1k" and card.data.eval_results is None
     assert "timm.create_model" in card.text and "starting from `timm/resnet18.a1_in1k`" in card.text
+
+
+def test_the_card_and_zoo_runs_say_which_epoch_was_kept_and_how_it_was_trained(tmp_path: Path) -> None:
+    from conftest import write_finished_run
+
+    from zoo.runs import summary
+
+    recipe = recipes.load(
+        RECIPES / "mnist.toml", ["train.ema=0.999", "data.mixup=0.2", "data.sampler=balanced"], check=False
+    )
+    results = RunResults(
+        state="finished", recipe_hash=recipe.hash, test=TEST, monitor="val_f1", kept="best", kept_epoch=9,
+        kept_value=0.97, epochs=12, stopped_early=True, augmentation="no flip",
+        reason="stopped early: val_f1 did not improve in 3 evaluation(s); best 0.9700 at epoch 9",
+    )  # fmt: skip
+    card = model_card(recipe, results, [], base_model=None, timm_architecture=None)
+    assert "- weights: the best epoch by val_f1, epoch 9 of 12 (val_f1 0.9700)\n" in card
+    assert "- stopped early: val_f1 did not improve in 3 evaluation(s)" in card
+    assert "decay 0.999" in card and "MixUp alpha 0.2" in card and "class-balanced sampling" in card
+    assert "augmentation (default): no flip" in card
+    run = write_finished_run(tmp_path / "run")
+    run.write_results(results)
+    assert summary(run)["kept"] == "best 9/12 early"

@@ -132,3 +132,24 @@ def test_the_balanced_sampler_draws_classes_equally_in_a_seeded_order(mnist_dir:
     counts = torch.bincount(torch.cat([drawn(epoch) for epoch in range(1, 11)]), minlength=3)
     assert counts.sum() == 3000 and (counts - 1000).abs().max() < 120  # 1,000 +- 4 sigma each
     assert torch.equal(drawn(1)[60:], drawn(1, start=2)) and not torch.equal(drawn(1), drawn(2))
+
+
+def test_a_backbone_from_a_run_brings_its_normalisation_to_new_image_data(mnist_png: Path, tmp_path: Path) -> None:
+    """A digits backbone trained on MNIST's tensors (mean 0.1307, std 0.3081) meets a PNG folder:
+    the folder is normalised as the backbone learned, not with image_folder's mid-grey default."""
+    from conftest import write_finished_run
+
+    from zoo.data import resolve_preprocessing
+    from zoo.model import build_model
+    from zoo.recipe import ModelConfig
+
+    source = write_finished_run(tmp_path / "source")
+    source.write_weights(build_model(ModelConfig(backbone="mnist_cnn"), ["0", "1"])[0].state_dict(), {})
+    config = DataConfig(dataset="image_folder", root=str(mnist_png), classes=[5, 6], val_split=0.0)
+    splits = load_splits(config, seed=0)
+    fine_tuned, _ = build_model(ModelConfig(backbone="mnist_cnn", pretrained=str(source.path)), ["5", "6"])
+    inherited = resolve_preprocessing(config, fine_tuned, splits)
+    assert (inherited.mean, inherited.std, inherited.input_size) == ((0.1307,), (0.3081,), (1, 28, 28))
+    from_scratch = resolve_preprocessing(config, build_model(ModelConfig(backbone="mnist_cnn"), ["5", "6"])[0], splits)
+    assert (from_scratch.mean, from_scratch.std) == ((0.5,), (0.5,))
+    assert resolve_preprocessing(config.model_copy(update={"mean": [0.2]}), fine_tuned, splits).mean == (0.2,)

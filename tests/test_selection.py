@@ -104,3 +104,13 @@ def test_ema_weights_are_evaluated_and_kept(mnist_dir: Path, tmp_path: Path) -> 
     kept = folder.weights()
     assert all(torch.equal(kept[name], tensors[f"ema.{name}"]) for name in kept)
     assert not torch.equal(tensors["ema.head.0.weight"], tensors["model.head.0.weight"])
+
+
+def test_a_tie_in_accuracy_goes_to_the_lower_validation_loss() -> None:
+    monitor = Monitor("val_accuracy")
+    for epoch, (accuracy, loss) in enumerate([(0.9, 0.5), (0.95, 0.4), (0.95, 0.2), (0.95, 0.3), (0.9, 0.1)], 1):
+        monitor.update({"epoch": epoch, "step": epoch, "val_accuracy": accuracy, "val_loss": loss})
+    assert (monitor.best.epoch, monitor.best.tiebreak, monitor.stale) == (3, 0.2, 3)  # a tie is no clear gain
+    restored = Monitor("val_accuracy")
+    restored.restore(monitor.state())
+    assert restored.best == monitor.best

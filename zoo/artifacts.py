@@ -54,6 +54,7 @@ class RunResults(BaseModel):
     kept_value: float | None = None  # the monitor's value in that epoch
     stopped_early: bool | None = None
     class_weights: list[float] | None = None  # the loss's per-class weights (loss.class_weights)
+    augmentation: str | None = None  # the training augmentation, in words ("none" when off)
     world_size: int | None = None
     ranks_agree: bool | None = None
     test: dict[str, Any] | None = None  # evaluate()'s metrics: accuracy, precision, recall, f1, per_class, ...

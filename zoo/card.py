@@ -13,6 +13,7 @@ from huggingface_hub import EvalResult, ModelCardData
 
 from .artifacts import RunResults
 from .recipe import Recipe
+from .runs import training_notes
 
 METRICS = ("accuracy", "precision", "recall", "f1")
 
@@ -39,6 +40,9 @@ def model_card(
         pipeline_tag="image-classification",
     )
     rows = "\n".join(f"| {metric} | {test[metric]:.4f} |" for metric in METRICS if metric in test)
+    training = "How these weights were chosen and trained:\n\n" + "".join(
+        f"- {note}\n" for note in training_notes(recipe, results)
+    )
     images = "".join(f"![{Path(plot).stem}]({plot})\n" for plot in plots)
     started = f", starting from `{base_model}`" if base_model else ""
     timm_use = (
@@ -68,6 +72,7 @@ with the backbone `{recipe.model.backbone}`{started}; the resolved recipe is bel
 |---|---|
 {rows}
 
+{training}
 {images}
 ## Use
 

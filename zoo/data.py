@@ -209,12 +209,16 @@ def attach_transforms(splits: Splits, preprocessing: Preprocessing, augmentation
 
 
 def image_config(config: DataConfig, model: nn.Module, sample_split: Split) -> dict[str, Any]:
-    """timm's data config for ``model`` (its pretrained_cfg, else the images' own size), ``[data]`` keys on top."""
+    """timm's data config for ``model`` (its pretrained_cfg, or the preprocessing of the run its weights
+    came from, else the images' own size), ``[data]`` keys on top."""
     from timm.data import resolve_data_config
 
     channels = input_channels(model)
     defaults = getattr(model, "pretrained_cfg", None)
-    if not defaults:  # zoo's own backbones: the images' size, mid-grey normalisation, no crop
+    inherited = getattr(model, "pretrained_preprocessing", None)  # zoo's own backbone, loaded from a run
+    if not defaults and inherited is not None:
+        defaults = inherited.to_config()
+    if not defaults:  # zoo's own backbones from scratch: the images' size, mid-grey normalisation, no crop
         sample, _ = sample_split.dataset[int(sample_split.indices[0])]
         defaults = {"input_size": (channels, sample.height, sample.width), "crop_pct": 1.0,
                     "mean": (0.5,) * channels, "std": (0.5,) * channels}  # fmt: skip

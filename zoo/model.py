@@ -34,6 +34,8 @@ class Classifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        # The preprocessing the loaded weights were trained with, the defaults for new image data.
+        self.pretrained_preprocessing: Preprocessing | None = None
 
     @property
     def num_features(self) -> int:
@@ -198,6 +200,8 @@ def load_pretrained(model: Classifier, run: RunFolder, backbone_name: str, label
         model.backbone.state_dict(), backbone_state, "model.pretrained", "backbone tensor", run.path, hint
     )
     model.backbone.load_state_dict(backbone_state)
+    if "pretrained_cfg" in run.config:  # written by every zoo run; a hand-made folder may lack it
+        model.pretrained_preprocessing = run.preprocessing
     head_state = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
     own_head = model.head.state_dict()
     same_head = head_state.keys() == own_head.keys() and all(head_state[k].shape == own_head[k].shape for k in own_head)

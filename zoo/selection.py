@@ -3,7 +3,9 @@
 ``train.monitor`` names a value of an epoch's record (``val_accuracy``, ``val_f1``, ``val_loss``,
 ``train_loss``); the epoch where it was best is the one ``train.keep = "best"`` keeps, and
 ``train.early_stop`` stops the run once it has not improved by more than ``min_delta`` for
-``patience`` evaluations in a row. Everything here is a function of the records, so every rank of
+``patience`` evaluations in a row. An accuracy or F1 that ties the best is better when its
+validation loss is lower: a small validation split ties often, and the first of equals is the
+least trained. Everything here is a function of the records, so every rank of
 a distributed run (whose records are all-reduced) decides alike, and a checkpoint restores it.
 """
 
@@ -21,6 +23,7 @@ class Best:
     epoch: int
     step: int
     value: float
+    tiebreak: float | None = None  # the validation loss, for a metric that rises
 
 
 @dataclass
@@ -39,12 +42,14 @@ class Monitor:
         value = record.get(self.metric)
         if value is None:
             return False
-        if self.best is not None and not self.improves(value, self.best.value, 0.0):
+        tiebreak = None if self.metric in LOWER_IS_BETTER else record.get("val_loss")
+        best = self.best
+        if best is not None and not self.improves(value, best.value, 0.0) and not _breaks_tie(value, tiebreak, best):
             self.stale += 1
             return False
-        clearly = self.best is None or self.improves(value, self.best.value, self.min_delta)
+        clearly = best is None or self.improves(value, best.value, self.min_delta)
         self.stale = 0 if clearly else self.stale + 1
-        self.best = Best(record["epoch"], record["step"], value)
+        self.best = Best(record["epoch"], record["step"], value, tiebreak)
         return True
 
     @property
@@ -64,5 +69,9 @@ class Monitor:
 
     def restore(self, state: dict[str, Any]) -> None:
         best = state.get("best")
-        self.best = Best(int(best["epoch"]), int(best["step"]), float(best["value"])) if best else None
+        self.best = Best(**best) if best else None
         self.stale = int(state.get("stale", 0))
+
+
+def _breaks_tie(value: float, tiebreak: float | None, best: Best) -> bool:
+    return value == best.value and tiebreak is not None and best.tiebreak is not None and tiebreak < best.tiebreak

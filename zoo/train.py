@@ -325,6 +325,7 @@ def _finish(
         kept_value=best.value if best else (history[-1].get(monitor.metric) if history else None),
         stopped_early=trainer.stopped_early,
         class_weights=setup.class_weights,
+        augmentation=describe_augmentation(setup),
     )
     if any("val_accuracy" in record for record in history):
         results.best_val_accuracy = max(record["val_accuracy"] for record in history if "val_accuracy" in record)
@@ -448,6 +449,11 @@ def base_model(source: WeightSource, model: nn.Module) -> str | None:
     return None
 
 
+def describe_augmentation(setup: RunSetup) -> str:
+    augmentation = setup.augmentation
+    return augmentation.describe(on_tensors=not setup.splits.images) if augmentation else "none"
+
+
 def _print_setup(setup: RunSetup) -> None:
     recipe, splits = setup.recipe, setup.splits
     val = len(splits.val) if splits.val is not None else 0
@@ -465,9 +471,7 @@ def _print_setup(setup: RunSetup) -> None:
         else ""
     )
     log(f"device: {setup.device} ({precision}), {batch}, {recipe.optim.name} lr {recipe.optim.lr:g}")
-    augmentation = setup.augmentation
-    described = augmentation.describe(on_tensors=not splits.images) if augmentation else "none"
-    log(f"augmentation ({recipe.data.augment}): {described}")
+    log(f"augmentation ({recipe.data.augment}): {describe_augmentation(setup)}")
     if setup.class_weights:
         log(f"class weights: {', '.join(f'{weight:.3g}' for weight in setup.class_weights)}")
     rows = freeze.summary(setup.model, setup.groups or [])
