@@ -55,7 +55,10 @@ def test_metrics(recipe: Path, overrides: list[str], work: Path) -> dict:
 def finetune(work: Path) -> list[tuple[str, str]]:
     pretrained = test_metrics(FINETUNE, [], work)["accuracy"]
     scratch = test_metrics(FINETUNE, ["model.pretrained=false"], work)["accuracy"]
-    return [("mnist_finetune (pretrained on digits 0-4)", f"{pretrained:.2%}"), ("same, from scratch", f"{scratch:.2%}")]
+    return [
+        ("mnist_finetune (pretrained on digits 0-4)", f"{pretrained:.2%}"),
+        ("same, from scratch", f"{scratch:.2%}"),
+    ]
 
 
 def png(work: Path) -> list[tuple[str, str]]:

@@ -26,24 +26,47 @@ def data(**keys: object) -> DataConfig:
 
 def test_presets_change_timm_defaults_for_a_model_that_declares_nothing() -> None:
     plain = nn.Linear(2, 2)
-    assert resolve(data(augment="none"), plain, on_tensors=False) is None
-    assert resolve(data(), plain, on_tensors=False) == TIMM
-    light = resolve(data(augment="light"), plain, on_tensors=False)
+    assert resolve(data(augment="none"), plain, None, on_tensors=False) is None
+    assert resolve(data(), plain, None, on_tensors=False) == TIMM
+    light = resolve(data(augment="light"), plain, None, on_tensors=False)
     assert (light.scale, light.color_jitter, light.hflip) == ((0.8, 1.0), 0.0, 0.5)
-    assert resolve(data(augment="strong"), plain, on_tensors=False).auto_augment.startswith("rand-m9")
-    keyed = resolve(data(augment="light", hflip=0.25, scale=[0.5, 1.0], degrees=5.0), plain, on_tensors=False)
+    assert resolve(data(augment="strong"), plain, None, on_tensors=False).auto_augment.startswith("rand-m9")
+    keyed = resolve(data(augment="light", hflip=0.25, scale=[0.5, 1.0], degrees=5.0), plain, None, on_tensors=False)
     assert (keyed.hflip, keyed.scale, keyed.degrees, keyed.color_jitter) == (0.25, (0.5, 1.0), 5.0, 0.0)
-    assert resolve(DataConfig.model_validate({"dataset": "x", "augment": False}), plain, False) is None  # old recipes
+    assert (
+        resolve(DataConfig.model_validate({"dataset": "x", "augment": False}), plain, None, False) is None
+    )  # old recipes
+
+
+def test_the_data_has_the_last_word_over_the_model() -> None:
+    from zoo.builtins.mnist import MNIST
+
+    class Flipper(nn.Linear):
+        augmentation = {"hflip": 0.9, "degrees": 40.0}
+
+    chosen = resolve(data(), Flipper(2, 2), MNIST, on_tensors=True)  # digits: never flipped
+    assert (chosen.hflip, chosen.degrees, chosen.scale) == (0.0, 15.0, (0.85, 1.0))
+    assert resolve(data(), Flipper(2, 2), None, on_tensors=True).hflip == 0.9
+
+    class Broken:
+        augmentation = {"flip": 1.0}
+
+    with pytest.raises(ZooError, match="the dataset plugin's `augmentation` must be a dict with keys among"):
+        resolve(data(), plain_model(), Broken(), on_tensors=True)
+
+
+def plain_model() -> nn.Module:
+    return nn.Linear(2, 2)
 
 
 def test_the_digit_cnn_declares_no_flips_and_no_small_crops() -> None:
     model = MnistCNN()
     for preset in ("light", "default"):
-        chosen = resolve(data(augment=preset), model, on_tensors=True)
+        chosen = resolve(data(augment=preset), model, None, on_tensors=True)
         assert chosen.hflip == 0.0 and chosen.scale[0] >= 0.8 and chosen.degrees > 0 and chosen.translate > 0
-    assert resolve(data(degrees=0.0), model, on_tensors=True).degrees == 0.0  # the recipe's key wins
+    assert resolve(data(degrees=0.0), model, None, on_tensors=True).degrees == 0.0  # the recipe's key wins
     with pytest.raises(ZooError, match="auto-augment needs PIL images"):
-        resolve(DataConfig(dataset="mnist", augment="strong"), model, on_tensors=True)
+        resolve(DataConfig(dataset="mnist", augment="strong"), model, None, on_tensors=True)
 
 
 def test_image_transforms_follow_the_resolved_settings() -> None:
@@ -92,7 +115,7 @@ def test_in_memory_batches_augment_the_same_way_on_resume(mnist_dir: Path) -> No
     epoch restarts at batch 3, and another epoch draws differently."""
     splits = load_splits(DataConfig(dataset="mnist", per_class=20, classes=[0, 1], val_split=0.0), seed=0)
     preprocessing = Preprocessing((1, 28, 28), (0.5,), (0.5,))
-    chosen = resolve(DataConfig(dataset="mnist"), MnistCNN(), on_tensors=True)
+    chosen = resolve(DataConfig(dataset="mnist"), MnistCNN(), None, on_tensors=True)
     batches = Batches(splits.train, 8, torch.device("cpu"), preprocessing, shuffle=True, augmentation=chosen)
     whole = [inputs for inputs, _ in batches.epoch(1)]
     resumed = [inputs for inputs, _ in batches.epoch(1, start=3)]

@@ -149,6 +149,9 @@ def test_a_batchnorm_backbone_finishes_with_ranks_in_agreement(mnist_png: Path, 
     weights = RunFolder(folder).weights()
     assert any(name.endswith("running_mean") for name in weights)  # the statistics were saved, from rank 0
     assert sum(row["support"] for row in results["test"]["per_class"]) == 90  # 30 test images a class, each once
+    # Both ranks read one decoded cache per split (train/ and test/), built once.
+    assert len(list((Path(os.environ["ZOO_CACHE_DIR"]) / "images").glob("*.u8"))) == 2
+    assert "image cache: disk" in result.stdout
 
 
 def test_sync_bn_needs_gpus(mnist_dir: Path, tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -94,10 +95,13 @@ def choose(setting: str | None, dataset: Dataset, layout: Layout | None, pil_onl
 class DecodedImages:
     """A cache's images: ``images[indices]`` is a uint8 tensor of len(indices) x C x S x S."""
 
-    def __init__(self, path: Path, count: int, layout: Layout, in_memory: bool) -> None:
+    def __init__(self, path: Path, count: int, layout: Layout, in_memory: bool, built: float | None = None) -> None:
         self.path, self.count, self.layout = path, count, layout
+        self.built = built  # seconds spent building it in this process; None when it was there already
         self.shape = (layout.channels, layout.size, layout.size)
-        self.memory = torch.from_numpy(np.fromfile(path, dtype=np.uint8)).view(count, *self.shape) if in_memory else None
+        self.memory = (
+            torch.from_numpy(np.fromfile(path, dtype=np.uint8)).view(count, *self.shape) if in_memory else None
+        )
 
     def __len__(self) -> int:
         return self.count
@@ -124,13 +128,16 @@ def decoded(dataset: Dataset, layout: Layout, in_memory: bool, workers: int, pro
     path = cache_dir() / "images" / f"{name}.u8"
     description = path.with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
+    built = None
     with locking.locked(path):
         if not _complete(path, description, len(files), layout):
-            for abandoned in path.parent.glob(f".{path.name}.*"):  # a build that was killed
+            started = time.perf_counter()
+            for abandoned in path.parent.glob(f".{path.name}.*.tmp"):  # a build that was killed
                 abandoned.unlink(missing_ok=True)
             _build(files, layout, path, workers, progress)
             artifacts.write_json(description, {"version": VERSION, "count": len(files), **asdict(layout)})
-    return DecodedImages(path, len(files), layout, in_memory)
+            built = time.perf_counter() - started
+    return DecodedImages(path, len(files), layout, in_memory, built)
 
 
 def _name(files: list[str], layout: Layout) -> str:
@@ -197,9 +204,8 @@ class _Decoding(Dataset):
             image = F.resize(image, layout.size, interpolation)  # the shorter side, as timm's eval Resize
         top, left = (_offset(length, layout) for length in (image.height, image.width))
         square = F.crop(image, top, left, layout.size, layout.size)
-        return torch.from_numpy(np.asarray(square, dtype=np.uint8).reshape(square.height, square.width, -1)).permute(
-            2, 0, 1
-        )
+        pixels = np.array(square, dtype=np.uint8).reshape(square.height, square.width, -1)
+        return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def _offset(length: int, layout: Layout) -> int:
@@ -209,7 +215,7 @@ def _offset(length: int, layout: Layout) -> int:
     return min(max(0, int(round((length - layout.crop) / 2.0)) - inner), length - layout.size)
 
 
-def centre(images: torch.Tensor, layout: Layout) -> torch.Tensor:
+def centre(images: torch.Tensor, crop: int) -> torch.Tensor:
     """The evaluation crop of cached squares (N x C x S x S -> N x C x crop x crop)."""
-    start = int(round((layout.size - layout.crop) / 2.0))
-    return images[:, :, start : start + layout.crop, start : start + layout.crop]
+    start = int(round((images.shape[-1] - crop) / 2.0))
+    return images[:, :, start : start + crop, start : start + crop]

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import distributed, registry
 from .augment import Augmentation, BatchAugment
+from .cache import DecodedImages, Layout, centre, choose, decoded
 from .errors import ZooError, did_you_mean
 from .preprocessing import Preprocessing
 from .recipe import DataConfig, default_data_dir
@@ -97,6 +98,7 @@ class Split(Dataset):
         self.indices = indices
         self.labels = labels
         self.transform: Callable[[Any], torch.Tensor] | None = None
+        self.decoded: DecodedImages | None = None  # the dataset's decoded cache, when data.cache uses one
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -196,6 +198,34 @@ def resolve_preprocessing(config: DataConfig, model: nn.Module, splits: Splits) 
         mean=tuple(getattr(dataset, "mean", (0.0,) * channels)),
         std=tuple(getattr(dataset, "std", (1.0,) * channels)),
     )
+
+
+def attach_cache(
+    splits: Splits,
+    preprocessing: Preprocessing,
+    config: DataConfig,
+    augmentation: Augmentation | None,
+    workers: int,
+    progress: bool,
+) -> str:
+    """Give an image dataset's splits their decoded cache (``data.cache``); the mode chosen, in words."""
+    if not splits.images:
+        return "none"
+    layout = Layout.of(preprocessing)
+    mode = choose(config.cache, splits.train.dataset, layout, bool(augmentation and augmentation.auto_augment))
+    if mode == "none":
+        return mode
+    assert layout is not None, "choose() picks a cache only where there is a layout"
+    caches: dict[int, DecodedImages] = {}
+    for split in splits.splits:
+        if id(split.dataset) not in caches:
+            caches[id(split.dataset)] = decoded(split.dataset, layout, mode == "memory", workers, progress)
+        split.decoded = caches[id(split.dataset)]
+    built = [cache.built for cache in caches.values() if cache.built is not None]
+    how = (
+        f"decoded {sum(len(cache) for cache in caches.values()):,} images in {sum(built):.1f} s" if built else "reused"
+    )
+    return f"{mode}, {layout.size} px squares ({how}) in {caches[id(splits.train.dataset)].path.parent}"
 
 
 def attach_transforms(splits: Splits, preprocessing: Preprocessing, augmentation: Augmentation | None) -> None:
@@ -385,7 +415,9 @@ class Batches:
         self.num_workers = num_workers
         self.input_size = preprocessing.input_size
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.in_memory = is_in_memory(split.dataset)
+        # Tensors batched in this process: an in-memory dataset, or an image folder's decoded cache.
+        self.in_memory = is_in_memory(split.dataset) or split.decoded is not None
+        self.decoded = split.decoded if split.decoded is not None and split.decoded.memory is None else None
         # uint8 batches (in memory, or from image workers) become (x / 255 - mean) / std on the
         # device: one multiply and one subtract per batch.
         std_t = torch.tensor(preprocessing.std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -397,8 +429,10 @@ class Batches:
         # Image datasets are augmented by their transforms, in the workers; tensors here, on the device.
         self.augment = BatchAugment(augmentation) if augmentation is not None and self.in_memory else None
         if self.in_memory:
-            self.images = split.dataset.images[split.indices].to(device)
             self.labels = split.labels.to(device)
+        if self.in_memory and self.decoded is None:  # the split's images on the device, whole
+            images = split.decoded.memory if split.decoded is not None else split.dataset.images
+            self.images = images[split.indices].to(device)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
@@ -433,19 +467,26 @@ class Batches:
             yield from self._from_loader(order)
 
     def _from_memory(self, order: torch.Tensor, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        sequential = not self.shuffle and len(order) == len(self.split)
-        order = order.to(self.device)
+        sequential = not self.shuffle and len(order) == len(self.split) and self.decoded is None
+        order = order.to(self.device) if self.decoded is None else order
+        size = tuple(self.input_size[1:])
         for number, start in enumerate(range(0, len(order), self.batch_size), start=first):
             if sequential:  # slices, no gather
                 images = self.images[start : start + self.batch_size]
                 labels = self.labels[start : start + self.batch_size]
+            elif self.decoded is not None:  # read from the cache file: only this batch in memory
+                chosen = order[start : start + self.batch_size]
+                images = self.decoded[self.split.indices[chosen]].to(self.device, non_blocking=True)
+                labels = self.labels[chosen.to(self.device)]
             else:
                 chosen = order[start : start + self.batch_size]
                 images, labels = self.images[chosen], self.labels[chosen]
+            if self.augment is None and tuple(images.shape[-2:]) != size:  # a cache's squares: the centre crop
+                images = centre(images, size[0])
             inputs = images.float()
             if self.augment is not None:  # drawn from (seed, epoch, batch, rank): resumes exactly, differs per rank
                 seed = ((self.seed * 100_003 + epoch) * 1_000_003 + number) * 1_009 + distributed.rank()
-                inputs = self.augment(inputs, torch.Generator(self.device).manual_seed(seed))
+                inputs = self.augment(inputs, torch.Generator(self.device).manual_seed(seed), size)
             inputs = inputs.mul_(self.scale).sub_(self.shift)
             yield inputs.contiguous(memory_format=self.memory_format), labels
 

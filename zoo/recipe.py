@@ -167,6 +167,11 @@ class DataConfig(_Section):
             return {**data, "augment": "default" if data["augment"] else "none"}
         return data
 
+    cache: Literal["none", "memory", "disk"] | None = Field(
+        None,
+        description="image datasets: decode every image once into a uint8 cache under $ZOO_CACHE_DIR (disk: read "
+        "per batch; memory: held whole); default disk up to 8 GiB of decoded images, else none",
+    )
     sampler: Literal["shuffle", "balanced"] = Field(
         "shuffle", description="training order: shuffle, or balanced (every class drawn equally often)"
     )

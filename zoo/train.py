@@ -26,7 +26,16 @@ from . import recipe as recipes
 from .artifacts import RunFolder, RunResults
 from .augment import Augmentation
 from .card import model_card
-from .data import Batches, Split, Splits, attach_transforms, class_weights, load_splits, resolve_preprocessing
+from .data import (
+    Batches,
+    Split,
+    Splits,
+    attach_cache,
+    attach_transforms,
+    class_weights,
+    load_splits,
+    resolve_preprocessing,
+)
 from .device import autocast_dtype, resolve_device
 from .device import configure as configure_backends
 from .distributed import log
@@ -56,6 +65,7 @@ class RunSetup:
     groups: list[dict] | None = None
     class_weights: list[float] | None = None  # the loss's, from loss.class_weights
     augmentation: Augmentation | None = None  # training's, resolved from data.augment and the model
+    cache: str = "none"  # the image cache in use (data.cache), in words
 
     def batches(self, split: Split, training: bool = False) -> Batches:
         data = self.recipe.data
@@ -101,8 +111,14 @@ def build_run(
         model, preprocessing = load_run(trained), trained.preprocessing
         if splits.label_names != model.label_names:
             raise ZooError(f"data.classes select {splits.label_names}, but the run was trained on {model.label_names}")
-    augmentation = augment.resolve(recipe.data, model, on_tensors=not splits.images) if trained is None else None
+    augmentation = (
+        augment.resolve(recipe.data, model, splits.train.dataset, on_tensors=not splits.images)
+        if trained is None
+        else None
+    )
     attach_transforms(splits, preprocessing, augmentation)
+    workers = default_workers() if recipe.data.num_workers is None else recipe.data.num_workers
+    cache = attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     if recipe.train.sync_bn and distributed.world_size() > 1 and trained is None:
         if device.type != "cuda":
@@ -120,6 +136,7 @@ def build_run(
     setup = RunSetup(
         recipe, device, dtype, splits, preprocessing, model, loss_fn, class_weights=weights, augmentation=augmentation
     )
+    setup.cache = cache
     if trained is None:
         optim = recipe.optim
         weight_decay = default_weight_decay(optim)
@@ -282,8 +299,9 @@ def _remove_if_empty(path: Path) -> None:
 
 def _train(setup: RunSetup, folder: RunFolder, latest: Path | None, progress: bool) -> RunResult:
     recipe = setup.recipe
-    if distributed.rank():  # same initial weights on every rank, but each its own dropout
-        seed_everything(recipe.train.seed + distributed.rank())
+    # Same initial weights on every rank, but each its own dropout; and training's random numbers
+    # never depend on what setting up drew (a cache built or found, a download, a pretraining run).
+    seed_everything(recipe.train.seed + distributed.rank())
     trainer = Trainer(setup, folder)
     if latest is not None:
         trainer.load_checkpoint(latest)
@@ -451,7 +469,8 @@ def base_model(source: WeightSource, model: nn.Module) -> str | None:
 
 def describe_augmentation(setup: RunSetup) -> str:
     augmentation = setup.augmentation
-    return augmentation.describe(on_tensors=not setup.splits.images) if augmentation else "none"
+    on_device = not setup.splits.images or setup.splits.train.decoded is not None
+    return augmentation.describe(on_device) if augmentation else "none"
 
 
 def _print_setup(setup: RunSetup) -> None:
@@ -472,6 +491,8 @@ def _print_setup(setup: RunSetup) -> None:
     )
     log(f"device: {setup.device} ({precision}), {batch}, {recipe.optim.name} lr {recipe.optim.lr:g}")
     log(f"augmentation ({recipe.data.augment}): {describe_augmentation(setup)}")
+    if splits.images:
+        log(f"image cache: {setup.cache}")
     if setup.class_weights:
         log(f"class weights: {', '.join(f'{weight:.3g}' for weight in setup.class_weights)}")
     rows = freeze.summary(setup.model, setup.groups or [])

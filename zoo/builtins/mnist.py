@@ -9,6 +9,7 @@ import torch
 import torchvision
 from torch.utils.data import Dataset
 
+from ..augment import DIGITS
 from ..errors import ZooError
 
 
@@ -18,6 +19,7 @@ class MNIST(Dataset):
     # Computed over the 60,000 training images.
     mean = (0.1307,)
     std = (0.3081,)
+    augmentation = DIGITS  # what training may do to a digit and keep its label
 
     def __init__(self, root: Path, split: str, download: bool = True) -> None:
         if split not in ("train", "test"):

@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..augment import DIGITS
+
 
 class MnistCNN(nn.Module):
     """Classic PyTorch MNIST CNN (conv 32-64, max-pool, fc 128) as a backbone with 128 features."""
 
-    # Training augmentation for digits (zoo/augment.py): a mirrored digit is another digit or none,
-    # and a small crop cuts strokes off; rotations of up to 15 degrees, 10% shifts and slight zooms
-    # (the usual MNIST RandomAffine) keep the digit.
-    augmentation = {"hflip": 0.0, "scale": (0.85, 1.0), "ratio": (0.9, 1.1), "color_jitter": 0.0,
-                    "degrees": 15.0, "translate": 0.1}  # fmt: skip
+    # A network for digits, wherever they come from (an image folder of digits says nothing about
+    # them): what training may do to a digit and keep its label.
+    augmentation = DIGITS
 
     def __init__(
         self,

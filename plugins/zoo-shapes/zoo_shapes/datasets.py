@@ -14,6 +14,9 @@ class Shapes(Dataset):
     classes = ["circle", "square", "triangle"]
     mean = (0.15,)
     std = (0.35,)
+    # What training may do to these images (zoo's `augmentation` contract): a shape mirrored is the
+    # same shape; sizes and positions vary already, and a crop could cut a corner off.
+    augmentation = {"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "hflip": 0.5, "color_jitter": 0.0}
 
     def __init__(self, root: Path, split: str, samples: int = 3000, image_size: int = 28, seed: int = 0) -> None:
         # root is part of the dataset contract; generated data needs no files.

@@ -1,0 +1,180 @@
+"""The decoded image cache: what it holds, when it is rebuilt, and that nothing half-built is read."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from zoo import cache
+from zoo.builtins.image_folder import ImageFolder
+from zoo.cache import DecodedImages, Layout, choose, decoded
+from zoo.data import Batches, attach_transforms, load_splits
+from zoo.errors import ZooError
+from zoo.preprocessing import Preprocessing
+from zoo.recipe import DataConfig
+
+
+def photo_folder(root: Path, sizes: list[tuple[int, int]]) -> Path:
+    """An image folder of random RGB pictures of the given (width, height), in two classes, the
+    same pictures in train/ and test/."""
+    generator = np.random.default_rng(0)
+    for index, (width, height) in enumerate(sizes):
+        pixels = generator.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        for split in ("train", "test"):
+            folder = root / split / f"class{index % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(pixels).save(folder / f"{index}.png")
+    return root
+
+
+SIZES = [(40, 30), (30, 41), (37, 37), (64, 21), (33, 50), (45, 45), (29, 36), (50, 50)]
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "squash"])
+def test_cached_evaluation_batches_equal_the_uncached_transform(tmp_path: Path, crop_mode: str) -> None:
+    """Odd sizes, both aspect ratios, a crop_pct below 1: the evaluation crop cut from the cache is
+    timm's evaluation transform, pixel for pixel."""
+    root = photo_folder(tmp_path / "photos", SIZES)
+    config = DataConfig(dataset="image_folder", root=str(root), val_split=0.0)
+    preprocessing = Preprocessing((3, 24, 24), (0.5,) * 3, (0.25,) * 3, "bicubic", 0.875, crop_mode)
+    uncached = load_splits(config, seed=0)
+    attach_transforms(uncached, preprocessing, None)
+    expected = torch.cat(
+        [inputs for inputs, _ in Batches(uncached.test, 3, torch.device("cpu"), preprocessing).epoch()]
+    )
+    cached = load_splits(config, seed=0)
+    layout = Layout.of(preprocessing)
+    cached.test.decoded = decoded(cached.test.dataset, layout, in_memory=False, workers=0, progress=False)
+    assert layout.size == 27 and cached.test.decoded.shape == (3, 27, 27)  # floor(24 / 0.875)
+    batches = Batches(cached.test, 3, torch.device("cpu"), preprocessing)
+    got = torch.cat([inputs for inputs, _ in batches.epoch()])
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_a_cache_is_reused_until_a_file_changes_appears_or_goes(tmp_path: Path) -> None:
+    root = photo_folder(tmp_path / "photos", SIZES)
+    layout = Layout(size=16, crop=16, channels=3, interpolation="bilinear", crop_mode="center")
+
+    def build() -> DecodedImages:
+        return decoded(ImageFolder(root, "train"), layout, in_memory=True, workers=0, progress=False)
+
+    first = build()
+    assert first.built is not None and len(first) == len(SIZES)
+    again = build()
+    assert again.built is None and again.path == first.path and torch.equal(again.memory, first.memory)
+    picture = root / "train" / "class0" / "0.png"
+    Image.fromarray(np.full((30, 40, 3), 7, np.uint8)).save(picture)  # changed
+    changed = build()
+    assert changed.built is not None and changed.path != first.path
+    Image.fromarray(np.zeros((9, 9, 3), np.uint8)).save(root / "train" / "class1" / "extra.png")  # added
+    added = build()
+    assert added.path not in (first.path, changed.path) and len(added) == len(SIZES) + 1
+    (root / "train" / "class1" / "extra.png").unlink()  # removed again: the content of "changed"
+    assert build().path == changed.path
+
+
+def test_a_build_that_failed_or_was_killed_is_never_trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = photo_folder(tmp_path / "photos", SIZES)
+    layout = Layout(size=16, crop=16, channels=3, interpolation="bilinear", crop_mode="center")
+    folder = Path(os.environ["ZOO_CACHE_DIR"]) / "images"
+
+    def failing(self: object, index: int) -> torch.Tensor:
+        raise ZooError("the disk vanished")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(cache._Decoding, "__getitem__", failing)
+        with pytest.raises(ZooError, match="the disk vanished"):
+            decoded(ImageFolder(root, "train"), layout, in_memory=False, workers=0, progress=False)
+    assert not list(folder.glob("*.json")) and not list(folder.glob("*.u8")) and not list(folder.glob(".*.tmp"))
+
+    # What a SIGKILL leaves: a staging file, or the data renamed into place without its description.
+    good = decoded(ImageFolder(root, "train"), layout, in_memory=True, workers=0, progress=False)
+    expected = good.memory.clone()
+    good.path.with_suffix(".json").unlink()
+    good.path.write_bytes(b"\0" * 100)
+    (folder / f".{good.path.name}.999.tmp").write_bytes(b"half")
+    rebuilt = decoded(ImageFolder(root, "train"), layout, in_memory=True, workers=0, progress=False)
+    assert rebuilt.built is not None and torch.equal(rebuilt.memory, expected)
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_two_processes_at_once_build_one_cache(tmp_path: Path) -> None:
+    root = photo_folder(tmp_path / "photos", SIZES * 8)
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from zoo.builtins.image_folder import ImageFolder
+        from zoo.cache import Layout, decoded
+        layout = Layout(size=16, crop=16, channels=3, interpolation="bilinear", crop_mode="center")
+        images = decoded(ImageFolder(Path({str(root)!r}), "train"), layout, in_memory=True, workers=0, progress=False)
+        print("built" if images.built is not None else "read", int(images.memory.sum()))
+    """)  # fmt: skip
+    processes = [
+        subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=120) for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    words = sorted(output.split()[0] for output, _ in outputs)
+    assert words == ["built", "read"] and len({output.split()[1] for output, _ in outputs}) == 1
+    assert len(list((Path(os.environ["ZOO_CACHE_DIR"]) / "images").glob("*.u8"))) == 1
+
+
+def test_the_default_is_disk_where_a_cache_can_serve_and_a_request_that_cannot_is_refused(tmp_path: Path) -> None:
+    folder = ImageFolder(photo_folder(tmp_path / "photos", SIZES), "train")
+    square = Layout.of(Preprocessing((3, 32, 32), (0.5,) * 3, (0.5,) * 3, "bilinear", 0.9))
+    assert choose(None, folder, square, pil_only=False) == "disk"
+    assert choose("memory", folder, square, pil_only=False) == "memory"
+    assert choose(None, folder, square, pil_only=True) == "none"  # auto-augment needs PIL images
+    assert Layout.of(Preprocessing((3, 32, 48), (0.5,) * 3, (0.5,) * 3)) is None
+    with pytest.raises(ZooError, match="data.cache = disk: auto-augment needs PIL images"):
+        choose("disk", folder, square, pil_only=True)
+    with pytest.raises(ZooError, match="does not list its image files"):
+        choose("disk", torch.utils.data.TensorDataset(torch.zeros(2)), square, pil_only=False)
+
+
+def test_reading_from_disk_keeps_memory_bounded_by_the_batch(tmp_path: Path) -> None:
+    """A 400 MB cache read in batches of 64 raises the peak memory by far less than its size."""
+    layout = Layout(size=256, crop=224, channels=3, interpolation="bilinear", crop_mode="center")
+    count = 2000  # x 196,608 bytes = 393 MB
+    path = tmp_path / "big.u8"
+    with open(path, "wb") as file:
+        file.truncate(count * layout.image_bytes)
+    script = textwrap.dedent(f"""
+        import resource, torch
+        from pathlib import Path
+        from zoo.cache import DecodedImages, Layout
+        images = DecodedImages(Path({str(path)!r}), {count}, Layout(**{layout.__dict__!r}), in_memory=False)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        order = torch.randperm({count})
+        total = 0
+        for start in range(0, {count}, 64):
+            total += int(images[order[start:start + 64]].sum())
+        print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, total)
+    """)  # fmt: skip
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    grown_mb, total = (int(word) for word in result.stdout.split())
+    assert total == 0 and grown_mb < 64, f"peak memory grew by {grown_mb} MB reading a 393 MB cache"
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_over_a_cached_image_folder_is_bit_identical(mnist_png: Path, tmp_path: Path) -> None:
+    from conftest import RECIPES, kill_then_resume
+
+    args = [
+        str(RECIPES / "timm_finetune.toml"), "model.backbone=timm/test_resnet", "model.pretrained=false",
+        "model.freeze.freeze=[]", f"data.root={mnist_png}", "data.classes=[0,1,2]", "data.image_size=32",
+        "data.batch_size=8", "data.val_split=0.1", "train.epochs=2", "train.checkpoint_every=5",
+        "train.precision=fp32", "data.cache=disk",
+    ]  # fmt: skip
+    kill_then_resume(tmp_path, args, "step-00000015")  # 21 steps an epoch: mid-epoch 1
