@@ -41,7 +41,9 @@ def test_the_card_and_zoo_runs_say_which_epoch_was_kept_and_how_it_was_trained(t
     from zoo.runs import summary
 
     recipe = recipes.load(
-        RECIPES / "mnist.toml", ["train.ema=0.999", "data.mixup=0.2", "data.sampler=balanced"], check=False
+        RECIPES / "mnist.toml",
+        ["train.ema=0.999", "data.mixup=0.2", "data.sampler=balanced", "data.augment=default"],
+        check=False,
     )
     results = RunResults(
         state="finished", recipe_hash=recipe.hash, test=TEST, monitor="val_f1", kept="best", kept_epoch=9,

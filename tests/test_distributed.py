@@ -23,7 +23,12 @@ from zoo.train import run, seed_everything
 pytestmark = pytest.mark.slow
 
 SUBSET = ["data.classes=[0,1,2]", "data.per_class=200", "data.val_split=0.05", "train.epochs=2"]
-FREEZING = ["model.freeze.freeze=['conv1.*']", "model.freeze.stages=[{epoch=2, unfreeze=['conv2.*'], lr_mult=0.5}]"]
+# The last epoch's weights (train.keep = last): the stage's effect must show in the run folder.
+FREEZING = [
+    "model.freeze.freeze=['conv1.*']",
+    "model.freeze.stages=[{epoch=2, unfreeze=['conv2.*'], lr_mult=0.5}]",
+    "train.keep=last",
+]
 
 
 def zoo(*args: str) -> subprocess.CompletedProcess:

@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from . import artifacts, locking
-from .errors import ZooError
+from .errors import ZooError, from_worker
 from .preprocessing import Preprocessing
 from .recipe import cache_dir
 
@@ -168,9 +168,12 @@ def _build(files: list[str], layout: Layout, path: Path, workers: int, progress:
     bar = tqdm(total=len(files), desc=f"decoding {len(files):,} images once", unit="img", disable=not progress)
     try:
         with open(staging, "wb") as file:
-            for batch in loader:
-                file.write(batch.numpy().tobytes())
-                bar.update(len(batch))
+            try:
+                for batch in loader:
+                    file.write(batch.numpy().tobytes())
+                    bar.update(len(batch))
+            except ZooError as exc:
+                raise from_worker(exc) from None
             file.flush()
             os.fsync(file.fileno())
         os.replace(staging, path)

@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from . import distributed, registry
 from .augment import Augmentation, BatchAugment
 from .cache import DecodedImages, Layout, centre, choose, decoded
-from .errors import ZooError, did_you_mean
+from .errors import ZooError, did_you_mean, from_worker
 from .preprocessing import Preprocessing
 from .recipe import DataConfig, default_data_dir
 
@@ -509,7 +509,4 @@ class Batches:
                     inputs = inputs.float().mul_(self.scale).sub_(self.shift)
                 yield inputs.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True)
         except ZooError as exc:
-            # From a worker the message carries the worker's traceback: keep its last line, the user's.
-            raise ZooError(
-                str(exc).strip().splitlines()[-1].removeprefix(f"{ZooError.__module__}.ZooError: ")
-            ) from None
+            raise from_worker(exc) from None

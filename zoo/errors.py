@@ -21,3 +21,9 @@ def did_you_mean(word: str, choices: Iterable[str], prefix: str = "") -> str:
     if not close:
         return ""
     return " (did you mean " + " or ".join(repr(prefix + c) for c in close) + "?)"
+
+
+def from_worker(exc: ZooError) -> ZooError:
+    """A ZooError raised in a DataLoader worker, as one line again: the worker's re-raised message
+    carries its traceback, and its last line is the user's."""
+    return ZooError(str(exc).strip().splitlines()[-1].removeprefix(f"{ZooError.__module__}.ZooError: "))
