@@ -16,8 +16,8 @@ with momentum, label smoothing 0.1, fp32, for --epochs epochs:
   zoo          the same with zoo's default data.cache=disk: the PNGs decoded once, into a fresh
                cache whose building counts in the first epoch; batches cropped, flipped and
                jittered on the device
-  model-alone  the same model, loss and optimiser on random tensors already in memory: the
-               ceiling that no data path can pass
+  model-alone  zoo's training step (the same model, torch's label-smoothing loss, SGD) on
+               random tensors already in memory: the ceiling that no data path can pass
   train.py     timm's train.py itself, when --timm-train names it (a pytorch-image-models
                checkout; the package on PyPI does not ship it)
 
@@ -102,15 +102,15 @@ def zoo_run(folder: Path, epochs: int, cache: str) -> dict:
 
 
 def model_alone(epochs: int, images: int) -> dict:
+    """zoo's step (torch's label-smoothing cross-entropy, SGD with foreach) on one batch of random
+    tensors, over and over: what the step costs without any data path."""
     import timm
     import torch
-    from timm.loss import LabelSmoothingCrossEntropy
-    from timm.optim import create_optimizer_v2
 
     torch.manual_seed(0)
     model = timm.create_model(ARCH, num_classes=10)
-    optimizer = create_optimizer_v2(model, "sgd", lr=LR, momentum=0.9, weight_decay=2e-5)
-    loss_fn = LabelSmoothingCrossEntropy(0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=2e-5, foreach=True)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     inputs, targets = torch.randn(BATCH, 3, SIZE, SIZE), torch.randint(0, 10, (BATCH,))
     rates = []
     for _ in range(epochs):
