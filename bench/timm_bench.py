@@ -98,7 +98,9 @@ def zoo_run(folder: Path, epochs: int, cache: str) -> dict:
         images = rates[0] * history[0]["seconds"]
         rates[0] = images / (history[0]["seconds"] + float(built.group(1)))
     cache_bytes = sum(path.stat().st_size for path in cache_dir.rglob("*.u8"))
-    return {"images_per_second": rates, "peak_rss_mb": _peak_rss_mb(), "cache_mb": cache_bytes / 2**20}
+    accuracy = json.loads((output / "results.json").read_text())["test"]["accuracy"]
+    return {"images_per_second": rates, "peak_rss_mb": _peak_rss_mb(), "cache_mb": cache_bytes / 2**20,
+            "test_accuracy": accuracy}  # fmt: skip
 
 
 def model_alone(epochs: int, images: int) -> dict:
@@ -187,6 +189,7 @@ def main() -> None:
     first: dict[str, float] = {}
     steady: dict[str, float] = {}
     extra: dict[str, dict] = {}
+    accuracies: dict[str, list[str]] = {}  # every repeat's, to show the spread
     for repeat in range(args.repeats):
         for name in names:
             measured = contender(name, folder, args.epochs, args.timm_train)
@@ -194,7 +197,9 @@ def main() -> None:
             first[name] = max(first.get(name, 0.0), rates[0])
             steady[name] = max(steady.get(name, 0.0), *(rates[1:] or rates))
             extra[name] = {key: max(value, extra.get(name, {}).get(key, 0.0)) for key, value in measured.items()
-                           if key != "images_per_second"}  # fmt: skip
+                           if key not in ("images_per_second", "test_accuracy")}  # fmt: skip
+            if "test_accuracy" in measured:
+                accuracies.setdefault(name, []).append(f"{measured['test_accuracy']:.1%}")
             print(f"repeat {repeat + 1}: {name:<11} " + " ".join(f"{rate:7.1f}" for rate in rates) + " img/s by epoch",
                   flush=True)  # fmt: skip
     print(f"\n{date.today()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
@@ -208,6 +213,8 @@ def main() -> None:
         print(f"{name:<12} {first[name]:10.1f} {first[name] / first['timm-loop']:7.2f}x {steady[name]:8.1f} "
               f"{steady[name] / steady['timm-loop']:7.2f}x {extra[name]['peak_rss_mb']:6.0f} MB {cache:>8}")  # fmt: skip
     print(f"zoo's steady state is {steady['zoo'] / steady['model-alone']:.0%} of the model alone on random tensors")
+    print(f"test accuracy after {args.epochs} epochs (500 test PNGs): zoo {accuracies['zoo']}, "
+          f"zoo-nocache {accuracies['zoo-nocache']}")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -297,3 +297,38 @@ def test_ctrl_c_under_two_processes_leaves_one_interrupted_run_folder(mnist_dir:
     assert results["state"] == "interrupted" and "Ctrl-C" in results["reason"], results
     assert results["world_size"] == 2 and results["ranks_agree"] is True
     assert (folder / "model.safetensors").is_file() and "Traceback" not in stderr
+
+
+COUNTED_MODULE = {
+    "counted_plugin.py": """
+    import os
+    from zoo.builtins.image_folder import ImageFolder
+
+    def counted(root, split):
+        '''An image folder that notes each time it is built (its folder scanned).'''
+        with open(os.environ["ZOO_TEST_SCANS"], "a") as log:
+            log.write(f"{os.getpid()} {split}\\n")
+        return ImageFolder(root, split)
+    """
+}
+
+
+def test_a_dataset_is_built_once_per_node_and_sent_to_its_other_ranks(mnist_png: Path, tmp_path: Path) -> None:
+    from conftest import make_distribution
+
+    site = make_distribution(tmp_path / "site", "counted", {"zoo.datasets": {"counted": "counted_plugin:counted"}},
+                             COUNTED_MODULE)  # fmt: skip
+    scans = tmp_path / "scans.txt"
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "ZOO_TEST_SCANS": str(scans)}  # fmt: skip
+    command = [
+        str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist_finetune.toml"),
+        "data.dataset=counted", f"data.root={mnist_png}", "model.pretrained=false", "data.classes=[0,1]",
+        "data.per_class=40", "train.epochs=1", f"output.dir={tmp_path / 'run'}", "--no-progress",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    built = scans.read_text().split("\n")[:-1]
+    assert (
+        sorted(line.split()[1] for line in built) == ["test", "train"] and len({line.split()[0] for line in built}) == 1
+    )

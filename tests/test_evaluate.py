@@ -29,6 +29,33 @@ class Constant(nn.Module):
         return self.logits.expand(len(x), -1)
 
 
+class Ranked(nn.Module):
+    """Ranks the classes in one fixed order for every input: top-1 is ``order[0]``, top-5 ``order[:5]``."""
+
+    def __init__(self, order: list[int]) -> None:
+        super().__init__()
+        self.logits = torch.zeros(len(order))
+        self.logits[torch.tensor(order)] = torch.arange(len(order), 0, -1, dtype=torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits.expand(len(x), -1)
+
+
+def test_top5_accuracy_from_ten_classes_on(mnist_dir: Path) -> None:
+    recipe = recipes.load(RECIPES / "mnist.toml", ["data.eval_batch_size=1000"])
+    setup = build_run(recipe, progress=False)
+    labels = setup.splits.test.labels
+    order = [3, 1, 4, 0, 9, 2, 6, 5, 8, 7]
+    metrics = evaluate(Ranked(order), setup.batches(setup.splits.test), nn.CrossEntropyLoss(), list("0123456789"), None)
+    in_top5 = sum(int((labels == label).sum()) for label in order[:5])
+    assert metrics["top5_accuracy"] == pytest.approx(in_top5 / len(labels))
+    assert metrics["accuracy"] == pytest.approx(int((labels == 3).sum()) / len(labels))
+    few = recipes.load(RECIPES / "mnist.toml", ["data.classes=[3,8]"])
+    small = build_run(few, progress=False)
+    assert "top5_accuracy" not in evaluate(Constant(0, 2), small.batches(small.splits.test), nn.CrossEntropyLoss(),
+                                           ["3", "8"], None)  # fmt: skip
+
+
 def test_metrics_follow_the_predictions(mnist_dir: Path) -> None:
     recipe = recipes.load(RECIPES / "mnist.toml", ["data.classes=[3,8]", "data.eval_batch_size=100"])
     setup = build_run(recipe, progress=False)

@@ -130,10 +130,11 @@ class Splits:
 def load_splits(config: DataConfig, seed: int) -> Splits:
     """The recipe's data: its classes relabelled 0..n-1, a stratified validation split, per_class."""
     root = data_root(config)
-    with distributed.node_main_first():  # a dataset that downloads does so once per node
-        train_set, test_set = (
-            registry.instantiate("dataset", config.dataset, config.args, "", root, split) for split in ("train", "test")
-        )
+    # Built once per node (one download, one scan of an image folder) and sent to the node's other ranks.
+    train_set, test_set = distributed.from_node_main(
+        lambda: tuple(registry.instantiate("dataset", config.dataset, config.args, "", root, split)
+                      for split in ("train", "test"))
+    )  # fmt: skip
     if is_image_dataset(train_set):
         train_set.transform = test_set.transform = None  # each split gets its own (attach_transforms)
     else:

@@ -9,7 +9,9 @@ function here is a no-op for a single process.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -28,6 +30,10 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+# This node's ranks, as their own group (None with one rank per node, or uneven nodes).
+_node_group: dist.ProcessGroup | None = None
+
+
 def setup(device: torch.device) -> torch.device:
     """Join torchrun's process group (once); returns this rank's device."""
     if not launched():
@@ -40,7 +46,17 @@ def setup(device: torch.device) -> torch.device:
             dist.init_process_group("nccl", device_id=device)
         else:
             dist.init_process_group("gloo")
+        _join_node_group()
     return device
+
+
+def _join_node_group() -> None:
+    """torchrun numbers a node's ranks consecutively: with as many on every node, each node's
+    ranks form a group of their own (``from_node_main`` sends through it)."""
+    global _node_group
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if per_node > 1 and world_size() % per_node == 0:
+        _node_group, _ = dist.new_subgroups(group_size=per_node)
 
 
 def rank() -> int:
@@ -177,6 +193,34 @@ def node_main_first() -> Iterator[None]:
     finally:  # even when it failed: the node's other ranks are waiting for it
         if world_size() > 1 and local_rank() == 0:
             dist.barrier()
+
+
+def from_node_main(make: Callable[[], T]) -> T:
+    """``make()`` on each node's first rank (one download, one folder scan per node), its result
+    sent to the node's other ranks; a result that cannot be sent (it does not pickle) is made by
+    each of them after the first. A ZooError there is raised on every rank of the node."""
+    if world_size() == 1:
+        return make()
+    if _node_group is None:
+        with node_main_first():
+            return make()
+    payload: tuple[bytes | None, str | None] = (None, None)
+    if local_rank() == 0:
+        try:
+            made = make()
+        except ZooError as exc:
+            payload = (None, str(exc))
+        else:
+            with contextlib.suppress(pickle.PicklingError, TypeError, AttributeError):
+                payload = (pickle.dumps(made), None)
+    holder = [payload]
+    dist.broadcast_object_list(holder, src=dist.get_global_rank(_node_group, 0), group=_node_group)
+    sent, error = holder[0]
+    if error is not None:
+        raise ZooError(error)
+    if local_rank() == 0:
+        return made
+    return pickle.loads(sent) if sent is not None else make()  # from this node's first rank
 
 
 def barrier() -> None:
