@@ -159,6 +159,37 @@ def test_a_recipe_fine_tunes_from_hf_hub_weights(hub, versions: list[Path], tmp_
     assert card.data.base_model == "zoo-test/digits"
 
 
+def test_registry_names_are_weight_sources_pinned_and_checked(hub, versions: list[Path], tmp_path: Path) -> None:
+    """`registry:NAME` fine-tunes from the pinned commit (not main), and an hf-hub source at that commit
+    is checked against the same pins: a tampered cached file stops both."""
+    server, env = hub
+    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
+    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    commit = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env))
+    zoo_ok("registry", "add", str(versions[0]), "--name", "digits-012", env=env)
+    zoo_ok("push", str(versions[1]), "--repo", "zoo-test/digits", env=env)  # main moves on
+    finetune = [str(RECIPES / "mnist_finetune.toml"), "--no-progress", "data.per_class=20", "train.epochs=1"]
+    output = zoo_ok("run", *finetune, "model.pretrained=registry:digits-012", f"output.dir={tmp_path / 'a'}", env=env)
+    assert "loaded backbone from" in output
+    assert torch.equal(zoo.load(tmp_path / "a").backbone.conv1.weight, zoo.load(versions[0]).backbone.conv1.weight)
+    assert ModelCard.load(tmp_path / "a" / "README.md").data.base_model == "zoo-test/digits"
+    assert "registry:digits-012" in (tmp_path / "a" / "recipe.toml").read_text()
+
+    cached = (Path(zoo_ok("pull", "digits-012", env=env).strip()) / "config.json").resolve()
+    original = cached.read_bytes()
+    cached.chmod(0o644)
+    cached.write_bytes(original.replace(b'"num_classes"', b'"num_classes" ', 1))  # tampered in the cache
+    offline = {**env, "HF_HUB_OFFLINE": "1"}
+    for source in ("registry:digits-012", f"hf-hub:zoo-test/digits@{commit}"):
+        refused = zoo_command(
+            "run", *finetune, f"model.pretrained={source}", f"output.dir={tmp_path / 'b'}", env=offline
+        )
+        assert_user_error(refused, "refusing to load it", "config.json")
+    cached.write_bytes(original)
+    missing = zoo_command("run", *finetune, "model.pretrained=registry:digits-013", env=env)
+    assert_user_error(missing, "no weights named 'digits-013'", "did you mean 'digits-012'")
+
+
 def test_offline_pulls_come_from_the_cache_and_a_miss_is_one_line(hub, versions: list[Path], tmp_path: Path) -> None:
     server, env = hub
     zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env)

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from zoo import recipe as recipes
 from zoo import sources
 from zoo.errors import ZooError
-from zoo.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, Scratch
+from zoo.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch
 
 BASE = Path("/recipes/here")
 repo_part = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,12}", fullmatch=True)
@@ -25,9 +25,27 @@ def test_each_spelling_parses_to_its_type() -> None:
     assert sources.parse("recipe:../pre.toml", BASE) == RecipeOutput(Path("/recipes/pre.toml"))
     assert sources.parse("hf-hub:org/name", BASE) == HubRepo("org/name")
     assert sources.parse("hf-hub:org/name@v1.0", BASE) == HubRepo("org/name", "v1.0")
+    assert sources.parse("registry:mnist_cnn.digits04", BASE) == RegistryName("mnist_cnn.digits04")
+    assert sources.parse("./registry:x", BASE) == LocalFolder(BASE / "registry:x")  # a folder so named
 
 
-@pytest.mark.parametrize("text", ["", "  ", "hf-hub:", "hf-hub:noslash", "hf-hub:a/b@", "hf-hub:../x", "hf-hub:a/b/c"])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "  ",
+        "hf-hub:",
+        "hf-hub:noslash",
+        "hf-hub:a/b@",
+        "hf-hub:../x",
+        "hf-hub:a/b/c",
+        "registry:",
+        "registry:a/b",
+        "registry:../x",
+        "registry:.hidden",
+        "registry:two words",
+    ],
+)
 def test_malformed_sources_are_refused(text: str) -> None:
     with pytest.raises(ValueError):
         sources.parse(text, BASE)
@@ -39,13 +57,18 @@ def test_hub_sources_round_trip_through_text(org: str, name: str, revision: str 
     assert sources.parse(sources.text(source), BASE) == source
 
 
+@given(st.from_regex(sources.REGISTRY_NAME, fullmatch=True))
+def test_registry_names_round_trip_through_text(name: str) -> None:
+    assert sources.parse(sources.text(RegistryName(name)), BASE) == RegistryName(name)
+
+
 @given(st.text(max_size=40))
 def test_any_string_is_one_source_or_a_value_error(text: str) -> None:
     try:
         parsed = sources.parse(text, BASE)
     except ValueError:
         return
-    assert isinstance(parsed, LocalFolder | RecipeOutput | HubRepo)
+    assert isinstance(parsed, LocalFolder | RecipeOutput | HubRepo | RegistryName)
     assert sources.parse(sources.text(parsed), Path("/elsewhere")) == parsed  # written back absolute
 
 

@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from . import artifacts, locking
 from .artifacts import FilePin, HubRecord, RunFolder
 from .errors import ZooError, did_you_mean
-from .sources import HUB_REPO
+from .sources import HUB_REPO, REGISTRY_NAME, HubRepo
 
 SCHEMA_VERSION = 2  # 2: every pulled file pinned (1 pinned model.safetensors only)
-NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # a name, not a path: no '/', no '..', no spaces
+NAME_PATTERN = f"^{REGISTRY_NAME.pattern}$"
 
 
 class _Strict(BaseModel):
@@ -177,3 +177,13 @@ def _hub_source(folder: RunFolder, pushed: HubRecord) -> HubSource:
                 f"`zoo push`): push it again, then add it"
             )
     return HubSource(repo=pushed.repo, revision=pushed.commit, files=pushed.files)
+
+
+def pins_of(source: HubRepo) -> dict[str, FilePin] | None:
+    """The file pins of the registry.json name pinned to exactly ``source``'s repo and commit, if any:
+    an ``hf-hub:ORG/NAME@COMMIT`` source is then checked as that name would be."""
+    for entry in load().weights.values():
+        hub = entry.sources.hub
+        if hub is not None and (hub.repo, hub.revision) == (source.repo, source.revision):
+            return hub.files
+    return None

@@ -93,10 +93,11 @@ def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
 def pull(source: HubRepo | str) -> Path:
     """The local folder of a Hub repo (at its revision), or of a registry.json name at its pinned commit.
 
-    A registry name fetches exactly its pinned files and checks the sha256 of every one.
+    A registry name, and a repo at a commit that a registry name pins, fetch exactly the pinned
+    files and check the sha256 of every one.
     """
     label = source if isinstance(source, str) else source.spec
-    pins: dict[str, FilePin] | None = None
+    pins: dict[str, FilePin] | None = None if isinstance(source, str) else catalog.pins_of(source)
     if isinstance(source, str):
         entry = catalog.entry(source)
         if entry.sources.hub is None:

@@ -22,7 +22,7 @@ from .artifacts import RunFolder
 from .errors import ZooError
 from .preprocessing import Preprocessing
 from .recipe import HeadConfig, ModelConfig
-from .sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, Scratch, WeightSource
+from .sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch, WeightSource
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
@@ -68,8 +68,8 @@ def build_model(config: ModelConfig, label_names: list[str]) -> tuple[nn.Module,
     source = config.pretrained
     if isinstance(source, LocalFolder) and not source.path.is_dir():
         raise ZooError(f"model.pretrained: folder not found: {source.path}")
-    if isinstance(source, RecipeOutput):
-        raise TypeError(f"{source} must be trained into a run folder before the model is built")
+    if isinstance(source, RecipeOutput | RegistryName):
+        raise TypeError(f"{source} must be resolved to a folder (train.resolve_source) before the model is built")
     if isinstance(source, HubRepo):  # zoo pulls exactly the run-folder files, safetensors only, for every kind
         from .hub import pull
 

@@ -96,7 +96,8 @@ class ModelConfig(_Section):
         sources.Scratch(),
         description=(
             "false, true (the plugin's own weights), a run folder, 'recipe:FILE.toml' (that recipe's output), "
-            "or for timm/ backbones a timm model folder or 'hf-hub:ORG/REPO[@REVISION]'"
+            "'registry:NAME' (registry.json's pinned weights), 'hf-hub:ORG/REPO[@REVISION]', or for timm/ "
+            "backbones a timm model folder"
         ),
     )
     args: dict[str, Any] = Field({}, description="arguments for the backbone plugin (`zoo info NAME`)")

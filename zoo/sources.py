@@ -1,7 +1,7 @@
 """Where a recipe's pretrained weights come from: ``model.pretrained`` parsed once, into a type.
 
-``model.pretrained`` is written in a recipe as ``false``, ``true``, a folder, ``recipe:FILE.toml``
-or ``hf-hub:ORG/REPO[@REVISION]``. ``parse`` turns it into one of the small frozen types below
+``model.pretrained`` is written in a recipe as ``false``, ``true``, a folder, ``recipe:FILE.toml``,
+``hf-hub:ORG/REPO[@REVISION]`` or ``registry:NAME``. ``parse`` turns it into one of the small frozen types below
 when the recipe loads (relative paths against the recipe's folder); everything downstream
 matches on the type and reads its fields, and ``text`` writes it back for the resolved recipe.
 This module is the only place that knows the prefixes.
@@ -15,6 +15,11 @@ from pathlib import Path
 
 RECIPE_PREFIX = "recipe:"
 HUB_PREFIX = "hf-hub:"
+# A prefix, like the others, rather than a bare name: a bare word is a folder in the current one,
+# and a name in registry.json must never be mistaken for a folder of the same name (or the reverse).
+REGISTRY_PREFIX = "registry:"
+# A registry.json name: a name, not a path (no '/', no '..', no spaces).
+REGISTRY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 # The Hub's repo ids: ORG/NAME of letters, digits, '-', '_' and '.', not starting or ending with '-' or '.'.
 HUB_REPO = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 
@@ -56,23 +61,38 @@ class HubRepo:
         return f"{self.repo}@{self.revision}" if self.revision else self.repo
 
 
-WeightSource = Scratch | PluginWeights | LocalFolder | RecipeOutput | HubRepo
+@dataclass(frozen=True)
+class RegistryName:
+    """``registry:NAME``: named weights in registry.json, pinned to a Hub commit and every file's sha256
+    (or to the recipe that trains them)."""
+
+    name: str
+
+
+WeightSource = Scratch | PluginWeights | LocalFolder | RecipeOutput | HubRepo | RegistryName
 
 
 def parse(value: bool | str | WeightSource, base: Path) -> WeightSource:
     """The source ``value`` names; relative paths are relative to ``base``. A ValueError says what is wrong."""
-    if isinstance(value, Scratch | PluginWeights | LocalFolder | RecipeOutput | HubRepo):
+    if isinstance(value, Scratch | PluginWeights | LocalFolder | RecipeOutput | HubRepo | RegistryName):
         return value
     if isinstance(value, bool):
         return PluginWeights() if value else Scratch()
     if not isinstance(value, str):
         raise ValueError(f"must be true, false or a string naming the weights, got {type(value).__name__}")
     if not value.strip():
-        raise ValueError("is empty: write false, true, a run folder, 'recipe:FILE.toml' or 'hf-hub:ORG/NAME'")
+        raise ValueError(
+            "is empty: write false, true, a run folder, 'recipe:FILE.toml', 'hf-hub:ORG/NAME' or 'registry:NAME'"
+        )
     if value.startswith(RECIPE_PREFIX):
         return RecipeOutput((base / value.removeprefix(RECIPE_PREFIX)).resolve())
     if value.startswith(HUB_PREFIX):
         return parse_hub_spec(value.removeprefix(HUB_PREFIX))
+    if value.startswith(REGISTRY_PREFIX):
+        name = value.removeprefix(REGISTRY_PREFIX)
+        if not REGISTRY_NAME.fullmatch(name):
+            raise ValueError(f"'{name}' is not a registry.json name (`zoo registry list` shows them)")
+        return RegistryName(name)
     return LocalFolder((base / value).resolve())
 
 
@@ -97,4 +117,6 @@ def text(source: WeightSource) -> bool | str:
             return RECIPE_PREFIX + str(path)
         case HubRepo():
             return HUB_PREFIX + source.spec
+        case RegistryName(name):
+            return REGISTRY_PREFIX + name
     raise TypeError(f"not a weight source: {source!r}")

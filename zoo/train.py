@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, augment, checkpoint, distributed, freeze, fsdp, locking, registry
+from . import __version__, augment, catalog, checkpoint, distributed, freeze, fsdp, locking, registry
 from . import recipe as recipes
 from .artifacts import RunFolder, RunResults
 from .augment import Augmentation
@@ -46,7 +46,7 @@ from .optim import build_optimizer, default_weight_decay
 from .plots import write_plots
 from .preprocessing import Preprocessing
 from .recipe import Recipe
-from .sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, Scratch, WeightSource
+from .sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch, WeightSource
 from .trainer import Trainer, check_finite_weights, seed_everything
 
 
@@ -190,7 +190,16 @@ def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn
 
 
 def resolve_source(source: WeightSource, progress: bool, dry_run: bool) -> WeightSource:
-    """``source`` with a ``recipe:`` source replaced by the folder it trains (trained first if not cached)."""
+    """``source`` with a ``recipe:`` source replaced by the folder it trains (trained first if not
+    cached), and a ``registry:`` name by its pinned files, pulled and checked (or by its recipe)."""
+    if isinstance(source, RegistryName):
+        entry = catalog.entry(source.name)
+        if entry.sources.hub is not None:
+            from .hub import pull  # huggingface_hub only when a source needs it
+
+            return LocalFolder(distributed.agreed(lambda: pull(source.name)))  # each node pulls and checks
+        assert entry.sources.recipe is not None, "a registry entry has a hub source, a recipe or both"
+        source = RecipeOutput((catalog.path().parent / entry.sources.recipe).resolve())
     if not isinstance(source, RecipeOutput):
         return source
     cached = _cached_recipe_run(source.path, progress, dry_run)
@@ -462,6 +471,9 @@ def base_model(source: WeightSource, model: nn.Module) -> str | None:
     """The Hub repo the weights started from, for the model card (None when not from the Hub)."""
     if isinstance(source, HubRepo):
         return source.repo
+    if isinstance(source, RegistryName):
+        pinned = catalog.entry(source.name).sources.hub
+        return pinned.repo if pinned else None
     if isinstance(source, PluginWeights):
         return getattr(model, "pretrained_cfg", {}).get("hf_hub_id")
     return None
