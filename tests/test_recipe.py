@@ -92,6 +92,19 @@ def test_overrides_are_typed_by_toml_and_the_schema(tmp_path: Path) -> None:
     assert recipe.data.root == str(tmp_path / "here")  # override paths are relative to the cwd
 
 
+def test_a_table_override_replaces_the_table_and_a_dotted_one_changes_an_entry() -> None:
+    """Switching the loss from the command line: its old arguments go with a table override."""
+    shipped = recipes.load(RECIPES / "mnist.toml", check=False)
+    assert shipped.loss.args == {"label_smoothing": 0.1}
+    assert recipes.load(RECIPES / "mnist.toml", ["loss.name=focal", "loss.args={}"]).loss.args == {}
+    replaced = recipes.load(RECIPES / "mnist.toml", ["loss.name=focal", "loss.args={gamma=1.0}"])
+    assert replaced.loss.args == {"gamma": 1.0}
+    then_dotted = recipes.load(RECIPES / "mnist.toml", ["loss.args={}", "loss.args.label_smoothing=0.2"], check=False)
+    assert then_dotted.loss.args == {"label_smoothing": 0.2}
+    assert recipes.load(RECIPES / "mnist.toml", ["loss.args.label_smoothing=0.3"]).loss.args == {"label_smoothing": 0.3}
+    assert recipes.load(RECIPES / "mnist.toml", ["train.early_stop={patience=2}"]).train.early_stop.patience == 2
+
+
 def test_resolved_recipe_round_trips_and_hash_ignores_the_output_folder(tmp_path: Path) -> None:
     recipe = recipes.load(RECIPES / "mnist_finetune.toml")
     again = recipes.load(write(tmp_path / "resolved.toml", recipe.to_toml()))

@@ -285,7 +285,14 @@ def test_missing_mnist_says_where_it_looked(tmp_path: Path, monkeypatch: pytest.
             "optim.momentum=0.9",
             "schedule.name=step",
         ],
-        ["optim.name=adadelta", "optim.lr=1.0", "loss.name=focal", "model.head.type=mlp", "model.head.hidden=[32]"],
+        [
+            "optim.name=adadelta",
+            "optim.lr=1.0",
+            "loss.name=focal",
+            "loss.args={}",
+            "model.head.type=mlp",
+            "model.head.hidden=[32]",
+        ],
     ],
     ids=["bf16-accum-clip-channels-last", "compile-deterministic-sgd", "adadelta-focal-mlp-head"],
 )
@@ -452,8 +459,11 @@ def test_two_runs_needing_one_recipe_source_at_once_train_it_once(mnist_dir: Pat
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["data.mixup=0.2", "loss.name=focal"], "loss 'focal' takes class indices only; use cross_entropy"),
-        (["loss.class_weights=balanced", "loss.name=focal"], "loss 'focal' takes no class weights"),
+        (
+            ["data.mixup=0.2", "loss.name=focal", "loss.args={}"],
+            "loss 'focal' takes class indices only; use cross_entropy",
+        ),
+        (["loss.class_weights=balanced", "loss.name=focal", "loss.args={}"], "loss 'focal' takes no class weights"),
         (["data.cutmix=1.0", "data.batch_size=7"], "batch_size must be even (got 7)"),
         (["train.monitor=val_f1", "data.val_split=0"], "train.monitor = val_f1 needs a validation split"),
         (["train.ema=0.99", "train.strategy=fsdp"], "train.ema keeps a whole copy"),

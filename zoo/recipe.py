@@ -469,10 +469,13 @@ def _anchor_paths(data: dict[str, Any], folder: Path) -> None:
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> set[str]:
     """Merge ``key.path=value`` overrides into ``data``; values are TOML (bare words are strings).
 
-    Returns the keys overridden. Relative paths in overrides are relative to the current folder.
+    A table value replaces the whole table (``loss.args={}`` clears it, when switching
+    ``loss.name``); a dotted key changes one entry. Returns the keys overridden. Relative paths
+    in overrides are relative to the current folder.
     """
     layer: dict[str, Any] = {}
     keys = set()
+    replacing = []  # keys given a whole table
     for override in overrides:
         key, sep, text = override.partition("=")
         key = key.strip()
@@ -490,8 +493,16 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> set[str]:
                 raise ZooError(f"override {override!r} conflicts with an earlier override of {table}")
         section[last] = value
         keys.add(key)
+        if isinstance(value, dict):
+            replacing.append(key)
     _anchor_paths(layer, Path.cwd())
     data.update(merge(data, layer))
+    for key in replacing:  # replaced, not merged into what the recipe had
+        *parents, last = key.split(".")
+        given, target = layer, data
+        for part in parents:
+            given, target = given[part], target.setdefault(part, {})
+        target[last] = copy.deepcopy(given[last])
     return keys
 
 
