@@ -215,3 +215,19 @@ def kill_then_resume(tmp_path: Path, args: list[str], checkpoint_name: str, npro
     results = [json.loads((path / "results.json").read_text()) for path in (tmp_path / "whole", folder)]
     assert results[0]["test"] == results[1]["test"]
     assert results[1].get("ranks_agree") is (True if nproc > 1 else None)
+
+
+def write_source_recipes(
+    folder: Path, pre: str, fine: str, per_class: int, val_split: float, pre_epochs: int = 1, fine_per_class: int = 0
+) -> None:
+    """``PRE.toml``, mnist_pretrain on digits 0-1 made small, and ``FINE.toml``, mnist_finetune on
+    digits 5-6 from ``recipe:PRE.toml``: a pretrained source that a run builds first."""
+    (folder / f"{pre}.toml").write_text(
+        f'extends = "{RECIPES / "mnist_pretrain.toml"}"\nname = "{pre}"\n'
+        f"[data]\nper_class = {per_class}\nval_split = {val_split}\nclasses = [0, 1]\n[train]\nepochs = {pre_epochs}\n"
+    )
+    (folder / f"{fine}.toml").write_text(
+        f'extends = "{RECIPES / "mnist_finetune.toml"}"\nname = "{fine}"\n[model]\npretrained = "recipe:{pre}.toml"\n'
+        f"[data]\nper_class = {fine_per_class or per_class}\nval_split = {val_split}\nclasses = [5, 6]\n"
+        "[train]\nepochs = 1\n"
+    )

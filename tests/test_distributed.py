@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error, kill_then_resume
+from conftest import RECIPES, assert_user_error, kill_then_resume, write_source_recipes
 
 from zoo import checkpoint
 from zoo import recipe as recipes
@@ -239,14 +239,7 @@ def test_two_nodes_without_a_shared_folder_build_a_recipe_source_once(mnist_dir:
     """Two torchrun "nodes" on this machine, each with its own working folder and zoo cache."""
     import socket
 
-    (tmp_path / "pre.toml").write_text(
-        f'extends = "{RECIPES / "mnist_pretrain.toml"}"\nname = "pre"\n'
-        "[data]\nper_class = 20\nval_split = 0.05\nclasses = [0, 1]\n[train]\nepochs = 1\n"
-    )
-    (tmp_path / "fine.toml").write_text(
-        f'extends = "{RECIPES / "mnist_finetune.toml"}"\nname = "fine"\n[model]\npretrained = "recipe:pre.toml"\n'
-        "[data]\nper_class = 20\nval_split = 0.05\nclasses = [5, 6]\n[train]\nepochs = 1\n"
-    )
+    write_source_recipes(tmp_path, "pre", "fine", per_class=20, val_split=0.05)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]

@@ -114,3 +114,22 @@ def test_a_tie_in_accuracy_goes_to_the_lower_validation_loss() -> None:
     restored = Monitor("val_accuracy")
     restored.restore(monitor.state())
     assert restored.best == monitor.best
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    [
+        {"best": {"epoch": "3", "step": 3, "value": 0.9, "tiebreak": None}, "stale": 0},
+        {"best": {"epoch": 3, "step": 3, "value": "high", "tiebreak": None}, "stale": 0},
+        {"best": {"epoch": 3, "step": 3}, "stale": 0},
+        {"best": [3, 3, 0.9], "stale": 0},
+        {"best": None, "stale": -1},
+        {"best": None, "stale": True},
+    ],
+)
+def test_a_damaged_monitor_state_is_refused_not_half_restored(damaged: dict) -> None:
+    """A checkpoint's state.json edited or damaged: resume says so (load_checkpoint turns this into one line)."""
+    monitor = Monitor("val_accuracy")
+    with pytest.raises(ValueError, match="monitor state is damaged"):
+        monitor.restore(damaged)
+    assert monitor.best is None and monitor.stale == 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error, sabotaged_loss
+from conftest import RECIPES, assert_user_error, sabotaged_loss, write_source_recipes
 from PIL import Image
 from safetensors import safe_open
 
@@ -126,15 +126,7 @@ def test_freezing_policies(pretrained: Path, policy: list[str], frozen: list[str
 
 
 def test_recipe_source_runs_once_then_comes_from_the_cache(tmp_path: Path, mnist_dir: Path) -> None:
-    (tmp_path / "tiny_pretrain.toml").write_text(
-        f'extends = "{RECIPES / "mnist_pretrain.toml"}"\nname = "tiny_pretrain"\n'
-        "[data]\nper_class = 10\nval_split = 0.02\nclasses = [0, 1]\n[train]\nepochs = 1\n"
-    )
-    (tmp_path / "tiny_finetune.toml").write_text(
-        f'extends = "{RECIPES / "mnist_finetune.toml"}"\nname = "tiny_finetune"\n'
-        '[model]\npretrained = "recipe:tiny_pretrain.toml"\n'
-        "[data]\nper_class = 10\nval_split = 0.02\nclasses = [5, 6]\n[train]\nepochs = 1\n"
-    )
+    write_source_recipes(tmp_path, "tiny_pretrain", "tiny_finetune", per_class=10, val_split=0.02)
     source_hash = recipes.load(tmp_path / "tiny_pretrain.toml").hash[:12]
     stale = tmp_path / "cache" / "runs" / f".tiny_pretrain-{source_hash}.killed"  # a pretraining killed earlier
     stale.mkdir(parents=True)
@@ -436,14 +428,7 @@ def test_two_runs_needing_one_recipe_source_at_once_train_it_once(mnist_dir: Pat
     import subprocess
     import sys
 
-    (tmp_path / "pre.toml").write_text(
-        f'extends = "{RECIPES / "mnist_pretrain.toml"}"\nname = "pre"\n'
-        "[data]\nper_class = 200\nval_split = 0.02\nclasses = [0, 1]\n[train]\nepochs = 2\n"
-    )
-    (tmp_path / "fine.toml").write_text(
-        f'extends = "{RECIPES / "mnist_finetune.toml"}"\nname = "fine"\n[model]\npretrained = "recipe:pre.toml"\n'
-        "[data]\nper_class = 10\nval_split = 0.02\nclasses = [5, 6]\n[train]\nepochs = 1\n"
-    )
+    write_source_recipes(tmp_path, "pre", "fine", per_class=200, val_split=0.02, pre_epochs=2, fine_per_class=10)
     zoo = str(Path(sys.executable).with_name("zoo"))
     runs = [
         subprocess.Popen([zoo, "run", str(tmp_path / "fine.toml"), "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -68,9 +68,18 @@ class Monitor:
         return {"best": asdict(self.best) if self.best else None, "stale": self.stale}
 
     def restore(self, state: dict[str, Any]) -> None:
-        best = state.get("best")
+        """The state ``state()`` gave; a ValueError when a checkpoint's copy of it is damaged."""
+        best, stale = state.get("best"), state.get("stale", 0)
+        number = (int, float)
+        valid = type(stale) is int and stale >= 0 and (best is None or (
+            isinstance(best, dict) and set(best) == {"epoch", "step", "value", "tiebreak"}
+            and type(best["epoch"]) is int and type(best["step"]) is int and isinstance(best["value"], number)
+            and (best["tiebreak"] is None or isinstance(best["tiebreak"], number))
+        ))  # fmt: skip
+        if not valid:
+            raise ValueError("its monitor state is damaged")
         self.best = Best(**best) if best else None
-        self.stale = int(state.get("stale", 0))
+        self.stale = stale
 
 
 def _breaks_tie(value: float, tiebreak: float | None, best: Best) -> bool:
