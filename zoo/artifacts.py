@@ -4,7 +4,8 @@ A run folder holds ``model.safetensors`` (label names and recipe hash in its met
 ``config.json`` (timm's layout: architecture, num_classes, num_features, label_names,
 ``pretrained_cfg`` with the preprocessing, plus a ``zoo`` section), ``recipe.toml`` (the resolved
 recipe: the one source of truth for how the run was made), ``metrics.jsonl``, ``results.json``,
-a model card ``README.md``, plots, ``checkpoints/`` and, once pushed, ``hub.json``. Every reader
+a model card ``README.md``, plots, ``checkpoints/``, exported models (`zoo export`) and, once
+pushed, ``hub.json``. Every reader
 and writer of a run folder goes through ``RunFolder``. Every file is written to a temporary name
 and renamed, so a crash never leaves half a file.
 """
@@ -94,8 +95,9 @@ class RunFolder:
     TENSORBOARD = "tensorboard"
     CHECKPOINTS = "checkpoints"
     PLOTS = ("loss.png", "accuracy.png", "lr.png", "confusion_matrix.png")
+    EXPORTS = ("model.onnx", "model.pt2", "model.torchscript")  # `zoo export`: ONNX, torch.export, TorchScript
     # What a run shares on the Hub. Exact names, no wildcards: a pull fetches nothing else.
-    SHARED = (WEIGHTS, CONFIG, MODEL_CARD, RECIPE, RESULTS, *PLOTS)
+    SHARED = (WEIGHTS, CONFIG, MODEL_CARD, RECIPE, RESULTS, *PLOTS, *EXPORTS)
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -15,6 +15,9 @@ from .artifacts import RunFolder
 from .data import Batches
 from .errors import ZooError
 from .metrics import confusion_matrix, scores
+
+if TYPE_CHECKING:
+    from .train import RunSetup
 
 # Top-5 accuracy is reported from this many classes on (with fewer it says little).
 TOP5_CLASSES = 10
@@ -55,16 +58,20 @@ def evaluate(
 
 def evaluate_run(path: Path, split: str = "test", data_overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate the model of a run folder on ``split`` of its own data (``data.*`` overrides allowed)."""
+    setup = run_setup(RunFolder.existing(path), data_overrides)
+    chosen = {"train": setup.splits.train, "val": setup.splits.val, "test": setup.splits.test}[split]
+    if chosen is None:
+        raise ZooError(f"{path} has no validation split (its data.val_split is 0); use --split test")
+    return evaluate(setup.model, setup.batches(chosen), setup.loss_fn, setup.splits.label_names, setup.dtype)
+
+
+def run_setup(run: RunFolder, data_overrides: Sequence[str] = ()) -> RunSetup:
+    """A saved run's model with its own data, as its recipe (and ``data.*`` overrides) describe."""
     from .train import build_run  # the runner evaluates through this module
 
     for override in data_overrides:
         if not override.startswith("data."):
             raise ZooError(f"override {override!r}: only data.* keys can change when evaluating a run")
-    run = RunFolder.existing(path)
     stored = run.recipe.to_dict()
     recipes.apply_overrides(stored, data_overrides)
-    setup = build_run(recipes.from_dict(stored, str(run.file(RunFolder.RECIPE))), trained=run)
-    chosen = {"train": setup.splits.train, "val": setup.splits.val, "test": setup.splits.test}[split]
-    if chosen is None:
-        raise ZooError(f"{path} has no validation split (its data.val_split is 0); use --split test")
-    return evaluate(setup.model, setup.batches(chosen), setup.loss_fn, setup.splits.label_names, setup.dtype)
+    return build_run(recipes.from_dict(stored, str(run.file(RunFolder.RECIPE))), trained=run)

@@ -84,7 +84,7 @@ def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
         else:
             data = artifacts.read_file(run.file(name), limit=None, follow_symlinks=False)
             if data is None:
-                continue  # plots are optional
+                continue  # plots and exports are optional
         (staging / name).write_bytes(data)
         files[name] = FilePin(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     return files
@@ -125,6 +125,23 @@ def pull(source: HubRepo | str) -> Path:
                 f"(delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
             )
     return folder
+
+
+def run_path(text: str) -> Path:
+    """A command's RUN argument as a folder: a run folder, or 'registry:NAME' / 'hf-hub:ORG/NAME[@REVISION]'
+    pulled (a registry name at its pinned commit, every pinned file checked)."""
+    from . import sources
+
+    if not text.startswith((sources.REGISTRY_PREFIX, sources.HUB_PREFIX)):
+        return Path(text)
+    try:
+        source = sources.parse(text, Path.cwd())
+    except ValueError as exc:
+        raise ZooError(f"{text}: {exc}") from None
+    if isinstance(source, sources.RegistryName):
+        return pull(source.name)
+    assert isinstance(source, HubRepo), "only the two prefixes above reach here"
+    return pull(source)
 
 
 def _check_repo_id(repo: str) -> None:

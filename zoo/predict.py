@@ -1,27 +1,35 @@
-"""Prediction: image files through a run's own preprocessing, top-k labels with probabilities."""
+"""Prediction: image files through a run's own preprocessing, top-k labels with probabilities.
+
+Two backends: ``torch`` loads the run's model.safetensors; ``onnxruntime`` runs the run's
+exported model.onnx (`zoo export`) with nothing but what that file holds: its graph, its label
+names and its preprocessing.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from .artifacts import RunFolder
 from .data import build_transform, image_file
 from .errors import ZooError
-from .model import load_run
+from .preprocessing import Preprocessing
 
 BATCH = 64  # images in memory at once, however many files are given
+Backend = Literal["torch", "onnxruntime"]
+Classify = Callable[[torch.Tensor], torch.Tensor]  # a batch of images to logits
 
 
-def predict_files(run_folder: Path, paths: Sequence[Path], top_k: int) -> tuple[list[dict[str, Any]], list[str]]:
+def predict_files(
+    run_folder: Path, paths: Sequence[Path], top_k: int, backend: Backend = "torch"
+) -> tuple[list[dict[str, Any]], list[str]]:
     """Top-k predictions for each readable file, and a one-line error for each unreadable one."""
     run = RunFolder.existing(run_folder)
-    model = load_run(run)
-    label_names = model.label_names
-    transform = build_transform(run.preprocessing)
+    classify, label_names, preprocessing = (_onnxruntime if backend == "onnxruntime" else _torch)(run)
+    transform = build_transform(preprocessing)
     predictions, errors = [], []
     for start in range(0, len(paths), BATCH):
         images, readable = [], []
@@ -33,15 +41,34 @@ def predict_files(run_folder: Path, paths: Sequence[Path], top_k: int) -> tuple[
             except ZooError as exc:
                 errors.append(str(exc))
         if images:
-            predictions += _top(model, torch.stack(images), readable, label_names, top_k)
+            predictions += _top(classify, torch.stack(images), readable, label_names, top_k)
     return predictions, errors
+
+
+def _torch(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
+    from .model import load_run
+
+    model = load_run(run)
+    return model, model.label_names, run.preprocessing
+
+
+def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
+    from .export import FILES, onnx_metadata, onnx_runner, onnx_session
+
+    path = run.file(FILES["onnx"])
+    if not path.is_file():
+        raise ZooError(f"{run} has no {path.name}: `zoo export {run} --format onnx` first")
+    session = onnx_session(path)
+    metadata = onnx_metadata(session, path)
+    preprocessing = Preprocessing.from_config(metadata["preprocessing"], f"{path}: preprocessing")
+    return onnx_runner(session), list(metadata["label_names"]), preprocessing
 
 
 @torch.no_grad()
 def _top(
-    model: torch.nn.Module, images: torch.Tensor, paths: list[Path], label_names: list[str], top_k: int
+    classify: Classify, images: torch.Tensor, paths: list[Path], label_names: list[str], top_k: int
 ) -> list[dict[str, Any]]:
-    probabilities = model(images).float().softmax(dim=1)
+    probabilities = classify(images).float().softmax(dim=1)
     top = probabilities.topk(min(top_k, len(label_names)), dim=1)
     return [
         {

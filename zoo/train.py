@@ -460,9 +460,11 @@ def _write_run(
     folder.write_config(config)
     plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.test)
     timm_architecture = config["architecture"] if hasattr(setup.model, "pretrained_cfg") else None
+    hub_dataset = getattr(setup.splits.train.dataset, "hub_dataset", None)
     card = model_card(
-        recipe.shareable(), results, plots, base_model(recipe.model.pretrained, setup.model), timm_architecture
-    )
+        recipe.shareable(), results, plots, base_model(recipe.model.pretrained, setup.model), timm_architecture,
+        hub_dataset,
+    )  # fmt: skip
     folder.write_model_card(card)
     folder.write_results(results)  # last: its state marks the folder complete
 

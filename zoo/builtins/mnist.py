@@ -20,6 +20,7 @@ class MNIST(Dataset):
     mean = (0.1307,)
     std = (0.3081,)
     augmentation = DIGITS  # what training may do to a digit and keep its label
+    hub_dataset = "ylecun/mnist"  # the same data on the Hugging Face Hub, which a model card names
 
     def __init__(self, root: Path, split: str, download: bool = True) -> None:
         if split not in ("train", "test"):

@@ -1,0 +1,229 @@
+"""zoo export and predict --backend onnxruntime: each format for each kind of model (zoo's CNN with
+zoo's head, the example plugin's model, a timm BatchNorm model), verified against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import RECIPES, assert_user_error, zoo_command
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from torch import nn
+
+import zoo
+from zoo import recipe as recipes
+from zoo.artifacts import RunFolder
+from zoo.cli import cli
+from zoo.errors import ZooError
+from zoo.export import FILES, METADATA, compare, export_model
+from zoo.train import run
+
+SHAPES = Path(__file__).resolve().parents[1] / "plugins" / "zoo-shapes" / "shapes.toml"
+FORMATS = ["onnx", "exported-program", "torchscript"]
+
+
+def zoo_in_process(*args: str):
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.fixture(scope="session")
+def cnn_run(mnist_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mnist_cnn with zoo's head on three digits."""
+    folder = tmp_path_factory.mktemp("export") / "cnn"
+    overrides = ["data.classes=[0,1,2]", "data.per_class=100", "train.epochs=1", f"output.dir={folder}"]
+    return run(recipes.load(RECIPES / "mnist.toml", overrides), progress=False).folder
+
+
+@pytest.fixture(scope="session")
+def plugin_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example plugin's tiny_mlp on its synthetic shapes."""
+    folder = tmp_path_factory.mktemp("export") / "shapes"
+    overrides = ["data.args.samples=600", "train.epochs=1", f"output.dir={folder}"]
+    return run(recipes.load(SHAPES, overrides), progress=False).folder
+
+
+@pytest.fixture(scope="session")
+def timm_run(mnist_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """timm's test_resnet (BatchNorm) on a PNG folder."""
+    folder = tmp_path_factory.mktemp("export") / "timm"
+    overrides = [
+        "model.backbone=timm/test_resnet", "model.pretrained=false", "model.freeze.freeze=[]", "data.image_size=32",
+        "data.classes=[0,1,2]", "data.batch_size=16", "data.num_workers=0", "train.epochs=1", f"data.root={mnist_png}",
+        f"output.dir={folder}",
+    ]  # fmt: skip
+    return run(recipes.load(RECIPES / "timm_finetune.toml", overrides), progress=False).folder
+
+
+def exported_metadata(path: Path, format: str) -> dict:
+    if format == "onnx":
+        return {prop.key: json.loads(prop.value) for prop in onnx.load(str(path)).metadata_props}
+    extra = {METADATA: ""}
+    if format == "exported-program":
+        torch.export.load(str(path), extra_files=extra)
+    else:
+        torch.jit.load(str(path), _extra_files=extra)
+    return json.loads(extra[METADATA])
+
+
+def run_exported(path: Path, format: str, images: torch.Tensor) -> torch.Tensor:
+    if format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return torch.from_numpy(session.run(None, {"input": images.numpy()})[0])
+    if format == "exported-program":
+        return torch.export.load(str(path)).module()(images)
+    return torch.jit.load(str(path))(images)
+
+
+def check_export(folder: Path, format: str) -> None:
+    """Export with a dynamic batch; the file holds the labels and preprocessing, runs like the model on new
+    inputs of another batch size, and the card says how to run it."""
+    result = zoo_in_process("export", str(folder), "--format", format, "--dynamic-batch")
+    assert result.exit_code == 0, result.output
+    assert "top-1 agreement 100.0%" in result.output and "verified on" in result.output
+    run_folder = RunFolder(folder)
+    path = run_folder.file(FILES[format])
+    metadata = exported_metadata(path, format)
+    assert metadata["label_names"] == run_folder.label_names
+    assert metadata["preprocessing"] == run_folder.preprocessing.to_config()
+    model = zoo.load(folder)
+    images = torch.randn(5, *run_folder.preprocessing.input_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(run_exported(path, format, images).float(), model(images), atol=1e-3, rtol=0)
+    assert f"`{path.name}`" in (folder / "README.md").read_text()
+    assert not list(folder.glob(".*.tmp*"))  # nothing staged is left behind
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_zoo_cnn_exports_in_every_format(cnn_run: Path, format: str) -> None:
+    check_export(cnn_run, format)
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_a_plugin_model_exports_in_every_format(plugin_run: Path, format: str) -> None:
+    check_export(plugin_run, format)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("format", FORMATS)
+def test_a_timm_batchnorm_model_exports_in_every_format(timm_run: Path, format: str) -> None:
+    check_export(timm_run, format)
+
+
+def test_a_static_export_takes_one_image_and_another_output_path(cnn_run: Path, tmp_path: Path) -> None:
+    target = tmp_path / "deploy" / "digits.onnx"
+    result = zoo_in_process("export", str(cnn_run), "--format", "onnx", "--opset", "18", "--output", str(target))
+    assert result.exit_code == 0, result.output
+    graph = onnx.load(str(target))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    assert any(entry.domain in ("", "ai.onnx") and entry.version == 18 for entry in graph.opset_import)
+
+
+class Diverging(nn.Module):
+    """A model whose exported graph computes something else than its eager forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(x)
+        if torch.compiler.is_exporting() or torch.jit.is_tracing():
+            logits = logits + torch.tensor([0.0, 0.0, 5.0])
+        return logits
+
+
+@pytest.mark.parametrize("format", FORMATS)
+def test_an_export_that_diverges_is_refused_and_nothing_is_written(tmp_path: Path, format: str) -> None:
+    target = tmp_path / FILES[format]
+    inputs = torch.randn(16, 4, generator=torch.Generator().manual_seed(1))
+    with pytest.raises(ZooError, match="does not compute what the model does") as refused:
+        export_model(Diverging().eval(), inputs, format, target, {"label_names": list("abc")}, dynamic_batch=True)
+    assert "top-1 label agrees on" in str(refused.value) and "nothing was written" in str(refused.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.integers(-20, 20), min_size=12, max_size=12),
+    st.integers(0, 64).map(lambda k: k / 1024),  # sums stay exact in float32: no tie is broken by rounding
+    st.lists(st.booleans(), min_size=4, max_size=4),
+)
+def test_compare_measures_the_largest_difference_and_the_share_of_same_labels(
+    logits: list, noise: float, swap: list
+) -> None:
+    expected = torch.tensor(logits, dtype=torch.float32).view(4, 3)
+    found = expected + noise  # the same shift for every class: no label changes
+    order = expected.argsort(1, descending=True)
+    best_two = expected.gather(1, order[:, :2])
+    swapped = torch.tensor(swap) & (best_two[:, 0] - best_two[:, 1] > 1e-3)  # these change label
+    for row in torch.nonzero(swapped).flatten().tolist():
+        found[row, order[row, 0]], found[row, order[row, 1]] = best_two[row, 1] - 1, best_two[row, 0]
+    difference, agreement = compare(expected, found)
+    assert difference == float((expected - found).abs().max()) and difference >= noise
+    assert agreement == pytest.approx(1 - float(swapped.float().mean()))
+
+
+def test_predict_with_onnxruntime_gives_the_pytorch_labels_and_probabilities(cnn_run: Path, tmp_path: Path) -> None:
+    files = []
+    for index in range(6):
+        image = (torch.rand(28, 28, generator=torch.Generator().manual_seed(index)) * 255).to(torch.uint8)
+        files.append(tmp_path / f"digit{index}.png")
+        Image.fromarray(image.numpy()).resize((40 + index, 32)).save(files[-1])  # any size: resized as preprocessed
+    for dynamic in ([], ["--dynamic-batch"]):
+        assert zoo_in_process("export", str(cnn_run), "--format", "onnx", *dynamic).exit_code == 0
+        predictions = {}
+        for backend in ("torch", "onnxruntime"):
+            result = zoo_in_process("predict", str(cnn_run), *map(str, files), "--backend", backend, "--json")
+            assert result.exit_code == 0, result.output
+            predictions[backend] = json.loads(result.stdout)
+        for pytorch, onnx_runtime in zip(predictions["torch"], predictions["onnxruntime"], strict=True):
+            assert [t["label"] for t in pytorch["top"]] == [t["label"] for t in onnx_runtime["top"]]
+            for a, b in zip(pytorch["top"], onnx_runtime["top"]):
+                assert a["probability"] == pytest.approx(b["probability"], abs=1e-5)
+
+
+def test_a_damaged_or_foreign_onnx_file_is_one_line(cnn_run: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("config.json", "recipe.toml", "results.json", "model.safetensors"):
+        (folder / name).write_bytes((cnn_run / name).read_bytes())
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28)).save(image)
+    missing = zoo_command("predict", str(folder), str(image), "--backend", "onnxruntime")
+    assert_user_error(missing, "has no model.onnx", "zoo export")
+    (folder / "model.onnx").write_bytes(b"\x08\x07garbage")
+    assert_user_error(zoo_in_process("predict", str(folder), str(image), "--backend", "onnxruntime"), "model.onnx")
+    foreign = nn.Linear(784, 3)
+    torch.onnx.export(nn.Sequential(nn.Flatten(), foreign), (torch.zeros(1, 1, 28, 28),), str(folder / "model.onnx"))
+    assert_user_error(
+        zoo_in_process("predict", str(folder), str(image), "--backend", "onnxruntime"), "holds no zoo metadata"
+    )
+
+
+def test_unfinished_runs_wrong_options_and_a_missing_extra_are_one_line(
+    cnn_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert_user_error(
+        zoo_in_process("export", str(cnn_run), "--format", "torchscript", "--opset", "17"), "--opset is for"
+    )
+    assert_user_error(zoo_in_process("export", str(tmp_path), "--format", "onnx"), "not a zoo run folder")
+    unfinished = tmp_path / "unfinished"
+    unfinished.mkdir()
+    for name in ("config.json", "recipe.toml", "model.safetensors"):
+        (unfinished / name).write_bytes((cnn_run / name).read_bytes())
+    (unfinished / "results.json").write_text('{"state": "running"}')
+    assert_user_error(zoo_in_process("export", str(unfinished), "--format", "onnx"), "not a finished run")
+    assert_user_error(
+        zoo_in_process("export", str(cnn_run), "--format", "onnx", "--data.bogus=1"), "data.bogus", "data"
+    )
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
+    assert_user_error(zoo_in_process("predict", str(cnn_run), str(tmp_path), "--backend", "onnxruntime"), "zoo[export]")

@@ -1,0 +1,238 @@
+"""``zoo export``: a run's model as ONNX, a torch.export program or TorchScript, verified before it is kept.
+
+Every export is run back (onnxruntime, the loaded program, the loaded script) on real evaluation
+images of the run's own data and compared with the PyTorch model; a file that disagrees beyond
+the tolerance is never written. The preprocessing and the label names travel inside the file
+(ONNX metadata props, the archive's extra files), so a consumer needs nothing else. Files are
+staged under a temporary name and renamed, like every run-folder file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from . import __version__, artifacts
+from .artifacts import RunFolder
+from .card import with_exports
+from .errors import ZooError
+
+Format = Literal["onnx", "exported-program", "torchscript"]
+FILES: dict[str, str] = dict(zip(("onnx", "exported-program", "torchscript"), RunFolder.EXPORTS, strict=True))
+METADATA = "zoo.json"  # the extra file of a .pt2 or TorchScript archive holding the metadata
+INPUT, OUTPUT = "input", "logits"
+VERIFY_IMAGES = 64  # evaluation images each export is checked on
+ATOL = 1e-3  # logits; float32 kernels differ by ~1e-5, a wrong graph by far more
+EXTRA = "pip install 'zoo[export]'"
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class Exported:
+    path: Path
+    exporter: str  # what made the file, in words
+    max_abs_diff: float  # between the exported model's logits and PyTorch's, over the checked images
+    top1_agreement: float  # fraction of the checked images with the same top-1 label
+    images: int
+
+
+def needs(module: str) -> Any:
+    """Import one of the export extra's modules, or say in one line how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise ZooError(f"this needs {module}, from the export extra: {EXTRA}") from None
+
+
+def export_run(
+    run_folder: Path,
+    format: Format,
+    dynamic_batch: bool = False,
+    opset: int | None = None,
+    output: Path | None = None,
+    data_overrides: Sequence[str] = (),
+    atol: float = ATOL,
+) -> Exported:
+    """Export a finished run's model to ``output`` (default: the run folder, named by format), verified."""
+    from .evaluate import run_setup
+
+    run = RunFolder.existing(run_folder)
+    if run.state != "finished":
+        raise ZooError(f"{run_folder} is not a finished run (state: {run.state}): only finished runs are exported")
+    setup = run_setup(run, data_overrides)
+    inputs = evaluation_inputs(setup.batches(setup.splits.test), VERIFY_IMAGES)
+    metadata = {
+        "label_names": run.label_names,
+        "preprocessing": run.preprocessing.to_config(),
+        "weights_sha256": artifacts.sha256_of(run.file(RunFolder.WEIGHTS)),
+        "architecture": run.config.get("architecture"),
+        "zoo_version": __version__,
+    }
+    model = setup.model.to("cpu", torch.float32).eval()
+    exported = export_model(
+        model, inputs, format, output or run.file(FILES[format]), metadata, dynamic_batch, opset, atol
+    )
+    card = artifacts.read_file(run.file(RunFolder.MODEL_CARD))
+    if card is not None:  # the card says how to run what the folder holds
+        present = [name for name in RunFolder.EXPORTS if run.file(name).is_file()]
+        run.write_model_card(with_exports(card.decode(), present))
+    return exported
+
+
+def evaluation_inputs(batches: Any, count: int) -> torch.Tensor:
+    """The first ``count`` images of a split, preprocessed as evaluation sees them, on the CPU."""
+    taken: list[torch.Tensor] = []
+    for images, _ in batches.epoch():
+        taken.append(images.to("cpu", torch.float32))
+        if sum(len(t) for t in taken) >= count:
+            break
+    if not taken:
+        raise ZooError("the run's test split is empty: there is nothing to verify an export on")
+    return torch.cat(taken)[:count].contiguous()
+
+
+def export_model(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    format: Format,
+    path: Path,
+    metadata: dict[str, Any],
+    dynamic_batch: bool = False,
+    opset: int | None = None,
+    atol: float = ATOL,
+) -> Exported:
+    """Export ``model``, run the file back on ``inputs`` and keep it at ``path`` only if it agrees."""
+    if opset is not None and format != "onnx":
+        raise ZooError(f"--opset is for --format onnx, not {format}")
+    example = inputs[:2] if dynamic_batch else inputs[:1]  # torch.export specialises a batch of one
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # .pt2 must end so
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        exporter, load = {"onnx": _onnx, "exported-program": _program, "torchscript": _script}[format](
+            model, example, staging, metadata, dynamic_batch, opset
+        )
+        with torch.no_grad():
+            expected = model(inputs).float()
+            found = _run_all(load(), inputs, batch=None if dynamic_batch else 1)
+        difference, agreement = compare(expected, found)
+        if not difference <= atol:  # within it, only images whose best two logits tie can change label
+            raise ZooError(
+                f"the {format} export does not compute what the model does: logits differ by up to {difference:.3g} "
+                f"(tolerance {atol:g}) and the top-1 label agrees on {agreement:.1%} of {len(inputs)} test images; "
+                f"nothing was written to {path}"
+            )
+        os.replace(staging, path)
+    except OSError as exc:
+        raise ZooError(f"cannot write {path}: {exc.strerror}") from exc
+    finally:
+        staging.unlink(missing_ok=True)
+    return Exported(path, exporter, difference, agreement, len(inputs))
+
+
+def compare(expected: torch.Tensor, found: torch.Tensor) -> tuple[float, float]:
+    """Max absolute difference of two logit batches, and the fraction of images with the same top-1 label."""
+    difference = float((expected - found).abs().max())
+    return difference, float((expected.argmax(1) == found.argmax(1)).float().mean())
+
+
+def _run_all(run: Runner, inputs: torch.Tensor, batch: int | None) -> torch.Tensor:
+    if batch is None:
+        return run(inputs).float()
+    return torch.cat([run(inputs[i : i + batch]).float() for i in range(0, len(inputs), batch)])
+
+
+def _onnx(
+    model: nn.Module, example: torch.Tensor, staging: Path, metadata: dict[str, Any], dynamic: bool, opset: int | None
+) -> tuple[str, Callable[[], Runner]]:
+    onnx = needs("onnx")
+    needs("onnxscript")  # the dynamo exporter's translator
+    common: dict[str, Any] = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": opset}
+    try:
+        batch = {0: torch.export.Dim("batch", min=1)} if dynamic else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                model, (example,), dynamo=True, dynamic_shapes=(batch,) if dynamic else None, verbose=False, **common
+            )
+        program.save(str(staging))
+        exporter = "torch.onnx.export (dynamo)"
+    except Exception as exc:  # the dynamo exporter cannot take every model; the older one then may
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic else None
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), str(staging), dynamo=False, dynamic_axes=axes, **common)
+        exporter = f"torch.onnx.export (TorchScript-based: the dynamo exporter failed: {reason[:200]})"
+    graph = onnx.load(str(staging))
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.save(graph, str(staging))
+    return exporter, lambda: onnx_runner(onnx_session(staging))
+
+
+def onnx_runner(session: Any) -> Runner:
+    """An onnxruntime session as a function of a batch of any size (a fixed-batch model takes it in steps)."""
+    name = session.get_inputs()[0].name
+    fixed = session.get_inputs()[0].shape[0]  # an int for a fixed batch size, a name for any
+
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        step = fixed if isinstance(fixed, int) else len(batch)
+        outputs = [session.run(None, {name: batch[i : i + step].numpy()})[0] for i in range(0, len(batch), step)]
+        return torch.cat([torch.from_numpy(output) for output in outputs])
+
+    return run
+
+
+def onnx_session(path: Path) -> Any:
+    onnxruntime = needs("onnxruntime")
+    try:
+        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own untyped errors for a damaged file
+        raise ZooError(f"{path} is not an ONNX model onnxruntime can run: {str(exc).splitlines()[0]}") from None
+
+
+def onnx_metadata(session: Any, path: Path) -> dict[str, Any]:
+    """The metadata zoo wrote into an ONNX file: label names, preprocessing, weights' sha256."""
+    props = session.get_modelmeta().custom_metadata_map
+    try:
+        return {key: json.loads(props[key]) for key in ("label_names", "preprocessing")}
+    except (KeyError, json.JSONDecodeError) as exc:
+        raise ZooError(f"{path} holds no zoo metadata ({exc}): export it with `zoo export RUN --format onnx`") from None
+
+
+def _program(
+    model: nn.Module, example: torch.Tensor, staging: Path, metadata: dict[str, Any], dynamic: bool, _: int | None
+) -> tuple[str, Callable[[], Runner]]:
+    shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
+    program = torch.export.export(model, (example,), dynamic_shapes=shapes)
+    torch.export.save(program, str(staging), extra_files={METADATA: json.dumps(metadata)})
+    return "torch.export", lambda: torch.export.load(str(staging)).module()
+
+
+def _script(
+    model: nn.Module, example: torch.Tensor, staging: Path, metadata: dict[str, Any], dynamic: bool, _: int | None
+) -> tuple[str, Callable[[], Runner]]:
+    with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export: said in the output
+        warnings.simplefilter("ignore")
+        script = torch.jit.trace(model, example, check_trace=False)
+        torch.jit.save(script, str(staging), _extra_files={METADATA: json.dumps(metadata)})
+    return "torch.jit.trace (TorchScript is deprecated in PyTorch; prefer --format exported-program)", lambda: _quietly(
+        torch.jit.load, str(staging)
+    )
+
+
+def _quietly(function: Callable[..., Any], *args: Any) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return function(*args)
