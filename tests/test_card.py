@@ -6,10 +6,12 @@ from pathlib import Path
 
 from conftest import RECIPES
 from huggingface_hub import ModelCard
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zoo import recipe as recipes
 from zoo.artifacts import RunResults
-from zoo.card import model_card
+from zoo.card import EXPORTS_BEGIN, EXPORTS_END, model_card, with_exports
 
 TEST = {"accuracy": 0.91, "precision": 0.9, "recall": 0.89, "f1": 0.895, "loss": 0.3}
 
@@ -58,3 +60,31 @@ def test_the_card_and_zoo_runs_say_which_epoch_was_kept_and_how_it_was_trained(t
     run = write_finished_run(tmp_path / "run")
     run.write_results(results)
     assert summary(run)["kept"] == "best 9/12 early"
+
+
+def test_datasets_names_a_hub_dataset_only_when_the_plugin_declares_one() -> None:
+    from zoo import registry
+
+    recipe = recipes.load(RECIPES / "timm_finetune.toml", check=False)  # image_folder: no Hub dataset
+    results = RunResults(state="finished", recipe_hash=recipe.hash, test=TEST)
+    card = ModelCard(model_card(recipe, results, [], base_model=None, timm_architecture="resnet18"))
+    assert card.data.datasets is None and "image_folder" not in card.content.split("---")[1].split("model-index")[0]
+    mnist = registry.get("dataset", "mnist").load()
+    assert mnist.hub_dataset == "ylecun/mnist"
+    card = ModelCard(model_card(recipe, results, [], None, None, hub_dataset=mnist.hub_dataset))
+    assert card.data.datasets == ["ylecun/mnist"]
+    assert {result.dataset_type for result in card.data.eval_results} == {"ylecun/mnist"}
+
+
+@given(st.lists(st.sampled_from(["model.onnx", "model.pt2", "model.torchscript"]), unique=True), st.booleans())
+def test_the_exports_section_lists_what_the_folder_holds_however_often_rewritten(files: list, old: bool) -> None:
+    recipe = recipes.load(RECIPES / "mnist.toml", check=False)
+    card = model_card(recipe, RunResults(state="finished", recipe_hash=recipe.hash, test=TEST), [], None, None)
+    if old:  # a card written before the section existed
+        card = card.replace(f"{EXPORTS_BEGIN}\n{EXPORTS_END}\n", "")
+    rewritten = with_exports(with_exports(card, ["model.onnx", "model.pt2", "model.torchscript"]), files)
+    assert with_exports(rewritten, files) == rewritten
+    for name in ("model.onnx", "model.pt2", "model.torchscript"):
+        assert (f"`{name}`" in rewritten) == (name in files)
+    assert rewritten.count(EXPORTS_BEGIN) == 1 and recipe.to_toml() in rewritten
+    assert ModelCard(rewritten).data.library_name == "zoo"

@@ -3,14 +3,15 @@
 Every export is run back (onnxruntime, the loaded program, the loaded script) on real evaluation
 images of the run's own data and compared with the PyTorch model; a file that disagrees beyond
 the tolerance is never written. The preprocessing and the label names travel inside the file
-(ONNX metadata props, the archive's extra files), so a consumer needs nothing else. Files are
-staged under a temporary name and renamed, like every run-folder file.
+(ONNX metadata props, the archive's extra files), so a consumer needs nothing else. The file
+is made in memory and written atomically once verified. zoo loads a .pt2 or TorchScript archive
+only here, the bytes it has just made itself: it never loads one it did not make.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -112,31 +113,23 @@ def export_model(
     opset: int | None = None,
     atol: float = ATOL,
 ) -> Exported:
-    """Export ``model``, run the file back on ``inputs`` and keep it at ``path`` only if it agrees."""
+    """Export ``model``, run the export back on ``inputs`` and write it to ``path`` only if it agrees."""
     if opset is not None and format != "onnx":
         raise ZooError(f"--opset is for --format onnx, not {format}")
     example = inputs[:2] if dynamic_batch else inputs[:1]  # torch.export specialises a batch of one
-    staging = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # .pt2 must end so
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        exporter, load = {"onnx": _onnx, "exported-program": _program, "torchscript": _script}[format](
-            model, example, staging, metadata, dynamic_batch, opset
+    export = {"onnx": _onnx, "exported-program": _program, "torchscript": _script}[format]
+    exporter, data, load = export(model, example, metadata, dynamic_batch, opset)
+    with torch.no_grad():
+        expected = model(inputs).float()
+        found = _run_all(load(), inputs, batch=None if dynamic_batch else 1)
+    difference, agreement = compare(expected, found)
+    if not difference <= atol:  # within it, only images whose best two logits tie can change label
+        raise ZooError(
+            f"the {format} export does not compute what the model does: logits differ by up to {difference:.3g} "
+            f"(tolerance {atol:g}) and the top-1 label agrees on {agreement:.1%} of {len(inputs)} test images; "
+            f"nothing was written to {path}"
         )
-        with torch.no_grad():
-            expected = model(inputs).float()
-            found = _run_all(load(), inputs, batch=None if dynamic_batch else 1)
-        difference, agreement = compare(expected, found)
-        if not difference <= atol:  # within it, only images whose best two logits tie can change label
-            raise ZooError(
-                f"the {format} export does not compute what the model does: logits differ by up to {difference:.3g} "
-                f"(tolerance {atol:g}) and the top-1 label agrees on {agreement:.1%} of {len(inputs)} test images; "
-                f"nothing was written to {path}"
-            )
-        os.replace(staging, path)
-    except OSError as exc:
-        raise ZooError(f"cannot write {path}: {exc.strerror}") from exc
-    finally:
-        staging.unlink(missing_ok=True)
+    artifacts.atomic_write(path, data)
     return Exported(path, exporter, difference, agreement, len(inputs))
 
 
@@ -152,11 +145,18 @@ def _run_all(run: Runner, inputs: torch.Tensor, batch: int | None) -> torch.Tens
     return torch.cat([run(inputs[i : i + batch]).float() for i in range(0, len(inputs), batch)])
 
 
+# Each exporter returns what it used, the file's bytes, and how to load them back. Files are made
+# in memory: nothing is written before verification, and no local path ends up inside a file
+# (the stack traces the exporters record, with this machine's paths, are dropped).
+Exporter = tuple[str, bytes, Callable[[], Runner]]
+
+
 def _onnx(
-    model: nn.Module, example: torch.Tensor, staging: Path, metadata: dict[str, Any], dynamic: bool, opset: int | None
-) -> tuple[str, Callable[[], Runner]]:
+    model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], dynamic: bool, opset: int | None
+) -> Exporter:
     onnx = needs("onnx")
     needs("onnxscript")  # the dynamo exporter's translator
+    needs("onnxruntime")  # which verifies the export
     common: dict[str, Any] = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": opset}
     try:
         batch = {0: torch.export.Dim("batch", min=1)} if dynamic else None
@@ -165,20 +165,23 @@ def _onnx(
             program = torch.onnx.export(
                 model, (example,), dynamo=True, dynamic_shapes=(batch,) if dynamic else None, verbose=False, **common
             )
-        program.save(str(staging))
+        graph = program.model_proto
         exporter = "torch.onnx.export (dynamo)"
     except Exception as exc:  # the dynamo exporter cannot take every model; the older one then may
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic else None
+        buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            torch.onnx.export(model, (example,), str(staging), dynamo=False, dynamic_axes=axes, **common)
+            torch.onnx.export(model, (example,), buffer, dynamo=False, dynamic_axes=axes, **common)
+        graph = onnx.load_from_string(buffer.getvalue())
         exporter = f"torch.onnx.export (TorchScript-based: the dynamo exporter failed: {reason[:200]})"
-    graph = onnx.load(str(staging))
+    for node in [*graph.graph.node, *(n for function in graph.functions for n in function.node)]:
+        del node.metadata_props[:]  # stack traces and source lines of this machine's files
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=json.dumps(value))
-    onnx.save(graph, str(staging))
-    return exporter, lambda: onnx_runner(onnx_session(staging))
+    data = graph.SerializeToString()
+    return exporter, data, lambda: onnx_runner(onnx_session(data, "the ONNX export"))
 
 
 def onnx_runner(session: Any) -> Runner:
@@ -194,12 +197,14 @@ def onnx_runner(session: Any) -> Runner:
     return run
 
 
-def onnx_session(path: Path) -> Any:
+def onnx_session(model: Path | bytes, what: str) -> Any:
+    """An onnxruntime session on the CPU for an ONNX file or its bytes; ``what`` names it in errors."""
     onnxruntime = needs("onnxruntime")
     try:
-        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        source = str(model) if isinstance(model, Path) else model
+        return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for a damaged file
-        raise ZooError(f"{path} is not an ONNX model onnxruntime can run: {str(exc).splitlines()[0]}") from None
+        raise ZooError(f"{what} is not an ONNX model onnxruntime can run: {str(exc).splitlines()[0]}") from None
 
 
 def onnx_metadata(session: Any, path: Path) -> dict[str, Any]:
@@ -212,24 +217,29 @@ def onnx_metadata(session: Any, path: Path) -> dict[str, Any]:
 
 
 def _program(
-    model: nn.Module, example: torch.Tensor, staging: Path, metadata: dict[str, Any], dynamic: bool, _: int | None
-) -> tuple[str, Callable[[], Runner]]:
+    model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], dynamic: bool, _: int | None
+) -> Exporter:
     shapes = ({0: torch.export.Dim("batch", min=1)},) if dynamic else None
     program = torch.export.export(model, (example,), dynamic_shapes=shapes)
-    torch.export.save(program, str(staging), extra_files={METADATA: json.dumps(metadata)})
-    return "torch.export", lambda: torch.export.load(str(staging)).module()
+    for node in program.graph.nodes:
+        node.meta.pop("stack_trace", None)  # this machine's paths
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer, extra_files={METADATA: json.dumps(metadata)})
+    data = buffer.getvalue()
+    return "torch.export", data, lambda: torch.export.load(io.BytesIO(data)).module()
 
 
 def _script(
-    model: nn.Module, example: torch.Tensor, staging: Path, metadata: dict[str, Any], dynamic: bool, _: int | None
-) -> tuple[str, Callable[[], Runner]]:
+    model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], dynamic: bool, _: int | None
+) -> Exporter:
+    buffer = io.BytesIO()
     with warnings.catch_warnings():  # TorchScript is deprecated in favour of torch.export: said in the output
         warnings.simplefilter("ignore")
         script = torch.jit.trace(model, example, check_trace=False)
-        torch.jit.save(script, str(staging), _extra_files={METADATA: json.dumps(metadata)})
-    return "torch.jit.trace (TorchScript is deprecated in PyTorch; prefer --format exported-program)", lambda: _quietly(
-        torch.jit.load, str(staging)
-    )
+        torch.jit.save(script, buffer, _extra_files={METADATA: json.dumps(metadata)})
+    data = buffer.getvalue()
+    exporter = "torch.jit.trace (TorchScript is deprecated in PyTorch; prefer --format exported-program)"
+    return exporter, data, lambda: _quietly(torch.jit.load, io.BytesIO(data))
 
 
 def _quietly(function: Callable[..., Any], *args: Any) -> Any:

@@ -58,7 +58,7 @@ def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
     path = run.file(FILES["onnx"])
     if not path.is_file():
         raise ZooError(f"{run} has no {path.name}: `zoo export {run} --format onnx` first")
-    session = onnx_session(path)
+    session = onnx_session(path, str(path))
     metadata = onnx_metadata(session, path)
     preprocessing = Preprocessing.from_config(metadata["preprocessing"], f"{path}: preprocessing")
     return onnx_runner(session), list(metadata["label_names"]), preprocessing
