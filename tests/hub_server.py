@@ -56,6 +56,7 @@ class HubState:
     authorizations: list[str] = field(default_factory=list)
     requests: list[str] = field(default_factory=list)
     commit_count: int = 0
+    garble: set[str] = field(default_factory=set)  # file names a commit stores altered: a Hub serving other bytes
 
     def new_commit(self, repo: Repo, files: dict[str, Blob], branch: str) -> str:
         self.commit_count += 1
@@ -226,6 +227,8 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                     files[value["path"]] = Blob(state.lfs[value["oid"]], True)
                 elif operation["key"] == "deletedFile":
                     files.pop(value["path"], None)
+            for name in state.garble & files.keys():
+                files[name] = Blob(files[name].data + b" ", files[name].lfs)
             sha = state.new_commit(repo, files, unquote(revision))
             self.reply(200, {"commitUrl": f"{self.base}/{repo_id}/commit/{sha}", "commitOid": sha, "success": True})
 

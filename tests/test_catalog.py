@@ -70,3 +70,35 @@ def test_names_are_names_not_paths(name: str, tmp_path: Path, monkeypatch: pytes
     with pytest.raises(ZooError, match="no such recipe file"):
         catalog.add(run.path, "fine", recipe=tmp_path / "missing.toml")
     assert json.loads((tmp_path / "registry.json").read_text())["weights"] == {}
+
+
+def test_several_registries_are_searched_in_order_and_the_first_local_one_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "mine" / "registry.json", tmp_path / "team" / "registry.json"
+    for file in (first, second):
+        file.parent.mkdir()
+        (file.parent / "digits.toml").write_text((RECIPES / "mnist.toml").read_text())
+    entry = {"backbone": "mnist_cnn", "num_classes": 2, "label_names": ["0", "1"], "sources": {"recipe": "digits.toml"}}
+    first.write_text(json.dumps({"schema": 2, "weights": {"shared": entry}}))
+    second.write_text(json.dumps({"schema": 2, "weights": {"shared": {**entry, "description": "team"}, "team": entry}}))
+    monkeypatch.setenv("ZOO_REGISTRY", f" {first} , {second} ")
+    found = catalog.everything()
+    assert sorted(found) == ["shared", "team"]
+    assert found["shared"].origin.file == first and found["shared"].entry.description == ""  # the first decides
+    assert catalog.find("team").recipe == (second.parent / "digits.toml").resolve()  # relative to its own file
+    assert catalog.path() == first
+    catalog.add(write_finished_run(tmp_path / "run").path, "mine", recipe=RECIPES / "mnist.toml")
+    assert (
+        "mine" in json.loads(first.read_text())["weights"] and "mine" not in json.loads(second.read_text())["weights"]
+    )
+    with pytest.raises(ZooError, match="already names 'team'.*--replace"):
+        monkeypatch.setenv("ZOO_REGISTRY", f"{second},{first}")
+        catalog.check_name("team", replace=False)
+    catalog.check_name("team", replace=True)
+    monkeypatch.setenv("ZOO_REGISTRY", f"{first},{tmp_path / 'gone.json'}")
+    with pytest.raises(ZooError, match="gone.json, which does not exist"):
+        catalog.everything()
+    monkeypatch.setenv("ZOO_REGISTRY", "hf-hub:not a repo")
+    with pytest.raises(ZooError, match="ZOO_REGISTRY"):
+        catalog.everything()

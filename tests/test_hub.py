@@ -11,7 +11,8 @@ import pytest
 import torch
 from conftest import RECIPES, TOKEN, assert_user_error, zoo_command
 from hub_server import Blob, Repo
-from huggingface_hub import ModelCard
+from huggingface_hub import HfApi, ModelCard
+from PIL import Image
 
 import zoo
 from zoo import recipe as recipes
@@ -263,7 +264,9 @@ def test_the_model_card_parses_and_matches_the_results(versions: list[Path]) -> 
     results = json.loads((versions[0] / "results.json").read_text())["test"]
     reported = {result.metric_type: result.metric_value for result in card.data.eval_results}
     assert reported == {key: pytest.approx(results[key], abs=1e-6) for key in ("accuracy", "precision", "recall", "f1")}
-    assert card.data.library_name == "zoo" and card.data.license == "apache-2.0" and card.data.datasets == ["mnist"]
+    assert (
+        card.data.library_name == "zoo" and card.data.license == "apache-2.0" and card.data.datasets == ["ylecun/mnist"]
+    )
     assert all(
         result.dataset_split == "test" and result.task_type == "image-classification"
         for result in card.data.eval_results
@@ -284,3 +287,109 @@ def test_remote_file_names_cannot_write_outside_the_cache(hub, versions: list[Pa
     assert sorted(path.name for path in folder.iterdir()) == ["model.safetensors"]
     written = [path for path in tmp_path.parent.rglob("*") if path.name in ("escape.png", "up.png")]
     assert not written
+
+
+def test_publish_pins_what_the_hub_serves_and_refuses_taken_names(hub, versions: list[Path], tmp_path: Path) -> None:
+    """One command pushes and pins from the Hub's read-back; exports go along and the pushed files hold no
+    local path; a published name serves `zoo eval` and `zoo predict`."""
+    server, env = hub
+    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
+    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    run = tmp_path / "run"
+    shutil.copytree(versions[0], run)
+    (run / "hub.json").unlink(missing_ok=True)  # pushed by an earlier test
+    zoo_ok("export", str(run), "--format", "onnx", env=env)
+    output = zoo_ok("publish", str(run), "--repo", "zoo-test/published", "--name", "digits-pub", env=env)
+    commit = server.state.repos["zoo-test/published"].branches["main"]
+    assert f"digits-pub -> zoo-test/published@{commit}" in output and "read back and pinned" in output
+    pinned = json.loads((tmp_path / "registry.json").read_text())["weights"]["digits-pub"]["sources"]["hub"]
+    assert pinned["revision"] == commit and "model.onnx" in pinned["files"]
+    served = server.state.repos["zoo-test/published"].commits[commit]
+    served = {name: blob for name, blob in served.items() if name != ".gitattributes"}  # the Hub's own
+    assert pinned["files"] == {name: {"sha256": blob.sha256, "size": len(blob.data)} for name, blob in served.items()}
+    local_paths = [str(tmp_path), str(versions[0].parent), str(RECIPES.parent)]
+    for name, blob in served.items():
+        assert not any(path.encode() in blob.data for path in local_paths), name
+    assert "`model.onnx`" in served["README.md"].data.decode()  # the card says how to run the export
+
+    count = server.state.commit_count
+    again = zoo_command("publish", str(run), "--repo", "zoo-test/published", "--name", "digits-pub", env=env)
+    assert_user_error(again, "already names 'digits-pub'", "--replace")
+    assert server.state.commit_count == count  # refused before anything was pushed
+    zoo_ok("publish", str(run), "--repo", "zoo-test/published", "--name", "digits-pub", "--replace", env=env)
+    replaced = json.loads((tmp_path / "registry.json").read_text())["weights"]["digits-pub"]["sources"]["hub"]
+    assert replaced["revision"] == server.state.repos["zoo-test/published"].branches["main"] != commit
+
+    server.state.garble = {"config.json"}  # the Hub now stores other bytes than it is sent
+    garbled = zoo_command("publish", str(run), "--repo", "zoo-test/published", "--name", "digits-bad", env=env)
+    assert_user_error(garbled, "config.json", "not the", "nothing was pinned")
+    server.state.garble = set()
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(run, unfinished)
+    (unfinished / "results.json").write_text('{"state": "interrupted"}')
+    refused = zoo_command("publish", str(unfinished), "--repo", "zoo-test/published", "--name", "digits-new", env=env)
+    assert_user_error(refused, "not a finished zoo run")
+    assert sorted(json.loads((tmp_path / "registry.json").read_text())["weights"]) == ["digits-pub"]
+
+    image = tmp_path / "digit.png"
+    Image.fromarray((torch.rand(28, 28) * 255).to(torch.uint8).numpy()).save(image)
+    predictions = {
+        backend: json.loads(
+            zoo_ok("predict", "registry:digits-pub", str(image), "--backend", backend, "--json", env=env)
+        )
+        for backend in ("torch", "onnxruntime")
+    }
+    assert [t["label"] for t in predictions["torch"][0]["top"]] == [
+        t["label"] for t in predictions["onnxruntime"][0]["top"]
+    ]
+    metrics = json.loads(zoo_ok("eval", "registry:digits-pub", "--json", env=env))
+    assert metrics["accuracy"] == json.loads((versions[0] / "results.json").read_text())["test"]["accuracy"]
+
+
+def test_a_team_registry_on_the_hub_is_searched_after_the_local_one(hub, versions: list[Path], tmp_path: Path) -> None:
+    server, env = hub
+    api = HfApi(endpoint=server.url, token=TOKEN)
+    team_file = tmp_path / "team" / "registry.json"
+    team_file.parent.mkdir()
+    team_file.write_text('{"schema": 2, "weights": {}}')
+    run = tmp_path / "run"
+    shutil.copytree(versions[0], run)
+    (run / "hub.json").unlink(missing_ok=True)
+    team_env = {**env, "ZOO_REGISTRY": str(team_file)}
+    zoo_ok("publish", str(run), "--repo", "zoo-test/digits", "--name", "team-digits", env=team_env)
+    zoo_ok("registry", "add", str(run), "--name", "shared-name", env=team_env)
+    api.create_repo("zoo-test/registry", exist_ok=True)
+    first = api.upload_file(path_or_fileobj=team_file, path_in_repo="registry.json", repo_id="zoo-test/registry").oid
+    later = json.loads(team_file.read_text())
+    del later["weights"]["team-digits"]
+    api.upload_file(
+        path_or_fileobj=json.dumps(later).encode(), path_in_repo="registry.json", repo_id="zoo-test/registry"
+    )
+
+    local = tmp_path / "registry.json"
+    local.write_text('{"schema": 2, "weights": {}}')
+    recipe_only = ["registry", "add", str(run), "--name", "shared-name", "--recipe", str(RECIPES / "mnist.toml")]
+    zoo_ok(*recipe_only, env={**env, "ZOO_REGISTRY": str(local)})
+    pinned_env = {**env, "ZOO_REGISTRY": f"{local},hf-hub:zoo-test/registry@{first}"}
+    listed = json.loads(zoo_ok("registry", "list", "--json", env=pinned_env))
+    assert listed["team-digits"]["origin"] == f"hf-hub:zoo-test/registry@{first[:12]}"
+    assert listed["shared-name"]["origin"] == str(local)  # the first registry that names it decides
+    assert "recipe" in listed["shared-name"]["sources"]  # the team's own has none
+    table = zoo_ok("registry", "list", env=pinned_env)
+    assert "REGISTRY" in table and f"hf-hub:zoo-test/registry@{first[:12]}" in table
+    assert json.loads(zoo_ok("registry", "list", "--backbone", "timm/*", "--json", env=pinned_env)) == {}
+    assert set(json.loads(zoo_ok("registry", "list", "--backbone", "mnist_*", "--json", env=pinned_env))) == {
+        "team-digits", "shared-name"
+    }  # fmt: skip
+    folder = Path(zoo_ok("pull", "team-digits", env=pinned_env).strip())
+    assert (folder / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+
+    latest_env = {**env, "ZOO_REGISTRY": f"{local},hf-hub:zoo-test/registry"}
+    assert "team-digits" not in json.loads(zoo_ok("registry", "list", "--json", env=latest_env))
+    assert_user_error(zoo_command("pull", "team-digits", env=latest_env), "no weights named 'team-digits'")
+    hub_only = {**env, "ZOO_REGISTRY": "hf-hub:zoo-test/registry"}
+    assert_user_error(
+        zoo_command("registry", "add", str(run), "--name", "x", env=hub_only), "names only Hub registries"
+    )
+    missing = {**env, "ZOO_REGISTRY": f"{local},hf-hub:zoo-test/no-registry"}
+    assert_user_error(zoo_command("registry", "list", env=missing), "zoo-test/no-registry")

@@ -2,8 +2,14 @@
 
 A name resolves to an exact commit (never a moving branch) and the hash and size of each file
 a pull fetches (weights, config.json, recipe, card, results, plots), and/or to the recipe that
-produces the weights. zoo reads ``$ZOO_REGISTRY``, else ``registry.json`` in the current folder.
-Changes are read-modify-write under a lock, so concurrent ``zoo registry add`` lose nothing.
+produces the weights. Changes are read-modify-write under a lock, so concurrent ``zoo registry add``
+and ``zoo publish`` lose nothing.
+
+Where zoo looks: ``$ZOO_REGISTRY``, a comma-separated list of registries searched in order (the
+first that names a weight decides it), else ``registry.json`` in the current folder. An entry
+is a local file or ``hf-hub:ORG/REPO[@COMMIT]``, a team's registry.json in a Hub model repo,
+pulled at that commit (or the latest) with the recipes beside it. Writes go to the first local
+file.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from . import artifacts, locking
 from .artifacts import FilePin, HubRecord, RunFolder
 from .errors import ZooError, did_you_mean
-from .sources import HUB_REPO, REGISTRY_NAME, HubRepo
+from .sources import HUB_PREFIX, HUB_REPO, REGISTRY_NAME, HubRepo, parse_hub_spec
 
 SCHEMA_VERSION = 2  # 2: every pulled file pinned (1 pinned model.safetensors only)
 NAME_PATTERN = f"^{REGISTRY_NAME.pattern}$"
@@ -81,8 +88,69 @@ class Catalog(_Strict):
     model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
 
 
+@dataclass(frozen=True)
+class Origin:
+    """One registry on the search list: where its file is, and how ``zoo registry list`` names it."""
+
+    file: Path  # for a Hub registry, the pulled copy
+    label: str
+    local: bool
+
+
+def search_list() -> list[str]:
+    """The registries ``$ZOO_REGISTRY`` names, in order (default: ./registry.json)."""
+    entries = [entry.strip() for entry in os.environ.get("ZOO_REGISTRY", "").split(",") if entry.strip()]
+    return entries or ["registry.json"]
+
+
 def path() -> Path:
-    return Path(os.environ.get("ZOO_REGISTRY") or "registry.json")
+    """The registry zoo writes to: the first local file on the search list."""
+    local = [entry for entry in search_list() if not entry.startswith(HUB_PREFIX)]
+    if not local:
+        raise ZooError(
+            "ZOO_REGISTRY names only Hub registries, which zoo reads but does not write: "
+            "put a local file first, e.g. ZOO_REGISTRY=registry.json,hf-hub:ORG/REPO"
+        )
+    return Path(local[0])
+
+
+def origins() -> list[Origin]:
+    """Every registry on the search list, Hub registries pulled (at their pinned commit, else the latest)."""
+    from .hub import pull_registry
+
+    found = []
+    for entry in search_list():
+        if entry.startswith(HUB_PREFIX):
+            try:
+                source = parse_hub_spec(entry.removeprefix(HUB_PREFIX))
+            except ValueError as exc:
+                raise ZooError(f"ZOO_REGISTRY: {exc}") from None
+            file = pull_registry(source)
+            found.append(Origin(file, f"{HUB_PREFIX}{source.repo}@{file.parent.name[:12]}", local=False))
+        else:
+            found.append(Origin(Path(entry), entry, local=True))
+    return found
+
+
+@dataclass(frozen=True)
+class Found:
+    entry: Entry
+    origin: Origin
+
+    @property
+    def recipe(self) -> Path | None:
+        """The recipe source, which registry.json gives relative to itself."""
+        recipe = self.entry.sources.recipe
+        return (self.origin.file.parent / recipe).resolve() if recipe is not None else None
+
+
+def everything() -> dict[str, Found]:
+    """Every name on the search list with the registry it comes from; the first registry naming it wins."""
+    found: dict[str, Found] = {}
+    for origin in origins():
+        for name, entry in load(origin.file).weights.items():
+            found.setdefault(name, Found(entry, origin))
+    return found
 
 
 def load(file: Path | None = None) -> Catalog:
@@ -91,7 +159,7 @@ def load(file: Path | None = None) -> Catalog:
     try:
         data = json.loads(file.read_text())
     except FileNotFoundError:
-        if os.environ.get("ZOO_REGISTRY"):
+        if os.environ.get("ZOO_REGISTRY") and str(file) in search_list():
             raise ZooError(f"ZOO_REGISTRY names {file}, which does not exist") from None
         return Catalog(schema=SCHEMA_VERSION)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -120,31 +188,50 @@ def check(file: Path | None = None) -> Catalog:
     return catalog
 
 
-def entry(name: str, file: Path | None = None) -> Entry:
-    catalog = load(file)
-    if name not in catalog.weights:
-        known = sorted(catalog.weights)
-        hint = did_you_mean(name, known) or f" (it names: {', '.join(known) or 'nothing yet'})"
-        raise ZooError(f"no weights named '{name}' in {file or path()}{hint}")
-    return catalog.weights[name]
+def find(name: str) -> Found:
+    """The weights ``name`` stands for, from the first registry on the search list that names it."""
+    found = everything()
+    if name not in found:
+        hint = did_you_mean(name, sorted(found)) or f" (they name: {', '.join(sorted(found)) or 'nothing yet'})"
+        raise ZooError(f"no weights named '{name}' in {', '.join(search_list())}{hint}")
+    return found[name]
 
 
-def add(run: Path, name: str, recipe: Path | None = None, file: Path | None = None) -> Entry:
-    """Record the run folder's weights under ``name``: its last push (``zoo push``) and/or ``recipe``."""
-    file = file or path()
+def entry(name: str) -> Entry:
+    return find(name).entry
+
+
+def check_name(name: str, replace: bool = True) -> None:
+    """``name`` is a valid name, and (unless ``replace``) not yet taken in the registry zoo writes to."""
     if not re.fullmatch(NAME_PATTERN, name):
         raise ZooError(
             f"--name {name!r}: a name is letters, digits, '.', '_' and '-' (not a path), like mnist_cnn.digits"
         )
+    if not replace and name in load(path()).weights:
+        raise ZooError(f"{path()} already names '{name}': choose another name, or give --replace to repoint it")
+
+
+def add(
+    run: Path,
+    name: str,
+    recipe: Path | None = None,
+    file: Path | None = None,
+    hub: HubSource | None = None,
+    replace: bool = True,
+) -> Entry:
+    """Record the run folder's weights under ``name``: ``hub`` (default: its last ``zoo push``) and/or ``recipe``."""
+    file = file or path()
+    check_name(name)
     if recipe is not None and not recipe.is_file():
         raise ZooError(f"--recipe {recipe}: no such recipe file")
     folder = RunFolder.existing(run)
     pushed = folder.hub_record
-    if pushed is None and recipe is None:
+    if hub is None and pushed is None and recipe is None:
         raise ZooError(
             f"{run} was never pushed (no {RunFolder.HUB_RECORD}): `zoo push {run} --repo ORG/NAME` first, or give --recipe"
         )
-    hub = _hub_source(folder, pushed) if pushed is not None else None
+    if hub is None and pushed is not None:
+        hub = _hub_source(folder, pushed)
     results = folder.results
     test = (results.test if results else None) or {}
     stored = folder.recipe
@@ -160,6 +247,8 @@ def add(run: Path, name: str, recipe: Path | None = None, file: Path | None = No
     target = file.resolve()  # a symlinked registry.json is written through, not replaced
     with locking.locked(target):
         catalog = load(file)
+        if not replace and name in catalog.weights:  # taken since the caller checked
+            raise ZooError(f"{file} already names '{name}': choose another name, or give --replace to repoint it")
         catalog.weights[name] = new
         artifacts.write_json(target, catalog.model_dump(by_alias=True, exclude_none=True))
     return new
@@ -182,8 +271,8 @@ def _hub_source(folder: RunFolder, pushed: HubRecord) -> HubSource:
 def pins_of(source: HubRepo) -> dict[str, FilePin] | None:
     """The file pins of the registry.json name pinned to exactly ``source``'s repo and commit, if any:
     an ``hf-hub:ORG/NAME@COMMIT`` source is then checked as that name would be."""
-    for entry in load().weights.values():
-        hub = entry.sources.hub
+    for found in everything().values():
+        hub = found.entry.sources.hub
         if hub is not None and (hub.repo, hub.revision) == (source.repo, source.revision):
             return hub.files
     return None

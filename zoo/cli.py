@@ -481,17 +481,45 @@ def push(run_folder: Path, repo: str, private: bool, revision: str | None, messa
 
 
 @cli.command()
+@click.argument("run_folder", metavar="RUN", type=click.Path(path_type=Path))
+@click.option("--repo", required=True, metavar="ORG/NAME", help="The Hub model repo (created if it does not exist).")
+@click.option("--name", required=True, help="The registry.json name the weights go by.")
+@click.option("--replace", is_flag=True, help="Repoint a name that registry.json already has.")
+@click.option("--private", is_flag=True, help="Create the repo private.")
+@click.option(
+    "--recipe", "recipe_path", type=click.Path(path_type=Path), help="The recipe that produces them (a second source)."
+)
+def publish(run_folder: Path, repo: str, name: str, replace: bool, private: bool, recipe_path: Path | None) -> None:
+    """Push a finished run and pin it in registry.json under NAME, in one step.
+
+    The pin (commit, sha256 and size of every file) is read back from the Hub after the push:
+    the commit's files are downloaded afresh and must be exactly what was pushed. A NAME that
+    registry.json already has is refused before anything is pushed, unless --replace.
+    """
+    from . import catalog
+    from .hub import publish as publish_run
+
+    pushed, hub = publish_run(run_folder, repo, name, replace=replace, private=private, recipe=recipe_path)
+    click.echo(f"pushed {run_folder} to {pushed.url}")
+    click.echo(f"{catalog.path()}: {name} -> {hub.repo}@{hub.revision}, {len(hub.files)} files read back and pinned")
+
+
+@cli.command()
 @click.argument("spec", metavar="ORG/NAME[@REVISION] | NAME")
 def pull(spec: str) -> None:
     """Download weights into the Hugging Face cache and print their folder.
 
-    A registry.json NAME resolves to its pinned commit and its model.safetensors must match the
-    pinned sha256. The folder works as `model.pretrained` in a recipe (as does
+    A registry NAME (or 'registry:NAME') resolves to its pinned commit, and every pinned file
+    must match its sha256. The folder works as `model.pretrained` in a recipe (as does
     'hf-hub:ORG/NAME[@REVISION]' directly); with HF_HUB_OFFLINE=1 it comes from the cache.
     """
     from .hub import pull as pull_weights
-    from .sources import parse_hub_spec
+    from .hub import run_path
+    from .sources import HUB_PREFIX, REGISTRY_PREFIX, parse_hub_spec
 
+    if spec.startswith((REGISTRY_PREFIX, HUB_PREFIX)):
+        click.echo(run_path(spec))
+        return
     if "/" not in spec.split("@")[0]:  # a registry.json name
         click.echo(pull_weights(spec))
         return
@@ -504,22 +532,37 @@ def pull(spec: str) -> None:
 
 @cli.group("registry")
 def registry_group() -> None:
-    """registry.json, the catalogue of named weights ($ZOO_REGISTRY, else ./registry.json)."""
+    """registry.json, the catalogue of named weights ($ZOO_REGISTRY, comma-separated, else ./registry.json)."""
 
 
 @registry_group.command("list")
+@click.option("--backbone", metavar="PATTERN", help="Only weights whose backbone matches, e.g. 'timm/resnet*'.")
 @click.option("--json", "as_json", is_flag=True, help="Print the catalogue as JSON.")
-def registry_list(as_json: bool) -> None:
-    """The named weights: backbone, classes, sources (pinned Hub commit, recipe), accuracy."""
+def registry_list(backbone: str | None, as_json: bool) -> None:
+    """The named weights of every registry on the search list, and the registry each comes from.
+
+    ZOO_REGISTRY may name several, comma-separated: local files and 'hf-hub:ORG/REPO[@COMMIT]'
+    (a team's registry.json on the Hub); the first that names a weight decides it.
+    """
+    from fnmatch import fnmatchcase
+
     from . import catalog
 
-    weights = catalog.load().weights
+    found = {
+        name: item
+        for name, item in sorted(catalog.everything().items())
+        if backbone is None or fnmatchcase(item.entry.backbone, backbone)
+    }
     if as_json:
-        click.echo(json.dumps({name: entry.model_dump(exclude_none=True) for name, entry in weights.items()}, indent=2))
+        listed = {
+            name: {**item.entry.model_dump(exclude_none=True), "origin": item.origin.label}
+            for name, item in found.items()
+        }
+        click.echo(json.dumps(listed, indent=2))
         return
     rows = []
-    for name, entry in sorted(weights.items()):
-        hub = entry.sources.hub
+    for name, item in found.items():
+        entry, hub = item.entry, item.entry.sources.hub
         sources = ", ".join(
             filter(
                 None,
@@ -527,8 +570,8 @@ def registry_list(as_json: bool) -> None:
             )
         )
         accuracy = f"{100 * entry.metrics['accuracy']:.2f}%" if "accuracy" in entry.metrics else "-"
-        rows.append((name, entry.backbone, str(entry.num_classes), accuracy, sources))
-    print_table(rows, ("NAME", "BACKBONE", "CLASSES", "ACCURACY", "SOURCES"))
+        rows.append((name, entry.backbone, str(entry.num_classes), accuracy, sources, item.origin.label))
+    print_table(rows, ("NAME", "BACKBONE", "CLASSES", "ACCURACY", "SOURCES", "REGISTRY"))
 
 
 @registry_group.command("add")

@@ -30,7 +30,7 @@ from huggingface_hub.errors import (
 from . import artifacts, catalog
 from .artifacts import FilePin, HubRecord, RunFolder
 from .errors import ZooError
-from .sources import HUB_REPO, HubRepo
+from .sources import HUB_PREFIX, HUB_REPO, HubRepo
 
 
 @dataclass
@@ -73,6 +73,46 @@ def push(
     except ZooError as exc:  # the commit exists on the Hub all the same: say which
         raise ZooError(f"pushed to {url} as commit {info.oid}, but {exc}") from None
     return Pushed(str(url), info.oid)
+
+
+def publish(
+    folder: Path, repo: str, name: str, replace: bool = False, private: bool = False, recipe: Path | None = None
+) -> tuple[Pushed, catalog.HubSource]:
+    """Push a finished run, then pin ``name`` in registry.json to what the Hub now holds.
+
+    The pins are read back: the pushed commit's files downloaded afresh (not from the cache) and
+    hashed, and each must be the file that was pushed. An existing name is refused before anything
+    is pushed, unless ``replace``.
+    """
+    catalog.check_name(name, replace)
+    pushed = push(folder, repo, private=private, message=f"zoo publish {name}")
+    record = RunFolder(folder).hub_record
+    assert record is not None, "push writes hub.json"
+    pins = _read_back(repo, pushed.commit, record.files)
+    hub = catalog.HubSource(repo=repo, revision=pushed.commit, files=pins)
+    try:
+        catalog.add(folder, name, recipe, hub=hub, replace=replace)
+    except ZooError as exc:  # the commit exists on the Hub all the same: say which
+        raise ZooError(f"pushed to {pushed.url} as commit {pushed.commit}, but {exc}") from None
+    return pushed, hub
+
+
+def _read_back(repo: str, commit: str, pushed: dict[str, FilePin]) -> dict[str, FilePin]:
+    """The sha256 and size of every pushed file as the Hub serves it at ``commit``; each must be what was pushed."""
+    pins = {}
+    with tempfile.TemporaryDirectory(prefix="zoo-publish-") as cache, _hub_errors(f"{repo}@{commit}"):
+        snapshot = Path(snapshot_download(repo, revision=commit, allow_patterns=sorted(pushed), cache_dir=cache))
+        for name, sent in pushed.items():
+            served = snapshot / name
+            pin = FilePin(sha256=artifacts.sha256_of(served), size=served.stat().st_size) if served.is_file() else None
+            if pin != sent:
+                found = f"sha256 {pin.sha256}" if pin else "nothing"
+                raise ZooError(
+                    f"{repo} at commit {commit} serves {found} for {name}, not the {sent.sha256} zoo pushed: "
+                    "nothing was pinned in registry.json"
+                )
+            pins[name] = pin
+    return pins
 
 
 def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
@@ -125,6 +165,19 @@ def pull(source: HubRepo | str) -> Path:
                 f"(delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
             )
     return folder
+
+
+def pull_registry(source: HubRepo) -> Path:
+    """A team's registry.json from a Hub model repo, at ``source``'s revision (default: the latest), with the
+    recipes beside it (a registry entry's recipe source is relative to its registry.json)."""
+    with _hub_errors(f"registry {HUB_PREFIX}{source.spec}"):
+        _check_repo_id(source.repo)
+        folder = Path(
+            snapshot_download(source.repo, revision=source.revision, allow_patterns=["registry.json", "*.toml"])
+        )
+    if not (folder / "registry.json").is_file():
+        raise ZooError(f"ZOO_REGISTRY: {HUB_PREFIX}{source.spec} holds no registry.json at its top level")
+    return folder / "registry.json"
 
 
 def run_path(text: str) -> Path:

@@ -193,13 +193,13 @@ def resolve_source(source: WeightSource, progress: bool, dry_run: bool) -> Weigh
     """``source`` with a ``recipe:`` source replaced by the folder it trains (trained first if not
     cached), and a ``registry:`` name by its pinned files, pulled and checked (or by its recipe)."""
     if isinstance(source, RegistryName):
-        entry = catalog.entry(source.name)
-        if entry.sources.hub is not None:
+        found = catalog.find(source.name)
+        if found.entry.sources.hub is not None:
             from .hub import pull  # huggingface_hub only when a source needs it
 
             return LocalFolder(distributed.agreed(lambda: pull(source.name)))  # each node pulls and checks
-        assert entry.sources.recipe is not None, "a registry entry has a hub source, a recipe or both"
-        source = RecipeOutput((catalog.path().parent / entry.sources.recipe).resolve())
+        assert found.recipe is not None, "a registry entry has a hub source, a recipe or both"
+        source = RecipeOutput(found.recipe)
     if not isinstance(source, RecipeOutput):
         return source
     cached = _cached_recipe_run(source.path, progress, dry_run)
