@@ -3,6 +3,7 @@ zoo's head, the example plugin's model, a timm BatchNorm model), verified agains
 
 from __future__ import annotations
 
+import io
 import json
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import RECIPES, assert_user_error, zoo_command
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from torch import nn
@@ -23,6 +24,7 @@ from zoo.artifacts import RunFolder
 from zoo.cli import cli
 from zoo.errors import ZooError
 from zoo.export import FILES, METADATA, compare, export_model
+from zoo.predict import predict_files
 from zoo.train import run
 
 SHAPES = Path(__file__).resolve().parents[1] / "plugins" / "zoo-shapes" / "shapes.toml"
@@ -229,3 +231,47 @@ def test_unfinished_runs_wrong_options_and_a_missing_extra_are_one_line(
     )
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
     assert_user_error(zoo_in_process("predict", str(cnn_run), str(tmp_path), "--backend", "onnxruntime"), "zoo[export]")
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 30) | st.floats(allow_nan=True) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=8,
+)
+VALID = {"input_size": [1, 2, 2], "mean": [0.5], "std": [0.5]}
+PREPROCESSING = JSON | st.fixed_dictionaries(
+    {key: st.just(value) | JSON for key, value in VALID.items()}, optional={"crop_pct": JSON, "interpolation": JSON}
+)
+LABELS = JSON | st.lists(st.text(min_size=1, max_size=3), min_size=1, max_size=5)
+
+
+@pytest.fixture(scope="module")
+def small_onnx() -> bytes:
+    """An ONNX classifier of 1x2x2 images into three classes, without metadata."""
+    buffer = io.BytesIO()
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    torch.onnx.export(model, (torch.zeros(1, 1, 2, 2),), buffer, dynamo=False, input_names=["input"])
+    return buffer.getvalue()
+
+
+@settings(max_examples=60, deadline=None)
+@given(labels=LABELS, preprocessing=PREPROCESSING, garbled=st.sampled_from(["", "label_names", "preprocessing"]))
+@example(labels=["a", "b", "c"], preprocessing=VALID, garbled="")
+def test_hostile_onnx_metadata_is_one_line_or_predicts_with_the_labels_it_names(
+    small_onnx: bytes, tmp_path_factory: pytest.TempPathFactory, labels, preprocessing, garbled: str
+) -> None:
+    folder = tmp_path_factory.mktemp("hostile")
+    (folder / "results.json").write_text('{"state": "finished"}')
+    graph = onnx.load_from_string(small_onnx)
+    for key, value in (("label_names", labels), ("preprocessing", preprocessing)):
+        text = json.dumps(value)
+        graph.metadata_props.add(key=key, value=text[: len(text) // 2] if key == garbled else text)
+    (folder / "model.onnx").write_bytes(graph.SerializeToString())
+    Image.new("L", (5, 3), 200).save(folder / "image.png")
+    try:
+        predictions, errors = predict_files(folder, [folder / "image.png"], 2, "onnxruntime")
+    except ZooError as exc:
+        assert "\n" not in str(exc) and "model.onnx" in str(exc)
+        return
+    assert errors == [] and len(labels) == 3  # as many labels as the graph has outputs
+    assert {entry["label"] for entry in predictions[0]["top"]} <= set(labels)

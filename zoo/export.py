@@ -25,6 +25,7 @@ from . import __version__, artifacts
 from .artifacts import RunFolder
 from .card import with_exports
 from .errors import ZooError
+from .preprocessing import Preprocessing
 
 Format = Literal["onnx", "exported-program", "torchscript"]
 FILES: dict[str, str] = dict(zip(("onnx", "exported-program", "torchscript"), RunFolder.EXPORTS, strict=True))
@@ -207,13 +208,32 @@ def onnx_session(model: Path | bytes, what: str) -> Any:
         raise ZooError(f"{what} is not an ONNX model onnxruntime can run: {str(exc).splitlines()[0]}") from None
 
 
-def onnx_metadata(session: Any, path: Path) -> dict[str, Any]:
-    """The metadata zoo wrote into an ONNX file: label names, preprocessing, weights' sha256."""
+def onnx_metadata(session: Any, path: Path) -> tuple[list[str], Preprocessing]:
+    """The label names and preprocessing zoo wrote into an ONNX file, checked against the graph they travel with."""
     props = session.get_modelmeta().custom_metadata_map
     try:
-        return {key: json.loads(props[key]) for key in ("label_names", "preprocessing")}
-    except (KeyError, json.JSONDecodeError) as exc:
+        labels, preprocessing = (
+            json.loads(props[key], parse_constant=_not_json) for key in ("label_names", "preprocessing")
+        )
+    except (KeyError, ValueError, RecursionError) as exc:
         raise ZooError(f"{path} holds no zoo metadata ({exc}): export it with `zoo export RUN --format onnx`") from None
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, str) for label in labels):
+        raise ZooError(f"{path}: its label_names metadata must be a non-empty list of strings")
+    if not isinstance(preprocessing, dict):
+        raise ZooError(f"{path}: its preprocessing metadata must be a table (input_size, mean, std, ...)")
+    preprocessing = Preprocessing.from_config(preprocessing, f"{path}: preprocessing")
+    takes, gives = session.get_inputs()[0].shape, session.get_outputs()[0].shape
+    if len(takes) != 4 or any(isinstance(n, int) and n != want for n, want in zip(takes[1:], preprocessing.input_size)):
+        raise ZooError(
+            f"{path}: the model takes inputs {takes}, but its preprocessing makes {list(preprocessing.input_size)}"
+        )
+    if len(gives) != 2 or (isinstance(gives[1], int) and gives[1] != len(labels)):
+        raise ZooError(f"{path}: the model gives outputs {gives}, but its metadata names {len(labels)} labels")
+    return labels, preprocessing
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
 
 
 def _program(

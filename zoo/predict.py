@@ -59,9 +59,8 @@ def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
     if not path.is_file():
         raise ZooError(f"{run} has no {path.name}: `zoo export {run} --format onnx` first")
     session = onnx_session(path, str(path))
-    metadata = onnx_metadata(session, path)
-    preprocessing = Preprocessing.from_config(metadata["preprocessing"], f"{path}: preprocessing")
-    return onnx_runner(session), list(metadata["label_names"]), preprocessing
+    label_names, preprocessing = onnx_metadata(session, path)
+    return onnx_runner(session), label_names, preprocessing
 
 
 @torch.no_grad()
