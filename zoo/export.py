@@ -10,6 +10,7 @@ only here, the bytes it has just made itself: it never loads one it did not make
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import warnings
@@ -49,8 +50,6 @@ class Exported:
 
 def needs(module: str) -> Any:
     """Import one of the export extra's modules, or say in one line how to install it."""
-    import importlib
-
     try:
         return importlib.import_module(module)
     except ImportError:
@@ -69,6 +68,7 @@ def export_run(
     """Export a finished run's model to ``output`` (default: the run folder, named by format), verified."""
     from .evaluate import run_setup
 
+    check_options(format, opset)  # before the data is loaded
     run = RunFolder.existing(run_folder)
     if run.state != "finished":
         raise ZooError(f"{run_folder} is not a finished run (state: {run.state}): only finished runs are exported")
@@ -115,14 +115,15 @@ def export_model(
     atol: float = ATOL,
 ) -> Exported:
     """Export ``model``, run the export back on ``inputs`` and write it to ``path`` only if it agrees."""
-    if opset is not None and format != "onnx":
-        raise ZooError(f"--opset is for --format onnx, not {format}")
+    check_options(format, opset)
     example = inputs[:2] if dynamic_batch else inputs[:1]  # torch.export specialises a batch of one
     export = {"onnx": _onnx, "exported-program": _program, "torchscript": _script}[format]
     exporter, data, load = export(model, example, metadata, dynamic_batch, opset)
     with torch.no_grad():
         expected = model(inputs).float()
         found = _run_all(load(), inputs, batch=None if dynamic_batch else 1)
+    if found.shape != expected.shape:
+        raise ZooError(f"the {format} export gives outputs of shape {list(found.shape)}, not {list(expected.shape)}")
     difference, agreement = compare(expected, found)
     if not difference <= atol:  # within it, only images whose best two logits tie can change label
         raise ZooError(
@@ -132,6 +133,11 @@ def export_model(
         )
     artifacts.atomic_write(path, data)
     return Exported(path, exporter, difference, agreement, len(inputs))
+
+
+def check_options(format: Format, opset: int | None) -> None:
+    if opset is not None and format != "onnx":
+        raise ZooError(f"--opset is for --format onnx, not {format}")
 
 
 def compare(expected: torch.Tensor, found: torch.Tensor) -> tuple[float, float]:
