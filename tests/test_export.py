@@ -275,3 +275,24 @@ def test_hostile_onnx_metadata_is_one_line_or_predicts_with_the_labels_it_names(
         return
     assert errors == [] and len(labels) == 3  # as many labels as the graph has outputs
     assert {entry["label"] for entry in predictions[0]["top"]} <= set(labels)
+
+
+def test_when_the_dynamo_exporter_fails_the_torchscript_based_one_is_used_and_said(
+    cnn_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    export = torch.onnx.export
+
+    def no_dynamo(*args, dynamo: bool = True, **kwargs):
+        if dynamo:
+            raise RuntimeError("unsupported operator, say")
+        return export(*args, dynamo=False, **kwargs)
+
+    monkeypatch.setattr(torch.onnx, "export", no_dynamo)
+    target = tmp_path / "legacy.onnx"
+    result = zoo_in_process("export", str(cnn_run), "--format", "onnx", "--dynamic-batch", "--output", str(target))
+    assert result.exit_code == 0, result.output
+    assert "TorchScript-based: the dynamo exporter failed: unsupported operator, say" in result.output
+    graph = onnx.load(str(target))
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # any batch
+    assert json.loads({p.key: p.value for p in graph.metadata_props}["label_names"]) == ["0", "1", "2"]
+    assert str(Path(zoo.__file__).parent).encode() not in target.read_bytes()

@@ -375,6 +375,11 @@ def test_a_team_registry_on_the_hub_is_searched_after_the_local_one(hub, version
     assert listed["team-digits"]["origin"] == f"hf-hub:zoo-test/registry@{first[:12]}"
     assert listed["shared-name"]["origin"] == str(local)  # the first registry that names it decides
     assert "recipe" in listed["shared-name"]["sources"]  # the team's own has none
+    checked = zoo_ok("registry", "check", env=pinned_env).splitlines()
+    assert checked == [
+        f"{local}: 1 named weights, valid",
+        f"hf-hub:zoo-test/registry@{first[:12]}: 2 named weights, valid",
+    ]
     table = zoo_ok("registry", "list", env=pinned_env)
     assert "REGISTRY" in table and f"hf-hub:zoo-test/registry@{first[:12]}" in table
     assert json.loads(zoo_ok("registry", "list", "--backbone", "timm/*", "--json", env=pinned_env)) == {}

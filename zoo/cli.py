@@ -595,11 +595,12 @@ def registry_add(run_folder: Path, name: str, recipe_path: Path | None) -> None:
 
 @registry_group.command("check")
 def registry_check() -> None:
-    """Validate registry.json: schema, full commit hashes, sha256s, label counts, recipe files."""
+    """Validate every registry on the search list: schema, full commit hashes, sha256s, label counts, recipe files."""
     from . import catalog
 
-    checked = catalog.check()
-    click.echo(f"{catalog.path()}: {len(checked.weights)} named weights, valid")
+    for origin in catalog.origins():
+        checked = catalog.check(origin.file)
+        click.echo(f"{origin.label}: {len(checked.weights)} named weights, valid")
 
 
 def _cell(column: str, value: Any) -> str:
