@@ -364,8 +364,8 @@ def export_command(
     """Export a finished run's model for deployment, verified against PyTorch.
 
     The exported model runs (onnxruntime, the loaded program or script) on 64 images of the run's
-    test split and is kept only if its logits match PyTorch's within 1e-3 and every top-1 label
-    agrees. The label names and preprocessing (input size, mean, std, interpolation, crop) go
+    test split and is kept only if its logits match PyTorch's within 1e-3; the largest difference
+    and the top-1 agreement are printed. The label names and preprocessing (input size, mean, std, interpolation, crop) go
     into the file: ONNX metadata props, or zoo.json in a .pt2/TorchScript archive. ONNX needs
     `pip install 'zoo[export]'`. Data settings can change with --data.KEY=VALUE, as in `zoo eval`.
     """
