@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from torch import nn
 import zoo
 from zoo import recipe as recipes
 from zoo.artifacts import RunFolder
+from zoo.card import with_exports
 from zoo.cli import cli
 from zoo.errors import ZooError
 from zoo.export import FILES, METADATA, compare, export_model
@@ -296,3 +299,18 @@ def test_when_the_dynamo_exporter_fails_the_torchscript_based_one_is_used_and_sa
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param  # any batch
     assert json.loads({p.key: p.value for p in graph.metadata_props}["label_names"]) == ["0", "1", "2"]
     assert str(Path(zoo.__file__).parent).encode() not in target.read_bytes()
+
+
+def test_two_exports_at_once_both_land_in_the_card(plugin_run: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(plugin_run, run)
+    for name in RunFolder.EXPORTS:
+        (run / name).unlink(missing_ok=True)
+    (run / "README.md").write_text(with_exports((run / "README.md").read_text(), []))
+    exports = [
+        subprocess.Popen([sys.executable, "-m", "zoo", "export", str(run), "--format", format], stderr=subprocess.PIPE)
+        for format in ("onnx", "exported-program")
+    ]
+    assert [process.wait(timeout=300) for process in exports] == [0, 0]
+    card = (run / "README.md").read_text()
+    assert "`model.onnx`" in card and "`model.pt2`" in card and "`model.torchscript`" not in card

@@ -22,7 +22,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from . import __version__, artifacts
+from . import __version__, artifacts, locking
 from .artifacts import RunFolder
 from .card import with_exports
 from .errors import ZooError
@@ -85,10 +85,11 @@ def export_run(
     exported = export_model(
         model, inputs, format, output or run.file(FILES[format]), metadata, dynamic_batch, opset, atol
     )
-    card = artifacts.read_file(run.file(RunFolder.MODEL_CARD))
-    if card is not None:  # the card says how to run what the folder holds
-        present = [name for name in RunFolder.EXPORTS if run.file(name).is_file()]
-        run.write_model_card(with_exports(card.decode(), present))
+    with locking.locked(run.file(RunFolder.MODEL_CARD)):  # two exports at once: the last sees both files
+        card = artifacts.read_file(run.file(RunFolder.MODEL_CARD))
+        if card is not None:  # the card says how to run what the folder holds
+            present = [name for name in RunFolder.EXPORTS if run.file(name).is_file()]
+            run.write_model_card(with_exports(card.decode(), present))
     return exported
 
 
