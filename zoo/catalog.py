@@ -14,6 +14,7 @@ file.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -116,20 +117,20 @@ def path() -> Path:
 
 def origins() -> list[Origin]:
     """Every registry on the search list, Hub registries pulled (at their pinned commit, else the latest)."""
+    return [_hub_origin(entry) if entry.startswith(HUB_PREFIX) else Origin(Path(entry), entry, local=True)
+            for entry in search_list()]  # fmt: skip
+
+
+@functools.cache  # once per process: a command looks names up several times, a run once per node
+def _hub_origin(entry: str) -> Origin:
     from .hub import pull_registry
 
-    found = []
-    for entry in search_list():
-        if entry.startswith(HUB_PREFIX):
-            try:
-                source = parse_hub_spec(entry.removeprefix(HUB_PREFIX))
-            except ValueError as exc:
-                raise ZooError(f"ZOO_REGISTRY: {exc}") from None
-            file = pull_registry(source)
-            found.append(Origin(file, f"{HUB_PREFIX}{source.repo}@{file.parent.name[:12]}", local=False))
-        else:
-            found.append(Origin(Path(entry), entry, local=True))
-    return found
+    try:
+        source = parse_hub_spec(entry.removeprefix(HUB_PREFIX))
+    except ValueError as exc:
+        raise ZooError(f"ZOO_REGISTRY: {exc}") from None
+    file = pull_registry(source)
+    return Origin(file, f"{HUB_PREFIX}{source.repo}@{file.parent.name[:12]}", local=False)
 
 
 @dataclass(frozen=True)

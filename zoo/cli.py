@@ -365,9 +365,10 @@ def export_command(
 
     The exported model runs (onnxruntime, the loaded program or script) on 64 images of the run's
     test split and is kept only if its logits match PyTorch's within 1e-3; the largest difference
-    and the top-1 agreement are printed. The label names and preprocessing (input size, mean, std, interpolation, crop) go
-    into the file: ONNX metadata props, or zoo.json in a .pt2/TorchScript archive. ONNX needs
-    `pip install 'zoo[export]'`. Data settings can change with --data.KEY=VALUE, as in `zoo eval`.
+    and the top-1 agreement are printed. The label names and preprocessing (input size, mean,
+    std, interpolation, crop) go into the file: ONNX metadata props, or zoo.json in a .pt2 or
+    TorchScript archive. ONNX needs `pip install 'zoo[export]'`. Data settings can change with
+    --data.KEY=VALUE, as in `zoo eval`.
     """
     from .export import export_run
 
@@ -513,21 +514,12 @@ def pull(spec: str) -> None:
     must match its sha256. The folder works as `model.pretrained` in a recipe (as does
     'hf-hub:ORG/NAME[@REVISION]' directly); with HF_HUB_OFFLINE=1 it comes from the cache.
     """
-    from .hub import pull as pull_weights
     from .hub import run_path
-    from .sources import HUB_PREFIX, REGISTRY_PREFIX, parse_hub_spec
+    from .sources import HUB_PREFIX, REGISTRY_PREFIX, names_remote
 
-    if spec.startswith((REGISTRY_PREFIX, HUB_PREFIX)):
-        click.echo(run_path(spec))
-        return
-    if "/" not in spec.split("@")[0]:  # a registry.json name
-        click.echo(pull_weights(spec))
-        return
-    try:
-        source = parse_hub_spec(spec)
-    except ValueError as exc:
-        raise ZooError(str(exc)) from None
-    click.echo(pull_weights(source))
+    if not names_remote(spec):  # written bare: ORG/NAME[@REVISION] on the Hub, or a registry NAME
+        spec = (HUB_PREFIX if "/" in spec.split("@")[0] else REGISTRY_PREFIX) + spec
+    click.echo(run_path(spec))
 
 
 @cli.group("registry")

@@ -122,7 +122,7 @@ def export_model(
     exporter, data, load = export(model, example, metadata, dynamic_batch, opset)
     with torch.no_grad():
         expected = model(inputs).float()
-        found = _run_all(load(), inputs, batch=None if dynamic_batch else 1)
+        found = in_steps(load(), None if dynamic_batch else 1)(inputs).float()
     if found.shape != expected.shape:
         raise ZooError(f"the {format} export gives outputs of shape {list(found.shape)}, not {list(expected.shape)}")
     difference, agreement = compare(expected, found)
@@ -147,10 +147,11 @@ def compare(expected: torch.Tensor, found: torch.Tensor) -> tuple[float, float]:
     return difference, float((expected.argmax(1) == found.argmax(1)).float().mean())
 
 
-def _run_all(run: Runner, inputs: torch.Tensor, batch: int | None) -> torch.Tensor:
-    if batch is None:
-        return run(inputs).float()
-    return torch.cat([run(inputs[i : i + batch]).float() for i in range(0, len(inputs), batch)])
+def in_steps(run: Runner, step: int | None) -> Runner:
+    """``run`` for a batch of any size, fed ``step`` images at a time (all at once for None)."""
+    if step is None:
+        return run
+    return lambda batch: torch.cat([run(batch[i : i + step]) for i in range(0, len(batch), step)])
 
 
 # Each exporter returns what it used, the file's bytes, and how to load them back. Files are made
@@ -198,11 +199,9 @@ def onnx_runner(session: Any) -> Runner:
     fixed = session.get_inputs()[0].shape[0]  # an int for a fixed batch size, a name for any
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        step = fixed if isinstance(fixed, int) else len(batch)
-        outputs = [session.run(None, {name: batch[i : i + step].numpy()})[0] for i in range(0, len(batch), step)]
-        return torch.cat([torch.from_numpy(output) for output in outputs])
+        return torch.from_numpy(session.run(None, {name: batch.numpy()})[0])
 
-    return run
+    return in_steps(run, fixed if isinstance(fixed, int) else None)
 
 
 def onnx_session(model: Path | bytes, what: str) -> Any:

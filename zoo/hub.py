@@ -30,7 +30,7 @@ from huggingface_hub.errors import (
 from . import artifacts, catalog
 from .artifacts import FilePin, HubRecord, RunFolder
 from .errors import ZooError
-from .sources import HUB_PREFIX, HUB_REPO, HubRepo
+from .sources import HUB_PREFIX, HUB_REPO, HubRepo, RegistryName, names_remote, parse
 
 
 @dataclass
@@ -130,23 +130,23 @@ def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
     return files
 
 
-def pull(source: HubRepo | str) -> Path:
-    """The local folder of a Hub repo (at its revision), or of a registry.json name at its pinned commit.
+def pull(source: HubRepo | RegistryName) -> Path:
+    """The local folder of a Hub repo (at its revision), or of a registry name at its pinned commit.
 
     A registry name, and a repo at a commit that a registry name pins, fetch exactly the pinned
     files and check the sha256 of every one.
     """
-    label = source if isinstance(source, str) else source.spec
-    pins: dict[str, FilePin] | None = None if isinstance(source, str) else catalog.pins_of(source)
-    if isinstance(source, str):
-        entry = catalog.entry(source)
+    if isinstance(source, RegistryName):
+        label, entry = source.name, catalog.entry(source.name)
         if entry.sources.hub is None:
             raise ZooError(
-                f"'{source}' has no Hub source, only a recipe: set model.pretrained = 'recipe:{entry.sources.recipe}' "
-                "and zoo builds it (relative to registry.json)"
+                f"'{source.name}' has no Hub source, only a recipe (recipe:{entry.sources.recipe}, relative to its "
+                f"registry.json): model.pretrained = 'registry:{source.name}' trains it"
             )
         pins = entry.sources.hub.files
         source = HubRepo(entry.sources.hub.repo, entry.sources.hub.revision)
+    else:
+        label, pins = source.spec, catalog.pins_of(source)
     wanted = sorted(pins) if pins else list(RunFolder.SHARED)
     with _hub_errors(source.spec):
         _check_repo_id(source.repo)
@@ -183,17 +183,13 @@ def pull_registry(source: HubRepo) -> Path:
 def run_path(text: str) -> Path:
     """A command's RUN argument as a folder: a run folder, or 'registry:NAME' / 'hf-hub:ORG/NAME[@REVISION]'
     pulled (a registry name at its pinned commit, every pinned file checked)."""
-    from . import sources
-
-    if not text.startswith((sources.REGISTRY_PREFIX, sources.HUB_PREFIX)):
+    if not names_remote(text):
         return Path(text)
     try:
-        source = sources.parse(text, Path.cwd())
+        source = parse(text, Path.cwd())
     except ValueError as exc:
         raise ZooError(f"{text}: {exc}") from None
-    if isinstance(source, sources.RegistryName):
-        return pull(source.name)
-    assert isinstance(source, HubRepo), "only the two prefixes above reach here"
+    assert isinstance(source, HubRepo | RegistryName), "names_remote() holds for their prefixes only"
     return pull(source)
 
 

@@ -139,6 +139,11 @@ def _refuse_pickles(folder: Path) -> None:
     raise ZooError(f"model.pretrained: {folder} has no {RunFolder.WEIGHTS}")
 
 
+def prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The tensors whose names start with ``prefix``, named without it."""
+    return {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
+
+
 def nonfinite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
     """Names of the floating-point tensors holding NaN or infinity; one host sync when there are none."""
     floats = {name: tensor for name, tensor in state.items() if tensor.is_floating_point()}
@@ -194,7 +199,7 @@ def load_pretrained(model: Classifier, run: RunFolder, backbone_name: str, label
             f"model.pretrained: {run} holds a '{source_backbone}' backbone, but the recipe builds '{backbone_name}'"
         )
     state = run.weights()
-    backbone_state = {k.removeprefix("backbone."): v for k, v in state.items() if k.startswith("backbone.")}
+    backbone_state = prefixed(state, "backbone.")
     hint = "model.args differ from the pretrained run's, or it is another architecture"
     _check_same_tensors(
         model.backbone.state_dict(), backbone_state, "model.pretrained", "backbone tensor", run.path, hint
@@ -202,7 +207,7 @@ def load_pretrained(model: Classifier, run: RunFolder, backbone_name: str, label
     model.backbone.load_state_dict(backbone_state)
     if "pretrained_cfg" in run.config:  # written by every zoo run; a hand-made folder may lack it
         model.pretrained_preprocessing = run.preprocessing
-    head_state = {k.removeprefix("head."): v for k, v in state.items() if k.startswith("head.")}
+    head_state = prefixed(state, "head.")
     own_head = model.head.state_dict()
     same_head = head_state.keys() == own_head.keys() and all(head_state[k].shape == own_head[k].shape for k in own_head)
     if same_head and run.label_names == label_names:

@@ -96,6 +96,11 @@ def parse(value: bool | str | WeightSource, base: Path) -> WeightSource:
     return LocalFolder((base / value).resolve())
 
 
+def names_remote(text: str) -> bool:
+    """Whether ``text`` names weights on the Hub or in a registry (by its prefix) rather than a folder."""
+    return text.startswith((HUB_PREFIX, REGISTRY_PREFIX))
+
+
 def parse_hub_spec(spec: str) -> HubRepo:
     """``ORG/NAME[@REVISION]`` as a HubRepo; a ValueError when it is not a valid Hub repo id."""
     repo, at, revision = spec.partition("@")

@@ -76,15 +76,17 @@ class RunSetup:
             self.preprocessing,
             shuffle=training,
             seed=self.recipe.train.seed,
-            num_workers=default_workers() if data.num_workers is None else data.num_workers,
+            num_workers=data_workers(data),
             channels_last=self.recipe.train.channels_last,
             balanced=training and data.sampler == "balanced",
             augmentation=self.augmentation if training else None,
         )
 
 
-def default_workers() -> int:
-    """DataLoader workers when the recipe does not say: this node's CPUs shared by its ranks, at most 8."""
+def data_workers(data: recipes.DataConfig) -> int:
+    """``data.num_workers``, or when the recipe does not say: this node's CPUs shared by its ranks, at most 8."""
+    if data.num_workers is not None:
+        return data.num_workers
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, min(8, (os.cpu_count() or 1) // ranks_here))
 
@@ -117,7 +119,7 @@ def build_run(
         else None
     )
     attach_transforms(splits, preprocessing, augmentation)
-    workers = default_workers() if recipe.data.num_workers is None else recipe.data.num_workers
+    workers = data_workers(recipe.data)
     cache = attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     if recipe.train.sync_bn and distributed.world_size() > 1 and trained is None:
@@ -134,9 +136,9 @@ def build_run(
     loss_fn = _loss(recipe, weights).to(device)
     dtype = autocast_dtype(recipe.train.precision, device)
     setup = RunSetup(
-        recipe, device, dtype, splits, preprocessing, model, loss_fn, class_weights=weights, augmentation=augmentation
-    )
-    setup.cache = cache
+        recipe, device, dtype, splits, preprocessing, model, loss_fn,
+        class_weights=weights, augmentation=augmentation, cache=cache,
+    )  # fmt: skip
     if trained is None:
         optim = recipe.optim
         weight_decay = default_weight_decay(optim)
@@ -197,7 +199,7 @@ def resolve_source(source: WeightSource, progress: bool, dry_run: bool) -> Weigh
         if found.entry.sources.hub is not None:
             from .hub import pull  # huggingface_hub only when a source needs it
 
-            return LocalFolder(distributed.agreed(lambda: pull(source.name)))  # each node pulls and checks
+            return LocalFolder(distributed.agreed(lambda: pull(source)))  # each node pulls and checks
         assert found.recipe is not None, "a registry entry has a hub source, a recipe or both"
         source = RecipeOutput(found.recipe)
     if not isinstance(source, RecipeOutput):

@@ -21,7 +21,7 @@ from .artifacts import RunFolder, State
 from .distributed import log
 from .errors import ZooError
 from .evaluate import evaluate
-from .model import nonfinite_tensors
+from .model import nonfinite_tensors, prefixed
 from .optim import lr_factor, set_lr
 from .selection import Monitor
 
@@ -385,13 +385,13 @@ class Trainer:
 
     def _load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
         """The model's (and the EMA's) weights from a checkpoint's tensors."""
-        model_state = _prefixed(tensors, "model.")
+        model_state = prefixed(tensors, "model.")
         if self.sharded:
             fsdp.load_local_state(self.model, model_state)
         else:
             self.model.load_state_dict(model_state)
         if self.ema is not None:
-            self.ema.module.load_state_dict(_prefixed(tensors, "ema."))
+            self.ema.module.load_state_dict(prefixed(tensors, "ema."))
 
     def keep_best(self) -> str:
         """With ``train.keep = "best"``, bring back the best epoch's weights from its checkpoint; what
@@ -405,10 +405,6 @@ class Trainer:
             tensors, _ = distributed.scattered_by_main(lambda: _per_rank(path))
             self._load_weights(tensors)
         return kept
-
-
-def _prefixed(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {name.removeprefix(prefix): tensor for name, tensor in tensors.items() if name.startswith(prefix)}
 
 
 def _mixing(data: DataConfig, num_classes: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
@@ -452,7 +448,7 @@ def _per_rank(path: Path) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]
         raise ZooError(f"checkpoint {path} is damaged (state.json: ranks); remove it to resume from the one before")
     parts = [(tensors, state)]
     for rank in range(1, ranks):
-        own = _prefixed(tensors, f"rank{rank}.")
+        own = prefixed(tensors, f"rank{rank}.")
         saved = saved_ranks[rank - 1]
         shared = {name: tensor for name, tensor in tensors.items() if not name.startswith("rank")}
         parts.append((shared | own, state | saved))
