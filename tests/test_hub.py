@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -398,3 +401,44 @@ def test_a_team_registry_on_the_hub_is_searched_after_the_local_one(hub, version
     )
     missing = {**env, "ZOO_REGISTRY": f"{local},hf-hub:zoo-test/no-registry"}
     assert_user_error(zoo_command("registry", "list", env=missing), "zoo-test/no-registry")
+
+
+def test_two_publishes_of_one_name_at_once_pin_one_run(hub, versions: list[Path], tmp_path: Path) -> None:
+    """Both may push, but only one pins the name; the other says so in one line, naming its commit."""
+    server, env = hub
+    env = {**os.environ, **env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
+    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    runs = []
+    for index, version in enumerate(versions):
+        runs.append(tmp_path / f"run{index}")
+        shutil.copytree(version, runs[-1])
+        (runs[-1] / "hub.json").unlink(missing_ok=True)
+    zoo = str(Path(sys.executable).with_name("zoo"))
+    started = [
+        subprocess.Popen(
+            [zoo, "publish", str(run), "--repo", f"zoo-test/race{index}", "--name", "raced"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for index, run in enumerate(runs)
+    ]
+    outcomes = [(process.wait(timeout=300), process.stderr.read()) for process in started]
+    assert sorted(code for code, _ in outcomes) == [0, 2], outcomes
+    refusal = next(stderr for code, stderr in outcomes if code == 2)
+    assert len(refusal.strip().splitlines()) == 1 and "already names 'raced'" in refusal and "Traceback" not in refusal
+    winner = next(index for index, (code, _) in enumerate(outcomes) if code == 0)
+    pinned = json.loads((tmp_path / "registry.json").read_text())["weights"]["raced"]["sources"]["hub"]
+    assert pinned["repo"] == f"zoo-test/race{winner}"
+    assert pinned["revision"] == server.state.repos[f"zoo-test/race{winner}"].branches["main"]
+
+
+def test_a_damaged_hub_registry_is_one_line_naming_it(hub, tmp_path: Path) -> None:
+    server, env = hub
+    api = HfApi(endpoint=server.url, token=TOKEN)
+    api.create_repo("zoo-test/broken-registry")
+    for damaged in (b'{"schema": 2, "weights": {"x": ', b'{"schema": 2, "weights": {"../x": {}}}', b"\xff\xfe"):
+        api.upload_file(path_or_fileobj=damaged, path_in_repo="registry.json", repo_id="zoo-test/broken-registry")
+        listed = zoo_command("registry", "list", env={**env, "ZOO_REGISTRY": "hf-hub:zoo-test/broken-registry"})
+        assert_user_error(listed, "registry.json")
