@@ -233,6 +233,8 @@ def test_unfinished_runs_wrong_options_and_a_missing_extra_are_one_line(
         zoo_in_process("export", str(cnn_run), "--format", "onnx", "--data.bogus=1"), "data.bogus", "data"
     )
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if the extra were not installed
+    missing = zoo_in_process("export", str(cnn_run), "--format", "onnx", "--data.root=/nonexistent")
+    assert_user_error(missing, "onnxruntime", "zoo[export]")  # before the data is looked for
     assert_user_error(zoo_in_process("predict", str(cnn_run), str(tmp_path), "--backend", "onnxruntime"), "zoo[export]")
 
 

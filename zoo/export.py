@@ -137,8 +137,12 @@ def export_model(
 
 
 def check_options(format: Format, opset: int | None) -> None:
+    """What can be refused before any work: an option of another format, a missing extra."""
     if opset is not None and format != "onnx":
         raise ZooError(f"--opset is for --format onnx, not {format}")
+    if format == "onnx":
+        for module in ("onnx", "onnxscript", "onnxruntime"):  # the exporter, its translator, the verifier
+            needs(module)
 
 
 def compare(expected: torch.Tensor, found: torch.Tensor) -> tuple[float, float]:
@@ -163,9 +167,7 @@ Exporter = tuple[str, bytes, Callable[[], Runner]]
 def _onnx(
     model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], dynamic: bool, opset: int | None
 ) -> Exporter:
-    onnx = needs("onnx")
-    needs("onnxscript")  # the dynamo exporter's translator
-    needs("onnxruntime")  # which verifies the export
+    onnx = needs("onnx")  # with onnxscript and onnxruntime, checked by check_options
     common: dict[str, Any] = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": opset}
     try:
         batch = {0: torch.export.Dim("batch", min=1)} if dynamic else None
