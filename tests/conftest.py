@@ -187,18 +187,50 @@ def write_finished_run(folder: Path) -> RunFolder:
     return run
 
 
+def tagged_processes(tag: str) -> list[int]:
+    """The processes whose environment holds ``tag`` (a job's launcher, its ranks and their workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and tag.encode() in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def assert_job_ends(tag: str, within: float = 15.0) -> None:
+    """Every process of the job tagged ``tag`` is gone within ``within`` seconds (zombies count as gone)."""
+    deadline = time.monotonic() + within
+    while True:
+        alive = [pid for pid in tagged_processes(tag) if _state(pid) not in ("Z", "X", None)]
+        if not alive:
+            return
+        assert time.monotonic() < deadline, f"processes of the job outlived it: {alive}"
+        time.sleep(0.1)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
 def kill_then_resume(tmp_path: Path, args: list[str], checkpoint_name: str, nproc: int = 1) -> None:
-    """A run killed (with torchrun and every rank, at once) once ``checkpoint_name`` is written, then
-    resumed, ends bit-identical to the same run uninterrupted."""
+    """A run whose launcher is killed (its process group: ``zoo`` and torchrun, not the ranks, which
+    torchrun starts in sessions of their own) once ``checkpoint_name`` is written leaves no process
+    behind, and resumed at once ends bit-identical to the same run uninterrupted."""
     launch = ["--nproc", str(nproc)] if nproc > 1 else []
     zoo_run = [str(Path(sys.executable).with_name("zoo")), "run", *launch, *args, "--no-progress"]
     whole = subprocess.run([*zoo_run, f"output.dir={tmp_path / 'whole'}"], capture_output=True, text=True)
     assert whole.returncode == 0, whole.stderr
 
     folder = tmp_path / "killed"
+    tag = f"ZOO_TEST_JOB={folder}"
     process = subprocess.Popen(
         [*zoo_run, f"output.dir={folder}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True,
+        start_new_session=True, env={**os.environ, "ZOO_TEST_JOB": str(folder)},
     )  # fmt: skip
     deadline = time.monotonic() + 300
     while not (folder / "checkpoints" / checkpoint_name).exists():
@@ -206,6 +238,7 @@ def kill_then_resume(tmp_path: Path, args: list[str], checkpoint_name: str, npro
         time.sleep(0.02)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    assert_job_ends(tag)
     assert json.loads((folder / "results.json").read_text())["state"] == "running"  # killed mid-run
     resumed = subprocess.run([*zoo_run, "--resume", str(folder)], capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error, kill_then_resume, write_source_recipes
+from conftest import (
+    RECIPES,
+    assert_job_ends,
+    assert_user_error,
+    kill_then_resume,
+    tagged_processes,
+    write_source_recipes,
+)
 
 from zoo import checkpoint
 from zoo import recipe as recipes
@@ -195,6 +202,36 @@ def test_sigkill_then_resume_under_two_processes_is_bit_identical(mnist_dir: Pat
     """Every rank's RNG (dropout) and partial sums are checkpointed, so the resumed run repeats each rank."""
     settings = [*SUBSET, "data.per_class=600", "data.batch_size=16", "train.checkpoint_every=7", "train.precision=fp32"]
     kill_then_resume(tmp_path, [str(RECIPES / "mnist.toml"), *settings], "step-00000014", nproc=2)  # 54 steps an epoch
+
+
+def test_a_rank_killed_alone_stops_the_job_in_one_line_and_the_run_resumes(mnist_dir: Path, tmp_path: Path) -> None:
+    """The other rank stops quietly (no gloo traceback); the launcher names the rank and how it ended."""
+    import signal
+    import time
+
+    folder = tmp_path / "run"
+    job = ["run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET, "data.batch_size=8", "train.max_steps=30",
+           "train.checkpoint_every=10", f"output.dir={folder}", "--no-progress"]  # fmt: skip
+    command = [str(Path(sys.executable).with_name("zoo")), *job]
+    env = {**os.environ, "ZOO_TEST_JOB": str(folder)}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while not list((folder / "checkpoints").glob("step-*")):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    ranks = [pid for pid in tagged_processes(f"ZOO_TEST_JOB={folder}") if pid != process.pid]
+    second = [pid for pid in ranks if b"RANK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")]
+    os.kill(second[0], signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGKILL, stdout + stderr
+    assert stderr.strip().splitlines() == [
+        "zoo: error: rank 1 was killed (SIGKILL) and the job stopped with it; continue it with --resume and --nproc 2"
+    ]
+    assert_job_ends(f"ZOO_TEST_JOB={folder}")
+    resumed = zoo(*job, "--resume", str(folder))
+    assert resumed.returncode == 0, resumed.stderr
+    results = json.loads((folder / "results.json").read_text())
+    assert (results["state"], results["steps"], results["ranks_agree"]) == ("finished", 30, True)
 
 
 def test_fsdp_shards_what_ddp_replicates_and_trains_the_same(mnist_dir: Path, tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +21,7 @@ from . import __version__, registry
 from .errors import ZooError
 
 ERROR_DIR = "ZOO_ERROR_DIR"  # set by `zoo run --nproc` for its ranks: where each writes its user error
+RANK_LEFT_EXIT = 3  # a rank of `zoo run --nproc` that stopped because another rank had ended
 KIND_CHOICES = {"models": "model", "datasets": "dataset", "losses": "loss"}
 
 
@@ -220,9 +222,11 @@ def run(
     """
 
     from . import recipe as recipes
+    from .distributed import end_with_launcher, is_main, rank_left, teardown
     from .train import latest_run
     from .train import run as run_recipe
 
+    end_with_launcher()  # a rank of torchrun: first of all, never outlive the launcher
     if resume and "=" in resume and not Path(resume).exists():  # `--resume train.epochs=5`: an override
         overrides, resume = (*overrides, resume), "latest"
     recipe = recipes.load(recipe_path, overrides)  # a mistake is reported once, before any process starts
@@ -233,11 +237,16 @@ def run(
     run_folder = None
     if resume:
         run_folder = latest_run(recipe) if resume == "latest" else Path(resume)
-    from .distributed import is_main, teardown
-
     try:
         result = run_recipe(recipe, progress=progress, dry_run=dry_run, resume=run_folder)
         main = is_main()
+    except RuntimeError as exc:
+        left = rank_left(exc)
+        if left is None:
+            raise
+        if os.environ.get(ERROR_DIR):  # the launching zoo says which rank ended first, and how
+            sys.exit(RANK_LEFT_EXIT)
+        raise left from exc
     finally:  # a rank that leaves with its process group alive can abort at exit (gloo's threads)
         teardown()
     if result is None or not main:
@@ -262,9 +271,12 @@ def _torchrun(nproc: int, zoo_arguments: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
+    from .distributed import LAUNCHER_PID
+
     for logger in ("torch.distributed.run", "torch.distributed.elastic"):
         logging.getLogger(logger).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    os.environ[LAUNCHER_PID] = str(os.getpid())  # the ranks' parent: they end when it does
     with tempfile.TemporaryDirectory(prefix="zoo-ranks-") as errors:
         os.environ[ERROR_DIR] = errors
         try:
@@ -274,9 +286,28 @@ def _torchrun(nproc: int, zoo_arguments: list[str]) -> None:
             if reported:  # a user's mistake: what the other ranks did on their way out is beside the point
                 click.echo(reported[0].read_text(), err=True)
                 sys.exit(UserError.exit_code)
-            sys.exit(max(failure.exitcode for failure in exc.failures.values()) or 1)
+            _report_failed_rank(exc.failures, nproc)
         except SignalException:  # Ctrl-C: torchrun passed it to the ranks, which stopped together
             sys.exit(130)
+
+
+def _report_failed_rank(failures: dict[int, Any], nproc: int) -> None:
+    """Exit as the rank that ended first did: killed by a signal, one line (the others stopped with it,
+    quietly); an internal error, its own traceback is above and its exit code is ours."""
+    causes = {rank: failure for rank, failure in failures.items() if failure.exitcode != RANK_LEFT_EXIT}
+    # torchrun stops the surviving ranks with SIGTERM: a rank that ended otherwise came first.
+    first = sorted(causes.items(), key=lambda item: (item[1].exitcode == -signal.SIGTERM, item[1].timestamp, item[0]))
+    if not first:
+        sys.exit(1)
+    rank, failure = first[0]
+    if failure.exitcode < 0:
+        click.echo(
+            f"zoo: error: rank {rank} was killed ({failure.signal_name()}) and the job stopped with it; "
+            f"continue it with --resume and --nproc {nproc}",
+            err=True,
+        )
+        sys.exit(128 - failure.exitcode)
+    sys.exit(failure.exitcode)
 
 
 def _print_scores(metrics: dict[str, Any], split: str = "test") -> None:

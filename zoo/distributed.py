@@ -10,8 +10,13 @@ function here is a no-op for a single process.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import pickle
+import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -28,6 +33,58 @@ T = TypeVar("T")
 def launched() -> bool:
     """Whether this process is one rank of a torchrun launch."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+LAUNCHER_PID = "ZOO_LAUNCHER_PID"  # set by `zoo run --nproc`: the process that starts the ranks
+_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
+
+def end_with_launcher() -> None:
+    """A rank started by torchrun ends when its launcher does.
+
+    torchrun starts each rank in a session of its own, so killing the launcher (``kill -9``, a
+    job's time limit, the OOM killer) does not reach the ranks: they would train on as orphans,
+    holding their GPUs and the run folder's claim, until a collective fails. On Linux the kernel
+    sends SIGKILL to a rank whose parent dies (``PR_SET_PDEATHSIG``); elsewhere a thread watches the
+    parent. The checkpoints are made for a kill at any moment, so ``--resume`` can follow at once.
+    """
+    if "TORCHELASTIC_RUN_ID" not in os.environ:  # not a rank of torchrun
+        return
+    launcher = int(os.environ.get(LAUNCHER_PID) or os.getppid())
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    else:
+        threading.Thread(target=_watch_parent, args=(launcher,), daemon=True, name="zoo-launcher-watch").start()
+    if os.getppid() != launcher or launcher == 1:  # the launcher died before the line above
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _watch_parent(launcher: int) -> None:
+    while os.getppid() == launcher:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class RankLeft(ZooError):
+    """Another rank of the job ended (killed, or stopped by its own error) while this one needed it."""
+
+
+# What gloo says when the rank at the other end of a collective is gone.
+_PEER_GONE = ("closed by peer", "reset by peer", "Broken pipe")
+
+
+def rank_left(exc: BaseException) -> RankLeft | None:
+    """``exc`` as a RankLeft when it is a collective failing because another rank is gone, else None."""
+    if not launched() or not isinstance(exc, RuntimeError) or isinstance(exc, ZooError):
+        return None
+    if not any(sign in str(exc) for sign in _PEER_GONE):
+        return None
+    return RankLeft(
+        f"rank {rank()} stopped: another rank of this job ended (killed, or stopped by an error) while this one "
+        "waited for it; resume the run with as many processes (--resume)"
+    )
 
 
 # This node's ranks, as their own group (None with one rank per node, or uneven nodes).

@@ -377,7 +377,7 @@ def _record_failure(folder: RunFolder, recipe: Recipe, exc: BaseException, step:
     if not distributed.is_main() or isinstance(exc, KeyboardInterrupt):
         return
     try:
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = str(distributed.rank_left(exc) or f"{type(exc).__name__}: {exc}")
         folder.write_results(RunResults(state="failed", reason=reason, recipe_hash=recipe.hash, failed_at_step=step))
     except ZooError as unrecorded:
         exc.add_note(f"(the failure could not be recorded in the run folder: {unrecorded})")
