@@ -1,0 +1,73 @@
+"""A rank of torchrun never outlives its launcher (zoo.distributed.end_with_launcher), on Linux
+through the kernel and elsewhere through a thread watching the parent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+RANK = textwrap.dedent(
+    """
+    import sys, time
+    from zoo import distributed
+    if sys.argv[1] == "watch":
+        distributed.sys = type("Elsewhere", (), {"platform": "darwin"})  # not Linux: the watching thread
+    distributed.end_with_launcher()
+    print("ready", flush=True)
+    time.sleep(120)
+    """
+)
+LAUNCHER = textwrap.dedent(
+    """
+    import subprocess, sys
+    rank = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE, text=True)
+    print(rank.pid, rank.stdout.readline().strip(), flush=True)
+    rank.wait()
+    """
+)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["prctl", "watch"])
+def test_a_rank_ends_when_its_launcher_is_killed(how: str) -> None:
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test"}
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, RANK, how], stdout=subprocess.PIPE, text=True, env=env)
+    pid, ready = launcher.stdout.readline().split()
+    assert ready == "ready"
+    assert _alive(int(pid))
+    launcher.kill()
+    launcher.wait()
+    deadline = time.monotonic() + 5
+    while _alive(int(pid)):
+        assert time.monotonic() < deadline, f"rank {pid} outlived its launcher ({how})"
+        time.sleep(0.05)
+
+
+def test_a_rank_whose_launcher_died_before_it_started_ends_at_once() -> None:
+    """The launcher named by ZOO_LAUNCHER_PID is not this process's parent any more: it died first."""
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test", "ZOO_LAUNCHER_PID": str(os.getpid() + 10**6)}
+    rank = subprocess.run([sys.executable, "-c", RANK, "prctl"], capture_output=True, text=True, env=env, timeout=60)
+    assert rank.returncode == -signal.SIGKILL and "ready" not in rank.stdout
+
+
+def test_outside_torchrun_nothing_is_set() -> None:
+    env = {key: value for key, value in os.environ.items() if key != "TORCHELASTIC_RUN_ID"}
+    env["ZOO_LAUNCHER_PID"] = str(os.getpid() + 10**6)  # would end a rank; this is no rank
+    script = RANK.replace("time.sleep(120)", "")
+    result = subprocess.run(
+        [sys.executable, "-c", script, "prctl"], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert result.returncode == 0 and "ready" in result.stdout
