@@ -7,16 +7,19 @@ import resource
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from zoo import cache
 from zoo.builtins.image_folder import ImageFolder
-from zoo.cache import DecodedImages, Layout, choose, decoded
+from zoo.cache import DecodedImages, Layout, ahead, choose, decoded
 from zoo.data import Batches, attach_transforms, load_splits
 from zoo.errors import ZooError
 from zoo.preprocessing import Preprocessing
@@ -165,6 +168,77 @@ def test_reading_from_disk_keeps_memory_bounded_by_the_batch(tmp_path: Path) -> 
     grown_mb, total = (int(word) for word in result.stdout.split())
     assert total == 0 and grown_mb < 64, f"peak memory grew by {grown_mb} MB reading a 393 MB cache"
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss > 0
+
+
+def cached_splits(root: Path, preprocessing: Preprocessing, in_memory: bool) -> tuple:
+    """The splits of the folder at ``root``, given their decoded cache (in memory, or read from disk)."""
+    splits = load_splits(DataConfig(dataset="image_folder", root=str(root), val_split=0.0), seed=0)
+    for split in splits.splits:
+        split.decoded = decoded(split.dataset, Layout.of(preprocessing), in_memory, workers=0, progress=False)
+    return splits
+
+
+READ_AHEAD_INPUT = Preprocessing((3, 16, 16), (0.5,) * 3, (0.25,) * 3, "bilinear", 0.8)
+
+
+def test_disk_batches_read_ahead_are_the_in_memory_batches_in_order(tmp_path: Path) -> None:
+    """Shuffled, augmented and from the middle of an epoch: the batches read ahead from the file are
+    the ones an in-memory cache gives; the read-ahead thread ends with the epoch."""
+    from zoo.augment import Augmentation
+
+    root = photo_folder(tmp_path / "photos", SIZES * 4)
+    augmentation = Augmentation(degrees=10.0)
+
+    def epoch(in_memory: bool, start: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        batches = Batches(cached_splits(root, READ_AHEAD_INPUT, in_memory).train, 3, torch.device("cpu"),
+                          READ_AHEAD_INPUT, shuffle=True, seed=1, augmentation=augmentation)  # fmt: skip
+        assert (batches.decoded is None) is in_memory
+        return list(batches.epoch(2, start))
+
+    for start in (0, 4):
+        from_disk, from_memory = epoch(False, start), epoch(True, start)
+        assert len(from_disk) == 11 - start
+        for (a, la), (b, lb) in zip(from_disk, from_memory, strict=True):
+            assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not [thread for thread in threading.enumerate() if thread.name == "zoo-read-ahead"]
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.integers(), max_size=20), st.integers(1, 4), st.integers(0, 21))
+def test_ahead_gives_every_item_in_order_and_ends_its_thread_when_dropped(
+    items: list[int], depth: int, taken: int
+) -> None:
+    assert list(ahead(iter(items), depth)) == items
+    reading = ahead(iter(items), depth)
+    assert [value for _, value in zip(range(taken), reading)] == items[:taken]
+    del reading  # mid-way, or before the first item
+    assert not [thread for thread in threading.enumerate() if thread.name == "zoo-read-ahead"]
+
+
+def test_a_read_error_ahead_is_the_same_one_line_at_the_same_batch(tmp_path: Path) -> None:
+    root = photo_folder(tmp_path / "photos", SIZES * 2)
+    split = cached_splits(root, READ_AHEAD_INPUT, in_memory=False).train
+    with open(split.decoded.path, "r+b") as file:  # the file loses its last images after the run began
+        file.truncate(5 * split.decoded.layout.image_bytes)
+    batches = Batches(split, 2, torch.device("cpu"), READ_AHEAD_INPUT)
+    read = []
+    with pytest.raises(ZooError) as raised:
+        for inputs, _ in batches.epoch():
+            read.append(inputs)
+    with pytest.raises(ZooError) as directly:
+        split.decoded[torch.arange(4, 6)]
+    assert str(raised.value) == str(directly.value) and "shorter than its description says" in str(raised.value)
+    assert len(read) == 2  # images 0-3; the batch of images 4 and 5 failed
+    assert not [thread for thread in threading.enumerate() if thread.name == "zoo-read-ahead"]
+
+
+def test_dropping_an_epoch_of_disk_batches_ends_the_read_ahead_thread(tmp_path: Path) -> None:
+    split = cached_splits(photo_folder(tmp_path / "photos", SIZES * 4), READ_AHEAD_INPUT, in_memory=False).train
+    epoch = Batches(split, 2, torch.device("cpu"), READ_AHEAD_INPUT).epoch()
+    next(epoch)
+    assert [thread for thread in threading.enumerate() if thread.name == "zoo-read-ahead"]
+    del epoch  # mid-epoch: the thread had batches queued and was blocked putting the next
+    assert not [thread for thread in threading.enumerate() if thread.name == "zoo-read-ahead"]
 
 
 @pytest.mark.slow

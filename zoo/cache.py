@@ -15,13 +15,18 @@ description is written beside it, so a killed build leaves nothing that is read 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -107,9 +112,13 @@ class DecodedImages:
         return self.count
 
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.read(indices)
+
+    def read(self, indices: torch.Tensor, pin: bool = False) -> torch.Tensor:
+        """The images at ``indices``; ``pin``: read into page-locked memory (for copies to a GPU that overlap)."""
         if self.memory is not None:
             return self.memory[indices]
-        batch = torch.empty((len(indices), *self.shape), dtype=torch.uint8)
+        batch = torch.empty((len(indices), *self.shape), dtype=torch.uint8, pin_memory=pin)
         size = self.layout.image_bytes
         view = batch.numpy().reshape(len(indices), size)
         with open(self.path, "rb", buffering=0) as file:
@@ -118,6 +127,52 @@ class DecodedImages:
                 if file.readinto(memoryview(view[row])) != size:
                     raise ZooError(f"{self.path} is shorter than its description says; remove it to rebuild")
         return batch
+
+    def read_ahead(self, batches: list[torch.Tensor], pin: bool) -> Iterator[torch.Tensor]:
+        """The images of each of ``batches`` (index tensors) in order, read by a background thread a
+        few batches ahead: the disk reads of the next batches overlap this one's training step."""
+        return ahead(self.read(indices, pin) for indices in batches)
+
+
+T = TypeVar("T")
+_END = object()
+
+
+def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``depth`` ahead of the consumer.
+
+    An error there is raised here, when its turn comes. The thread starts with the first item asked
+    for and ends with this generator, even when it is dropped before the end (the thread sees the
+    stop once its current item is done; items it holds are dropped).
+    """
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                ready.put((item, None))
+                if stop.is_set():
+                    return
+            ready.put((_END, None))
+        except Exception as exc:  # raised again in the consumer's thread, when its turn comes
+            ready.put((None, exc))
+
+    thread = threading.Thread(target=produce, name="zoo-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # make room for the item it may be putting, until it sees the stop
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.01)
 
 
 def decoded(dataset: Dataset, layout: Layout, in_memory: bool, workers: int, progress: bool) -> DecodedImages:

@@ -512,14 +512,17 @@ class Batches:
         sequential = not self.shuffle and len(order) == len(self.split) and self.decoded is None
         order = order.to(self.device) if self.decoded is None else order
         size = tuple(self.input_size[1:])
-        for number, start in enumerate(range(0, len(order), self.batch_size), start=first):
+        starts = range(0, len(order), self.batch_size)
+        if self.decoded is not None:  # read from the cache file, a few batches ahead: only those in memory
+            chunks = [self.split.indices[order[start : start + self.batch_size]] for start in starts]
+            read = self.decoded.read_ahead(chunks, pin=self.device.type == "cuda")
+        for number, start in enumerate(starts, start=first):
             if sequential:  # slices, no gather
                 images = self.images[start : start + self.batch_size]
                 labels = self.labels[start : start + self.batch_size]
-            elif self.decoded is not None:  # read from the cache file: only this batch in memory
-                chosen = order[start : start + self.batch_size]
-                images = self.decoded[self.split.indices[chosen]].to(self.device, non_blocking=True)
-                labels = self.labels[chosen.to(self.device)]
+            elif self.decoded is not None:
+                images = next(read).to(self.device, non_blocking=True)
+                labels = self.labels[order[start : start + self.batch_size].to(self.device)]
             else:
                 chosen = order[start : start + self.batch_size]
                 images, labels = self.images[chosen], self.labels[chosen]
