@@ -7,10 +7,15 @@ N x C x S x S uint8 file under ``$ZOO_CACHE_DIR/images/``. Batches are then read
 (``"disk"``: one read per image, so memory stays bounded by the batch, not the dataset) or from
 a copy in memory (``"memory"``), cropped and augmented on the device (``zoo/augment.py``).
 
-A cache is named by the sha256 of what decides its bytes: every file's path, size and
-modification time, and the decode settings. It is built under a lock (a second run or rank
-waits, then reads it), into a temporary file renamed into place, and trusted only once its
-description is written beside it, so a killed build leaves nothing that is read later.
+A cache is named by the sha256 of what decides its bytes: the decode settings and every file,
+by its path under the dataset's folder (a moved folder keeps its cache) and by what ``os.stat``
+says of it: size, modification time, inode and change time (``cp -p``, ``rsync -t`` and tar set
+a modification time back, but no tool sets the change time, so a file rewritten in place or
+replaced is seen), or with ``data.cache_verify = "content"`` by the sha256 of its bytes. One
+process per node stats (or reads) the files and sends the name to the node's other ranks. A
+cache is built under a lock (a second run or rank waits, then reads it), into a temporary file
+renamed into place, and trusted only once its description is written beside it, so a killed
+build leaves nothing that is read later.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import json
 import math
 import os
 import queue
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import artifacts, locking
+from . import artifacts, distributed, locking
 from .errors import ZooError, from_worker
 from .preprocessing import Preprocessing
 from .recipe import cache_dir
@@ -175,11 +181,16 @@ def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
                 ready.get(timeout=0.01)
 
 
-def decoded(dataset: Dataset, layout: Layout, in_memory: bool, workers: int, progress: bool) -> DecodedImages:
-    """The cache of ``dataset`` decoded with ``layout``: read if it exists, else built first."""
+def decoded(
+    dataset: Dataset, layout: Layout, in_memory: bool, workers: int, progress: bool, verify: str = "stat"
+) -> DecodedImages:
+    """The cache of ``dataset`` decoded with ``layout``: read if it exists, else built first.
+
+    ``verify``: how its files are known unchanged, "stat" or "content" (``data.cache_verify``).
+    """
     files = image_files(dataset)
     assert files is not None, "choose() allows a cache only for datasets that list their files"
-    name = _name(files, layout)
+    name = distributed.from_node_main(lambda: _name(files, layout, verify))
     path = cache_dir() / "images" / f"{name}.u8"
     description = path.with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -195,14 +206,24 @@ def decoded(dataset: Dataset, layout: Layout, in_memory: bool, workers: int, pro
     return DecodedImages(path, len(files), layout, in_memory, built)
 
 
-def _name(files: list[str], layout: Layout) -> str:
+def _name(files: list[str], layout: Layout, verify: str) -> str:
+    """The cache's name: the sha256 of the decode settings and of each file (see the module's docstring)."""
     content = hashlib.sha256(json.dumps({"version": VERSION, **asdict(layout)}).encode())
-    for file in files:
+    paths = [os.path.abspath(file) for file in files]
+    root = os.path.commonpath([os.path.dirname(path) for path in paths])
+    for path in paths:
         try:
-            status = os.stat(file)
+            status = os.stat(path)
+            if not stat.S_ISREG(status.st_mode):  # a FIFO would block the read below forever
+                raise ZooError(f"{path} is not a readable image (not a regular file); only image files are read")
+            if verify == "content":
+                with open(path, "rb") as file:
+                    identity = [status.st_size, hashlib.file_digest(file, "sha256").hexdigest()]
+            else:
+                identity = [status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns]
         except OSError as exc:
-            raise ZooError(f"{file} is not a readable image ({exc.strerror})") from None
-        content.update(json.dumps([os.path.abspath(file), status.st_size, status.st_mtime_ns]).encode())
+            raise ZooError(f"{path} is not a readable image ({exc.strerror})") from None
+        content.update(json.dumps([os.path.relpath(path, root), *identity]).encode())
     return content.hexdigest()[:32]
 
 

@@ -222,7 +222,9 @@ def attach_cache(
     caches: dict[int, DecodedImages] = {}
     for split in splits.splits:
         if id(split.dataset) not in caches:
-            caches[id(split.dataset)] = decoded(split.dataset, layout, mode == "memory", workers, progress)
+            caches[id(split.dataset)] = decoded(
+                split.dataset, layout, mode == "memory", workers, progress, config.cache_verify or "stat"
+            )
         split.decoded = caches[id(split.dataset)]
     built = [cache.built for cache in caches.values() if cache.built is not None]
     how = (
