@@ -3,7 +3,8 @@
 Two paths to the model. A dataset that holds its samples in memory as one uint8 tensor
 (``images``: N x C x H x W, ``targets``: N, as the built-in ``mnist`` does) is batched straight
 from that tensor, on the device, normalised per batch with no per-item Python work. Any other
-dataset goes through a DataLoader with workers (and pinned memory on CUDA).
+dataset goes through a DataLoader with workers (and pinned memory on CUDA), each sample's random
+transform seeded from (seed, epoch, position, rank) alone, so that a resumed run repeats it.
 
 An image dataset (one with torchvision's ``transform`` attribute, like ``image_folder``) gives
 PIL images; its transforms come from timm: the model's pretrained config resolved by
