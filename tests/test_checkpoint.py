@@ -211,3 +211,17 @@ def test_sigkill_then_resume_with_ema_mixing_balanced_sampling_and_augmentation_
         "data.augment=default", "train.precision=fp32",
     ]  # fmt: skip
     kill_then_resume(tmp_path, args, "step-00000020")  # 34 steps an epoch
+
+
+def test_sigkill_then_resume_over_image_folder_workers_with_augmentation_is_bit_identical(
+    mnist_png: Path, tmp_path: Path
+) -> None:
+    """No decoded cache: two DataLoader workers (persistent) apply timm's random transforms, each
+    sample seeded from (seed, epoch, position, rank), so the resumed run draws what the killed one would."""
+    args = [
+        str(RECIPES / "timm_finetune.toml"), "model.backbone=timm/test_resnet", "model.pretrained=false",
+        "model.freeze.freeze=[]", f"data.root={mnist_png}", "data.classes=[0,1,2]", "data.image_size=32",
+        "data.batch_size=8", "data.val_split=0.1", "train.epochs=2", "train.checkpoint_every=5",
+        "train.precision=fp32", "data.cache=none", "data.num_workers=2", "data.augment=default", "data.degrees=10",
+    ]  # fmt: skip
+    kill_then_resume(tmp_path, args, "step-00000015")  # 21 steps an epoch: mid-epoch 1

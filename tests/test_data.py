@@ -153,3 +153,33 @@ def test_a_backbone_from_a_run_brings_its_normalisation_to_new_image_data(mnist_
     from_scratch = resolve_preprocessing(config, build_model(ModelConfig(backbone="mnist_cnn"), ["5", "6"])[0], splits)
     assert (from_scratch.mean, from_scratch.std) == ((0.5,), (0.5,))
     assert resolve_preprocessing(config.model_copy(update={"mean": [0.2]}), fine_tuned, splits).mean == (0.2,)
+
+
+def test_augmented_loader_batches_depend_on_seed_epoch_and_position_alone(mnist_png: Path) -> None:
+    """timm's random transforms in the DataLoader: the same batches with 0 or 2 workers, from a
+    persistent loader's second pass, and from the middle of an epoch (a resumed run); the global RNG
+    (dropout, MixUp, checkpointed) is left as it was."""
+    from zoo.augment import Augmentation
+    from zoo.data import attach_transforms
+
+    config = DataConfig(dataset="image_folder", root=str(mnist_png), classes=[0, 1], per_class=12, val_split=0.0)
+    splits = load_splits(config, seed=0)
+    preprocessing = Preprocessing((1, 24, 24), (0.5,), (0.25,), interpolation="bilinear", crop_pct=1.0)
+    attach_transforms(splits, preprocessing, Augmentation(degrees=10.0, translate=0.1))
+
+    def batches(workers: int) -> Batches:
+        return Batches(splits.train, 8, torch.device("cpu"), preprocessing, shuffle=True, seed=5, num_workers=workers)
+
+    rng = torch.random.get_rng_state()
+    alone = batches(0)
+    first = [inputs for inputs, _ in alone.epoch(2)]
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    assert len(first) == 3 and not torch.equal(first[0], first[1])
+    assert all(torch.equal(a, b) for a, b in zip(first, [inputs for inputs, _ in alone.epoch(2)], strict=True))
+    workers = batches(2)
+    for _ in range(2):  # the workers persist: their second pass draws as their first did
+        assert all(torch.equal(a, b) for a, b in zip(first, [inputs for inputs, _ in workers.epoch(2)], strict=True))
+    assert torch.equal(torch.random.get_rng_state(), rng)
+    resumed = [inputs for inputs, _ in batches(2).epoch(2, start=1)]
+    assert all(torch.equal(a, b) for a, b in zip(first[1:], resumed, strict=True)) and len(resumed) == 2
+    assert not torch.equal(first[0], next(batches(0).epoch(3))[0])  # another epoch, other draws

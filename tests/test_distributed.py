@@ -171,11 +171,47 @@ def test_sync_bn_needs_gpus(mnist_dir: Path, tmp_path: Path) -> None:
     assert_user_error(result, "train.sync_bn = true needs GPUs")
 
 
-def test_gradient_accumulation_under_ddp_equals_the_larger_batch(mnist_dir: Path, tmp_path: Path) -> None:
-    """Accumulating two micro-batches of 8 per rank (DDP synchronising only the last) steps like batches of 16.
+# On every rank of a run whose PYTHONPATH holds it: each all-reduce of the gradients, one line in
+# $ZOO_TEST_ALLREDUCES.RANK (a DDP communication hook, called per bucket; the last bucket counts).
+COUNTING_HOOK = """
+    import os
+
+    if "RANK" in os.environ:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+        from torch.nn.parallel import DistributedDataParallel
+
+        wrapped = DistributedDataParallel.__init__
+
+        def counting_init(self, *args, **kwargs):
+            wrapped(self, *args, **kwargs)
+            log = f"{os.environ['ZOO_TEST_ALLREDUCES']}.{os.environ['RANK']}"
+
+            def counting(state, bucket):
+                if bucket.is_last():
+                    with open(log, "a") as file:
+                        file.write("all-reduce\\n")
+                return allreduce_hook(state, bucket)
+
+            self.register_comm_hook(None, counting)
+
+        DistributedDataParallel.__init__ = counting_init
+"""
+
+
+def test_gradient_accumulation_under_ddp_equals_the_larger_batch(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accumulating two micro-batches of 8 per rank (DDP synchronising only the last) steps like batches of 16,
+    with one all-reduce per optimiser step (counted by a communication hook).
 
     SGD, not Adam: its update is linear in the gradient, so summation order cannot flip a tiny step.
     """
+    import textwrap
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(textwrap.dedent(COUNTING_HOOK))
+    monkeypatch.setenv("PYTHONPATH", f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     same = [
         *SUBSET,
         "train.epochs=1",
@@ -188,7 +224,9 @@ def test_gradient_accumulation_under_ddp_equals_the_larger_batch(mnist_dir: Path
         "optim.name=sgd",
         "optim.lr=0.05",
     ]  # fmt: skip
+    monkeypatch.setenv("ZOO_TEST_ALLREDUCES", str(tmp_path / "accum-allreduces"))
     accumulated = zoo_nproc(tmp_path, str(RECIPES / "mnist.toml"), *same, "data.batch_size=8", "train.grad_accum=2", f"output.dir={tmp_path / 'accum'}")  # fmt: skip
+    monkeypatch.setenv("ZOO_TEST_ALLREDUCES", str(tmp_path / "whole-allreduces"))
     whole = zoo_nproc(tmp_path, str(RECIPES / "mnist.toml"), *same, "data.batch_size=16", f"output.dir={tmp_path / 'whole'}")  # fmt: skip
     assert accumulated.returncode == 0 and whole.returncode == 0, accumulated.stderr + whole.stderr
     first, second = RunFolder(tmp_path / "accum").weights(), RunFolder(tmp_path / "whole").weights()
@@ -196,6 +234,9 @@ def test_gradient_accumulation_under_ddp_equals_the_larger_batch(mnist_dir: Path
         torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-6)
     moved = RunFolder(tmp_path / "accum").weights()["head.0.weight"]
     assert json.loads((tmp_path / "accum" / "results.json").read_text())["steps"] == 6 and moved.abs().sum() > 0
+    for name in ("accum", "whole"):  # 6 steps each: 6 all-reduces (without no_sync, 12 micro-batches make 12)
+        counts = [len((tmp_path / f"{name}-allreduces.{rank}").read_text().splitlines()) for rank in (0, 1)]
+        assert counts == [6, 6], (name, counts)
 
 
 def test_sigkill_then_resume_under_two_processes_is_bit_identical(mnist_dir: Path, tmp_path: Path) -> None:

@@ -43,6 +43,33 @@ def test_gradient_accumulation_and_max_steps_count_optimiser_steps(mnist_dir: Pa
     assert trainer.step == 3 and [record["epoch"] for record in trainer.history] == [1, 2]
 
 
+def test_each_accumulated_step_has_the_gradient_of_its_group_as_one_larger_batch(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    """6 micro-batches of 8, 4 to a step: the steps' gradients are those of batches of 32 and of 16
+    (the epoch's last group, short, is the mean over its own two micro-batches, not halved)."""
+    trainer = trainer_for(
+        tmp_path, "train.epochs=1", "train.grad_accum=4", "model.args.dropout1=0.0", "model.args.dropout2=0.0"
+    )
+    micro_batches = list(trainer.batches.epoch(1))  # in memory, no augmentation: the epoch fit will see
+    trainable = [p for p in trainer.model.parameters() if p.requires_grad]
+    step, groups = trainer._optimizer_step, []
+
+    def step_checking_the_gradient() -> None:
+        end = trainer.position
+        group = micro_batches[(end - 1) // 4 * 4 : end]
+        inputs, labels = (torch.cat(parts) for parts in zip(*group, strict=True))
+        larger = torch.autograd.grad(trainer.loss_fn(trainer.model(inputs), labels), trainable)
+        for accumulated, expected in zip((p.grad for p in trainable), larger, strict=True):
+            torch.testing.assert_close(accumulated, expected, rtol=1e-4, atol=1e-6)
+        groups.append(len(group))
+        step()
+
+    trainer._optimizer_step = step_checking_the_gradient
+    assert trainer.fit(progress=False) == ("finished", "")
+    assert groups == [4, 2]
+
+
 def test_ctrl_c_stops_fit_as_interrupted_with_what_was_done(mnist_dir: Path, tmp_path: Path) -> None:
     def interrupt(call: int, loss: torch.Tensor) -> torch.Tensor:
         if call == 9:  # in the second epoch

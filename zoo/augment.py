@@ -8,7 +8,8 @@ has the last word, as it knows what keeps its labels), then the recipe's own key
 (``data.hflip``, ``data.scale``, ...). The result is applied in one of two places:
 
 - image datasets (PIL images, e.g. ``image_folder``): timm's ``create_transform`` in the
-  DataLoader workers, after a torchvision ``RandomAffine`` when rotation or shifts are asked for;
+  DataLoader workers, after a torchvision ``RandomAffine`` when rotation or shifts are asked for,
+  seeded per sample (``zoo.data.SeededSamples``);
 - in-memory uint8 datasets (e.g. ``mnist``) and image folders read from their decoded cache
   (``zoo/cache.py``): ``BatchAugment``, one random affine per image (crop area and ratio, flip,
   rotation, shift) and colour jitter, batched on the device; auto-augment needs PIL images.

@@ -7,28 +7,39 @@ N x C x S x S uint8 file under ``$ZOO_CACHE_DIR/images/``. Batches are then read
 (``"disk"``: one read per image, so memory stays bounded by the batch, not the dataset) or from
 a copy in memory (``"memory"``), cropped and augmented on the device (``zoo/augment.py``).
 
-A cache is named by the sha256 of what decides its bytes: every file's path, size and
-modification time, and the decode settings. It is built under a lock (a second run or rank
-waits, then reads it), into a temporary file renamed into place, and trusted only once its
-description is written beside it, so a killed build leaves nothing that is read later.
+A cache is named by the sha256 of what decides its bytes: the decode settings and every file,
+by its path under the dataset's folder (a moved folder keeps its cache) and by what ``os.stat``
+says of it: size, modification time, inode and change time (``cp -p``, ``rsync -t`` and tar set
+a modification time back, but no tool sets the change time, so a file rewritten in place or
+replaced is seen), or with ``data.cache_verify = "content"`` by the sha256 of its bytes. One
+process per node stats (or reads) the files and sends the name to the node's other ranks. A
+cache is built under a lock (a second run or rank waits, then reads it), into a temporary file
+renamed into place, and trusted only once its description is written beside it, so a killed
+build leaves nothing that is read later.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import os
+import queue
+import stat
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from . import artifacts, locking
+from . import artifacts, distributed, locking
 from .errors import ZooError, from_worker
 from .preprocessing import Preprocessing
 from .recipe import cache_dir
@@ -107,9 +118,13 @@ class DecodedImages:
         return self.count
 
     def __getitem__(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.read(indices)
+
+    def read(self, indices: torch.Tensor, pin: bool = False) -> torch.Tensor:
+        """The images at ``indices``; ``pin``: read into page-locked memory (for copies to a GPU that overlap)."""
         if self.memory is not None:
             return self.memory[indices]
-        batch = torch.empty((len(indices), *self.shape), dtype=torch.uint8)
+        batch = torch.empty((len(indices), *self.shape), dtype=torch.uint8, pin_memory=pin)
         size = self.layout.image_bytes
         view = batch.numpy().reshape(len(indices), size)
         with open(self.path, "rb", buffering=0) as file:
@@ -119,12 +134,63 @@ class DecodedImages:
                     raise ZooError(f"{self.path} is shorter than its description says; remove it to rebuild")
         return batch
 
+    def read_ahead(self, batches: list[torch.Tensor], pin: bool) -> Iterator[torch.Tensor]:
+        """The images of each of ``batches`` (index tensors) in order, read by a background thread a
+        few batches ahead: the disk reads of the next batches overlap this one's training step."""
+        return ahead(self.read(indices, pin) for indices in batches)
 
-def decoded(dataset: Dataset, layout: Layout, in_memory: bool, workers: int, progress: bool) -> DecodedImages:
-    """The cache of ``dataset`` decoded with ``layout``: read if it exists, else built first."""
+
+T = TypeVar("T")
+_END = object()
+
+
+def ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """``items``, produced by a background thread up to ``depth`` ahead of the consumer.
+
+    An error there is raised here, when its turn comes. The thread starts with the first item asked
+    for and ends with this generator, even when it is dropped before the end (the thread sees the
+    stop once its current item is done; items it holds are dropped).
+    """
+    ready: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in items:
+                ready.put((item, None))
+                if stop.is_set():
+                    return
+            ready.put((_END, None))
+        except Exception as exc:  # raised again in the consumer's thread, when its turn comes
+            ready.put((None, exc))
+
+    thread = threading.Thread(target=produce, name="zoo-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if error is not None:
+                raise error
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # make room for the item it may be putting, until it sees the stop
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.01)
+
+
+def decoded(
+    dataset: Dataset, layout: Layout, in_memory: bool, workers: int, progress: bool, verify: str = "stat"
+) -> DecodedImages:
+    """The cache of ``dataset`` decoded with ``layout``: read if it exists, else built first.
+
+    ``verify``: how its files are known unchanged, "stat" or "content" (``data.cache_verify``).
+    """
     files = image_files(dataset)
     assert files is not None, "choose() allows a cache only for datasets that list their files"
-    name = _name(files, layout)
+    name = distributed.from_node_main(lambda: _name(files, layout, verify))
     path = cache_dir() / "images" / f"{name}.u8"
     description = path.with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,14 +206,24 @@ def decoded(dataset: Dataset, layout: Layout, in_memory: bool, workers: int, pro
     return DecodedImages(path, len(files), layout, in_memory, built)
 
 
-def _name(files: list[str], layout: Layout) -> str:
+def _name(files: list[str], layout: Layout, verify: str) -> str:
+    """The cache's name: the sha256 of the decode settings and of each file (see the module's docstring)."""
     content = hashlib.sha256(json.dumps({"version": VERSION, **asdict(layout)}).encode())
-    for file in files:
+    paths = [os.path.abspath(file) for file in files]
+    root = os.path.commonpath([os.path.dirname(path) for path in paths])
+    for path in paths:
         try:
-            status = os.stat(file)
+            status = os.stat(path)
+            if not stat.S_ISREG(status.st_mode):  # a FIFO would block the read below forever
+                raise ZooError(f"{path} is not a readable image (not a regular file); only image files are read")
+            if verify == "content":
+                with open(path, "rb") as file:
+                    identity = [status.st_size, hashlib.file_digest(file, "sha256").hexdigest()]
+            else:
+                identity = [status.st_size, status.st_mtime_ns, status.st_ino, status.st_ctime_ns]
         except OSError as exc:
-            raise ZooError(f"{file} is not a readable image ({exc.strerror})") from None
-        content.update(json.dumps([os.path.abspath(file), status.st_size, status.st_mtime_ns]).encode())
+            raise ZooError(f"{path} is not a readable image ({exc.strerror})") from None
+        content.update(json.dumps([os.path.relpath(path, root), *identity]).encode())
     return content.hexdigest()[:32]
 
 

@@ -3,7 +3,8 @@
 Two paths to the model. A dataset that holds its samples in memory as one uint8 tensor
 (``images``: N x C x H x W, ``targets``: N, as the built-in ``mnist`` does) is batched straight
 from that tensor, on the device, normalised per batch with no per-item Python work. Any other
-dataset goes through a DataLoader with workers (and pinned memory on CUDA).
+dataset goes through a DataLoader with workers (and pinned memory on CUDA), each sample's random
+transform seeded from (seed, epoch, position, rank) alone, so that a resumed run repeats it.
 
 An image dataset (one with torchvision's ``transform`` attribute, like ``image_folder``) gives
 PIL images; its transforms come from timm: the model's pretrained config resolved by
@@ -16,6 +17,7 @@ imported there only, not for tensor datasets: it costs 1.5 s of start-up.
 from __future__ import annotations
 
 import os
+import random
 import stat
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
@@ -220,7 +223,9 @@ def attach_cache(
     caches: dict[int, DecodedImages] = {}
     for split in splits.splits:
         if id(split.dataset) not in caches:
-            caches[id(split.dataset)] = decoded(split.dataset, layout, mode == "memory", workers, progress)
+            caches[id(split.dataset)] = decoded(
+                split.dataset, layout, mode == "memory", workers, progress, config.cache_verify or "stat"
+            )
         split.decoded = caches[id(split.dataset)]
     built = [cache.built for cache in caches.values() if cache.built is not None]
     how = (
@@ -374,17 +379,52 @@ def targets_of(dataset: Dataset) -> torch.Tensor:
     return torch.as_tensor(targets, dtype=torch.long)
 
 
-class EpochOrder(Sampler[int]):
-    """The sample order of the current epoch, set before each pass over a persistent DataLoader."""
+class EpochOrder(Sampler[tuple[int, int]]):
+    """The samples of the current epoch, in order, each with the seed of its random transform; set
+    before each pass over a persistent DataLoader."""
 
     def __init__(self) -> None:
-        self.indices: list[int] = []
+        self.keys: list[tuple[int, int]] = []
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices)
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        return iter(self.keys)
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.keys)
+
+
+class SeededSamples(Dataset):
+    """A split as a DataLoader reads it, by (position, seed): each sample's transform draws from its
+    own seed, so augmentation depends on (seed, epoch, position, rank) alone, not on which worker
+    reads the sample, what that worker read before (workers persist), or where a resumed run began."""
+
+    def __init__(self, split: Split) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
+        position, seed = key
+        with seeded_rngs(seed):
+            return self.split[position]
+
+
+@contextmanager
+def seeded_rngs(seed: int) -> Iterator[None]:
+    """The global RNGs that transforms draw from (torch's CPU generator, Python's, numpy's) seeded
+    with ``seed`` for the block, and restored after it: in the main process (``num_workers = 0``)
+    dropout and MixUp go on drawing from the checkpointed states."""
+    saved = torch.random.get_rng_state(), random.getstate(), np.random.get_state()
+    torch.random.default_generator.manual_seed(seed)  # not torch.manual_seed: that reseeds CUDA too
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    try:
+        yield
+    finally:
+        torch.random.set_rng_state(saved[0])
+        random.setstate(saved[1])
+        np.random.set_state(saved[2])
 
 
 class Batches:
@@ -465,20 +505,27 @@ class Batches:
         if self.in_memory:
             yield from self._from_memory(order, epoch, start)
         else:
-            yield from self._from_loader(order)
+            yield from self._from_loader(order, epoch, start * self.batch_size)
+
+    def _seed(self, epoch: int, number: int) -> int:
+        """The seed of batch or sample ``number`` of ``epoch`` on this rank: a resumed run draws the same."""
+        return (((self.seed * 100_003 + epoch) * 1_000_003 + number) * 1_009 + distributed.rank()) % (1 << 63)
 
     def _from_memory(self, order: torch.Tensor, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         sequential = not self.shuffle and len(order) == len(self.split) and self.decoded is None
         order = order.to(self.device) if self.decoded is None else order
         size = tuple(self.input_size[1:])
-        for number, start in enumerate(range(0, len(order), self.batch_size), start=first):
+        starts = range(0, len(order), self.batch_size)
+        if self.decoded is not None:  # read from the cache file, a few batches ahead: only those in memory
+            chunks = [self.split.indices[order[start : start + self.batch_size]] for start in starts]
+            read = self.decoded.read_ahead(chunks, pin=self.device.type == "cuda")
+        for number, start in enumerate(starts, start=first):
             if sequential:  # slices, no gather
                 images = self.images[start : start + self.batch_size]
                 labels = self.labels[start : start + self.batch_size]
-            elif self.decoded is not None:  # read from the cache file: only this batch in memory
-                chosen = order[start : start + self.batch_size]
-                images = self.decoded[self.split.indices[chosen]].to(self.device, non_blocking=True)
-                labels = self.labels[chosen.to(self.device)]
+            elif self.decoded is not None:
+                images = next(read).to(self.device, non_blocking=True)
+                labels = self.labels[order[start : start + self.batch_size].to(self.device)]
             else:
                 chosen = order[start : start + self.batch_size]
                 images, labels = self.images[chosen], self.labels[chosen]
@@ -486,22 +533,26 @@ class Batches:
                 images = centre(images, size[0])
             inputs = images.float()
             if self.augment is not None:  # drawn from (seed, epoch, batch, rank): resumes exactly, differs per rank
-                seed = ((self.seed * 100_003 + epoch) * 1_000_003 + number) * 1_009 + distributed.rank()
-                inputs = self.augment(inputs, torch.Generator(self.device).manual_seed(seed), size)
+                generator = torch.Generator(self.device).manual_seed(self._seed(epoch, number))
+                inputs = self.augment(inputs, generator, size)
             inputs = inputs.mul_(self.scale).sub_(self.shift)
             yield inputs.contiguous(memory_format=self.memory_format), labels
 
-    def _from_loader(self, order: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        self.order.indices = order.tolist()
+    def _from_loader(self, order: torch.Tensor, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches read by the DataLoader's workers; ``first``: the position of ``order[0]`` in the epoch."""
+        self.order.keys = [(index, self._seed(epoch, first + i)) for i, index in enumerate(order.tolist())]
         if self.loader is None:  # one loader for the whole run: its workers persist from epoch to epoch
             self.loader = DataLoader(
-                self.split,
+                SeededSamples(self.split),
                 batch_size=self.batch_size,
                 sampler=self.order,
                 num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",  # page-locked batches: the copies below overlap compute
                 prefetch_factor=4 if self.num_workers else None,
                 persistent_workers=self.num_workers > 0,
+                # Its own generator for the workers' base seeds: starting an epoch draws nothing from
+                # the global RNG, whose state the checkpoints hold.
+                generator=torch.Generator(),
             )
         try:
             for inputs, labels in self.loader:

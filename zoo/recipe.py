@@ -173,6 +173,12 @@ class DataConfig(_Section):
         description="image datasets: decode every image once into a uint8 cache under $ZOO_CACHE_DIR (disk: read "
         "per batch; memory: held whole); default disk up to 8 GiB of decoded images, else none",
     )
+    cache_verify: Literal["stat", "content"] | None = Field(
+        None,
+        description="image datasets: how the decoded cache knows its files unchanged: stat (each file's size, "
+        "modification time, inode and change time; default) or content (the sha256 of every file's bytes, read at "
+        "each start; a copied folder keeps its cache)",
+    )
     sampler: Literal["shuffle", "balanced"] = Field(
         "shuffle", description="training order: shuffle, or balanced (every class drawn equally often)"
     )

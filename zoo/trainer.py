@@ -237,6 +237,9 @@ class Trainer:
                    leave=False, dynamic_ncols=True)  # fmt: skip
         for inputs, labels in self.batches.epoch(epoch, start=self.position):
             stepping = (self.position + 1) % self.config.grad_accum == 0 or self.position + 1 == len(self.batches)
+            # The epoch's last group can be short: its gradient is the mean over its own micro-batches.
+            group_start = self.position - self.position % self.config.grad_accum
+            group_size = min(self.config.grad_accum, len(self.batches) - group_start)
             targets = labels
             if self.mix is not None:  # images and labels mixed in pairs: soft targets (numpy's RNG, checkpointed)
                 inputs, targets = self.mix(inputs, labels)
@@ -244,7 +247,7 @@ class Trainer:
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                     logits = self.forward(inputs)
                     loss = self.loss_fn(logits, targets)
-                self.scaler.scale(loss / self.config.grad_accum).backward()
+                self.scaler.scale(loss / group_size).backward()
             self.correct += (logits.detach().argmax(1) == labels).sum()
             loss = loss.detach()
             self.first_nonfinite = torch.where(
