@@ -475,8 +475,8 @@ def push(run_folder: Path, repo: str, private: bool, revision: str | None, messa
     Pushes model.safetensors, config.json, the README.md model card, recipe.toml, results.json
     and the plots; prints the repo URL and the commit. Weights holding NaN or infinity, and an
     export made from other weights, are refused before anything is sent. The token comes from
-    HF_TOKEN or `hf auth login`; zoo never prints or stores it. Afterwards `zoo registry add RUN --name NAME` pins
-    this commit in registry.json.
+    HF_TOKEN or `hf auth login`; zoo never prints or stores it. Afterwards `zoo registry add RUN
+    --name NAME` pins this commit in registry.json.
     """
     from .hub import push as push_run
 
