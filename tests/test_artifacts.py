@@ -99,3 +99,10 @@ def test_missing_truncated_and_misplaced_files(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(ZooError, match="is not a zoo run folder"):
         RunFolder.existing(tmp_path / "empty")
+
+
+def test_holding_names_the_run_a_path_lies_in(tmp_path: Path) -> None:
+    run = write_finished_run(tmp_path / "runs" / "a")
+    assert RunFolder.holding(run.path).path == run.path
+    assert RunFolder.holding(run.path / "checkpoints" / "step-1").path == run.path
+    assert RunFolder.holding(tmp_path / "runs") is None and RunFolder.holding(tmp_path / "elsewhere") is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -14,10 +15,11 @@ import onnx
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error, zoo_command
+from conftest import RECIPES, assert_user_error, write_finished_run, zoo_command
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 import zoo
@@ -26,7 +28,7 @@ from zoo.artifacts import RunFolder
 from zoo.card import with_exports
 from zoo.cli import cli
 from zoo.errors import ZooError
-from zoo.export import FILES, METADATA, compare, export_model
+from zoo.export import FILES, METADATA, _onnx_metadata_props, compare, export_model, recorded_weights_sha256
 from zoo.predict import predict_files
 from zoo.train import run
 
@@ -316,3 +318,160 @@ def test_two_exports_at_once_both_land_in_the_card(plugin_run: Path, tmp_path: P
     assert [process.wait(timeout=300) for process in exports] == [0, 0]
     card = (run / "README.md").read_text()
     assert "`model.onnx`" in card and "`model.pt2`" in card and "`model.torchscript`" not in card
+
+
+def copy_of(run_folder: Path, tmp_path: Path) -> Path:
+    """A run folder's copy without the exports earlier tests left in it, its card listing none."""
+    folder = tmp_path / "run"
+    shutil.copytree(run_folder, folder, ignore=shutil.ignore_patterns(*RunFolder.EXPORTS))
+    (folder / "README.md").write_text(with_exports((folder / "README.md").read_text(), []))
+    return folder
+
+
+def changed_weights(folder: Path) -> None:
+    """The run's weights as if it had trained on: one tensor moved."""
+    tensors = load_file(folder / "model.safetensors")
+    name = next(name for name, tensor in tensors.items() if tensor.is_floating_point())
+    tensors[name] = tensors[name] + 0.5
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_an_export_of_other_weights_is_refused_by_predict(cnn_run: Path, tmp_path: Path) -> None:
+    folder = copy_of(cnn_run, tmp_path)
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28), 100).save(image)
+    assert zoo_in_process("export", str(folder), "--format", "onnx").exit_code == 0
+    assert zoo_in_process("predict", str(folder), str(image), "--backend", "onnxruntime").exit_code == 0
+    changed_weights(folder)
+    stale = zoo_in_process("predict", str(folder), str(image), "--backend", "onnxruntime")
+    assert_user_error(stale, "model.onnx is stale", "model.safetensors", "zoo export")
+    graph = onnx.load(str(folder / "model.onnx"))
+    kept = [prop for prop in graph.metadata_props if prop.key != "weights_sha256"]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    onnx.save(graph, str(folder / "model.onnx"))
+    unknown = zoo_in_process("predict", str(folder), str(image), "--backend", "onnxruntime")
+    assert_user_error(unknown, "model.onnx records no weights sha256")
+
+
+def test_a_resumed_run_removes_its_exports_and_its_card_stops_listing_them(
+    cnn_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = copy_of(cnn_run, tmp_path)
+    for format in ("onnx", "exported-program"):
+        assert zoo_in_process("export", str(folder), "--format", format).exit_code == 0
+    assert "`model.onnx`" in (folder / "README.md").read_text()
+    cards = []
+    monkeypatch.setattr(RunFolder, "write_model_card", lambda self, text: cards.append(text))  # the card mid-run
+    overrides = ["data.classes=[0,1,2]", "data.per_class=100", "train.epochs=2", f"output.dir={folder}"]
+    run(recipes.load(RECIPES / "mnist.toml", overrides), progress=False, resume=folder)
+    assert not [name for name in RunFolder.EXPORTS if (folder / name).exists()]
+    assert len(cards) == 2  # as the exports went, then the finished run's
+    assert "`model.onnx`" not in cards[0] and "`model.pt2`" not in cards[0] and "## Recipe" in cards[0]
+    image = tmp_path / "x.png"
+    Image.new("L", (28, 28), 100).save(image)
+    missing = zoo_in_process("predict", str(folder), str(image), "--backend", "onnxruntime")
+    assert_user_error(missing, "has no model.onnx")
+
+
+@pytest.mark.parametrize(
+    ("output", "fragments"),
+    [
+        ("RUN/model.safetensors", ["would replace", "model.safetensors", "only the run writes"]),
+        ("RUN/config.json", ["would replace", "config.json"]),
+        ("RUN/recipe.toml", ["would replace", "recipe.toml"]),
+        ("RUN/results.json", ["would replace", "results.json"]),
+        ("RUN/checkpoints/model.onnx", ["inside checkpoints/", "only the run writes"]),
+        ("RUN/model.pt2", ["where --format exported-program goes"]),
+        ("LINK_TO_RUN/model.safetensors", ["would replace", "model.safetensors"]),
+        ("OTHER/model.onnx", ["inside another run folder"]),
+        ("OTHER/model.safetensors", ["inside another run folder"]),
+        ("LINK_TO_WEIGHTS", ["is a symbolic link"]),
+        ("RUN", ["is a folder"]),
+    ],
+)
+def test_an_output_never_replaces_a_runs_own_files(tmp_path: Path, output: str, fragments: list[str]) -> None:
+    """Refused before anything is read or written: every file of both runs is as it was."""
+    runs = {name: write_finished_run(tmp_path / name).path for name in ("RUN", "OTHER")}
+    for folder in runs.values():
+        (folder / "model.safetensors").write_bytes(b"weights")
+        (folder / "checkpoints").mkdir()
+    (tmp_path / "LINK_TO_RUN").symlink_to(runs["RUN"])
+    (tmp_path / "LINK_TO_WEIGHTS").symlink_to(runs["RUN"] / "model.safetensors")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    refused = zoo_in_process("export", str(runs["RUN"]), "--format", "onnx", "--output", str(tmp_path / output))
+    assert_user_error(refused, "--output", *fragments)
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    assert after == before
+
+
+def zoo_onnx(folder: Path, nodes: list, initializers: list, outputs: list, labels: list[str]) -> Path:
+    """A model.onnx with zoo's metadata for 1x2x2 images (its input's shape left open), alone in a folder."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", "channels", "height", "width"])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, outputs)], initializers,
+    )  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for key, value in (("label_names", labels), ("preprocessing", VALID)):
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    folder.mkdir()
+    (folder / "results.json").write_text('{"state": "finished"}')
+    onnx.save(model, str(folder / "model.onnx"))
+    Image.new("L", (2, 2), 100).save(folder / "image.png")
+    return folder
+
+
+def test_an_onnx_model_that_fails_at_run_time_or_gives_other_widths_is_one_line(tmp_path: Path) -> None:
+    from onnx import TensorProto, helper
+
+    reshape = [helper.make_node("Reshape", ["input", "shape"], ["logits"])]
+    failing = zoo_onnx(
+        tmp_path / "fails", reshape, [helper.make_tensor("shape", TensorProto.INT64, [2], [-1, 3])], ["batch", 3],
+        ["a", "b", "c"],
+    )  # fmt: skip
+    predicted = zoo_command("predict", str(failing), str(failing / "image.png"), "--backend", "onnxruntime")
+    assert_user_error(predicted, "model.onnx fails in onnxruntime", "cannot be reshaped")
+    flatten = [helper.make_node("Flatten", ["input"], ["logits"], axis=1)]  # a width known only at run time
+    for labels in (["a", "b", "c"], ["a", "b", "c", "d", "e"]):  # four logits, more or fewer labels
+        folder = zoo_onnx(tmp_path / f"width{len(labels)}", flatten, [], ["batch", "width"], labels)
+        predicted = zoo_in_process("predict", str(folder), str(folder / "image.png"), "--backend", "onnxruntime")
+        assert_user_error(predicted, "outputs of shape [1, 4]", f"names {len(labels)} labels")
+    fits = zoo_onnx(tmp_path / "fits", flatten, [], ["batch", "width"], ["a", "b", "c", "d"])
+    predictions, errors = predict_files(fits, [fits / "image.png"], 2, "onnxruntime")
+    assert errors == [] and len(predictions[0]["top"]) == 2
+
+
+@pytest.mark.parametrize("kind", ["folder", "fifo"])
+def test_a_folder_or_fifo_at_model_onnx_is_said_to_be_one(tmp_path: Path, kind: str) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "results.json").write_text('{"state": "finished"}')
+    Image.new("L", (2, 2)).save(tmp_path / "image.png")
+    if kind == "folder":
+        (folder / "model.onnx").mkdir()
+    else:
+        os.mkfifo(folder / "model.onnx")
+    predicted = zoo_in_process("predict", str(folder), str(tmp_path / "image.png"), "--backend", "onnxruntime")
+    line = assert_user_error(predicted, "model.onnx is", "a folder" if kind == "folder" else "not a regular file")
+    assert "has no model.onnx" not in line
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    props=st.dictionaries(st.text(max_size=8), st.text(max_size=80), max_size=5),
+    cut=st.integers(0, 400),
+)
+def test_onnx_metadata_is_read_without_onnx_as_onnx_reads_it(small_onnx: bytes, props: dict, cut: int) -> None:
+    """Push and pull read an export's weights hash from the protobuf itself; any prefix of the file is
+    either read or a one-line refusal."""
+    graph = onnx.load_from_string(small_onnx)
+    for key, value in props.items():
+        graph.metadata_props.add(key=key, value=value)
+    data = graph.SerializeToString()
+    assert _onnx_metadata_props(data) == {prop.key: prop.value for prop in graph.metadata_props}
+    try:
+        recorded_weights_sha256(Path("model.onnx"), data[: len(data) - cut])
+    except ZooError as exc:
+        assert "\n" not in str(exc) and "model.onnx is not an export zoo made" in str(exc)

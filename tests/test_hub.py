@@ -16,6 +16,7 @@ from conftest import RECIPES, TOKEN, assert_user_error, zoo_command
 from hub_server import Blob, Repo
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 import zoo
 from zoo import recipe as recipes
@@ -442,3 +443,48 @@ def test_a_damaged_hub_registry_is_one_line_naming_it(hub, tmp_path: Path) -> No
         api.upload_file(path_or_fileobj=damaged, path_in_repo="registry.json", repo_id="zoo-test/broken-registry")
         listed = zoo_command("registry", "list", env={**env, "ZOO_REGISTRY": "hf-hub:zoo-test/broken-registry"})
         assert_user_error(listed, "registry.json")
+
+
+def test_stale_exports_and_nan_weights_are_refused_before_anything_is_shared(
+    hub, versions: list[Path], tmp_path: Path
+) -> None:
+    """push and publish refuse, with nothing uploaded, a run whose export was made from other weights or
+    whose weights are not finite; a pull refuses a repo serving an export of other weights."""
+    server, env = hub
+    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
+    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    run = tmp_path / "run"
+    shutil.copytree(versions[0], run)
+    (run / "hub.json").unlink(missing_ok=True)  # pushed by an earlier test
+    zoo_ok("export", str(run), "--format", "exported-program", env=env)
+    exported = (run / "model.pt2").read_bytes()
+    shutil.copy(versions[1] / "model.safetensors", run / "model.safetensors")  # as if trained on after the export
+    pushes = (["push", str(run), "--repo", "zoo-test/shared"], ["publish", str(run), "--repo", "zoo-test/shared"])
+    for command in pushes:
+        refused = zoo_command(*command, *(["--name", "digits"] if command[0] == "publish" else []), env=env)
+        assert_user_error(refused, "model.pt2 is stale", "not the model.safetensors beside it", "zoo export")
+
+    (run / "model.pt2").unlink()
+    tensors = load_file(run / "model.safetensors")
+    name = next(name for name, tensor in tensors.items() if tensor.is_floating_point())
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, run / "model.safetensors", metadata={"format": "pt"})
+    assert json.loads((run / "results.json").read_text())["state"] == "finished"
+    for command in pushes:
+        refused = zoo_command(*command, *(["--name", "digits"] if command[0] == "publish" else []), env=env)
+        assert_user_error(refused, "holds NaN or infinite values", f"'{name}'", "not pushed")
+    assert "zoo-test/shared" not in server.state.repos and server.state.commit_count == 0
+    assert not (run / "hub.json").exists()
+    assert json.loads((tmp_path / "registry.json").read_text())["weights"] == {}
+
+    served = {
+        RunFolder.WEIGHTS: Blob((versions[1] / "model.safetensors").read_bytes(), True),
+        RunFolder.CONFIG: Blob((versions[1] / "config.json").read_bytes(), False),
+        "model.pt2": Blob(exported, False),  # made from versions[0]'s weights
+    }
+    server.state.new_commit(server.state.repos.setdefault("zoo-test/stale", Repo()), served, "main")
+    refused = zoo_command("pull", "zoo-test/stale", env=env)
+    assert_user_error(refused, "model.pt2 is stale", "refusing to pull zoo-test/stale")
+    served[RunFolder.WEIGHTS] = Blob((versions[0] / "model.safetensors").read_bytes(), True)
+    server.state.new_commit(server.state.repos["zoo-test/stale"], served, "main")
+    assert (Path(zoo_ok("pull", "zoo-test/stale", env=env).strip()) / "model.pt2").read_bytes() == exported

@@ -29,6 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from . import locking
 from . import recipe as recipes
 from .errors import ZooError
 from .preprocessing import Preprocessing
@@ -98,6 +99,9 @@ class RunFolder:
     EXPORTS = ("model.onnx", "model.pt2", "model.torchscript")  # `zoo export`: ONNX, torch.export, TorchScript
     # What a run shares on the Hub. Exact names, no wildcards: a pull fetches nothing else.
     SHARED = (WEIGHTS, CONFIG, MODEL_CARD, RECIPE, RESULTS, *PLOTS, *EXPORTS)
+    # What only the run (or `zoo push`, its hub.json) writes: no other command's output goes there.
+    OWN = (WEIGHTS, CONFIG, RECIPE, METRICS, RESULTS, MODEL_CARD, HUB_RECORD, TENSORBOARD, CHECKPOINTS, *PLOTS,
+           locking.LOCK_NAME)  # fmt: skip
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -117,9 +121,19 @@ class RunFolder:
         run = cls(path)
         if not run.path.is_dir():
             raise ZooError(f"run folder not found: {run.path}")
-        if not any(run.file(name).exists() for name in (cls.CONFIG, cls.RESULTS, cls.RECIPE)):
+        if not run.is_run:
             raise ZooError(f"{run.path} is not a zoo run folder: it has no {cls.CONFIG}, {cls.RESULTS} or {cls.RECIPE}")
         return run
+
+    @classmethod
+    def holding(cls, path: Path) -> RunFolder | None:
+        """The run folder that ``path`` (a resolved folder) is or lies inside, if any."""
+        return next((run for run in map(cls, (path, *path.parents)) if run.is_run), None)
+
+    @property
+    def is_run(self) -> bool:
+        """Whether this folder holds a zoo run's files."""
+        return any(self.file(name).exists() for name in (self.CONFIG, self.RESULTS, self.RECIPE))
 
     @property
     def holds_run(self) -> bool:
@@ -192,10 +206,7 @@ class RunFolder:
         data = read_file(path, limit=None)
         if data is None:
             raise ZooError(f"{self.path} has no {self.WEIGHTS}")
-        try:
-            return load_safetensors(data)
-        except (SafetensorError, ValueError) as exc:
-            raise ZooError(f"{path} is corrupted: {exc}") from None
+        return tensors_of(data, path)
 
     @property
     def checkpoint_root(self) -> Path:
@@ -287,6 +298,14 @@ def read_file(path: Path, limit: int | None = MAX_METADATA_BYTES, follow_symlink
             return file.read()
         except OSError as exc:
             raise ZooError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def tensors_of(data: bytes, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors bytes ``data``, read from ``path``; a ZooError naming it if damaged."""
+    try:
+        return load_safetensors(data)
+    except (SafetensorError, ValueError) as exc:
+        raise ZooError(f"{path} is corrupted: {exc}") from None
 
 
 def _refuse_constant(name: str) -> Any:

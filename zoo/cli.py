@@ -387,7 +387,10 @@ def _data_overrides(ctx: click.Context, takes: str) -> list[str]:
 )  # fmt: skip
 @click.option("--dynamic-batch", is_flag=True, help="Accept any batch size (default: a batch of one image).")
 @click.option("--opset", type=click.IntRange(min=7), help="ONNX opset (default: the exporter's).")
-@click.option("--output", type=click.Path(path_type=Path), help="Where to write (default: RUN/model.onnx, .pt2, ...).")
+@click.option(
+    "--output", type=click.Path(path_type=Path),
+    help="Where to write (default: RUN/model.onnx, .pt2, ...); never over a run's own files or through a link.",
+)  # fmt: skip
 @click.pass_context
 def export_command(
     ctx: click.Context, run_folder: Path, format_: str, dynamic_batch: bool, opset: int | None, output: Path | None
@@ -501,9 +504,10 @@ def push(run_folder: Path, repo: str, private: bool, revision: str | None, messa
     """Upload a finished run folder to the Hugging Face Hub.
 
     Pushes model.safetensors, config.json, the README.md model card, recipe.toml, results.json
-    and the plots; prints the repo URL and the commit. The token comes from HF_TOKEN or `hf auth
-    login`; zoo never prints or stores it. Afterwards `zoo registry add RUN --name NAME` pins
-    this commit in registry.json.
+    and the plots; prints the repo URL and the commit. Weights holding NaN or infinity, and an
+    export made from other weights, are refused before anything is sent. The token comes from
+    HF_TOKEN or `hf auth login`; zoo never prints or stores it. Afterwards `zoo registry add RUN
+    --name NAME` pins this commit in registry.json.
     """
     from .hub import push as push_run
 

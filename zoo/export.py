@@ -14,7 +14,8 @@ import importlib
 import io
 import json
 import warnings
-from collections.abc import Callable, Sequence
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +31,7 @@ from .preprocessing import Preprocessing
 
 Format = Literal["onnx", "exported-program", "torchscript"]
 FILES: dict[str, str] = dict(zip(("onnx", "exported-program", "torchscript"), RunFolder.EXPORTS, strict=True))
+FORMATS = {name: format for format, name in FILES.items()}
 METADATA = "zoo.json"  # the extra file of a .pt2 or TorchScript archive holding the metadata
 INPUT, OUTPUT = "input", "logits"
 VERIFY_IMAGES = 64  # evaluation images each export is checked on
@@ -72,6 +74,8 @@ def export_run(
     run = RunFolder.existing(run_folder)
     if run.state != "finished":
         raise ZooError(f"{run_folder} is not a finished run (state: {run.state}): only finished runs are exported")
+    if output is not None:
+        check_output(run, output, format)
     setup = run_setup(run, data_overrides)
     inputs = evaluation_inputs(setup.batches(setup.splits.test), VERIFY_IMAGES)
     metadata = {
@@ -85,12 +89,66 @@ def export_run(
     exported = export_model(
         model, inputs, format, output or run.file(FILES[format]), metadata, dynamic_batch, opset, atol
     )
+    card_lists_exports(run)
+    return exported
+
+
+def card_lists_exports(run: RunFolder) -> None:
+    """Rewrite the card's section on exported files to list those the folder holds now."""
     with locking.locked(run.file(RunFolder.MODEL_CARD)):  # two exports at once: the last sees both files
         card = artifacts.read_file(run.file(RunFolder.MODEL_CARD))
         if card is not None:  # the card says how to run what the folder holds
             present = [name for name in RunFolder.EXPORTS if run.file(name).is_file()]
             run.write_model_card(with_exports(card.decode(), present))
-    return exported
+
+
+def drop_exports(run: RunFolder) -> list[str]:
+    """Remove the run's exported files, made from weights that are about to change; the names removed.
+
+    Only files (or links) are removed: anything else at an export's name was not made by `zoo export`.
+    """
+    removed = []
+    for name in RunFolder.EXPORTS:
+        path = run.file(name)
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+            removed.append(name)
+    if removed:
+        card_lists_exports(run)
+    return removed
+
+
+def check_output(run: RunFolder, output: Path, format: Format) -> None:
+    """``--output`` may name a file outside run folders, or a new file in RUN itself, never a run's own files.
+
+    A symbolic link is refused rather than replaced, and a folder reached through links counts as
+    the folder it is: RUN/model.safetensors spelt another way is still RUN's weights.
+    """
+    if output.is_symlink():
+        raise ZooError(f"--output {output} is a symbolic link, which zoo export does not follow: name a file")
+    if output.is_dir():
+        raise ZooError(f"--output {output} is a folder: name the file to write")
+    folder = output.parent.resolve()
+    owner = RunFolder.holding(folder)
+    if owner is None:
+        return
+    if owner.path != run.path.resolve():
+        raise ZooError(f"--output {output} is inside another run folder, {owner}: name a file outside it")
+    if folder != owner.path:
+        raise ZooError(
+            f"--output {output} is inside {folder.relative_to(owner.path)}/ of {run}, which only the run writes: "
+            "name a file outside it"
+        )
+    if output.name in RunFolder.OWN:
+        raise ZooError(
+            f"--output {output} would replace {run}'s {output.name}, which only the run writes: leave out --output "
+            f"(it writes {FILES[format]}) or name another file"
+        )
+    if output.name in RunFolder.EXPORTS and output.name != FILES[format]:
+        raise ZooError(
+            f"--output {output} is where --format {FORMATS[output.name]} goes, not --format {format}: leave out "
+            f"--output (it writes {FILES[format]}) or name another file"
+        )
 
 
 def evaluation_inputs(batches: Any, count: int) -> torch.Tensor:
@@ -192,16 +250,23 @@ def _onnx(
     for key, value in metadata.items():
         graph.metadata_props.add(key=key, value=json.dumps(value))
     data = graph.SerializeToString()
-    return exporter, data, lambda: onnx_runner(onnx_session(data, "the ONNX export"))
+    return exporter, data, lambda: onnx_runner(onnx_session(data, "the ONNX export"), "the ONNX export")
 
 
-def onnx_runner(session: Any) -> Runner:
-    """An onnxruntime session as a function of a batch of any size (a fixed-batch model takes it in steps)."""
+def onnx_runner(session: Any, what: str = "the ONNX model") -> Runner:
+    """An onnxruntime session as a function of a batch of any size (a fixed-batch model takes it in steps);
+    ``what`` names it when onnxruntime fails running it."""
     name = session.get_inputs()[0].name
     fixed = session.get_inputs()[0].shape[0]  # an int for a fixed batch size, a name for any
 
     def run(batch: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(session.run(None, {name: batch.numpy()})[0])
+        try:
+            return torch.from_numpy(session.run(None, {name: batch.numpy()})[0])
+        except Exception as exc:
+            if not type(exc).__module__.startswith("onnxruntime"):  # its own types, for a graph that cannot run
+                raise
+            reason = (str(exc) or type(exc).__name__).splitlines()[0]
+            raise ZooError(f"{what} fails in onnxruntime on a batch of {len(batch)}: {reason}") from None
 
     return in_steps(run, fixed if isinstance(fixed, int) else None)
 
@@ -209,9 +274,11 @@ def onnx_runner(session: Any) -> Runner:
 def onnx_session(model: Path | bytes, what: str) -> Any:
     """An onnxruntime session on the CPU for an ONNX file or its bytes; ``what`` names it in errors."""
     onnxruntime = needs("onnxruntime")
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 4  # fatal only: its errors reach the user as zoo's one line, not its log too
     try:
         source = str(model) if isinstance(model, Path) else model
-        return onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
+        return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own untyped errors for a damaged file
         raise ZooError(f"{what} is not an ONNX model onnxruntime can run: {str(exc).splitlines()[0]}") from None
 
@@ -242,6 +309,89 @@ def onnx_metadata(session: Any, path: Path) -> tuple[list[str], Preprocessing]:
 
 def _not_json(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+def check_made_from(path: Path, data: bytes, weights_sha256: str, redo: str = "") -> None:
+    """An export is served only beside the weights it was made from: one whose recorded weights sha256
+    differs (the run trained on after `zoo export`), or that records none, is refused in one line
+    ending with ``redo`` (default: how to export it again)."""
+    recorded = recorded_weights_sha256(path, data)
+    redo = redo or f"export it again (`zoo export {path.parent} --format {FORMATS[path.name]}`) or delete it"
+    if recorded is None:
+        raise ZooError(f"{path} records no weights sha256, so it may not be the model beside it: {redo}")
+    if recorded != weights_sha256:
+        raise ZooError(
+            f"{path} is stale: it was exported from weights with sha256 {recorded[:12]}..., not the "
+            f"{RunFolder.WEIGHTS} beside it ({weights_sha256[:12]}...): {redo}"
+        )
+
+
+def recorded_weights_sha256(path: Path, data: bytes) -> str | None:
+    """The weights sha256 that `zoo export` wrote into the export ``data`` (of the file named like ``path``),
+    read without running or unpickling anything and without the export extra: push and pull check it too."""
+    try:
+        if path.name == FILES["onnx"]:
+            metadata = {
+                key: json.loads(value, parse_constant=_not_json) for key, value in _onnx_metadata_props(data).items()
+            }
+        else:
+            with zipfile.ZipFile(io.BytesIO(data)) as archive:
+                inside = [name for name in archive.namelist() if name.endswith(f"/extra/{METADATA}")]
+                metadata = json.loads(archive.read(inside[0]), parse_constant=_not_json) if inside else {}
+    except (ValueError, zipfile.BadZipFile, RecursionError, UnicodeDecodeError) as exc:
+        reason = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise ZooError(f"{path} is not an export zoo made: {reason}") from None
+    recorded = metadata.get("weights_sha256") if isinstance(metadata, dict) else None
+    return recorded if isinstance(recorded, str) else None
+
+
+def _onnx_metadata_props(data: bytes) -> dict[str, str]:
+    """An ONNX file's metadata props (ModelProto field 14: key 1, value 2), from the protobuf wire format."""
+    props = {}
+    for number, entry in _protobuf_fields(data):
+        if number == 14:
+            fields = dict(_protobuf_fields(entry))
+            props[_text(fields.get(1, b""))] = _text(fields.get(2, b""))
+    return props
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, bytes | memoryview):
+        raise ValueError("not an ONNX model: a metadata prop is not text")
+    return bytes(value).decode()
+
+
+def _protobuf_fields(data: Any) -> Iterator[tuple[int, int | memoryview]]:
+    """The (field number, value) pairs of one protobuf message, each an int or a view of its bytes (no copy:
+    a graph's weights cost nothing here); ValueError if ``data`` is not a message."""
+    if not isinstance(data, bytes | memoryview):
+        raise ValueError("not an ONNX model: a message is a number")
+    view, position = memoryview(data), 0
+
+    def varint() -> int:
+        nonlocal position
+        value = 0
+        for shift in range(0, 64, 7):
+            if position >= len(view):
+                break
+            byte = view[position]
+            position += 1
+            value |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return value
+        raise ValueError("not an ONNX model: a number runs past its end")
+
+    while position < len(view):
+        key = varint()
+        kind = key & 7
+        if kind == 0:
+            yield key >> 3, varint()
+            continue
+        size = {1: 8, 5: 4}.get(kind) or (varint() if kind == 2 else None)  # 3 and 4: groups, not in ONNX
+        if size is None or position + size > len(view):
+            raise ValueError("not an ONNX model: a field runs past its end")
+        yield key >> 3, view[position : position + size]
+        position += size
 
 
 def _program(

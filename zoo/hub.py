@@ -116,18 +116,36 @@ def _read_back(repo: str, commit: str, pushed: dict[str, FilePin]) -> dict[str, 
 
 
 def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
-    """Copy the run folder's shared files into ``staging``; their pins. Symbolic links and non-files are refused."""
+    """Copy the run folder's shared files into ``staging``; their pins. Refused before anything is sent:
+    symbolic links and non-files, weights that are not finite, and exports not made from these weights."""
+    from .export import check_made_from
+
     files = {}
-    for name in RunFolder.SHARED:
+    for name in RunFolder.SHARED:  # the weights first: the exports are checked against them
         if name == RunFolder.RECIPE:
             data = run.recipe.shareable().to_toml().encode()
         else:
             data = artifacts.read_file(run.file(name), limit=None, follow_symlinks=False)
             if data is None:
                 continue  # plots and exports are optional
+        if name == RunFolder.WEIGHTS:
+            _check_finite(run.file(name), data)
+        elif name in RunFolder.EXPORTS:
+            check_made_from(run.file(name), data, files[RunFolder.WEIGHTS].sha256)
         (staging / name).write_bytes(data)
         files[name] = FilePin(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
     return files
+
+
+def _check_finite(path: Path, data: bytes) -> None:
+    """The check `zoo predict` makes when it loads weights, made before they are shared."""
+    from .model import nonfinite_tensors
+
+    bad = nonfinite_tensors(artifacts.tensors_of(data, path))
+    if bad:
+        raise ZooError(
+            f"{path} holds NaN or infinite values (tensor '{bad[0]}'): it cannot predict, so it is not pushed"
+        )
 
 
 def pull(source: HubRepo | RegistryName) -> Path:
@@ -164,7 +182,19 @@ def pull(source: HubRepo | RegistryName) -> Path:
                 f"{label}: {path} has sha256 {found}, but registry.json pins {pin.sha256}; refusing to load it "
                 f"(delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
             )
+    _check_exports(folder, label)
     return folder
+
+
+def _check_exports(folder: Path, label: str) -> None:
+    """Every pulled export was made from the pulled weights (one pushed beside later weights is stale)."""
+    from .export import check_made_from
+
+    weights = artifacts.sha256_of(folder / RunFolder.WEIGHTS)
+    for name in RunFolder.EXPORTS:
+        data = artifacts.read_file(folder / name, limit=None)
+        if data is not None:
+            check_made_from(folder / name, data, weights, f"refusing to pull {label}: export the run again and push it")
 
 
 def pull_registry(source: HubRepo) -> Path:

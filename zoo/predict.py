@@ -2,18 +2,19 @@
 
 Two backends: ``torch`` loads the run's model.safetensors; ``onnxruntime`` runs the run's
 exported model.onnx (`zoo export`) with nothing but what that file holds: its graph, its label
-names and its preprocessing.
+names and its preprocessing. Beside the run's weights, it must be the export of those weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from .artifacts import RunFolder
+from .artifacts import RunFolder, read_file
 from .data import build_transform, image_file
 from .errors import ZooError
 from .preprocessing import Preprocessing
@@ -53,14 +54,33 @@ def _torch(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
 
 
 def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
-    from .export import FILES, onnx_metadata, onnx_runner, onnx_session
+    from .export import FILES, check_made_from, onnx_metadata, onnx_runner, onnx_session
 
     path = run.file(FILES["onnx"])
-    if not path.is_file():
+    data = read_file(path, limit=None)  # a folder or a FIFO there is said to be one
+    if data is None:
         raise ZooError(f"{run} has no {path.name}: `zoo export {run} --format onnx` first")
-    session = onnx_session(path, str(path))
+    session = onnx_session(path, str(path))  # from the file: a graph's external data lies beside it
     label_names, preprocessing = onnx_metadata(session, path)
-    return onnx_runner(session), label_names, preprocessing
+    weights = read_file(run.file(RunFolder.WEIGHTS), limit=None)
+    if weights is not None:  # an export alone in a folder is served as what it holds; beside weights, as theirs
+        check_made_from(path, data, hashlib.sha256(weights).hexdigest())
+    return _labelled(onnx_runner(session, str(path)), path, len(label_names)), label_names, preprocessing
+
+
+def _labelled(classify: Classify, path: Path, labels: int) -> Classify:
+    """``classify``, checked to give one logit per label for each image (a graph may leave its width open)."""
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        logits = classify(images)
+        if logits.shape != (len(images), labels):
+            raise ZooError(
+                f"{path}: the model gives outputs of shape {list(logits.shape)} for {len(images)} images, "
+                f"but its metadata names {labels} labels"
+            )
+        return logits
+
+    return run
 
 
 @torch.no_grad()

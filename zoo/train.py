@@ -41,6 +41,7 @@ from .device import configure as configure_backends
 from .distributed import log
 from .errors import ZooError
 from .evaluate import evaluate
+from .export import drop_exports
 from .model import build_model, exchange_config, load_run
 from .optim import build_optimizer, default_weight_decay
 from .plots import write_plots
@@ -320,6 +321,9 @@ def _train(setup: RunSetup, folder: RunFolder, latest: Path | None, progress: bo
     if distributed.is_main():
         folder.write_results(RunResults(state="running", recipe_hash=recipe.hash))
         folder.write_recipe(recipe)
+        if latest is not None:  # the weights will change: exports of the old ones would answer for the new
+            for name in drop_exports(folder):
+                log(f"removed {name}, exported from the weights this run now trains on (`zoo export` it again)")
     log(f"run folder: {folder}")
     try:
         started = time.perf_counter()
