@@ -124,3 +124,30 @@ def test_a_pair_that_cannot_work_is_one_line_before_training(tmp_path: Path, mni
         assert_user_error(dry, "model rgb_only cannot take dataset 'mnist''s 1x28x28 inputs", "784")
     finally:
         registry.unregister("model", "rgb_only")
+
+
+class ColourNoise(torch.utils.data.Dataset):
+    """3 x 20 x 20 float tensors, one by one (no in-memory ``images``): the DataLoader path."""
+
+    classes = ["dim", "bright"]
+
+    def __init__(self, root: Path, split: str) -> None:
+        self.targets = [index % 2 for index in range(12)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return torch.full((3, 20, 20), float(self.targets[index])) + torch.randn(3, 20, 20) * 0.1, self.targets[index]
+
+
+def test_tensors_from_a_data_loader_are_resized_too(tmp_path: Path, mnist_png: Path) -> None:
+    zoo.register_dataset("colour_noise")(ColourNoise)
+    try:
+        folder = tmp_path / "noise"
+        overrides = small_run(folder, "mnist_cnn", "colour_noise", mnist_png, "data.image_size=24", "data.per_class=4")
+        config = trained(folder, overrides)
+    finally:
+        registry.unregister("dataset", "colour_noise")
+    assert config["pretrained_cfg"]["input_size"] == [3, 24, 24]
+    assert config["model_args"] == {"in_chans": 3, "image_size": 24}  # mnist_cnn built for 3 channels, 24 x 24
