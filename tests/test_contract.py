@@ -80,10 +80,15 @@ def test_every_model_trains_on_every_dataset(model: str, dataset: str, mnist_png
             assert config["model_args"]["in_chans"] == channels == 1
 
 
-def test_a_vit_takes_tensors_resized_to_its_own_size(tmp_path: Path, mnist_png: Path) -> None:
+def test_a_vit_takes_tensors_resized_to_its_own_size(
+    tmp_path: Path, mnist_png: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = tmp_path / "vit"
     config = trained(folder, small_run(folder, "timm/test_vit", "shapes", mnist_png))
     assert config["pretrained_cfg"]["input_size"] == [1, 160, 160]  # shapes are 28 x 28; test_vit is built for 160
+    assert "images of (1, 160, 160), resized from (1, 28, 28) (the size timm/test_vit is built for)" in (
+        capsys.readouterr().out
+    )
 
 
 @pytest.mark.parametrize(

@@ -506,7 +506,8 @@ def _print_setup(setup: RunSetup) -> None:
     )
     size = tuple(setup.preprocessing.input_size)
     own = None if splits.images else tensor_shape(splits.train.dataset)
-    resized = f" (resized from {own}: data.image_size or the model's input)" if own and own != size else ""
+    why = "data.image_size" if recipe.data.image_size else f"the size {recipe.model.backbone} is built for"
+    resized = f", resized from {own} ({why})" if own and own != size else ""
     log(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {size}{resized}")
     precision = str(setup.dtype).removeprefix("torch.") if setup.dtype else "fp32"
     ranks = distributed.world_size()
