@@ -89,6 +89,10 @@ def test_a_vit_takes_tensors_resized_to_its_own_size(
     assert "images of (1, 160, 160), resized from (1, 28, 28) (the size timm/test_vit is built for)" in (
         capsys.readouterr().out
     )
+    evaluated = CliRunner().invoke(cli, ["eval", str(folder), "--json"])  # the test split resized again, the same way
+    assert evaluated.exit_code == 0, evaluated.output
+    stored = json.loads((folder / "results.json").read_text())["test"]
+    assert json.loads(evaluated.stdout)["loss"] == pytest.approx(stored["loss"], rel=1e-5)
 
 
 @pytest.mark.parametrize(
