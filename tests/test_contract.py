@@ -25,7 +25,7 @@ from zoo.data import is_image_dataset, tensor_shape
 from zoo.recipe import default_data_dir
 from zoo.train import run
 
-pytestmark = pytest.mark.slow  # twelve runs and their evaluations: about a minute and a half
+pytestmark = pytest.mark.slow  # sixteen short runs and their evaluations: 45 s to 3 min on a shared machine
 
 # A namespace is crossed through small members: a CNN that takes any size, a ViT built for one.
 NAMESPACE_MEMBERS = {"timm/*": ["timm/test_resnet", "timm/test_vit"]}
