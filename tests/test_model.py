@@ -3,13 +3,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 from conftest import write_finished_run
 from torch import nn
 
+from zoo import distributed
 from zoo.artifacts import RunFolder
+from zoo.data import DataInput
 from zoo.errors import ZooError
-from zoo.model import build_head, build_model, load_pretrained, load_run
+from zoo.model import build_head, build_model, check_input, load_pretrained, load_run
 from zoo.recipe import HeadConfig, ModelConfig
 
 
@@ -105,3 +108,75 @@ def test_weights_that_do_not_fit_the_described_model_are_one_line(tmp_path: Path
     run.write_weights(model.state_dict(), {})
     with pytest.raises(ZooError, match=r"tensor 'head.0.bias' is \[3\] in .*model.safetensors but \[2\] here"):
         load_run(run)
+
+
+def test_a_model_is_built_for_the_data_unless_model_args_say_otherwise() -> None:
+    grey_28 = DataInput(channels=1, size=(28, 28), chosen=False)
+    cnn, _ = build_model(ModelConfig(backbone="mnist_cnn"), ["a", "b"], DataInput(3, (40, 40), chosen=False))
+    assert cnn.built_with == {"in_chans": 3, "image_size": 40} and cnn(torch.zeros(2, 3, 40, 40)).shape == (2, 2)
+    kept, _ = build_model(ModelConfig(backbone="mnist_cnn", args={"image_size": 32}), ["a", "b"], grey_28)
+    assert kept.built_with == {"in_chans": 1, "image_size": 32}  # model.args win; the data is resized to 32
+    oblong, _ = build_model(ModelConfig(backbone="mnist_cnn"), ["a", "b"], DataInput(1, (28, 36), chosen=False))
+    assert oblong.built_with == {"in_chans": 1, "image_size": 28}  # an int image_size cannot be 28 x 36: check_input
+
+    resnet, _ = build_model(ModelConfig(backbone="timm/test_resnet"), ["a", "b"], grey_28)
+    assert resnet.conv1[0].in_channels == 1 and resnet(torch.zeros(2, 1, 28, 28)).shape == (2, 2)
+    vit, _ = build_model(ModelConfig(backbone="timm/test_vit"), ["a", "b"], grey_28)
+    assert vit.patch_embed.img_size == (
+        160,
+        160,
+    )  # a size of the data's own: resized to the ViT's (resolve_preprocessing)
+    vit, _ = build_model(ModelConfig(backbone="timm/test_vit"), ["a", "b"], DataInput(1, (48, 48), chosen=True))
+    assert vit.patch_embed.img_size == (48, 48) and vit.patch_embed.proj.in_channels == 1  # data.image_size
+    image_files, _ = build_model(ModelConfig(backbone="timm/test_resnet"), ["a", "b"], DataInput(None, None, False))
+    assert image_files.conv1[0].in_channels == 3  # image files are converted to the model's channels
+
+
+def test_check_input_names_the_model_the_dataset_and_the_shape() -> None:
+    model, _ = build_model(ModelConfig(backbone="mnist_cnn"), ["a", "b"])
+    model.train()
+    check_input(model, torch.zeros(2, 1, 28, 28), 2, "mnist_cnn", "mnist")
+    assert model.training  # left in the mode it was in
+    with pytest.raises(ZooError, match=r"model mnist_cnn cannot take dataset 'shapes''s 3x28x28 inputs \(RuntimeError"):
+        check_input(model, torch.zeros(2, 3, 28, 28), 2, "mnist_cnn", "shapes")
+    assert model.training
+    with pytest.raises(ZooError, match=r"gives \[2, 2\] for a batch of 2 1x28x28 inputs from 'mnist', not \[2, 5\]"):
+        check_input(model, torch.zeros(2, 1, 28, 28), 5, "mnist_cnn", "mnist")
+
+
+class Doubled(nn.BatchNorm2d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 2
+
+
+class Renamed(nn.BatchNorm2d):
+    """A BatchNorm subclass with the plain forward: SyncBatchNorm computes the same."""
+
+
+@pytest.mark.parametrize(
+    ("model", "inputs"),
+    [
+        (lambda: timm.create_model("test_efficientnet", num_classes=3), torch.randn(4, 3, 32, 32)),  # BatchNormAct2d
+        (lambda: timm.create_model("test_resnet", num_classes=3), torch.randn(4, 3, 32, 32)),  # nn.BatchNorm2d
+        (
+            lambda: nn.Sequential(nn.Conv2d(1, 4, 3), Renamed(4), nn.Flatten(), nn.LazyLinear(3)),
+            torch.randn(4, 1, 8, 8),
+        ),
+    ],
+)
+def test_sync_bn_keeps_every_module_forward(model, inputs: torch.Tensor) -> None:
+    model = model()
+    with torch.no_grad():
+        for _ in range(3):  # running statistics of its own, not the initial zeros and ones
+            model(torch.randn_like(inputs) * 3 + 1)
+        before = model.eval()(inputs)
+    synced = distributed.sync_batchnorm(model)
+    norms = [m for m in synced.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert norms and all(isinstance(m, nn.SyncBatchNorm) for m in norms)
+    with torch.no_grad():
+        assert torch.equal(synced.eval()(inputs), before)
+
+
+def test_sync_bn_refuses_a_batchnorm_whose_forward_it_would_drop() -> None:
+    with pytest.raises(ZooError, match="train.sync_bn: 1 is a Doubled, a BatchNorm with a forward of its own"):
+        distributed.sync_batchnorm(nn.Sequential(nn.Conv2d(1, 4, 3), Doubled(4)))

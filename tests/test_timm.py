@@ -333,10 +333,10 @@ def test_a_single_folder_is_split_into_train_and_test(mnist_png: Path, tmp_path:
     assert train.classes == [str(d) for d in range(10)] and sorted(set(test.targets)) == list(range(10))
     image, label = train[0]
     assert image.mode == "L" and image.size == (28, 28) and label == 0
-    with pytest.raises(ZooError, match="data.image_size applies to image datasets"):
+    with pytest.raises(ZooError, match="data.mean applies to image datasets"):  # data.image_size resizes tensors
         from zoo.data import load_splits
 
-        load_splits(DataConfig(dataset="mnist", image_size=32), seed=0)
+        load_splits(DataConfig(dataset="mnist", mean=[0.5]), seed=0)
 
 
 def test_a_pushed_run_folder_loads_with_timm_from_the_hub(hub, finetuned_run: Path, tmp_path: Path) -> None:

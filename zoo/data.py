@@ -12,6 +12,10 @@ PIL images; its transforms come from timm: the model's pretrained config resolve
 keys on top, ``timm.data.create_transform`` for training (augmented unless ``data.augment =
 false``) and evaluation. Images are converted to the model's input channels first. timm is
 imported there only, not for tensor datasets: it costs 1.5 s of start-up.
+
+The model is built for the data (``DataInput``): a tensor dataset fixes its channels, and its
+size unless ``data.image_size`` resizes it; image files are converted and resized to the model.
+A tensor dataset meets a model built for one size (a ViT) resized to that size.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch import nn
+from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import distributed, registry
@@ -38,7 +43,8 @@ from .errors import ZooError, did_you_mean, from_worker
 from .preprocessing import Preprocessing
 from .recipe import DataConfig, default_data_dir
 
-IMAGE_KEYS = ("image_size", "mean", "std", "interpolation", "crop_pct", "crop_mode", "auto_augment")
+# data.image_size applies to every dataset (a tensor dataset is resized on the device); these to image files only.
+IMAGE_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode", "auto_augment")
 
 
 @contextmanager
@@ -145,7 +151,7 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         if misplaced:
             raise ZooError(
                 f"data.{misplaced[0]} applies to image datasets (image_folder); '{config.dataset}' gives tensors "
-                f"of its own size and normalisation: remove data.{misplaced[0]}"
+                f"normalised its own way: remove data.{misplaced[0]}"
             )
     names = [str(name) for name in getattr(train_set, "classes", [])]
     if not names:
@@ -190,15 +196,52 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     return Splits(train, val, test, [names[i] for i in selected])
 
 
+@dataclass(frozen=True)
+class DataInput:
+    """What the data fixes of the model's input; ``model.build_model`` builds the model for it."""
+
+    channels: int | None  # a tensor dataset's; image files are converted to the model's channels
+    size: tuple[int, int] | None  # data.image_size, else a tensor dataset's own; image files follow the model
+    chosen: bool  # the size is data.image_size: a model built for one size (a ViT) is built for it too
+
+
+def data_input(config: DataConfig, splits: Splits) -> DataInput:
+    chosen = _image_size(config.image_size)
+    if splits.images:
+        return DataInput(None, chosen, chosen is not None)
+    channels, height, width = tensor_shape(splits.train.dataset)
+    return DataInput(channels, chosen or (height, width), chosen is not None)
+
+
+def tensor_shape(dataset: Dataset) -> tuple[int, int, int]:
+    """C x H x W of a tensor dataset's samples."""
+    shape = tuple(dataset.images.shape[1:] if is_in_memory(dataset) else dataset[0][0].shape)
+    if len(shape) != 3:
+        raise ZooError(f"the dataset's samples are tensors of shape {list(shape)}; zoo takes images, C x H x W")
+    return shape
+
+
+def built_for_size(model: nn.Module) -> tuple[int, int] | None:
+    """The one input size ``model`` is built for (a ViT's ``img_size``, a zoo backbone's ``image_size``);
+    None for a model that takes any size (a CNN with global pooling)."""
+    size = getattr(model, "built_with", {}).get("image_size")  # zoo's Classifier
+    if size is None and hasattr(model, "pretrained_cfg"):
+        from timm.models import get_model_traits
+
+        size = get_model_traits(model).get("img_size")
+    return _image_size(list(size) if isinstance(size, tuple) else size)
+
+
 def resolve_preprocessing(config: DataConfig, model: nn.Module, splits: Splits) -> Preprocessing:
-    """The run's preprocessing: for image datasets timm's, following the model and ``[data]``; else the dataset's."""
+    """The run's preprocessing: for image datasets timm's, following the model and ``[data]``; else the
+    dataset's, at ``data.image_size`` or the size the model is built for (its tensors are resized to it)."""
     if splits.images:
         return Preprocessing.from_config(image_config(config, model, splits.train), "data")
     dataset = splits.train.dataset
-    input_size = tuple(dataset.images.shape[1:] if is_in_memory(dataset) else dataset[0][0].shape)
-    channels = input_size[0]
+    channels, *own_size = tensor_shape(dataset)
+    height, width = _image_size(config.image_size) or built_for_size(model) or own_size
     return Preprocessing(
-        input_size=input_size,
+        input_size=(channels, height, width),
         mean=tuple(getattr(dataset, "mean", (0.0,) * channels)),
         std=tuple(getattr(dataset, "std", (1.0,) * channels)),
     )
@@ -246,7 +289,7 @@ def attach_transforms(splits: Splits, preprocessing: Preprocessing, augmentation
 
 def image_config(config: DataConfig, model: nn.Module, sample_split: Split) -> dict[str, Any]:
     """timm's data config for ``model`` (its pretrained_cfg, or the preprocessing of the run its weights
-    came from, else the images' own size), ``[data]`` keys on top."""
+    came from, else the images' own size), at the size the model is built for, ``[data]`` keys on top."""
     from timm.data import resolve_data_config
 
     channels = input_channels(model)
@@ -258,7 +301,7 @@ def image_config(config: DataConfig, model: nn.Module, sample_split: Split) -> d
         sample, _ = sample_split.dataset[int(sample_split.indices[0])]
         defaults = {"input_size": (channels, sample.height, sample.width), "crop_pct": 1.0,
                     "mean": (0.5,) * channels, "std": (0.5,) * channels}  # fmt: skip
-    height, width = _image_size(config.image_size) or tuple(defaults["input_size"][1:])
+    height, width = _image_size(config.image_size) or built_for_size(model) or tuple(defaults["input_size"][1:])
     args: dict[str, Any] = {
         "input_size": (channels, height, width),
         "mean": _per_channel(config.mean, defaults.get("mean"), channels, "mean"),
@@ -295,7 +338,10 @@ def _per_channel(
 
 
 def input_channels(model: nn.Module) -> int:
-    """The channels the model takes: its first convolution's, else timm's input_size, else 3."""
+    """The channels the model takes: its backbone's ``in_chans``, else its first convolution's, else 3."""
+    built_with = getattr(model, "built_with", {}).get("in_chans")  # zoo's Classifier
+    if built_with is not None:
+        return int(built_with)
     first_conv = getattr(model, "pretrained_cfg", {}).get("first_conv")
     if first_conv:
         try:
@@ -377,6 +423,29 @@ def targets_of(dataset: Dataset) -> torch.Tensor:
     if targets is None:
         targets = [label for _, label in dataset]
     return torch.as_tensor(targets, dtype=torch.long)
+
+
+def sample_batch(
+    split: Split,
+    preprocessing: Preprocessing,
+    device: torch.device,
+    augmentation: Augmentation | None,
+    channels_last: bool,
+    size: int = 2,
+) -> torch.Tensor:
+    """``size`` inputs of ``split`` as its training batches give them: to check that the model takes them."""
+    sample = Split(split.dataset, split.indices[:size], split.labels[:size])
+    sample.transform, sample.decoded = split.transform, split.decoded
+    batches = Batches(sample, size, device, preprocessing, shuffle=True, channels_last=channels_last,
+                      augmentation=augmentation)  # fmt: skip
+    inputs, _ = next(batches.epoch())
+    return inputs
+
+
+def resized(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A batch (N x C x H x W) resized whole to ``size``: bilinear, antialiased when shrinking, as
+    ``Preprocessing``'s default resizes an image file for `zoo predict`."""
+    return F.interpolate(images.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
 class EpochOrder(Sampler[tuple[int, int]]):
@@ -529,8 +598,9 @@ class Batches:
             else:
                 chosen = order[start : start + self.batch_size]
                 images, labels = self.images[chosen], self.labels[chosen]
-            if self.augment is None and tuple(images.shape[-2:]) != size:  # a cache's squares: the centre crop
-                images = centre(images, size[0])
+            if self.augment is None and tuple(images.shape[-2:]) != size:
+                # A cache's squares: the centre crop; a dataset's own tensors: resized whole.
+                images = centre(images, size[0]) if self.split.decoded is not None else resized(images, size)
             inputs = images.float()
             if self.augment is not None:  # drawn from (seed, epoch, batch, rank): resumes exactly, differs per rank
                 generator = torch.Generator(self.device).manual_seed(self._seed(epoch, number))
@@ -559,6 +629,8 @@ class Batches:
                 inputs = inputs.to(self.device, non_blocking=True)
                 if inputs.dtype == torch.uint8:
                     inputs = inputs.float().mul_(self.scale).sub_(self.shift)
+                if tuple(inputs.shape[-2:]) != tuple(self.input_size[1:]):  # a tensor dataset's own size
+                    inputs = resized(inputs, self.input_size[1:])
                 yield inputs.contiguous(memory_format=self.memory_format), labels.to(self.device, non_blocking=True)
         except ZooError as exc:
             raise from_worker(exc) from None

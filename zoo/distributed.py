@@ -316,6 +316,31 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
             buffer.copy_(shared)
 
 
+def sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with its BatchNorm layers as SyncBatchNorm (train.sync_bn), each keeping its forward.
+
+    torch's ``convert_sync_batchnorm`` makes every BatchNorm subclass a plain SyncBatchNorm and
+    drops what its forward adds: timm's BatchNormAct2d (EfficientNet, RegNet, ...) would lose its
+    activation. timm's conversion keeps it (SyncBatchNormAct); a BatchNorm subclass neither knows
+    is refused rather than changed.
+    """
+    from timm.layers import BatchNormAct2d, convert_sync_batchnorm  # timm only on this path
+
+    batchnorm = torch.nn.modules.batchnorm._BatchNorm
+    for name, module in model.named_modules():
+        kind = type(module)
+        if (
+            isinstance(module, batchnorm)
+            and kind not in (BatchNormAct2d, torch.nn.SyncBatchNorm)
+            and (kind.forward is not batchnorm.forward)
+        ):
+            raise ZooError(
+                f"train.sync_bn: {name} is a {type(module).__name__}, a BatchNorm with a forward of its own that "
+                "SyncBatchNorm would drop; leave sync_bn out"
+            )
+    return convert_sync_batchnorm(model)
+
+
 def _collective_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 

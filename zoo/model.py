@@ -5,14 +5,20 @@ Two kinds of model plugin. A backbone (``mnist_cnn``) returns features with an i
 ``backbone.`` or ``head.``. A plugin whose factory takes ``num_classes`` (every ``timm/`` model)
 builds the whole classifier the timm way, with ``get_classifier()`` and ``reset_classifier()``;
 its weights keep the plugin's own names, so a run folder of a timm model is a timm model folder.
+
+Either kind is built for the data (``data.DataInput``) through the arguments it takes and the
+recipe leaves out: ``in_chans`` (a tensor dataset's channels; timm adapts a pretrained stem) and
+``image_size`` for a backbone, ``img_size`` for a timm model built for one size (a ViT).
+``check_input`` then puts one batch through it before the first step.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,16 +30,21 @@ from .preprocessing import Preprocessing
 from .recipe import HeadConfig, ModelConfig
 from .sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch, WeightSource
 
+if TYPE_CHECKING:
+    from .data import DataInput
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
 class Classifier(nn.Module):
     """``head(backbone(x))``: parameter names start with ``backbone.`` or ``head.``."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Module, built_with: dict[str, int] | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        # The input arguments the backbone was built with (in_chans, image_size): what it takes.
+        self.built_with = built_with or {}
         # The preprocessing the loaded weights were trained with, the defaults for new image data.
         self.pretrained_preprocessing: Preprocessing | None = None
 
@@ -59,8 +70,10 @@ def build_head(config: HeadConfig, num_features: int, num_classes: int) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def build_model(config: ModelConfig, label_names: list[str]) -> tuple[nn.Module, str | None]:
-    """The recipe's model for ``label_names``, with the weights ``config.pretrained`` names.
+def build_model(
+    config: ModelConfig, label_names: list[str], data: DataInput | None = None
+) -> tuple[nn.Module, str | None]:
+    """The recipe's model for ``label_names`` and ``data``, with the weights ``config.pretrained`` names.
 
     ``config.pretrained`` must be resolved (a ``recipe:`` source is trained first, by the runner).
     Returns the model and a line for the log saying what was loaded (None when nothing was).
@@ -77,28 +90,48 @@ def build_model(config: ModelConfig, label_names: list[str]) -> tuple[nn.Module,
     if isinstance(source, LocalFolder):
         _refuse_pickles(source.path)
     factory = registry.check("model", config.backbone, config.args)
+    for_data = for_the_data(factory, config.args, data)
     if registry.takes(factory, "num_classes"):
-        return _build_own_head(config, label_names, source)
-    return _build_classifier(config, factory, label_names, source)
+        return _build_own_head(config, label_names, source, for_data)
+    return _build_classifier(config, factory, label_names, source, for_data)
+
+
+def for_the_data(factory: Any, args: dict[str, Any], data: DataInput | None) -> dict[str, Any]:
+    """The arguments that build the plugin ``factory`` for ``data``, where ``args`` (model.args) leave them out."""
+    if data is None:
+        return {}
+    wanted: dict[str, Any] = {}
+    if data.channels is not None and registry.takes(factory, "in_chans"):
+        wanted["in_chans"] = data.channels
+    if registry.takes(factory, "num_classes"):  # the timm way: a model takes any size, or is built for one
+        if data.chosen and getattr(factory, "fixed_input_size", False):
+            wanted["img_size"] = data.size
+    elif data.size is not None and data.size[0] == data.size[1] and registry.takes(factory, "image_size"):
+        wanted["image_size"] = data.size[0]
+    return {key: value for key, value in wanted.items() if key not in args}
 
 
 def _build_classifier(
-    config: ModelConfig, factory: object, label_names: list[str], source: WeightSource
+    config: ModelConfig, factory: Any, label_names: list[str], source: WeightSource, for_data: dict[str, Any]
 ) -> tuple[Classifier, str | None]:
     supplied = {"pretrained": isinstance(source, PluginWeights)} if registry.takes(factory, "pretrained") else {}
-    backbone = registry.instantiate("model", config.backbone, config.args, **supplied)
+    backbone = registry.instantiate("model", config.backbone, config.args, **supplied, **for_data)
     if not isinstance(getattr(backbone, "num_features", None), int):
         raise ZooError(
             f"model plugin {config.backbone} returned a module without an int `num_features`; "
             "a zoo backbone must have one (see 'Writing a plugin' in the README)"
         )
-    model = Classifier(backbone, build_head(config.head, backbone.num_features, len(label_names)))
+    given = {name: p.default for name, p in inspect.signature(factory).parameters.items()} | config.args | for_data
+    built_with = {name: given[name] for name in ("in_chans", "image_size") if isinstance(given.get(name), int)}
+    model = Classifier(backbone, build_head(config.head, backbone.num_features, len(label_names)), built_with)
     if isinstance(source, LocalFolder):
         return model, load_pretrained(model, RunFolder(source.path), config.backbone, label_names)
     return model, f"{config.backbone}'s own pretrained weights" if isinstance(source, PluginWeights) else None
 
 
-def _build_own_head(config: ModelConfig, label_names: list[str], source: WeightSource) -> tuple[nn.Module, str | None]:
+def _build_own_head(
+    config: ModelConfig, label_names: list[str], source: WeightSource, for_data: dict[str, Any]
+) -> tuple[nn.Module, str | None]:
     """A plugin that builds its own classifier, the timm way; timm's loaders read the weights."""
     if config.head.type != "linear":
         raise ZooError(
@@ -106,7 +139,7 @@ def _build_own_head(config: ModelConfig, label_names: list[str], source: WeightS
             "set its options through model.args"
         )
     pretrained = f"local-dir:{source.path}" if isinstance(source, LocalFolder) else isinstance(source, PluginWeights)
-    supplied: dict[str, Any] = {"num_classes": len(label_names), "pretrained": pretrained}
+    supplied: dict[str, Any] = {"num_classes": len(label_names), "pretrained": pretrained, **for_data}
     if config.head.dropout:
         supplied["drop_rate"] = config.head.dropout
     model = registry.instantiate("model", config.backbone, config.args, **supplied)
@@ -117,10 +150,38 @@ def _build_own_head(config: ModelConfig, label_names: list[str], source: WeightS
     return model, adopt_head(model, label_names, origin)
 
 
-# timm keywords that only change the shapes of a model, which a run folder's config.json may set.
+def check_input(model: nn.Module, inputs: torch.Tensor, num_classes: int, backbone: str, dataset: str) -> None:
+    """``inputs``, one batch as training will give it, through ``model`` (in eval mode, without gradients)
+    before the first step: a model that cannot take the data is one line naming both, not a traceback."""
+    shape = "x".join(map(str, inputs.shape[1:]))
+    training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(inputs)
+    except torch.OutOfMemoryError:
+        raise
+    except (RuntimeError, AssertionError, ValueError) as exc:  # how torch and timm refuse an input's shape
+        reason = " ".join(str(exc).split())
+        raise ZooError(
+            f"model {backbone} cannot take dataset '{dataset}''s {shape} inputs ({type(exc).__name__}: {reason}); "
+            "set data.image_size, or the model.args that fix another input (in_chans, image_size, img_size)"
+        ) from exc
+    finally:
+        model.train(training)
+    if not isinstance(outputs, torch.Tensor) or tuple(outputs.shape) != (len(inputs), num_classes):
+        found = list(outputs.shape) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        raise ZooError(
+            f"model {backbone} gives {found} for a batch of {len(inputs)} {shape} inputs from '{dataset}', "
+            f"not [{len(inputs)}, {num_classes}] (one logit per class)"
+        )
+
+
+# Keywords that only change the shapes of a model (timm's, and zoo's image_size), which a run
+# folder's config.json may set.
 ARCHITECTURE_ARGS = frozenset(
     {"in_chans", "num_classes", "global_pool", "img_size", "patch_size", "embed_dim", "depth", "num_heads",
-     "mlp_ratio", "output_stride", "class_token", "reg_tokens", "no_embed_class", "dynamic_img_size"}
+     "mlp_ratio", "output_stride", "class_token", "reg_tokens", "no_embed_class", "dynamic_img_size", "image_size"}
 )  # fmt: skip
 PICKLES = ("pytorch_model.bin", "model.pth", "model.pt", "model.ckpt")
 
@@ -183,6 +244,7 @@ def exchange_config(
         "num_classes": len(label_names),
         "num_features": model.num_features,
         "label_names": label_names,
+        "model_args": model.built_with,  # the data's in_chans and image_size: load_run builds the same backbone
         "pretrained_cfg": {**preprocessing.to_config(), "num_classes": len(label_names)},
     }
 

@@ -127,7 +127,7 @@ class DataConfig(_Section):
     # Image datasets (image_folder) are read through timm's transforms, configured from the
     # model's pretrained config (timm.data.resolve_data_config); these keys override it.
     image_size: Annotated[int, Field(ge=1, le=8192)] | list[Annotated[int, Field(ge=1, le=8192)]] | None = Field(
-        None, description="image datasets: input size, N or [H, W]; default: the model's"
+        None, description="input size, N or [H, W] (tensor datasets are resized to it); default: the model's"
     )
     mean: list[float] | None = Field(
         None, description="image datasets: normalisation mean per channel; default: the model's"

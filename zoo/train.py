@@ -33,8 +33,11 @@ from .data import (
     attach_cache,
     attach_transforms,
     class_weights,
+    data_input,
     load_splits,
     resolve_preprocessing,
+    sample_batch,
+    tensor_shape,
 )
 from .device import autocast_dtype, resolve_device
 from .device import configure as configure_backends
@@ -42,7 +45,7 @@ from .distributed import log
 from .errors import ZooError
 from .evaluate import evaluate
 from .export import drop_exports
-from .model import build_model, exchange_config, load_run
+from .model import build_model, check_input, exchange_config, load_run
 from .optim import build_optimizer, default_weight_decay
 from .plots import write_plots
 from .preprocessing import Preprocessing
@@ -120,8 +123,6 @@ def build_run(
         else None
     )
     attach_transforms(splits, preprocessing, augmentation)
-    workers = data_workers(recipe.data)
-    cache = attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     if recipe.train.sync_bn and distributed.world_size() > 1 and trained is None:
         if device.type != "cuda":
@@ -129,8 +130,13 @@ def build_run(
                 "train.sync_bn = true needs GPUs (SyncBatchNorm has no CPU kernel); on the CPU the ranks "
                 "share rank 0's BatchNorm statistics after every epoch: leave sync_bn out"
             )
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model = distributed.sync_batchnorm(model)
     model.to(device, memory_format=memory_format)
+    # Before an image cache is built, and before the first step: a model that cannot take the data is one line.
+    inputs = sample_batch(splits.train, preprocessing, device, augmentation, recipe.train.channels_last)
+    check_input(model, inputs, len(splits.label_names), recipe.model.backbone, recipe.data.dataset)
+    workers = data_workers(recipe.data)
+    cache = attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())
     if recipe.train.strategy == "fsdp" and distributed.world_size() > 1 and trained is None:
         fsdp.shard(model)  # before the optimiser, which must hold the sharded parameters
     weights = class_weights(recipe.loss.class_weights, splits) if recipe.loss.class_weights else None
@@ -184,7 +190,9 @@ def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn
             "classes; make them agree or leave num_classes out"
         )
     seed_everything(recipe.train.seed)  # the same initial weights whatever ran before
-    model, loaded = build_model(recipe.model.model_copy(update={"pretrained": source}), splits.label_names)
+    model, loaded = build_model(
+        recipe.model.model_copy(update={"pretrained": source}), splits.label_names, data_input(recipe.data, splits)
+    )
     if loaded:
         log(loaded)
     preprocessing = resolve_preprocessing(recipe.data, model, splits)
@@ -500,8 +508,11 @@ def _print_setup(setup: RunSetup) -> None:
         f"{recipe.name}: {recipe.model.backbone} on {recipe.data.dataset} "
         f"({len(splits.label_names)} classes: {', '.join(splits.label_names)})"
     )
-    size = setup.preprocessing.input_size
-    log(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {tuple(size)}")
+    size = tuple(setup.preprocessing.input_size)
+    own = None if splits.images else tensor_shape(splits.train.dataset)
+    why = "data.image_size" if recipe.data.image_size else f"the size {recipe.model.backbone} is built for"
+    resized = f", resized from {own} ({why})" if own and own != size else ""
+    log(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {size}{resized}")
     precision = str(setup.dtype).removeprefix("torch.") if setup.dtype else "fp32"
     ranks = distributed.world_size()
     batch = f"batch {recipe.data.batch_size}" + (

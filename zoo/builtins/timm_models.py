@@ -67,7 +67,17 @@ class TimmModel:
         self.name = name
         self.__doc__ = _details(name)
 
-    def __call__(self, num_classes: int = 1000, pretrained: bool | str = False, **kwargs: Any) -> nn.Module:
+    @property
+    def fixed_input_size(self) -> bool:
+        """Whether the architecture is built for one input size (a ViT: ``img_size``), not any (a CNN)."""
+        config = get_pretrained_cfg(self.name)
+        return bool(config and config.fixed_input_size)
+
+    def __call__(
+        self, num_classes: int = 1000, pretrained: bool | str = False, in_chans: int | None = None, **kwargs: Any
+    ) -> nn.Module:
+        if in_chans is not None:  # else timm's default, or the source's (a 1-channel run folder)
+            kwargs["in_chans"] = in_chans
         loading = sorted(FILE_ARGUMENTS & kwargs.keys())
         if loading:
             raise ZooError(
