@@ -29,6 +29,9 @@ FREEZING = [
     "model.freeze.stages=[{epoch=2, unfreeze=['conv2.*'], lr_mult=0.5}]",
     "train.keep=last",
 ]
+# Nothing drawn per rank (no dropout, no augmentation) and fp32: two ranks at batch B then step
+# exactly as one process at batch 2B (see test_both_ranks_end_identical_and_match_one_process).
+EXACT = ["model.args.dropout1=0.0", "model.args.dropout2=0.0", "data.augment=none", "train.precision=fp32"]
 
 
 def zoo(*args: str) -> subprocess.CompletedProcess:
@@ -42,7 +45,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """Two ranks of 32 images a batch each: a global batch of 64."""
     cwd = tmp_path_factory.mktemp("ddp")
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=32", "--no-progress"],
+        [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, *EXACT, "data.batch_size=32", "--no-progress"],
         capture_output=True, text=True, timeout=600, cwd=cwd,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -54,18 +57,22 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
 
 
 def test_both_ranks_end_identical_and_match_one_process(ddp_run: Path, tmp_path: Path) -> None:
+    """Each rank takes every other item of one shuffled order (its last batch filled from its own
+    start), so two ranks' batches of 32 are together the one process's batch of 64, and DDP
+    averages their gradients: the weights end equal up to the order of summation, through a
+    frozen stage unfrozen at epoch 2."""
     results = json.loads((ddp_run / "results.json").read_text())
     assert (results["state"], results["world_size"], results["ranks_agree"]) == ("finished", 2, True)
     assert sum(row["support"] for row in results["test"]["per_class"]) == 980 + 1135 + 1032  # every test image, once
 
-    single = run(
-        recipes.load(
-            RECIPES / "mnist.toml", [*SUBSET, *FREEZING, "data.batch_size=64", f"output.dir={tmp_path / 'one'}"]
-        ),
-        progress=False,
-    )
-    assert results["steps"] == single.results.steps
-    assert abs(results["test"]["accuracy"] - single.results.test["accuracy"]) < 0.02
+    overrides = [*SUBSET, *FREEZING, *EXACT, "data.batch_size=64", f"output.dir={tmp_path / 'one'}"]
+    single = run(recipes.load(RECIPES / "mnist.toml", overrides), progress=False)
+    assert results["steps"] == single.results.steps == 18  # 570 training images: 9 batches of 64 an epoch
+    two, one = RunFolder(ddp_run).weights(), RunFolder(tmp_path / "one").weights()
+    assert two.keys() == one.keys()
+    for name in two:
+        torch.testing.assert_close(two[name], one[name], rtol=1e-5, atol=1e-6, msg=name)
+    assert abs(results["test"]["accuracy"] - single.results.test["accuracy"]) <= 1 / 3147  # one image at most
 
 
 def test_frozen_and_staged_parameters_under_ddp(ddp_run: Path) -> None:
@@ -85,6 +92,7 @@ def test_resume_under_the_same_world_size_only(ddp_run: Path) -> None:
             str(RECIPES / "mnist.toml"),
             *SUBSET,
             *FREEZING,
+            *EXACT,
             "data.batch_size=32",
             "train.epochs=3",
             "--resume",
@@ -99,6 +107,7 @@ def test_resume_under_the_same_world_size_only(ddp_run: Path) -> None:
         str(RECIPES / "mnist.toml"),
         *SUBSET,
         *FREEZING,
+        *EXACT,
         "data.batch_size=32",
         "train.epochs=3",
         "--resume",
