@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
-from conftest import REPO
+import pytest
+import torch
+from conftest import RECIPES, REPO
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from zoo import recipe as recipes
+from zoo.train import run
+
+spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
+gpu_check = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(gpu_check)
 
 
 def test_the_gpu_check_lists_what_it_measures_and_its_recipes_still_load(mnist_dir: Path) -> None:
@@ -32,3 +46,94 @@ def test_the_export_bench_verifies_then_times_both_sides() -> None:
         low, high = (eager_ms - 0.005) / (served_ms + 0.005), (eager_ms + 0.005) / max(served_ms - 0.005, 1e-9)
         assert low - 0.005 <= latency_ratio <= high + 0.005  # the figures are printed rounded
     assert result.stderr.count("verified") == 2
+
+
+class ReadBack(TorchDispatchMode):
+    """On the CPU, what CUDA's sync debug mode warns at: a tensor's value read by the host (.item(), int())."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        if func is torch.ops.aten._local_scalar_dense.default:
+            warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=2)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.fixture
+def cuda_sync_warnings(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """``torch.cuda.set_sync_debug_mode`` as on a GPU, for the CPU: "warn" warns at each read-back."""
+    modes: list[ReadBack] = []
+
+    def set_sync_debug_mode(mode: int | str) -> None:
+        if mode == "warn":
+            modes.append(ReadBack())
+            modes[-1].__enter__()
+        elif modes:
+            modes.pop().__exit__(None, None, None)
+
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", set_sync_debug_mode)
+    yield
+    assert not modes  # every watch was closed
+
+
+def test_a_host_sync_in_a_steady_state_step_fails_the_check(cuda_sync_warnings: None) -> None:
+    x = torch.randn(16)
+    syncs = gpu_check.HostSyncs()
+    for _ in gpu_check.watched(range(3), [syncs]):
+        (x * 2).sum()
+    assert syncs.count == 0 and gpu_check.no_host_syncs({"host_syncs": syncs.count}) is None
+    for _ in gpu_check.watched(range(3), [syncs]):
+        (x * 2).sum().item()  # one read-back a step
+    assert syncs.count == 3
+    assert gpu_check.no_host_syncs({"host_syncs": syncs.count}) == "3 host syncs in steady-state steps"
+    (x * 2).sum().item()  # outside the watched steps: not counted
+    assert syncs.count == 3
+
+
+def test_a_function_that_recompiles_per_shape_fails_the_check() -> None:
+    torch._dynamo.reset()
+    double = torch.compile(lambda x: x * 2 + 1, backend="eager", dynamic=False)
+    double(torch.randn(4))  # the warm-up compiles, unwatched
+    recompiles = gpu_check.Recompiles()
+    for _ in gpu_check.watched(range(3), [recompiles]):
+        double(torch.randn(4))
+    assert gpu_check.no_recompiles({"recompiles": recompiles.count}) is None
+    for size in gpu_check.watched([5, 6, 7], [recompiles]):
+        double(torch.randn(size))  # a new shape each step: a graph each
+    assert recompiles.count == 3
+    assert gpu_check.no_recompiles({"recompiles": 3}) == "3 graphs compiled in steady-state steps"
+
+
+@pytest.mark.parametrize(("log_every", "syncs"), [(100000, 0), (1, 8)])
+def test_a_zoo_run_is_watched_over_its_training_steps_after_the_first_epoch(
+    log_every: int, syncs: int, cuda_sync_warnings: None, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """zoo's step reads nothing back; train.log_every=1 reads back the loss watch and the bar's loss
+    at each of epoch 2's 4 steps, the last of which ends the run (and the watched steps) with a `break`.
+
+    SGD: its steps take Python numbers (Adam's step counts are CPU tensors, read back without a GPU sync).
+    """
+    overrides = ["data.classes=[0,1]", "data.per_class=16", "data.batch_size=8", "data.val_split=0",
+                 "train.epochs=2", "optim.name=sgd", f"train.log_every={log_every}", f"output.dir={tmp_path / 'run'}"]  # fmt: skip
+    watch = gpu_check.HostSyncs()
+    with gpu_check.steady_training_steps([watch]):
+        run(recipes.load(RECIPES / "mnist.toml", overrides), progress=False)
+    assert watch.count == syncs
+    verdict = gpu_check.Check("x", RECIPES / "mnist.toml", [], "").verdict({"host_syncs": watch.count, "recompiles": 0})
+    assert verdict == (None if syncs == 0 else f"{syncs} host syncs in steady-state steps")
+
+
+def test_a_two_rank_run_passes_only_finished_with_its_ranks_agreeing() -> None:
+    good = {"state": "finished", "world_size": 2, "ranks_agree": True}
+    assert gpu_check.ranks_agree(good) is None
+    for bad in ({**good, "ranks_agree": False}, {**good, "state": "running"}, {**good, "world_size": 1}):
+        assert gpu_check.ranks_agree(bad) == f"results.json: {bad}"
+    assert gpu_check.ranks_agree(json.loads("{}")) is not None
+
+
+def test_each_check_fails_on_any_of_accuracy_host_syncs_and_recompiles() -> None:
+    check = next(check for check in gpu_check.CHECKS if check.name == "mnist compile")
+    fine = {"test_acc": 0.991, "host_syncs": 0, "recompiles": 0}
+    assert check.verdict(fine) is None
+    assert check.verdict({**fine, "test_acc": 0.989}) == "test accuracy 0.9890 < 0.99"
+    assert check.verdict({**fine, "host_syncs": 2, "recompiles": 1}) == (
+        "2 host syncs in steady-state steps; 1 graphs compiled in steady-state steps"
+    )

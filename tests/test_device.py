@@ -1,12 +1,21 @@
-"""The device, the autocast precision that suits it, and the backend settings a run uses."""
+"""The device, the autocast precision that suits it, and the backend settings a run uses; the
+CUDA choices checked on the CPU where they can be (what a GPU would be given, not what it does)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
 
+from zoo.data import Batches, load_splits
 from zoo.device import autocast_dtype, configure, resolve_device
 from zoo.errors import ZooError
+from zoo.optim import build_optimizer
+from zoo.preprocessing import Preprocessing
+from zoo.recipe import DataConfig, OptimConfig
+
+MNIST_INPUT = Preprocessing((1, 28, 28), (0.1307,), (0.3081,))
 
 
 def test_auto_precision_is_fp32_on_the_cpu_and_explicit_choices_are_kept() -> None:
@@ -49,3 +58,72 @@ def test_a_missing_device_is_one_line() -> None:
         pytest.skip("this machine has CUDA")  # the CI machines have none; the GPU check covers CUDA
     with pytest.raises(ZooError, match="train.device = 'cuda', but this machine has no CUDA device"):
         resolve_device("cuda")
+
+
+def test_cuda_runs_use_tf32_and_cudnn_benchmark_unless_deterministic() -> None:
+    """Only the flags: settable without a GPU, as on one."""
+    flags = (torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"), (torch.backends.cudnn, "benchmark")  # fmt: skip
+    saved = [getattr(owner, name) for owner, name in flags] + [torch.backends.cudnn.deterministic]
+    try:
+        configure(torch.device("cuda"), deterministic=False)
+        assert [getattr(owner, name) for owner, name in flags] == [True, True, True]
+        assert not torch.backends.cudnn.deterministic
+        configure(torch.device("cuda"), deterministic=True)
+        assert [getattr(owner, name) for owner, name in flags] == [False, False, False]
+        assert torch.backends.cudnn.deterministic
+    finally:
+        for (owner, name), value in zip(flags, saved, strict=False):
+            setattr(owner, name, value)
+        torch.backends.cudnn.deterministic = saved[-1]
+        configure(torch.device("cpu"), deterministic=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "fused_on_cuda"), [("adamw", True), ("adam", True), ("sgd", True), ("adadelta", False)]
+)
+def test_optimisers_are_fused_on_cuda_where_torch_has_the_kernel(name: str, fused_on_cuda: bool) -> None:
+    config = OptimConfig(name=name, lr=0.1)
+    groups = lambda: [{"params": [torch.nn.Parameter(torch.zeros(3))], "base_lr": 0.1}]  # noqa: E731
+    on_cuda = build_optimizer(config, groups(), torch.device("cuda"))
+    on_cpu = build_optimizer(config, groups(), torch.device("cpu"))
+    assert bool(on_cuda.defaults.get("fused")) is fused_on_cuda
+    assert on_cuda.defaults["foreach"] is (None if fused_on_cuda else True)
+    assert not on_cpu.defaults.get("fused") and on_cpu.defaults["foreach"] is True
+
+
+def test_batches_for_a_cuda_device_come_pinned_and_are_copied_without_waiting(
+    mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dataset read by a DataLoader (not in memory) for a CUDA device: page-locked batches, copied
+    with non_blocking=True (the copies overlap compute). The copies are recorded, not made."""
+    splits = load_splits(DataConfig(dataset="mnist", classes=[4, 9], per_class=6, val_split=0.0), seed=0)
+    splits.train.dataset = NotInMemory(splits.train.dataset)
+    batches = Batches(splits.train, 4, torch.device("cpu"), MNIST_INPUT, shuffle=True, num_workers=0)
+    batches.device = torch.device("cuda")
+    copies = []
+    to = torch.Tensor.to
+
+    def recorded(tensor: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        if args and isinstance(args[0], torch.device) and args[0].type == "cuda":
+            copies.append(kwargs.get("non_blocking", False))
+            return tensor
+        return to(tensor, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "to", recorded)
+    with pytest.warns(UserWarning, match="pin_memory"):  # this machine has no GPU to pin memory for
+        assert len(list(batches.epoch(1))) == 3
+    assert batches.loader.pin_memory is True
+    assert copies == [True] * 6  # images and labels of 3 batches
+
+
+class NotInMemory(torch.utils.data.Dataset):
+    """A dataset that zoo cannot batch in memory: it goes through a DataLoader."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.dataset[index]

@@ -36,6 +36,11 @@ FREEZING = [
     "model.freeze.stages=[{epoch=2, unfreeze=['conv2.*'], lr_mult=0.5}]",
     "train.keep=last",
 ]
+# Nothing drawn per rank (no dropout, no augmentation) and fp32: two ranks at batch B then step
+# as one process at batch 2B (see test_both_ranks_end_identical_and_match_one_process). SGD, not
+# Adam: its update is linear in the gradient, so that the order of summation cannot flip a tiny step.
+EXACT = ["model.args.dropout1=0.0", "model.args.dropout2=0.0", "data.augment=none", "train.precision=fp32",
+         "optim.name=sgd", "optim.lr=0.05"]  # fmt: skip
 
 
 def zoo(*args: str) -> subprocess.CompletedProcess:
@@ -49,7 +54,7 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
     """Two ranks of 32 images a batch each: a global batch of 64."""
     cwd = tmp_path_factory.mktemp("ddp")
     result = subprocess.run(
-        [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=32", "--no-progress"],
+        [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, *EXACT, "data.batch_size=32", "--no-progress"],
         capture_output=True, text=True, timeout=600, cwd=cwd,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -61,18 +66,24 @@ def ddp_run(tmp_path_factory: pytest.TempPathFactory, mnist_dir: Path) -> Path:
 
 
 def test_both_ranks_end_identical_and_match_one_process(ddp_run: Path, tmp_path: Path) -> None:
+    """Each rank takes every other item of one shuffled order (its last batch filled from its own
+    start), so two ranks' batches of 32 are together the one process's batch of 64, and DDP
+    averages their gradients: the weights end equal up to the order of summation, through a
+    frozen stage unfrozen at epoch 2."""
     results = json.loads((ddp_run / "results.json").read_text())
     assert (results["state"], results["world_size"], results["ranks_agree"]) == ("finished", 2, True)
     assert sum(row["support"] for row in results["test"]["per_class"]) == 980 + 1135 + 1032  # every test image, once
 
-    single = run(
-        recipes.load(
-            RECIPES / "mnist.toml", [*SUBSET, *FREEZING, "data.batch_size=64", f"output.dir={tmp_path / 'one'}"]
-        ),
-        progress=False,
-    )
-    assert results["steps"] == single.results.steps
-    assert abs(results["test"]["accuracy"] - single.results.test["accuracy"]) < 0.02
+    overrides = [*SUBSET, *FREEZING, *EXACT, "data.batch_size=64", f"output.dir={tmp_path / 'one'}"]
+    single = run(recipes.load(RECIPES / "mnist.toml", overrides), progress=False)
+    assert results["steps"] == single.results.steps == 20  # 600 training images: 10 batches of 64 an epoch
+    two, one = RunFolder(ddp_run).weights(), RunFolder(tmp_path / "one").weights()
+    assert two.keys() == one.keys()
+    for name in two:
+        torch.testing.assert_close(
+            two[name], one[name], rtol=1e-5, atol=1e-6, msg=lambda text, name=name: f"{name}: {text}"
+        )
+    assert abs(results["test"]["accuracy"] - single.results.test["accuracy"]) <= 1 / 3147  # one image at most
 
 
 def test_frozen_and_staged_parameters_under_ddp(ddp_run: Path) -> None:
@@ -92,6 +103,7 @@ def test_resume_under_the_same_world_size_only(ddp_run: Path) -> None:
             str(RECIPES / "mnist.toml"),
             *SUBSET,
             *FREEZING,
+            *EXACT,
             "data.batch_size=32",
             "train.epochs=3",
             "--resume",
@@ -106,6 +118,7 @@ def test_resume_under_the_same_world_size_only(ddp_run: Path) -> None:
         str(RECIPES / "mnist.toml"),
         *SUBSET,
         *FREEZING,
+        *EXACT,
         "data.batch_size=32",
         "train.epochs=3",
         "--resume",
@@ -343,25 +356,71 @@ def test_two_nodes_without_a_shared_folder_build_a_recipe_source_once(mnist_dir:
     assert (built / "model.safetensors").read_bytes() == (sent / "model.safetensors").read_bytes()
 
 
-def test_ctrl_c_under_two_processes_leaves_one_interrupted_run_folder(mnist_dir: Path, tmp_path: Path) -> None:
-    """Ctrl-C reaches torchrun, which passes SIGINT to both ranks; they agree on a step and stop there."""
+SLOW_MODULE = {
+    "slow_plugin.py": """
+    import os
+    import time
+    from pathlib import Path
+
+    from torch import nn
+
+    class Slow(nn.Module):
+        # A linear backbone whose forward takes a second in one phase (ZOO_TEST_SLOW: train or
+        # eval), where it first touches the file ZOO_TEST_MARK.
+        num_features = 8
+
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 8))
+
+        def forward(self, x):
+            if ("train" if self.training else "eval") == os.environ["ZOO_TEST_SLOW"]:
+                Path(os.environ["ZOO_TEST_MARK"]).touch()
+                time.sleep(1.0)
+            return self.layers(x)
+
+    def slow():
+        return Slow()
+    """
+}
+
+
+@pytest.mark.parametrize("phase", ["train", "eval"])
+def test_ctrl_c_under_two_processes_stops_within_seconds_even_in_slow_steps(
+    phase: str, mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Ctrl-C reaches torchrun, which passes SIGINT to both ranks and kills them 30 s later; they
+    agree on a batch within seconds, in a training step or in validation, however slow its batches
+    (1 s each here, 38 of them in either phase per rank, train.log_every far away)."""
     import signal
     import time
 
+    from conftest import make_distribution
+
+    site = make_distribution(tmp_path / "site", "slow", {"zoo.models": {"slow": "slow_plugin:slow"}}, SLOW_MODULE)
+    mark = tmp_path / "slow-phase-started"
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "ZOO_TEST_SLOW": phase, "ZOO_TEST_MARK": str(mark)}  # fmt: skip
     folder = tmp_path / "run"
     command = [
-        str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml"), *SUBSET,
-        "data.per_class=2000", "data.batch_size=8", "train.log_every=5", "train.checkpoint_every=10",
-        f"output.dir={folder}", "--no-progress",
+        str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", str(RECIPES / "mnist.toml"),
+        "model.backbone=slow", "data.classes=[0,1]", "data.per_class=300", "data.val_split=0.5", "data.batch_size=4",
+        "data.eval_batch_size=4", "train.epochs=1", "train.log_every=1000", f"output.dir={folder}", "--no-progress",
     ]  # fmt: skip
     process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env
     )
     deadline = time.monotonic() + 300
-    while not list((folder / "checkpoints").glob("step-*")):
+    while not mark.exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
+    time.sleep(1.5)  # well inside the phase
     os.killpg(process.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends to the foreground process group
+    interrupted = time.monotonic()
+    # The ranks' promise: the run folder saved as interrupted within seconds (torchrun kills at 30 s).
+    while json.loads((folder / "results.json").read_text())["state"] == "running":
+        assert time.monotonic() - interrupted < 10, "the ranks did not stop within 10 s of Ctrl-C"
+        time.sleep(0.05)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stdout + stderr
     results = json.loads((folder / "results.json").read_text())

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import RECIPES, sabotaged_loss
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from zoo import recipe as recipes
 from zoo.artifacts import RunFolder
@@ -101,3 +103,43 @@ def test_mixing_gives_the_loss_soft_targets_from_pairs_of_images(mnist_dir: Path
     assert not torch.equal(targets, torch.nn.functional.one_hot(labels, 2).float()) and not torch.equal(mixed, inputs)
     assert trainer.fit(progress=False)[0] == "finished"
     assert trainer_for(tmp_path).mix is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(seconds=st.floats(0.001, 10.0), stop_after=st.integers(0, 100))
+def test_under_ddp_the_ranks_check_for_ctrl_c_about_every_two_seconds_whatever_a_batch_takes(
+    seconds: float, stop_after: int
+) -> None:
+    """Batches of ``seconds`` each on a fake clock, as one rank of two sees them (the collective is
+    the identity here): checks come after the batch count agreed at the check before, at most
+    STOP_CHECK_SECONDS apart (or one batch, when a batch is longer), and a Ctrl-C stops the run
+    at the next check."""
+    from zoo import distributed, trainer
+
+    clock, checks = [0.0], []
+
+    def agreed(tensor: torch.Tensor) -> torch.Tensor:
+        checks.append(clock[0])
+        return tensor
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(trainer.time, "monotonic", lambda: clock[0])
+        patch.setattr(distributed, "world_size", lambda: 2)
+        patch.setattr(distributed, "max_across_ranks", agreed)
+        stops = trainer.StopRequests()
+        for batch in range(stop_after + 2 * int(trainer.STOP_CHECK_SECONDS / seconds) + 2):
+            if batch == stop_after:
+                stops.flag.fill_(1)  # SIGINT
+                asked = clock[0]
+            clock[0] += seconds
+            try:
+                stops.batch_done()
+            except KeyboardInterrupt:
+                break
+        else:
+            pytest.fail("Ctrl-C never stopped the run")
+    longest = max(trainer.STOP_CHECK_SECONDS, seconds) * (1 + 1e-6)
+    gaps = [later - earlier for earlier, later in zip([0.0, *checks], checks)]
+    assert all(gap <= longest for gap in gaps), gaps
+    assert all(gap > trainer.STOP_CHECK_SECONDS - seconds - 1e-6 for gap in gaps[1:-1]), gaps  # no needless checks
+    assert clock[0] - asked <= longest

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,14 +25,24 @@ TOP5_CLASSES = 10
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, batches: Batches, loss_fn: nn.Module, label_names: list[str], dtype: torch.dtype | None
+    model: nn.Module,
+    batches: Batches,
+    loss_fn: nn.Module,
+    label_names: list[str],
+    dtype: torch.dtype | None,
+    between_batches: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Loss, accuracy, macro precision/recall/F1, per-class rows and confusion matrix on a split."""
+    """Loss, accuracy, macro precision/recall/F1, per-class rows and confusion matrix on a split.
+
+    ``between_batches`` is called after each batch that every rank has (the ranks' shares of a
+    split differ by up to one batch): it may be a collective, such as the trainer's stop check.
+    """
     model.eval()
     predictions, targets = [], []
     loss_sum = torch.zeros((), device=batches.device)
     top5 = torch.zeros((), dtype=torch.long, device=batches.device)
-    for inputs, labels in batches.epoch():
+    common = -int(distributed.max_across_ranks(torch.tensor(-len(batches)))) if between_batches else 0
+    for number, (inputs, labels) in enumerate(batches.epoch()):
         with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
         loss_sum += loss_fn(logits.float(), labels) * len(labels)
@@ -40,6 +50,8 @@ def evaluate(
             top5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
         predictions.append(logits.argmax(1))
         targets.append(labels)
+        if between_batches is not None and number < common:
+            between_batches()
     if fsdp.is_sharded(model):  # its forward is a collective: the ranks with fewer batches call it too
         calls = int(distributed.max_across_ranks(torch.tensor(len(batches))))
         for _ in range(calls - len(batches)):

@@ -36,6 +36,46 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# Under DDP the ranks agree on Ctrl-C at least this often (torchrun kills them 30 s after SIGINT).
+STOP_CHECK_SECONDS = 2.0
+
+
+class StopRequests:
+    """Ctrl-C under DDP: torchrun passes SIGINT to every rank, which only sets ``flag``; the ranks
+    agree on it at a check (a collective) and stop after the same batch.
+
+    No rank's clock decides alone when to check, or the ranks would wait in different
+    collectives: they count batches, and at each check agree on how many to count until the next
+    from the slowest rank's pace, so that checks come every ``STOP_CHECK_SECONDS`` or so, however
+    slow a batch is. A new phase (an epoch's training, a validation) starts with a check after
+    its first batch, as batches of another phase take another time.
+    """
+
+    def __init__(self) -> None:
+        self.flag = torch.zeros((), dtype=torch.long)
+        self.restart()
+
+    def restart(self) -> None:
+        self.countdown, self.counted, self.since = 1, 0, time.monotonic()
+
+    def batch_done(self) -> None:
+        self.counted += 1
+        if self.counted >= self.countdown:
+            self.check()
+
+    def check(self) -> None:
+        """KeyboardInterrupt on every rank once any rank was asked to stop (a collective under DDP)."""
+        if distributed.world_size() == 1:
+            return
+        now = time.monotonic()
+        pace = (now - self.since) / max(1, self.counted)
+        batches = max(1, int(STOP_CHECK_SECONDS / max(pace, 1e-6)))
+        stop, fewest = distributed.max_across_ranks(torch.stack([self.flag, torch.tensor(-batches)])).tolist()
+        self.countdown, self.counted, self.since = -fewest, 0, now
+        if stop:
+            raise KeyboardInterrupt
+
+
 class NonFiniteLoss(ZooError):
     """The loss became NaN or infinite."""
 
@@ -110,7 +150,7 @@ class Trainer:
         self.seen = 0
         # The first step whose loss was not finite, kept on the device: checking costs no sync.
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
-        self.stop_flag = torch.zeros((), dtype=torch.long)  # set by SIGINT under DDP
+        self.stops = StopRequests()
 
     def _wrap(self, model: nn.Module) -> nn.Module:
         """What the training step calls: the model, under DDP when launched by torchrun (unless it is
@@ -173,21 +213,17 @@ class Trainer:
     @contextlib.contextmanager
     def _agreeing_on_ctrl_c(self) -> Iterator[None]:
         """Under DDP, Ctrl-C (torchrun forwards SIGINT to every rank) only asks to stop; the ranks
-        agree at the next check (``stop_requested``) and stop after the same step, so that no rank
-        is left in a collective the others have abandoned."""
+        agree at the next check (``StopRequests``: within seconds, in training and in validation)
+        and stop after the same batch, so that no rank is left in a collective the others have
+        abandoned."""
         if distributed.world_size() == 1:
             yield
             return
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: self.stop_flag.fill_(1))
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: self.stops.flag.fill_(1))
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
-
-    def stop_requested(self) -> None:
-        """KeyboardInterrupt on every rank once any rank was asked to stop (a collective under DDP)."""
-        if distributed.world_size() > 1 and int(distributed.max_across_ranks(self.stop_flag)):
-            raise KeyboardInterrupt
 
     def _epochs(self, progress: bool, tensorboard: Any) -> None:
         """Train, validate, log and checkpoint each epoch that is left."""
@@ -198,7 +234,9 @@ class Trainer:
                 distributed.broadcast_buffers(self.ema.module)
             last = self.epoch > self.config.epochs or self.done
             if self.val_batches is not None and (record["epoch"] % self.config.eval_every == 0 or last):
-                val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype)
+                self.stops.restart()
+                val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype,
+                               between_batches=self.stops.batch_done)  # fmt: skip
                 record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
                 if "top5_accuracy" in val:
                     record["val_top5_accuracy"] = val["top5_accuracy"]
@@ -232,6 +270,7 @@ class Trainer:
         freeze.keep_frozen_bn_in_eval(self.model, self.recipe.model.freeze.train_bn)
         started = time.perf_counter()
         seen_before = self.seen
+        self.stops.restart()
         bar = tqdm(total=self.batches.shard_size, initial=self.seen, desc=f"epoch {epoch}/{self.config.epochs}",
                    unit="img", unit_scale=True, disable=not (progress and distributed.is_main()),
                    leave=False, dynamic_ncols=True)  # fmt: skip
@@ -257,12 +296,12 @@ class Trainer:
             self.seen += len(labels)
             self.position += 1
             bar.update(len(labels))
+            self.stops.batch_done()
             if self.position % self.config.grad_accum and self.position < len(self.batches):
                 continue
             self._optimizer_step()
             if self.step % self.config.log_every == 0:  # the loop's only host sync
                 self.check_finite()
-                self.stop_requested()
                 bar.set_postfix(loss=f"{float(self.loss_sum) / self.seen:.4f}")
             every = self.config.checkpoint_every
             if every and self.step % every == 0 and self.position < len(self.batches) and not self.done:
@@ -271,7 +310,7 @@ class Trainer:
                 break
         bar.close()
         self.check_finite()
-        self.stop_requested()
+        self.stops.check()
         check_finite_weights(self.model)  # before validation: NaN weights give NaN metrics, not a run
         seconds = time.perf_counter() - started
         totals = distributed.sum_across_ranks(torch.stack([self.loss_sum, self.correct.double(), torch.tensor(
