@@ -9,7 +9,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,11 +16,9 @@ from typing import Any
 
 import click
 
-from . import __version__, registry
+from . import __version__, launch, registry
 from .errors import ZooError
 
-ERROR_DIR = "ZOO_ERROR_DIR"  # set by `zoo run --nproc` for its ranks: where each writes its user error
-RANK_LEFT_EXIT = 3  # a rank of `zoo run --nproc` that stopped because another rank had ended
 KIND_CHOICES = {"models": "model", "datasets": "dataset", "losses": "loss"}
 
 
@@ -32,11 +29,8 @@ class UserError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         line = f"zoo: error: {self.format_message()}"
-        errors = os.environ.get(ERROR_DIR)
-        if errors:  # one rank of `zoo run --nproc`: the launching zoo reports it, once for all ranks
-            Path(errors, f"rank-{int(os.environ.get('RANK', '0')):06d}").write_text(line)
-            return
-        click.echo(line, err=True)
+        if not launch.leave_user_error(line):  # under `zoo run --nproc` the launcher reports it, once
+            click.echo(line, err=True)
 
 
 class ZooGroup(click.Group):
@@ -232,7 +226,7 @@ def run(
     recipe = recipes.load(recipe_path, overrides)  # a mistake is reported once, before any process starts
     if nproc > 1 and not dry_run:
         flags = [*(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"])]
-        _torchrun(nproc, ["run", recipe_path, *overrides, *flags])
+        launch.torchrun(nproc, ["run", recipe_path, *overrides, *flags])
         return
     run_folder = None
     if resume:
@@ -244,8 +238,8 @@ def run(
         left = rank_left(exc)
         if left is None:
             raise
-        if os.environ.get(ERROR_DIR):  # the launching zoo says which rank ended first, and how
-            sys.exit(RANK_LEFT_EXIT)
+        if os.environ.get(launch.NOTES):  # the launching zoo says which rank ended first, and how
+            sys.exit(launch.RANK_LEFT_EXIT)
         raise left from exc
     finally:  # a rank that leaves with its process group alive can abort at exit (gloo's threads)
         teardown()
@@ -256,58 +250,6 @@ def run(
     click.echo(f"run folder: {result.folder} ({result.results.state})")
     if result.results.state == "interrupted":
         sys.exit(130)
-
-
-def _torchrun(nproc: int, zoo_arguments: list[str]) -> None:
-    """Hand over to PyTorch's own launcher, which starts one `python -m zoo` per rank.
-
-    A user's mistake is reported once, by this process, as one line; torchrun's own log lines
-    (thread warning, closing signals, failure summary) stay out of the way.
-    """
-    import logging
-    import tempfile
-
-    from torch.distributed.elastic.multiprocessing import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import main as torchrun
-
-    from .distributed import LAUNCHER_PID
-
-    for logger in ("torch.distributed.run", "torch.distributed.elastic"):
-        logging.getLogger(logger).setLevel(logging.CRITICAL)
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
-    os.environ[LAUNCHER_PID] = str(os.getpid())  # the ranks' parent: they end when it does
-    with tempfile.TemporaryDirectory(prefix="zoo-ranks-") as errors:
-        os.environ[ERROR_DIR] = errors
-        try:
-            torchrun(["--standalone", "--nproc_per_node", str(nproc), "-m", "zoo", *zoo_arguments])
-        except ChildFailedError as exc:
-            reported = sorted(Path(errors).iterdir())
-            if reported:  # a user's mistake: what the other ranks did on their way out is beside the point
-                click.echo(reported[0].read_text(), err=True)
-                sys.exit(UserError.exit_code)
-            _report_failed_rank(exc.failures, nproc)
-        except SignalException:  # Ctrl-C: torchrun passed it to the ranks, which stopped together
-            sys.exit(130)
-
-
-def _report_failed_rank(failures: dict[int, Any], nproc: int) -> None:
-    """Exit as the rank that ended first did: killed by a signal, one line (the others stopped with it,
-    quietly); an internal error, its own traceback is above and its exit code is ours."""
-    causes = {rank: failure for rank, failure in failures.items() if failure.exitcode != RANK_LEFT_EXIT}
-    # torchrun stops the surviving ranks with SIGTERM: a rank that ended otherwise came first.
-    first = sorted(causes.items(), key=lambda item: (item[1].exitcode == -signal.SIGTERM, item[1].timestamp, item[0]))
-    if not first:
-        sys.exit(1)
-    rank, failure = first[0]
-    if failure.exitcode < 0:
-        click.echo(
-            f"zoo: error: rank {rank} was killed ({failure.signal_name()}) and the job stopped with it; "
-            f"continue it with --resume and --nproc {nproc}",
-            err=True,
-        )
-        sys.exit(128 - failure.exitcode)
-    sys.exit(failure.exitcode)
 
 
 def _print_scores(metrics: dict[str, Any], split: str = "test") -> None:

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
 from .errors import ZooError
+from .launch import LAUNCHER_PID
 
 T = TypeVar("T")
 
@@ -35,7 +36,6 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-LAUNCHER_PID = "ZOO_LAUNCHER_PID"  # set by `zoo run --nproc`: the process that starts the ranks
 _PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 

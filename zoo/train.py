@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import __version__, augment, catalog, checkpoint, distributed, freeze, fsdp, locking, registry
+from . import __version__, augment, catalog, checkpoint, distributed, freeze, fsdp, launch, locking, registry
 from . import recipe as recipes
 from .artifacts import RunFolder, RunResults
 from .augment import Augmentation
@@ -332,6 +332,7 @@ def _train(setup: RunSetup, folder: RunFolder, latest: Path | None, progress: bo
         if latest is not None:  # the weights will change: exports of the old ones would answer for the new
             for name in drop_exports(folder):
                 log(f"removed {name}, exported from the weights this run now trains on (`zoo export` it again)")
+        launch.leave_note(launch.RUN_FOLDER, str(folder.path.resolve()))  # for `zoo run --nproc`, after Ctrl-C
     log(f"run folder: {folder}")
     try:
         started = time.perf_counter()
