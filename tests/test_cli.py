@@ -29,6 +29,17 @@ def test_a_run_without_timm_models_or_image_datasets_does_not_import_timm(mnist_
     assert "torch" in modules and not {m for m in modules if m.split(".")[0] == "timm"}  # 1.5 s of start-up
 
 
+def test_a_data_cache_that_does_nothing_says_so(mnist_dir: Path) -> None:
+    tiny = [str(RECIPES / "mnist.toml"), "--dry-run", "data.classes=[0,1]", "data.per_class=8"]
+    warned = zoo_command("run", *tiny, "data.cache=disk")
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stderr.splitlines() == [
+        "zoo: warning: data.cache = \"disk\" does nothing: the images of dataset 'mnist' are tensors held in "
+        "memory already; remove data.cache"
+    ]
+    assert zoo_command("run", *tiny, "data.cache=none").stderr == ""
+
+
 def test_version() -> None:
     result = zoo_command("--version")
     assert result.returncode == 0 and result.stdout.startswith("zoo, version ")
