@@ -248,6 +248,7 @@ def add(
         license=stored.license,
         description=stored.description,
     )
+    load(file)  # a damaged registry (or a link to something else) is refused before a lock is made beside it
     target = file.resolve()  # a symlinked registry.json is written through, not replaced
     with locking.locked(target):
         catalog = load(file)
