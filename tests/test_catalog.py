@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 from pathlib import Path
 
 import pytest
@@ -102,3 +105,49 @@ def test_several_registries_are_searched_in_order_and_the_first_local_one_is_wri
     monkeypatch.setenv("ZOO_REGISTRY", "hf-hub:not a repo")
     with pytest.raises(ZooError, match="ZOO_REGISTRY"):
         catalog.everything()
+
+
+@pytest.mark.parametrize(
+    ("kind", "refusal"),
+    [
+        ("folder", "is a folder; it should be a file"),
+        ("fifo", "is a FIFO"),
+        ("/dev/zero", "is a device"),
+        ("huge sparse", "is 17,179,869,184 bytes: too large"),
+        ("not UTF-8", "not valid JSON"),
+        ("recipe with a NUL byte", "weights.digits.sources: recipe 'a\\x00b.toml' holds a NUL byte"),
+    ],
+)
+def test_a_registry_file_is_read_only_as_a_regular_file_of_sane_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str, refusal: str
+) -> None:
+    """Once read whole with no checks: a folder was a traceback, a FIFO hung, /dev/zero filled the memory."""
+    registry = tmp_path / "registry.json"
+    if kind == "folder":
+        registry.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(registry)
+    elif kind == "/dev/zero":
+        registry.symlink_to("/dev/zero")
+    elif kind == "huge sparse":
+        with registry.open("wb") as file:
+            file.truncate(16 << 30)
+    elif kind == "not UTF-8":
+        registry.write_bytes(b"\xff\xfe{\x80")
+    else:
+        sources = {"recipe": "a\0b.toml"}
+        entry = {"backbone": "mnist_cnn", "num_classes": 1, "label_names": ["0"], "sources": sources}
+        registry.write_text(json.dumps({"schema": 2, "weights": {"digits": entry}}))
+    monkeypatch.setenv("ZOO_REGISTRY", str(registry))
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)  # a hang fails the test instead of the suite
+    try:
+        with pytest.raises(ZooError, match=f"^{re.escape(str(registry))}(: | ){re.escape(refusal)}"):
+            catalog.everything()
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def hung(signum: int, frame: object) -> None:
+    raise TimeoutError("no answer after 30 s")

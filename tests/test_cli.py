@@ -1,11 +1,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, assert_user_error, zoo_command
+from conftest import RECIPES, assert_user_error, make_distribution, zoo_command
+from hub_server import Blob, Repo
 
 
 def imported_modules(*args: str) -> set[str]:
@@ -25,6 +27,17 @@ def test_help_and_list_import_no_torch_and_no_plugin() -> None:
 def test_a_run_without_timm_models_or_image_datasets_does_not_import_timm(mnist_dir: Path) -> None:
     modules = imported_modules("run", str(RECIPES / "mnist.toml"), "--dry-run")
     assert "torch" in modules and not {m for m in modules if m.split(".")[0] == "timm"}  # 1.5 s of start-up
+
+
+def test_a_data_cache_that_does_nothing_says_so(mnist_dir: Path) -> None:
+    tiny = [str(RECIPES / "mnist.toml"), "--dry-run", "data.classes=[0,1]", "data.per_class=8"]
+    warned = zoo_command("run", *tiny, "data.cache=disk")
+    assert warned.returncode == 0, warned.stderr
+    assert warned.stderr.splitlines() == [
+        "zoo: warning: data.cache = \"disk\" does nothing: the images of dataset 'mnist' are tensors held in "
+        "memory already; remove data.cache"
+    ]
+    assert zoo_command("run", *tiny, "data.cache=none").stderr == ""
 
 
 def test_version() -> None:
@@ -67,6 +80,37 @@ def test_info_shows_arguments_defaults_types_and_doc() -> None:
 def test_unknown_name_is_one_line_with_suggestion() -> None:
     assert_user_error(zoo_command("info", "nosuchmodel"), "unknown model 'nosuchmodel'")
     assert_user_error(zoo_command("info", "mnist_cnm"), "did you mean 'mnist_cnn'")
+
+
+def test_library_chatter_stays_out_of_the_error_line_and_shows_with_verbose(hub, tmp_path: Path) -> None:
+    """With HF_HUB_CACHE a file, huggingface_hub logs "Ignored error while writing ..." before the pull
+    fails: without --verbose the user sees zoo's one line only; with it, the library's lines come first."""
+    server, env = hub
+    repo = server.state.repos.setdefault("zoo-test/digits", Repo())
+    server.state.new_commit(repo, {"config.json": Blob(b"{}", False), "model.safetensors": Blob(b"x", True)}, "main")
+    (tmp_path / "a-file").write_text("")
+    env = {**env, "HF_HUB_CACHE": str(tmp_path / "a-file")}
+    quiet = assert_user_error(zoo_command("pull", "zoo-test/digits", env=env), "cannot write the Hugging Face cache")
+    verbose = zoo_command("--verbose", "pull", "zoo-test/digits", env=env)
+    assert verbose.returncode == 2 and verbose.stderr.splitlines()[-1] == quiet
+    assert any(
+        "huggingface_hub" in line and "Ignored error while writing" in line for line in verbose.stderr.splitlines()
+    )
+
+
+def test_python_warnings_of_a_library_show_with_verbose_only(tmp_path: Path) -> None:
+    chatty = 'import warnings\nwarnings.warn("chatty plugin says hello")\n\ndef net():\n    """Chatty."""\n'
+    site = make_distribution(
+        tmp_path / "site",
+        "chatty-plugin",
+        {"zoo.models": {"chatty": "chatty_plugin:net"}},
+        {"chatty_plugin.py": chatty},
+    )
+    env = {"PYTHONPATH": os.pathsep.join([str(site), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    quiet = zoo_command("info", "chatty", env=env)
+    assert quiet.returncode == 0 and "Chatty." in quiet.stdout and quiet.stderr == ""
+    verbose = zoo_command("--verbose", "info", "chatty", env=env)
+    assert verbose.returncode == 0 and "chatty plugin says hello" in verbose.stderr
 
 
 def test_broken_plugin_listed_reported_and_strict(broken_site: Path) -> None:

@@ -3,6 +3,10 @@
 Each of `zoo eval`, `zoo predict`, `zoo run --resume`, `zoo push` (to the local Hub), `zoo registry
 add` and `zoo runs` must end in a result (exit 0) or in exit 2 with one line naming the problem:
 never a traceback, and never a hang (an alarm fails the example after a minute).
+
+The files zoo keeps for itself beside a run (its lock, the registry's lock, a cache entry's lock)
+and registry.json get every hostile kind of file in turn, and the commands that touch each must
+also never write outside: a link's target is unchanged afterwards.
 """
 
 from __future__ import annotations
@@ -18,13 +22,14 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, TOKEN
+from conftest import RECIPES, TOKEN, write_source_recipes
 from hub_server import FakeHub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from zoo import locking
 from zoo import recipe as recipes
 from zoo.cli import cli
 from zoo.train import run
@@ -210,3 +215,77 @@ def _traceback(result: object) -> list[str]:
 
     exception = getattr(result, "exception", None)
     return traceback.format_exception(exception) if exception and not isinstance(exception, SystemExit) else []
+
+
+HOSTILE = ("link outside", "dangling link", "fifo", "folder", "/dev/zero", "huge sparse", "not UTF-8")
+REGULAR = ("huge sparse", "not UTF-8")  # a sidecar lock all the same; as .zoo.lock, a claim being written
+
+
+def make_hostile(path: Path, kind: str, outside: Path) -> None:
+    path.unlink(missing_ok=True)
+    if kind == "link outside":
+        path.symlink_to(outside / "precious.json")
+    elif kind == "dangling link":
+        path.symlink_to(outside / "made-by-zoo")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "/dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "huge sparse":
+        with path.open("wb") as file:
+            file.truncate(16 << 30)
+    else:
+        path.write_bytes(b"\xff\xfe{\x80 not utf-8 \xc3")
+
+
+def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(p.relative_to(folder)): (p.read_bytes(), p.lstat().st_mode) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+@pytest.mark.parametrize("place", [locking.LOCK_NAME, ".registry.json.lock", "registry.json", "cache lock"])
+def test_a_hostile_file_where_zoo_keeps_its_own_is_one_line_and_nothing_outside_changes(
+    finished: Path, tmp_path: Path, place: str, kind: str
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.json").write_text('{"precious": true}\n')
+    before = snapshot(outside)
+    folder = tmp_path / "runs" / "run"
+    shutil.copytree(finished, folder, symlinks=True)
+    recipe_file = tmp_path / "recipe.toml"
+    recipe_file.write_text((finished / "recipe.toml").read_text())
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"schema": 2, "weights": {}}')
+    write_source_recipes(tmp_path, "pre", "fine", per_class=8, val_split=0.0)
+    pre = recipes.load(tmp_path / "pre.toml")
+    add = ["registry", "add", str(folder), "--name", "digits", "--recipe", str(recipe_file)]
+    target, commands = {
+        locking.LOCK_NAME: (
+            folder / locking.LOCK_NAME,
+            [["run", str(recipe_file), "--resume", str(folder), "--no-progress"]],
+        ),
+        ".registry.json.lock": (tmp_path / ".registry.json.lock", [add]),
+        "registry.json": (registry, [["registry", "list"], ["registry", "check"], add]),
+        "cache lock": (
+            recipes.cache_dir() / "runs" / f".{pre.name}-{pre.hash[:12]}.lock",
+            [["run", str(tmp_path / "fine.toml"), "--dry-run", "--no-progress"]],
+        ),
+    }[place]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    make_hostile(target, kind, outside)
+    for command in commands:
+        with alarm(60):
+            result = CliRunner(env={"ZOO_REGISTRY": str(registry)}).invoke(cli, command)
+        said = f"{kind} {place}: zoo {' '.join(command[:2])} -> exit {result.exit_code}\n{result.output}"
+        assert result.exit_code in (0, 2), said + "".join(_traceback(result))
+        assert "Traceback" not in result.output, said
+        if kind in REGULAR and place in (".registry.json.lock", "cache lock"):
+            assert result.exit_code == 0, said  # any regular file serves as a sidecar lock
+        else:
+            lines = [line for line in result.stderr.splitlines() if line.strip()]
+            assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("zoo: error: "), said
+            assert target.name in lines[0], said
+    assert snapshot(outside) == before  # nothing written, truncated or created through a link

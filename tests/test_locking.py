@@ -121,3 +121,39 @@ def test_a_symlinked_registry_is_written_through_with_its_mode(tmp_path: Path, m
     catalog.add(write_finished_run(tmp_path / "run").path, "digits", RECIPES / "mnist.toml")
     assert (tmp_path / "registry.json").is_symlink() and "digits" in json.loads(real.read_text())["weights"]
     assert real.stat().st_mode & 0o777 == 0o664
+
+
+@pytest.mark.parametrize(
+    ("kind", "refusal"),
+    [
+        ("link", "is a symbolic link, which zoo does not follow here; remove it"),
+        ("dangling link", "is a symbolic link, which zoo does not follow here; remove it"),
+        ("fifo", "is a FIFO"),
+        ("folder", "is a folder"),
+    ],
+)
+def test_a_lock_file_that_is_not_a_regular_file_is_one_line_and_never_followed(
+    tmp_path: Path, kind: str, refusal: str
+) -> None:
+    """A run's .zoo.lock and a shared file's sidecar lock: a link there once had the lock record
+    overwrite the file it pointed at, in the user's home; a dangling one recursed forever."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    run_lock, sidecar = tmp_path / "run" / locking.LOCK_NAME, tmp_path / "team" / ".registry.json.lock"
+    for lock in (run_lock, sidecar):
+        lock.parent.mkdir()
+        if kind == "link":
+            lock.symlink_to(home / "notes.txt")
+        elif kind == "dangling link":
+            lock.symlink_to(home / "created.txt")
+        elif kind == "fifo":
+            os.mkfifo(lock)
+        else:
+            lock.mkdir()
+    with pytest.raises(ZooError, match=f"{run_lock} {refusal}"):
+        locking.claim(tmp_path / "run")
+    with pytest.raises(ZooError, match=f"{sidecar} {refusal}"), locking.locked(tmp_path / "team" / "registry.json"):
+        pass
+    assert not locking.is_abandoned(tmp_path / "run", older_than=0)  # not a claim zoo can read: left alone
+    assert [(p.name, p.read_text()) for p in home.iterdir()] == [("notes.txt", "mine")]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -8,6 +9,8 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 from conftest import RECIPES, REPO, assert_user_error
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from zoo import recipe as recipes
 from zoo import registry
@@ -204,3 +207,30 @@ def test_extends_never_reads_a_device_or_a_huge_file(tmp_path: Path) -> None:
         recipe.write_text(f'extends = "{base}"\nname = "r"\n')
         with pytest.raises(ZooError, match=fragment):
             recipes.load(recipe, check=False)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    key=st.sampled_from(["output.dir", "data.root", "model.pretrained", "extends", "data.args.root"]),
+    prefix=st.sampled_from(["", "recipe:", "registry:", "hf-hub:", "/"]),
+    around=st.tuples(*[st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=6)] * 2),
+    in_file=st.booleans(),
+)
+def test_a_nul_byte_in_any_path_is_one_line_naming_the_key(
+    tmp_path: Path, key: str, prefix: str, around: tuple[str, str], in_file: bool
+) -> None:
+    """TOML allows "\\u0000"; no path can hold it, and pathlib raises: the recipe names the key instead."""
+    value = json.dumps(prefix + around[0] + "\0" + around[1], ensure_ascii=False)  # JSON's escapes are TOML's
+    recipe = write(tmp_path / "nul.toml", 'name = "tiny"\nmodel.backbone = "mnist_cnn"\ndata.dataset = "mnist"\n')
+    if in_file:
+        recipe.write_text(recipe.read_text() + f"{key} = {value}\n")
+    origin = f"{recipe}: " if in_file else "override "
+    with pytest.raises(ZooError, match=re.escape(f"{origin}{key}: ") + ".* holds a NUL byte"):
+        recipes.load(recipe, [] if in_file else [f"{key}={value}"], check=False)
+
+
+def test_a_nul_byte_in_a_run_folders_recipe_is_one_line(tmp_path: Path) -> None:
+    stored = recipes.load(write(tmp_path / "ok.toml", MINIMAL), check=False).to_dict()
+    stored["output"] = {"dir": "runs/a\0b"}
+    with pytest.raises(ZooError, match=r"recipe.toml: output.dir: .* holds a NUL byte"):
+        recipes.from_dict(stored, "run/recipe.toml")  # a run folder's recipe.toml, damaged

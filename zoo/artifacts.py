@@ -12,6 +12,7 @@ and renamed, so a crash never leaves half a file.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -269,35 +270,57 @@ MAX_METADATA_BYTES = 64 << 20  # config.json, results.json, recipe.toml, hub.jso
 
 
 def read_file(path: Path, limit: int | None = MAX_METADATA_BYTES, follow_symlinks: bool = True) -> bytes | None:
-    """The bytes of a file zoo wrote (run folder, checkpoint); None when it does not exist.
+    """The bytes of a file zoo wrote (run folder, checkpoint, registry.json); None when it does not exist.
 
-    Only regular files are read (a FIFO would block forever; it is opened non-blocking and checked
-    before any read), metadata files only up to ``limit`` bytes, and with ``follow_symlinks=False``
-    (what `zoo push` uploads) never through a symbolic link.
+    Only regular files are read (see ``open_regular``), metadata files only up to ``limit`` bytes,
+    and with ``follow_symlinks=False`` (what `zoo push` uploads) never through a symbolic link.
     """
-    flags = os.O_RDONLY | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW)
+    descriptor = open_regular(path, os.O_RDONLY, follow_symlinks)
+    if descriptor is None:
+        return None
+    size = os.fstat(descriptor).st_size
+    if limit is not None and size > limit:  # a huge (or sparse) file would fill the memory
+        os.close(descriptor)
+        raise ZooError(f"{path} is {size:,} bytes: too large to be what zoo wrote there")
+    with os.fdopen(descriptor, "rb") as file:
+        try:
+            data = file.read() if limit is None else file.read(limit + 1)  # bounded, even if it grows meanwhile
+        except OSError as exc:
+            raise ZooError(f"cannot read {path}: {exc.strerror}") from None
+    if limit is not None and len(data) > limit:
+        raise ZooError(f"{path} is over {limit:,} bytes: too large to be what zoo wrote there")
+    return data
+
+
+def open_regular(
+    path: Path, flags: int, follow_symlinks: bool = True, fix: str = "put the file itself there"
+) -> int | None:
+    """A descriptor on the regular file at ``path``, opened with ``flags``; None when it does not exist.
+
+    Opened non-blocking (a FIFO would block forever) and checked on the descriptor, so what is
+    checked is what is then read or written: a folder, FIFO or device is a ZooError. With
+    ``follow_symlinks=False`` a symbolic link is one too, and never followed, not even to create
+    the file it points at (``O_NOFOLLOW``). ``fix`` tells the user what to do about a link.
+    """
     try:
-        descriptor = os.open(path, flags)
+        descriptor = os.open(path, flags | os.O_NONBLOCK | (0 if follow_symlinks else os.O_NOFOLLOW), 0o644)
     except FileNotFoundError:
         return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise ZooError(
-                f"{path} is a symbolic link, which zoo does not follow here; put the file itself there"
-            ) from None
-        raise ZooError(f"cannot read {path}: {exc.strerror}") from None
-    info = os.fstat(descriptor)
-    if not stat.S_ISREG(info.st_mode) or (limit is not None and info.st_size > limit):
+            raise ZooError(f"{path} is a symbolic link, which zoo does not follow here; {fix}") from None
+        if exc.errno == errno.EISDIR:
+            raise ZooError(f"{path} is a folder; it should be a file") from None
+        raise ZooError(f"cannot open {path}: {exc.strerror}") from None
+    kind = stat.S_IFMT(os.fstat(descriptor).st_mode)
+    if kind != stat.S_IFREG:
         os.close(descriptor)
-        if stat.S_ISREG(info.st_mode):
-            raise ZooError(f"{path} is {info.st_size:,} bytes: too large to be what zoo wrote there")
-        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-        raise ZooError(f"{path} is {kind}; it should be a file")
-    with os.fdopen(descriptor, "rb") as file:
-        try:
-            return file.read()
-        except OSError as exc:
-            raise ZooError(f"cannot read {path}: {exc.strerror}") from None
+        raise ZooError(f"{path} is {_KINDS.get(kind, 'not a regular file')}; it should be a file")
+    return descriptor
+
+
+_KINDS = {stat.S_IFDIR: "a folder", stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFSOCK: "a socket",
+          stat.S_IFCHR: "a device", stat.S_IFBLK: "a device"}  # fmt: skip
 
 
 def tensors_of(data: bytes, path: Path) -> dict[str, torch.Tensor]:
@@ -333,7 +356,12 @@ def _first_error(exc: ValidationError) -> str:
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename.
+
+    Nothing is written through a symbolic link: the temporary file is new (``mkstemp`` creates
+    it with ``O_EXCL``), and the rename replaces whatever ``path`` names, a link included, not
+    the file a link points at.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -354,13 +382,15 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def _mode_for(path: Path) -> int:
-    """The mode that writing ``path`` in place would leave: the file's own, else the umask's default."""
-    try:
-        return stat.S_IMODE(path.stat().st_mode)
-    except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+    """The mode that writing ``path`` in place would leave: the regular file's own, else the umask's
+    default (never the mode of a file that a link at ``path`` points at)."""
+    with contextlib.suppress(FileNotFoundError):
+        info = path.lstat()
+        if stat.S_ISREG(info.st_mode):
+            return stat.S_IMODE(info.st_mode)
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
 
 
 def sha256_of(path: Path) -> str:

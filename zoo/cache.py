@@ -229,11 +229,11 @@ def _name(files: list[str], layout: Layout, verify: str) -> str:
 
 def _complete(path: Path, description: Path, count: int, layout: Layout) -> bool:
     try:
-        described = json.loads(description.read_text())
+        described = json.loads(artifacts.read_file(description) or b"null")  # never a FIFO: it would block
         return described == {"version": VERSION, "count": count, **asdict(layout)} and (
             path.stat().st_size == count * layout.image_bytes
         )
-    except (OSError, ValueError):
+    except (OSError, ValueError, ZooError):  # damaged, or not a file: rebuilt, and replaced by the rename
         return False
 
 
@@ -243,7 +243,7 @@ def _build(files: list[str], layout: Layout, path: Path, workers: int, progress:
     loader = DataLoader(_Decoding(files, layout), batch_size=64, num_workers=workers)
     bar = tqdm(total=len(files), desc=f"decoding {len(files):,} images once", unit="img", disable=not progress)
     try:
-        with open(staging, "wb") as file:
+        with open(staging, "xb") as file:  # a new file (O_EXCL): never through a link left there
             try:
                 for batch in loader:
                     file.write(batch.numpy().tobytes())

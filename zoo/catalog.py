@@ -63,6 +63,8 @@ class Sources(_Strict):
     def _at_least_one(self) -> Sources:
         if self.hub is None and self.recipe is None:
             raise ValueError("sources needs 'hub', 'recipe' or both")
+        if self.recipe is not None and "\0" in self.recipe:
+            raise ValueError(f"recipe {self.recipe!r} holds a NUL byte (\\0), which no path may hold")
         return self
 
 
@@ -157,12 +159,13 @@ def everything() -> dict[str, Found]:
 def load(file: Path | None = None) -> Catalog:
     """The catalogue at ``file`` (default: ``path()``), validated; an empty one if there is no file."""
     file = file or path()
-    try:
-        data = json.loads(file.read_text())
-    except FileNotFoundError:
+    text = artifacts.read_file(file)  # a regular file of bounded size: never a FIFO, a device or a folder
+    if text is None:
         if os.environ.get("ZOO_REGISTRY") and str(file) in search_list():
-            raise ZooError(f"ZOO_REGISTRY names {file}, which does not exist") from None
+            raise ZooError(f"ZOO_REGISTRY names {file}, which does not exist")
         return Catalog(schema=SCHEMA_VERSION)
+    try:
+        data = json.loads(text)
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ZooError(f"{file}: not valid JSON: {exc}") from None
     try:
@@ -245,6 +248,7 @@ def add(
         license=stored.license,
         description=stored.description,
     )
+    load(file)  # a damaged registry (or a link to something else) is refused before a lock is made beside it
     target = file.resolve()  # a symlinked registry.json is written through, not replaced
     with locking.locked(target):
         catalog = load(file)

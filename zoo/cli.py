@@ -43,7 +43,10 @@ class ZooGroup(click.Group):
 
 @click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="zoo")
-def cli() -> None:
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Also show what libraries (huggingface_hub, timm, torch) log and warn."
+)
+def cli(verbose: bool) -> None:
     """zoo: a plugin-based model zoo and fine-tuning registry for PyTorch.
 
     Models, datasets and losses are plugins found through Python entry points; recipes (TOML
@@ -58,6 +61,35 @@ def cli() -> None:
     Environment: ZOO_DATA_DIR (datasets, default ~/.cache/zoo/data), ZOO_CACHE_DIR (cached
     runs, default ~/.cache/zoo), ZOO_STRICT_PLUGINS=1 (a broken plugin is an error).
     """
+    route_library_output(verbose)
+
+
+def route_library_output(verbose: bool) -> None:
+    """Send what libraries log, and Python warnings, through ``logging`` to one handler on stderr that
+    shows them with --verbose only: otherwise a library's passing remark (huggingface_hub's "Ignored
+    error while writing ..." with an unwritable cache) would come before the user's one error line.
+
+    huggingface_hub brings its own stderr handler, so its records are sent up to the root instead.
+    """
+    import logging
+
+    from huggingface_hub.utils import logging as hub_logging
+
+    hub_root = hub_logging.get_logger()
+    for handler in list(hub_root.handlers):
+        hub_root.removeHandler(handler)
+    hub_logging.enable_propagation()
+    logging.captureWarnings(True)
+    root = logging.getLogger()
+    for handler in [handler for handler in root.handlers if handler.get_name() == "zoo"]:  # an earlier command's
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.set_name("zoo")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)  # present either way: no lastResort
+    root.addHandler(handler)
+    if verbose:
+        root.setLevel(logging.INFO)
 
 
 def print_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> None:
@@ -226,7 +258,8 @@ def run(
     recipe = recipes.load(recipe_path, overrides)  # a mistake is reported once, before any process starts
     if nproc > 1 and not dry_run:
         flags = [*(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"])]
-        launch.torchrun(nproc, ["run", recipe_path, *overrides, *flags])
+        verbose = ["--verbose"] if click.get_current_context().find_root().params["verbose"] else []
+        launch.torchrun(nproc, [*verbose, "run", recipe_path, *overrides, *flags])
         return
     run_folder = None
     if resume:

@@ -248,10 +248,10 @@ def _hub_errors(what: str) -> Iterator[None]:
         raise ZooError(f"{what}: the Hub answered {status}: {str(exc).splitlines()[0]}") from None
     except HFValidationError as exc:
         raise ZooError(f"{what}: {str(exc).splitlines()[0]}") from None
-    except PermissionError as exc:
+    except httpx2.TransportError as exc:
+        raise ZooError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__})") from None
+    except OSError as exc:  # last: the errors above may be OSErrors too. Read-only, a file, a full disk
         raise ZooError(
             f"{what}: cannot write the Hugging Face cache ({exc.filename or constants.HF_HUB_CACHE}): {exc.strerror}; "
             "set HF_HUB_CACHE to a writable folder"
         ) from None
-    except httpx2.TransportError as exc:
-        raise ZooError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__})") from None

@@ -9,6 +9,10 @@ both take over from the same dead owner.
 
 ``locked(path)`` serialises read-modify-write of a shared file (registry.json, a cache entry)
 with ``flock`` on a sidecar file; the kernel releases it when a holder dies.
+
+Lock files are zoo's own: a symbolic link in their place is never followed (it could point at a
+file of the user's, outside the run), and a folder, FIFO or device there is refused. Either is
+one line naming the file (``artifacts.open_regular``).
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
+from . import artifacts
 from .errors import ZooError
 
 LOCK_NAME = ".zoo.lock"
+NOT_FOLLOWED = "remove it: zoo keeps its own lock file there"
 
 
 class Claim:
@@ -79,8 +85,8 @@ def claim(folder: Path) -> Claim:
         raise ZooError(f"cannot create the run folder {folder}: {exc.strerror}") from None
     path = folder / LOCK_NAME
     try:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    except FileExistsError:  # a claim, a stale one, or something else in its place: _take_over tells
         return _take_over(folder, path)
     except OSError as exc:
         raise ZooError(f"cannot claim the run folder {folder}: {exc.strerror}") from None
@@ -90,9 +96,8 @@ def claim(folder: Path) -> Claim:
 
 
 def _take_over(folder: Path, path: Path) -> Claim:
-    try:
-        descriptor = os.open(path, os.O_RDWR)
-    except FileNotFoundError:  # released between our two calls: try again from the start
+    descriptor = artifacts.open_regular(path, os.O_RDWR, follow_symlinks=False, fix=NOT_FOLLOWED)
+    if descriptor is None:  # released between our two calls: try again from the start
         return claim(folder)
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -101,8 +106,8 @@ def _take_over(folder: Path, path: Path) -> Claim:
         if being_written or (owner and _alive(owner)):
             raise BlockingIOError
     except BlockingIOError:
+        owner = _owner(descriptor)
         os.close(descriptor)
-        owner = _read(path)
         who = f"process {owner.get('pid', '?')} on {owner.get('host', '?')} since {owner.get('started', '?')}"
         raise ZooError(
             f"{folder} is in use by {who}: wait for that run to end or stop it (its lock is {path})"
@@ -114,9 +119,10 @@ def _take_over(folder: Path, path: Path) -> Claim:
 
 
 def _read(path: Path) -> dict:
+    """The owner a lock file names; {} when it names none (empty, damaged, or not a regular file)."""
     try:
-        owner = json.loads(path.read_text())
-    except (OSError, ValueError):
+        owner = json.loads(artifacts.read_file(path, limit=4096, follow_symlinks=False) or b"{}")
+    except (ZooError, ValueError):
         return {}
     return owner if isinstance(owner, dict) else {}
 
@@ -125,7 +131,7 @@ def is_abandoned(folder: Path, older_than: float) -> bool:
     """Whether ``folder`` was left by a dead process: its claim's owner is gone, or it was never claimed
     and has not changed for ``older_than`` seconds."""
     path = folder / LOCK_NAME
-    if not path.exists():
+    if not os.path.lexists(path):
         try:
             return time.time() - folder.stat().st_mtime > older_than
         except FileNotFoundError:
@@ -140,9 +146,11 @@ def locked(path: Path) -> Iterator[None]:
     sidecar = path.parent / f".{path.name}.lock"
     try:
         sidecar.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(sidecar, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
         raise ZooError(f"cannot lock {path}: {exc.strerror}") from None
+    descriptor = artifacts.open_regular(sidecar, os.O_RDWR | os.O_CREAT, follow_symlinks=False, fix=NOT_FOLLOWED)
+    if descriptor is None:
+        raise ZooError(f"cannot lock {path}: its folder {path.parent} was removed meanwhile")
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         yield

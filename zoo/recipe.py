@@ -389,6 +389,7 @@ def load(path: str | Path, overrides: Iterable[str] = (), check: bool = True) ->
 
 def from_dict(data: Mapping[str, Any], source: str = "recipe") -> Recipe:
     """Validate an already-resolved recipe (as stored in a run folder)."""
+    _refuse_nul_bytes(data, f"{source}: ")
     try:
         return Recipe.model_validate(dict(data))
     except ValidationError as exc:
@@ -419,6 +420,7 @@ def _read_with_bases(path: Path, chain: tuple[Path, ...]) -> dict[str, Any]:
         raise ZooError(f"{path}: not valid TOML: {exc}") from None
     except (OSError, UnicodeDecodeError, RecursionError) as exc:
         raise ZooError(f"{path}: cannot read: {exc}") from None
+    _refuse_nul_bytes(data, f"{path}: ")
     _anchor_paths(data, path.parent)
     base_name = data.get("extends")
     if base_name is None:
@@ -451,6 +453,17 @@ def differing_keys(tables: list[Mapping[str, Any]], prefix: str = "") -> list[st
         elif any(value != values[0] for value in values):
             keys.append(f"{prefix}{key}")
     return keys
+
+
+def _refuse_nul_bytes(value: Any, origin: str, key: str = "") -> None:
+    """No string in a recipe holds a NUL byte: TOML allows one (``"\\u0000"``), but no path can hold
+    it (output.dir, data.root, extends, a recipe: source, a plugin's argument), and pathlib raises."""
+    if isinstance(value, str) and "\0" in value:
+        raise ZooError(f"{origin}{key}: {value!r} holds a NUL byte (\\0), which no path or name may hold")
+    items = value.items() if isinstance(value, Mapping) else enumerate(value) if isinstance(value, list) else ()
+    for name, item in items:
+        child = f"{key}[{name}]" if isinstance(name, int) else f"{key}.{name}" if key else name
+        _refuse_nul_bytes(item, origin, child)
 
 
 def _anchor_paths(data: dict[str, Any], folder: Path) -> None:
@@ -501,6 +514,7 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> set[str]:
         keys.add(key)
         if isinstance(value, dict):
             replacing.append(key)
+    _refuse_nul_bytes(layer, "override ")
     _anchor_paths(layer, Path.cwd())
     data.update(merge(data, layer))
     for key in replacing:  # replaced, not merged into what the recipe had

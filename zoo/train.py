@@ -12,6 +12,7 @@ import contextlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from .data import (
     attach_transforms,
     class_weights,
     data_input,
+    is_in_memory,
     load_splits,
     resolve_preprocessing,
     sample_batch,
@@ -525,6 +527,14 @@ def _print_setup(setup: RunSetup) -> None:
     log(f"augmentation ({recipe.data.augment}): {describe_augmentation(setup)}")
     if splits.images:
         log(f"image cache: {setup.cache}")
+    elif recipe.data.cache not in (None, "none") and distributed.is_main():  # a setting that does nothing says so
+        why = "are tensors held in memory already" if is_in_memory(splits.train.dataset) else "are tensors, not files"
+        print(
+            f'zoo: warning: data.cache = "{recipe.data.cache}" does nothing: the images of dataset '
+            f"'{recipe.data.dataset}' {why}; remove data.cache",
+            file=sys.stderr,
+            flush=True,
+        )
     if setup.class_weights:
         log(f"class weights: {', '.join(f'{weight:.3g}' for weight in setup.class_weights)}")
     rows = freeze.summary(setup.model, setup.groups or [])
