@@ -8,15 +8,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 import pytest
 import torch
 from click.testing import CliRunner
 from conftest import RECIPES, assert_user_error, kill_then_resume, sabotaged_loss
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import save as save_safetensors
 
-from zoo import artifacts, checkpoint
+from zoo import artifacts, checkpoint, distributed
 from zoo.artifacts import RunFolder
 from zoo.cli import cli
+from zoo.errors import ZooError
 
 pytestmark = pytest.mark.slow
 
@@ -225,3 +230,54 @@ def test_sigkill_then_resume_over_image_folder_workers_with_augmentation_is_bit_
         "train.precision=fp32", "data.cache=none", "data.num_workers=2", "data.augment=default", "data.degrees=10",
     ]  # fmt: skip
     kill_then_resume(tmp_path, args, "step-00000015")  # 21 steps an epoch: mid-epoch 1
+
+
+@settings(deadline=None, max_examples=60)
+@given(st.integers(1, 5), st.integers(2, 6), st.integers(1, 5), st.integers(2, 6))
+def test_a_ranks_part_is_used_only_by_that_rank_at_that_world_size(
+    written_rank: int, written_world: int, rank: int, world: int
+) -> None:
+    """Its rank and world size ride in its file's header: any other rank or world size is refused in one line."""
+    own = (
+        {"rng.torch": torch.arange(4, dtype=torch.uint8), "loss_sum": torch.tensor(2.5)},
+        {"rng": {"x": 1}, "seen": 3},
+    )
+    with (
+        patch.object(distributed, "rank", lambda: written_rank),
+        patch.object(distributed, "world_size", lambda: written_world),
+    ):
+        data = checkpoint._serialised(own)
+    with patch.object(distributed, "world_size", lambda: world):
+        if (written_rank, written_world) == (rank, world):
+            tensors, state = checkpoint._part(Path("step-1"), rank, data)
+            assert state == own[1] and tensors.keys() == own[0].keys()
+            assert all(torch.equal(tensors[name], own[0][name]) for name in tensors)
+        else:
+            refused = f"the state of rank {written_rank} of {written_world} processes, not of rank {rank} of {world}"
+            with pytest.raises(ZooError, match=refused):
+                checkpoint._part(Path("step-1"), rank, data)
+
+
+def test_a_ranks_part_without_its_header_or_with_a_damaged_state_is_refused() -> None:
+    tensors = {"loss_sum": torch.tensor(1.0)}
+    for metadata, damaged in [
+        (None, "rank-00001.safetensors: 'rank'"),
+        ({"rank": "1", "world_size": "2", "state": "{"}, "rank-00001.safetensors: Expecting"),
+        ({"rank": "1", "world_size": "2", "state": '{"rng": {}, "seen": -1}'}, "rank-00001.safetensors: seen"),
+    ]:
+        with patch.object(distributed, "world_size", lambda: 2), pytest.raises(ZooError, match=damaged):
+            checkpoint._part(Path("step-1"), 1, save_safetensors(tensors, metadata=metadata))
+
+
+def test_a_checkpoint_of_another_world_size_or_with_another_runs_part_is_refused(tmp_path: Path) -> None:
+    state = {"step": 1, "epoch": 1, "position": 1, "seen": 4, "world_size": 1, "applied_stages": [], "history": [],
+             "optimizer": {}, "rng": {}}  # fmt: skip
+    (tmp_path / checkpoint.STATE).write_text(json.dumps(state))
+    (tmp_path / checkpoint.TENSORS).write_bytes(save_safetensors({"loss_sum": torch.tensor(1.0)}))
+    assert checkpoint.load_own(tmp_path)[1] == state
+    (tmp_path / "rank-00001.safetensors").write_bytes(save_safetensors({"loss_sum": torch.tensor(1.0)}))
+    with pytest.raises(ZooError, match="holds rank-00001.safetensors, which no rank of 1 processes wrote"):
+        checkpoint.load_own(tmp_path)
+    (tmp_path / checkpoint.STATE).write_text(json.dumps(state | {"world_size": 2}))
+    with pytest.raises(ZooError, match="was written by 2 processes; resume it with as many"):
+        checkpoint.load_own(tmp_path)

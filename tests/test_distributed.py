@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from conftest import (
     tagged_processes,
     write_source_recipes,
 )
+from safetensors.torch import load_file, save_file
 
 from zoo import checkpoint
 from zoo import recipe as recipes
@@ -155,9 +157,9 @@ def test_a_mistake_under_nproc_is_one_line_once(tmp_path: Path) -> None:
     assert "torch.distributed" not in result.stderr + result.stdout
 
 
-def zoo_nproc(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+def zoo_nproc(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     command = [str(Path(sys.executable).with_name("zoo")), "run", "--nproc", "2", *args, "--no-progress"]
-    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd)
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 
 
 def test_a_batchnorm_backbone_finishes_with_ranks_in_agreement(mnist_png: Path, tmp_path: Path) -> None:
@@ -304,12 +306,23 @@ def test_fsdp_shards_what_ddp_replicates_and_trains_the_same(mnist_dir: Path, tm
     assert (results["state"], results["ranks_agree"]) == ("finished", True)
     assert sum(row["support"] for row in results["test"]["per_class"]) == 980 + 1135 + 1032
 
-    # A checkpoint holds each rank's own shard: together they make the whole tensor, neither alone.
-    saved, _ = checkpoint.load(RunFolder(tmp_path / "fsdp").checkpoints[-1])
+    # A checkpoint holds each rank's own shards in its own file: together they make the whole tensor,
+    # neither alone; and each file holds one rank's part (RNG state, Adam's moments) and no other's.
+    newest = RunFolder(tmp_path / "fsdp").checkpoints[-1]
+    assert sorted(path.name for path in newest.iterdir()) == [
+        "rank-00001.safetensors",
+        "state.json",
+        "state.safetensors",
+    ]
+    parts = [checkpoint.load(newest)[0], load_file(newest / "rank-00001.safetensors")]
+    assert parts[0].keys() == parts[1].keys() and not torch.equal(parts[0]["rng.torch"], parts[1]["rng.torch"])
     for name, whole in first.items():
-        shards = [saved[f"model.{name}"], saved[f"rank1.model.{name}"]]
+        shards = [part[f"model.{name}"] for part in parts]
         assert all(len(shard) < len(whole) for shard in shards), name
         assert torch.equal(torch.cat(shards), whole), name
+    trained = sum(whole.numel() for name, whole in first.items() if not name.startswith("backbone.conv1."))
+    moments = [sum(t.numel() for name, t in part.items() if name.endswith(".exp_avg")) for part in parts]
+    assert sum(moments) == trained and 0 < moments[1] < trained  # AdamW's moments split, not copied
 
 
 def test_fsdp_on_a_batchnorm_backbone_resumes_bit_identical_after_sigkill(mnist_png: Path, tmp_path: Path) -> None:
@@ -326,14 +339,103 @@ def test_fsdp_on_a_batchnorm_backbone_resumes_bit_identical_after_sigkill(mnist_
     assert any(name.endswith("running_mean") for name in RunFolder(tmp_path / "killed").weights())
 
 
+# Imported by every Python process of a run (sitecustomize, through PYTHONPATH): each call of an
+# object collective notes whether what it carries holds a tensor.
+SPY = """
+import io
+import os
+import pickle
+
+import torch
+import torch.distributed as dist
+
+
+def tensors_in(value):
+    found = []
+
+    class Spy(pickle.Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, torch.Tensor):
+                found.append(type(obj).__name__)
+            return NotImplemented
+
+    Spy(io.BytesIO()).dump(value)
+    return found
+
+
+# What each collective carries: (index in args, keyword), read after the call (what a rank sent or received).
+CARRIED = {"broadcast_object_list": (0, "object_list"), "gather_object": (0, "obj"),
+           "scatter_object_list": (1, "scatter_object_input_list"), "all_gather_object": (0, "object_list")}
+
+
+def spied(name, collective, index, keyword):
+    def call(*args, **kwargs):
+        result = collective(*args, **kwargs)
+        carried = args[index] if len(args) > index else kwargs.get(keyword)
+        with open(os.environ["ZOO_TEST_COLLECTIVES"], "a") as log:
+            log.write(f"{name} {len(tensors_in(carried))}\\n")
+        return result
+
+    return call
+
+
+for name, (index, keyword) in CARRIED.items():
+    setattr(dist, name, spied(name, getattr(dist, name), index, keyword))
+"""
+
+
+def test_fsdp_checkpoints_travel_in_no_object_collective_and_a_missing_rank_is_refused(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Save, resume and keep the best epoch under FSDP: the object collectives carry decisions and
+    bytes, never a tensor. A checkpoint without rank 1's file is then refused before any step."""
+    (tmp_path / "spy").mkdir()
+    (tmp_path / "spy" / "sitecustomize.py").write_text(SPY)
+    log = tmp_path / "collectives.txt"
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path / 'spy'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "ZOO_TEST_COLLECTIVES": str(log)}  # fmt: skip
+    folder = tmp_path / "run"
+    args = [str(RECIPES / "mnist.toml"), *SUBSET, "data.batch_size=16", "train.strategy=fsdp",
+            "train.checkpoint_every=7", f"output.dir={folder}"]  # fmt: skip
+    first = zoo_nproc(tmp_path, *args, "train.epochs=1", env=env)
+    assert first.returncode == 0, first.stderr
+    resumed = zoo_nproc(tmp_path, *args, "train.epochs=3", "--resume", str(folder), env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "keeping the best epoch's weights" in resumed.stdout
+    calls = [line.split() for line in log.read_text().splitlines()]
+    assert {name for name, _ in calls} >= {"broadcast_object_list", "all_gather_object"}  # the spy saw them
+    assert [call for call in calls if call[1] != "0"] == []
+    assert not list(folder.rglob(".*"))  # no staging folder or temporary file left
+
+    newest = RunFolder(folder).checkpoints[-1]
+    (newest / "rank-00001.safetensors").unlink()
+    refused = zoo_nproc(tmp_path, *args, "train.epochs=4", "--resume", str(folder))
+    assert_user_error(refused, f"checkpoint {newest} lacks rank 1's state (rank-00001.safetensors)")
+
+
+def test_a_ddp_checkpoint_without_one_ranks_state_is_refused(ddp_run: Path, tmp_path: Path) -> None:
+    """Rank 1's RNG state and partial sums missing, or written for another world size: one line
+    before any step, never rank 0's state used in their place."""
+    folder = tmp_path / "run"
+    shutil.copytree(ddp_run, folder)
+    newest = RunFolder(folder).checkpoints[-1]
+    part = newest / "rank-00001.safetensors"
+    tensors = load_file(part)
+    assert {"rng.torch", "loss_sum", "correct"} <= tensors.keys() and not any(n.startswith("model.") for n in tensors)
+    args = [str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=32", "train.epochs=4", "--resume",
+            str(folder)]  # fmt: skip
+    save_file(tensors, part, metadata={"rank": "1", "world_size": "4", "state": json.dumps({"rng": {}, "seen": 0})})
+    refused = zoo_nproc(tmp_path, *args)
+    assert_user_error(refused, f"checkpoint {newest} holds in rank-00001.safetensors the state of rank 1 of 4")
+    part.unlink()
+    refused = zoo_nproc(tmp_path, *args)
+    assert_user_error(refused, f"checkpoint {newest} lacks rank 1's state (rank-00001.safetensors)")
+
+
 def test_two_nodes_without_a_shared_folder_build_a_recipe_source_once(mnist_dir: Path, tmp_path: Path) -> None:
     """Two torchrun "nodes" on this machine, each with its own working folder and zoo cache."""
-    import socket
-
     write_source_recipes(tmp_path, "pre", "fine", per_class=20, val_split=0.05)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     nodes = []
     for node in (0, 1):
         work = tmp_path / f"node{node}"
@@ -354,6 +456,40 @@ def test_two_nodes_without_a_shared_folder_build_a_recipe_source_once(mnist_dir:
     assert (results["state"], results["world_size"], results["ranks_agree"]) == ("finished", 2, True)
     built, sent = (next((tmp_path / f"node{n}" / "cache" / "runs").glob("pre-*")) for n in (0, 1))
     assert (built / "model.safetensors").read_bytes() == (sent / "model.safetensors").read_bytes()
+
+
+def test_fsdp_on_two_nodes_without_a_shared_folder_stops_at_the_first_checkpoint(
+    mnist_dir: Path, tmp_path: Path
+) -> None:
+    """Each rank writes its own shards into the run folder: a node that does not see it stops the run in
+    one line, and no half checkpoint is left."""
+    port = free_port()
+    command = [str(Path(sys.executable).with_name("torchrun")), "--nnodes", "2", "--nproc_per_node", "1",
+               "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "zoo", "run",
+               str(RECIPES / "mnist.toml"), *SUBSET, "train.strategy=fsdp", "train.checkpoint_every=3",
+               "--no-progress"]  # fmt: skip
+    nodes = []
+    for node in (0, 1):
+        (tmp_path / f"node{node}").mkdir()
+        nodes.append(subprocess.Popen([*command[:3], "--node_rank", str(node), *command[3:]], cwd=tmp_path / f"node{node}",
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))  # fmt: skip
+    outputs = [node.communicate(timeout=600) for node in nodes]
+    assert all(node.returncode != 0 for node in nodes), outputs
+    assert (
+        "does not see the run's checkpoints/" in outputs[0][1] and "on a filesystem every node shares" in outputs[0][1]
+    )
+    [folder] = list((tmp_path / "node0" / "runs").iterdir())
+    results = json.loads((folder / "results.json").read_text())
+    assert results["state"] == "failed" and "does not see the run's checkpoints/" in results["reason"]
+    assert [path.name for path in (folder / "checkpoints").iterdir()] == []  # the staging folder is gone
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 SLOW_MODULE = {

@@ -168,8 +168,8 @@ def all_gathered(value: object) -> list[object]:
 
 
 def gather_at_main(value: object) -> list[object] | None:
-    """Every rank's ``value``, in rank order, on rank 0 alone (None elsewhere): a checkpoint's shards
-    meet only where they are written."""
+    """Every rank's ``value``, in rank order, on rank 0 alone (None elsewhere): each rank's part of a
+    checkpoint meets the others only where they are written."""
     if world_size() == 1:
         return [value]
     gathered: list[object] | None = [None] * world_size() if is_main() else None
@@ -188,22 +188,6 @@ def decided_by_main(decide: Callable[[], T]) -> T:
     if error is not None:
         raise ZooError(error)
     return value  # type: ignore[return-value]
-
-
-def scattered_by_main(decide: Callable[[], list[T]]) -> T:
-    """``decide()`` run on rank 0 alone gives one value per rank; each rank receives its own.
-
-    A ZooError there is raised on every rank, as in ``decided_by_main``.
-    """
-    if world_size() == 1:
-        return decide()[0]
-    values, error = _answer(decide)
-    error = from_main(error)
-    if error is not None:
-        raise ZooError(error)
-    received: list[object] = [None]
-    dist.scatter_object_list(received, values, src=0)
-    return received[0]  # type: ignore[return-value]
 
 
 def _answer(decide: Callable[[], T]) -> tuple[T | None, str | None]:

@@ -7,9 +7,9 @@ the rest of zoo, and where it is handled:
 
 - the forward pass is a collective: every rank must call it as often as the others
   (``evaluate`` pads the ranks with fewer batches);
-- ``state_dict()`` holds DTensors: a checkpoint keeps each rank's own shards (``local``), resumed
-  only at the same world size; the run folder's weights are gathered whole on rank 0
-  (``full_state_dict``);
+- ``state_dict()`` holds DTensors: a checkpoint keeps each rank's own shards (``local``), which
+  that rank writes and reads itself (``checkpoint.save``/``load_own``), resumed only at the same
+  world size; the run folder's weights are gathered whole on rank 0 (``full_state_dict``);
 - the optimiser is built after sharding, on the sharded parameters (``train.build_run``).
 """
 

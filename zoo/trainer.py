@@ -358,39 +358,40 @@ class Trainer:
             )
 
     def save_checkpoint(self) -> None:
-        """Checkpoint on rank 0 (every rank checks the loss first: a collective)."""
+        """Checkpoint, written by rank 0 with every rank's own part (every rank checks the loss first:
+        a collective)."""
         self.check_finite()  # never save weights a NaN has already reached
         check_finite_weights(self.model)
         # Each rank's own RNG and partial sums, so that a resumed DDP run repeats every rank exactly;
         # under FSDP also its own shards of the weights and the optimiser state.
         rng_tensors, rng = checkpoint.rng_state()
-        own = {**rng_tensors, "loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu()}
+        own = {**rng_tensors, "loss_sum": self.loss_sum, "correct": self.correct}
         optim_tensors, optim_state = checkpoint.optimizer_state(self.optimizer)
-        if self.sharded:
-            own |= self._model_and_optimizer_tensors(optim_tensors)
-        ranks = distributed.gather_at_main((own, {"rng": rng, "seen": self.seen}))
-        if ranks is None:
-            return
-        tensors = own if self.sharded else self._model_and_optimizer_tensors(optim_tensors) | own
-        for rank, (rank_tensors, _) in enumerate(ranks[1:], start=1):
-            tensors |= {f"rank{rank}.{name}": tensor for name, tensor in rank_tensors.items()}
+        weights = self._model_and_optimizer_tensors(optim_tensors)
         state = {
             "recipe_hash": self.recipe.hash,
             "step": self.step,
             "epoch": self.epoch,
             "position": self.position,
-            "seen": self.seen,
             "applied_stages": self.applied_stages,
             "history": self.history,
             "optimizer": optim_state,
             "scaler": self.scaler.state_dict(),
             "world_size": distributed.world_size(),
-            "rng": rng,
-            "ranks": [rank_state for _, rank_state in ranks[1:]],
             "monitor": self.monitor.state(),
         }
         best = self.monitor.best.step if self.keep == "best" and self.monitor.best else None
-        checkpoint.save(self.folder.checkpoint_root, self.step, tensors, state, self.config.keep_checkpoints, best)
+        shared, own = ({}, own | weights) if self.sharded else (weights, own)
+        own_state = {"rng": rng, "seen": self.seen}
+        checkpoint.save(
+            self.folder.checkpoint_root,
+            self.step,
+            (shared, state),
+            (own, own_state),
+            self.config.keep_checkpoints,
+            best,
+            each_rank_writes=self.sharded,
+        )
 
     def _model_and_optimizer_tensors(self, optim_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The model's and optimiser's tensors as a checkpoint keeps them (this rank's shards when sharded)."""
@@ -400,9 +401,8 @@ class Trainer:
         return tensors | {name: fsdp.local(value) for name, value in optim_tensors.items()}
 
     def load_checkpoint(self, path: Path) -> None:
-        """Restore the run from ``path``, which rank 0 reads and sends, each rank its own part: the
-        other ranks need not see the file."""
-        tensors, state = distributed.scattered_by_main(lambda: _per_rank(path))
+        """Restore the run from ``path``, each rank its own part (``checkpoint.load_own``)."""
+        tensors, state = checkpoint.load_own(path, each_rank_reads=self.sharded)
         try:
             for index in state["applied_stages"]:
                 self._apply_stage(index)
@@ -444,7 +444,7 @@ class Trainer:
         kept = f"the best epoch's weights (epoch {best.epoch}, {self.monitor.metric} {best.value:.4f})"
         if best.step != self.step:
             path = self.folder.checkpoint_root / f"step-{best.step:08d}"
-            tensors, _ = distributed.scattered_by_main(lambda: _per_rank(path))
+            tensors, _ = checkpoint.load_own(path, each_rank_reads=self.sharded)
             self._load_weights(tensors)
         return kept
 
@@ -472,29 +472,6 @@ def _ema(model: nn.Module, decay: float, warmup: bool) -> nn.Module:
     from timm.utils import ModelEmaV3  # timm only when asked for: it costs 1.5 s of start-up
 
     return ModelEmaV3(model, decay=decay, use_warmup=warmup)
-
-
-def _per_rank(path: Path) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
-    """The checkpoint at ``path`` as each rank restores it: rank 0's tensors and state, overlaid for
-    rank R by what was saved as R's own (``rankR.*`` tensors, ``ranks[R-1]`` state)."""
-    tensors, state = checkpoint.load(path)
-    ranks = distributed.world_size()
-    if state["world_size"] != ranks:
-        raise ZooError(f"{path} was written by {state['world_size']} processes; resume it with as many")
-    saved_ranks = state.get("ranks")
-    if (
-        not isinstance(saved_ranks, list)
-        or len(saved_ranks) != ranks - 1
-        or not all(isinstance(r, dict) for r in saved_ranks)
-    ):
-        raise ZooError(f"checkpoint {path} is damaged (state.json: ranks); remove it to resume from the one before")
-    parts = [(tensors, state)]
-    for rank in range(1, ranks):
-        own = prefixed(tensors, f"rank{rank}.")
-        saved = saved_ranks[rank - 1]
-        shared = {name: tensor for name, tensor in tensors.items() if not name.startswith("rank")}
-        parts.append((shared | own, state | saved))
-    return parts
 
 
 def _epoch_line(record: dict[str, Any], epochs: int) -> str:
