@@ -264,3 +264,36 @@ def write_source_recipes(
         f"[data]\nper_class = {fine_per_class or per_class}\nval_split = {val_split}\nclasses = [5, 6]\n"
         "[train]\nepochs = 1\n"
     )
+
+
+def make_hostile(path: Path, kind: str, outside: Path) -> None:
+    """Put at ``path`` a file of a hostile ``kind`` (links point into ``outside``)."""
+    path.unlink(missing_ok=True)
+    if kind == "link outside":
+        path.symlink_to(outside / "precious.json")
+    elif kind == "dangling link":
+        path.symlink_to(outside / "made-by-zoo")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "/dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "huge sparse":
+        with path.open("wb") as file:
+            file.truncate(16 << 30)
+    else:
+        path.write_bytes(b"\xff\xfe{\x80 not utf-8 \xc3")
+
+
+class NotInMemory(torch.utils.data.Dataset):
+    """A dataset that zoo cannot batch in memory: it goes through a DataLoader."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.dataset[index]

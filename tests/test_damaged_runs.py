@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, TOKEN, write_source_recipes
+from conftest import RECIPES, TOKEN, make_hostile, write_source_recipes
 from hub_server import FakeHub
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -219,25 +219,6 @@ def _traceback(result: object) -> list[str]:
 
 HOSTILE = ("link outside", "dangling link", "fifo", "folder", "/dev/zero", "huge sparse", "not UTF-8")
 REGULAR = ("huge sparse", "not UTF-8")  # a sidecar lock all the same; as .zoo.lock, a claim being written
-
-
-def make_hostile(path: Path, kind: str, outside: Path) -> None:
-    path.unlink(missing_ok=True)
-    if kind == "link outside":
-        path.symlink_to(outside / "precious.json")
-    elif kind == "dangling link":
-        path.symlink_to(outside / "made-by-zoo")
-    elif kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "folder":
-        path.mkdir()
-    elif kind == "/dev/zero":
-        path.symlink_to("/dev/zero")
-    elif kind == "huge sparse":
-        with path.open("wb") as file:
-            file.truncate(16 << 30)
-    else:
-        path.write_bytes(b"\xff\xfe{\x80 not utf-8 \xc3")
 
 
 def snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NotInMemory
 
 from zoo.data import Batches, class_weights, load_splits, select_classes
 from zoo.errors import ZooError
@@ -66,22 +67,11 @@ def test_shuffled_order_depends_on_seed_and_epoch_and_covers_everything(mnist_di
 def test_dataloader_path_for_datasets_not_in_memory(mnist_dir: Path) -> None:
     splits = load_splits(DataConfig(dataset="mnist", classes=[4, 9], per_class=6, val_split=0.0), seed=0)
     memory = Batches(splits.train, 5, torch.device("cpu"), MNIST_INPUT, shuffle=True, seed=3)
-    splits.train.dataset = _NotInMemory(splits.train.dataset)
+    splits.train.dataset = NotInMemory(splits.train.dataset)
     loader = Batches(splits.train, 5, torch.device("cpu"), MNIST_INPUT, shuffle=True, seed=3, num_workers=0)
     assert not loader.in_memory and memory.in_memory
     for (a, la), (b, lb) in zip(memory.epoch(2), loader.epoch(2), strict=True):
         assert torch.allclose(a, b, atol=1e-5) and torch.equal(la, lb)
-
-
-class _NotInMemory(torch.utils.data.Dataset):
-    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.dataset[index]
 
 
 def test_image_workers_send_uint8_normalised_on_the_device_as_the_float_transform_would(mnist_png: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import NotInMemory
 
 from zoo.data import Batches, load_splits
 from zoo.device import autocast_dtype, configure, resolve_device
@@ -114,16 +115,3 @@ def test_batches_for_a_cuda_device_come_pinned_and_are_copied_without_waiting(
         assert len(list(batches.epoch(1))) == 3
     assert batches.loader.pin_memory is True
     assert copies == [True] * 6  # images and labels of 3 batches
-
-
-class NotInMemory(torch.utils.data.Dataset):
-    """A dataset that zoo cannot batch in memory: it goes through a DataLoader."""
-
-    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        return self.dataset[index]

@@ -56,6 +56,19 @@ def zoo_ok(*args: str, env: dict[str, str]) -> str:
     return result.stdout
 
 
+def unpushed_copy(version: Path, folder: Path) -> Path:
+    """A copy of a trained run folder as if never pushed (an earlier test may have pushed the original)."""
+    shutil.copytree(version, folder)
+    (folder / "hub.json").unlink(missing_ok=True)
+    return folder
+
+
+def with_empty_registry(env: dict[str, str], path: Path) -> dict[str, str]:
+    """``env`` with ZOO_REGISTRY naming a new, empty registry.json at ``path``."""
+    path.write_text('{"schema": 2, "weights": {}}')
+    return {**env, "ZOO_REGISTRY": str(path)}
+
+
 def pushed_commit(output: str) -> str:
     commit = output.split("commit ")[-1].strip()
     assert len(commit) == 40 and int(commit, 16) >= 0
@@ -112,8 +125,7 @@ def test_each_revision_pulls_its_own_version(hub, versions: list[Path], tmp_path
 
 def test_registry_pins_the_commit_and_refuses_a_tampered_file(hub, versions: list[Path], tmp_path: Path) -> None:
     server, env = hub
-    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
-    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    env = with_empty_registry(env, tmp_path / "registry.json")
     commit = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env))
     assert commit in zoo_ok("registry", "add", str(versions[0]), "--name", "digits-012", env=env)
     zoo_ok("push", str(versions[1]), "--repo", "zoo-test/digits", env=env)  # main moves on; the name does not
@@ -168,8 +180,7 @@ def test_registry_names_are_weight_sources_pinned_and_checked(hub, versions: lis
     """`registry:NAME` fine-tunes from the pinned commit (not main), and an hf-hub source at that commit
     is checked against the same pins: a tampered cached file stops both."""
     server, env = hub
-    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
-    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    env = with_empty_registry(env, tmp_path / "registry.json")
     commit = pushed_commit(zoo_ok("push", str(versions[0]), "--repo", "zoo-test/digits", env=env))
     zoo_ok("registry", "add", str(versions[0]), "--name", "digits-012", env=env)
     zoo_ok("push", str(versions[1]), "--repo", "zoo-test/digits", env=env)  # main moves on
@@ -227,9 +238,7 @@ def test_push_never_follows_a_symlink_to_a_secret(hub, versions: list[Path], tmp
     server, env = hub
     secret = tmp_path / "token.txt"
     secret.write_text(TOKEN)
-    run = tmp_path / "run"
-    shutil.copytree(versions[0], run)
-    (run / "hub.json").unlink(missing_ok=True)  # pushed by an earlier test
+    run = unpushed_copy(versions[0], tmp_path / "run")
     (run / link).unlink()
     (run / link).symlink_to(secret)
     assert_user_error(zoo_command("push", str(run), "--repo", "zoo-test/leak", env=env), f"{link} is a symbolic link")
@@ -239,8 +248,7 @@ def test_push_never_follows_a_symlink_to_a_secret(hub, versions: list[Path], tmp
 
 def test_registry_add_refuses_a_run_changed_after_its_push(hub, versions: list[Path], tmp_path: Path) -> None:
     server, env = hub
-    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
-    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    env = with_empty_registry(env, tmp_path / "registry.json")
     run = tmp_path / "run"
     shutil.copytree(versions[0], run)
     commit = pushed_commit(zoo_ok("push", str(run), "--repo", "zoo-test/digits", env=env))
@@ -254,9 +262,7 @@ def test_a_push_whose_record_cannot_be_written_still_names_its_commit(
     hub, versions: list[Path], tmp_path: Path
 ) -> None:
     server, env = hub
-    run = tmp_path / "run"
-    shutil.copytree(versions[0], run)
-    (run / "hub.json").unlink(missing_ok=True)  # pushed by an earlier test
+    run = unpushed_copy(versions[0], tmp_path / "run")
     (run / "hub.json").mkdir()  # the record cannot be written where it belongs
     line = assert_user_error(zoo_command("push", str(run), "--repo", "zoo-test/digits", env=env), "as commit")
     commit = line.split("as commit ")[1].split(",")[0]
@@ -297,11 +303,8 @@ def test_publish_pins_what_the_hub_serves_and_refuses_taken_names(hub, versions:
     """One command pushes and pins from the Hub's read-back; exports go along and the pushed files hold no
     local path; a published name serves `zoo eval` and `zoo predict`."""
     server, env = hub
-    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
-    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
-    run = tmp_path / "run"
-    shutil.copytree(versions[0], run)
-    (run / "hub.json").unlink(missing_ok=True)  # pushed by an earlier test
+    env = with_empty_registry(env, tmp_path / "registry.json")
+    run = unpushed_copy(versions[0], tmp_path / "run")
     zoo_ok("export", str(run), "--format", "onnx", env=env)
     output = zoo_ok("publish", str(run), "--repo", "zoo-test/published", "--name", "digits-pub", env=env)
     commit = server.state.repos["zoo-test/published"].branches["main"]
@@ -356,9 +359,7 @@ def test_a_team_registry_on_the_hub_is_searched_after_the_local_one(hub, version
     team_file = tmp_path / "team" / "registry.json"
     team_file.parent.mkdir()
     team_file.write_text('{"schema": 2, "weights": {}}')
-    run = tmp_path / "run"
-    shutil.copytree(versions[0], run)
-    (run / "hub.json").unlink(missing_ok=True)
+    run = unpushed_copy(versions[0], tmp_path / "run")
     team_env = {**env, "ZOO_REGISTRY": str(team_file)}
     zoo_ok("publish", str(run), "--repo", "zoo-test/digits", "--name", "team-digits", env=team_env)
     zoo_ok("registry", "add", str(run), "--name", "shared-name", env=team_env)
@@ -451,11 +452,8 @@ def test_stale_exports_and_nan_weights_are_refused_before_anything_is_shared(
     """push and publish refuse, with nothing uploaded, a run whose export was made from other weights or
     whose weights are not finite; a pull refuses a repo serving an export of other weights."""
     server, env = hub
-    env = {**env, "ZOO_REGISTRY": str(tmp_path / "registry.json")}
-    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
-    run = tmp_path / "run"
-    shutil.copytree(versions[0], run)
-    (run / "hub.json").unlink(missing_ok=True)  # pushed by an earlier test
+    env = with_empty_registry(env, tmp_path / "registry.json")
+    run = unpushed_copy(versions[0], tmp_path / "run")
     zoo_ok("export", str(run), "--format", "exported-program", env=env)
     exported = (run / "model.pt2").read_bytes()
     shutil.copy(versions[1] / "model.safetensors", run / "model.safetensors")  # as if trained on after the export

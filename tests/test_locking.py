@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, assert_user_error, write_finished_run, zoo_command
+from conftest import RECIPES, assert_user_error, make_hostile, write_finished_run, zoo_command
 
 from zoo import locking
 from zoo.errors import ZooError
@@ -126,7 +126,7 @@ def test_a_symlinked_registry_is_written_through_with_its_mode(tmp_path: Path, m
 @pytest.mark.parametrize(
     ("kind", "refusal"),
     [
-        ("link", "is a symbolic link, which zoo does not follow here; remove it"),
+        ("link outside", "is a symbolic link, which zoo does not follow here; remove it"),
         ("dangling link", "is a symbolic link, which zoo does not follow here; remove it"),
         ("fifo", "is a FIFO"),
         ("folder", "is a folder"),
@@ -139,21 +139,14 @@ def test_a_lock_file_that_is_not_a_regular_file_is_one_line_and_never_followed(
     overwrite the file it pointed at, in the user's home; a dangling one recursed forever."""
     home = tmp_path / "home"
     home.mkdir()
-    (home / "notes.txt").write_text("mine")
+    (home / "precious.json").write_text("mine")
     run_lock, sidecar = tmp_path / "run" / locking.LOCK_NAME, tmp_path / "team" / ".registry.json.lock"
     for lock in (run_lock, sidecar):
         lock.parent.mkdir()
-        if kind == "link":
-            lock.symlink_to(home / "notes.txt")
-        elif kind == "dangling link":
-            lock.symlink_to(home / "created.txt")
-        elif kind == "fifo":
-            os.mkfifo(lock)
-        else:
-            lock.mkdir()
+        make_hostile(lock, kind, home)
     with pytest.raises(ZooError, match=f"{run_lock} {refusal}"):
         locking.claim(tmp_path / "run")
     with pytest.raises(ZooError, match=f"{sidecar} {refusal}"), locking.locked(tmp_path / "team" / "registry.json"):
         pass
     assert not locking.is_abandoned(tmp_path / "run", older_than=0)  # not a claim zoo can read: left alone
-    assert [(p.name, p.read_text()) for p in home.iterdir()] == [("notes.txt", "mine")]
+    assert [(p.name, p.read_text()) for p in home.iterdir()] == [("precious.json", "mine")]
