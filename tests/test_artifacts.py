@@ -106,3 +106,9 @@ def test_holding_names_the_run_a_path_lies_in(tmp_path: Path) -> None:
     assert RunFolder.holding(run.path).path == run.path
     assert RunFolder.holding(run.path / "checkpoints" / "step-1").path == run.path
     assert RunFolder.holding(tmp_path / "runs") is None and RunFolder.holding(tmp_path / "elsewhere") is None
+    project = tmp_path / "project"  # a project's own config.json (or results.json) at its root makes no run
+    (project / "deploy").mkdir(parents=True)
+    (project / "config.json").write_text("{}")
+    assert RunFolder.holding(project / "deploy") is None
+    (project / "results.json").write_text("{}")
+    assert RunFolder.holding(project / "deploy").path == project  # results.json beside config.json: a run's files

@@ -150,3 +150,18 @@ def test_every_command_explains_itself(command: str) -> None:
     result = zoo_command(command, "--help")
     assert result.returncode == 0
     assert "Usage: zoo " + command in result.stdout
+
+
+def test_ctrl_c_outside_training_exits_130_without_click_aborting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under torchrun every rank would print click's "Aborted!"; the shell's code for Ctrl-C says it all."""
+    from click.testing import CliRunner
+
+    from zoo import registry
+    from zoo.cli import cli
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(registry, "plugins", interrupted)
+    result = CliRunner().invoke(cli, ["list"])
+    assert result.exit_code == 130 and "Aborted" not in result.output, result.output

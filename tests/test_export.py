@@ -388,6 +388,7 @@ def test_a_resumed_run_removes_its_exports_and_its_card_stops_listing_them(
         ("OTHER/model.safetensors", ["inside another run folder"]),
         ("LINK_TO_WEIGHTS", ["is a symbolic link"]),
         ("RUN", ["is a folder"]),
+        ("FIFO", ["is not a regular file"]),
     ],
 )
 def test_an_output_never_replaces_a_runs_own_files(tmp_path: Path, output: str, fragments: list[str]) -> None:
@@ -398,6 +399,7 @@ def test_an_output_never_replaces_a_runs_own_files(tmp_path: Path, output: str, 
         (folder / "checkpoints").mkdir()
     (tmp_path / "LINK_TO_RUN").symlink_to(runs["RUN"])
     (tmp_path / "LINK_TO_WEIGHTS").symlink_to(runs["RUN"] / "model.safetensors")
+    os.mkfifo(tmp_path / "FIFO")  # a device node is refused alike: only a regular file is ever replaced
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
     refused = zoo_in_process("export", str(runs["RUN"]), "--format", "onnx", "--output", str(tmp_path / output))
     assert_user_error(refused, "--output", *fragments)

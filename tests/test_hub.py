@@ -486,3 +486,19 @@ def test_stale_exports_and_nan_weights_are_refused_before_anything_is_shared(
     served[RunFolder.WEIGHTS] = Blob((versions[0] / "model.safetensors").read_bytes(), True)
     server.state.new_commit(server.state.repos["zoo-test/stale"], served, "main")
     assert (Path(zoo_ok("pull", "zoo-test/stale", env=env).strip()) / "model.pt2").read_bytes() == exported
+
+
+def test_a_pulled_repo_that_zoo_did_not_write_keeps_its_exports_unchecked(tmp_path: Path) -> None:
+    """A third party's model.onnx records no weights sha256 zoo could compare: only a zoo run's exports are checked."""
+    from zoo import hub
+    from zoo.errors import ZooError
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    save_file({"w": torch.zeros(1)}, str(repo / "model.safetensors"))
+    (repo / "model.onnx").write_bytes(b"")  # an ONNX model without zoo's metadata
+    (repo / "config.json").write_text('{"architecture": "resnet18"}')
+    hub._check_exports(repo, "hf-hub:someorg/model")
+    (repo / "config.json").write_text('{"architecture": "mnist_cnn", "zoo": {}}')
+    with pytest.raises(ZooError, match="records no weights sha256"):
+        hub._check_exports(repo, "hf-hub:someorg/model")

@@ -144,6 +144,34 @@ def test_check_input_names_the_model_the_dataset_and_the_shape() -> None:
         check_input(model, torch.zeros(2, 1, 28, 28), 5, "mnist_cnn", "mnist")
 
 
+class Buggy(nn.Module):
+    """A model whose forward fails for a reason of its own, not the input's shape."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__()
+        self.error = error
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        RuntimeError("INDICES element is out of DATA bounds"),
+        ValueError("internal plugin bug"),
+        AssertionError("internal invariant violated"),
+        RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1000 bytes"),
+    ],
+)
+def test_a_models_own_bug_in_the_input_check_keeps_its_traceback(error: Exception) -> None:
+    """Only an input the model refuses for its shape is the user's one line; anything else is a bug to see."""
+    with pytest.raises(type(error)) as raised:
+        check_input(Buggy(error), torch.zeros(2, 1, 28, 28), 2, "buggy", "mnist")
+    assert not isinstance(raised.value, ZooError)
+    assert "checking that model buggy takes a batch of 1x28x28 inputs from 'mnist'" in raised.value.__notes__[0]
+
+
 class Doubled(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x) * 2

@@ -71,3 +71,26 @@ def test_outside_torchrun_nothing_is_set() -> None:
         [sys.executable, "-c", script, "prctl"], capture_output=True, text=True, env=env, timeout=60
     )
     assert result.returncode == 0 and "ready" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("error", "left"),
+    [
+        (
+            RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:561] Connection closed by peer [127.0.0.1]:1"),
+            True,
+        ),
+        (RuntimeError("[third_party/gloo/gloo/transport/tcp/pair.cc:538] Connection reset by peer"), True),
+        (RuntimeError("[Errno 32] Broken pipe: could not write to the plugin's socket"), False),  # the plugin's own
+        (ValueError("Connection closed by peer"), False),
+    ],
+)
+def test_only_a_collective_losing_its_peer_is_a_rank_leaving(
+    error: Exception, left: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zoo import distributed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert (distributed.rank_left(error) is not None) is left
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert distributed.rank_left(error) is None  # one process has no other rank to lose

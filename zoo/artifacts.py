@@ -128,8 +128,16 @@ class RunFolder:
 
     @classmethod
     def holding(cls, path: Path) -> RunFolder | None:
-        """The run folder that ``path`` (a resolved folder) is or lies inside, if any."""
-        return next((run for run in map(cls, (path, *path.parents)) if run.is_run), None)
+        """The run folder that ``path`` (a resolved folder) is or lies inside, if any: one with the
+        results.json a run writes first, beside its config.json or recipe.toml (a project's own
+        config.json makes no run folder)."""
+        return next((run for run in map(cls, (path, *path.parents)) if run._has_run_files), None)
+
+    @property
+    def _has_run_files(self) -> bool:
+        return self.file(self.RESULTS).is_file() and any(
+            self.file(name).is_file() for name in (self.CONFIG, self.RECIPE)
+        )
 
     @property
     def is_run(self) -> bool:

@@ -39,6 +39,8 @@ class ZooGroup(click.Group):
             return super().invoke(ctx)
         except ZooError as exc:
             raise UserError(str(exc)) from exc
+        except KeyboardInterrupt:  # Ctrl-C outside training (which saves and exits 130 itself): the shell's code,
+            sys.exit(130)  # without click's "Aborted!" (once per rank under torchrun)
 
 
 @click.group(cls=ZooGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -71,15 +71,18 @@ class RankLeft(ZooError):
     """Another rank of the job ended (killed, or stopped by its own error) while this one needed it."""
 
 
-# What gloo says when the rank at the other end of a collective is gone.
+# What gloo's TCP transport says when the rank at the other end of a collective is gone.
 _PEER_GONE = ("closed by peer", "reset by peer", "Broken pipe")
 
 
 def rank_left(exc: BaseException) -> RankLeft | None:
-    """``exc`` as a RankLeft when it is a collective failing because another rank is gone, else None."""
+    """``exc`` as a RankLeft when it is a collective failing because another rank is gone, else None
+    (a plugin's own broken pipe is its error, not a rank leaving: only gloo's or the backend's count)."""
     if not launched() or not isinstance(exc, RuntimeError) or isinstance(exc, ZooError):
         return None
-    if not any(sign in str(exc) for sign in _PEER_GONE):
+    message = str(exc)
+    from_the_backend = isinstance(exc, dist.DistError) or "gloo/transport" in message
+    if not (from_the_backend and any(sign in message for sign in _PEER_GONE)):
         return None
     return RankLeft(
         f"rank {rank()} stopped: another rank of this job ended (killed, or stopped by an error) while this one "

@@ -128,6 +128,8 @@ def check_output(run: RunFolder, output: Path, format: Format) -> None:
         raise ZooError(f"--output {output} is a symbolic link, which zoo export does not follow: name a file")
     if output.is_dir():
         raise ZooError(f"--output {output} is a folder: name the file to write")
+    if output.exists() and not output.is_file():  # replacing a device or FIFO with a file is no export
+        raise ZooError(f"--output {output} is not a regular file (a FIFO, socket or device): name a file to write")
     folder = output.parent.resolve()
     owner = RunFolder.holding(folder)
     if owner is None:

@@ -9,6 +9,7 @@ safetensors weights are ever loaded from them.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import tempfile
 from collections.abc import Iterator
@@ -187,14 +188,25 @@ def pull(source: HubRepo | RegistryName) -> Path:
 
 
 def _check_exports(folder: Path, label: str) -> None:
-    """Every pulled export was made from the pulled weights (one pushed beside later weights is stale)."""
+    """Every export of a pulled zoo run was made from the pulled weights (one pushed beside later weights
+    is stale); another project's repo (its config.json without zoo's section) keeps its exports its own way."""
     from .export import check_made_from
 
+    if not _written_by_zoo(folder / RunFolder.CONFIG):
+        return
     weights = artifacts.sha256_of(folder / RunFolder.WEIGHTS)
     for name in RunFolder.EXPORTS:
         data = artifacts.read_file(folder / name, limit=None)
         if data is not None:
             check_made_from(folder / name, data, weights, f"refusing to pull {label}: export the run again and push it")
+
+
+def _written_by_zoo(config: Path) -> bool:
+    try:
+        written = json.loads(artifacts.read_file(config) or b"null")
+    except ValueError:
+        return False
+    return isinstance(written, dict) and isinstance(written.get("zoo"), dict)
 
 
 def pull_registry(source: HubRepo) -> Path:

@@ -47,7 +47,8 @@ def torchrun(nproc: int, zoo_arguments: list[str]) -> None:
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun_main
 
-    for logger in ("torch.distributed.run", "torch.distributed.elastic"):
+    # The agent's module logger sets a level of its own: name it too ("Received 2 death signal").
+    for logger in ("torch.distributed.run", "torch.distributed.elastic", "torch.distributed.elastic.agent.server.api"):
         logging.getLogger(logger).setLevel(logging.CRITICAL)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     os.environ[LAUNCHER_PID] = str(os.getpid())  # the ranks' parent: they end when it does
@@ -60,41 +61,44 @@ def torchrun(nproc: int, zoo_arguments: list[str]) -> None:
             if reported:  # a user's mistake: what the other ranks did on their way out is beside the point
                 click.echo(reported[0].read_text(), err=True)
                 sys.exit(USER_ERROR_EXIT)
-            _report_failed_rank(exc.failures, nproc)
-        except SignalException:  # Ctrl-C: torchrun passed it to the ranks, which stopped together
-            _mark_interrupted(Path(notes, RUN_FOLDER))
-            sys.exit(130)
+            _report_failed_rank(exc.failures, nproc, Path(notes, RUN_FOLDER))
+        except SignalException as exc:  # Ctrl-C (or a SIGTERM): torchrun passed it to the ranks
+            how = "Ctrl-C" if exc.sigval == signal.SIGINT else signal.Signals(exc.sigval).name
+            _mark_stopped(Path(notes, RUN_FOLDER), f"stopped by {how} before the ranks saved the run folder")
+            sys.exit(128 + exc.sigval)
 
 
-def _report_failed_rank(failures: dict[int, Any], nproc: int) -> None:
+def _report_failed_rank(failures: dict[int, Any], nproc: int, run_folder_note: Path) -> None:
     """Exit as the rank that ended first did: killed by a signal, one line (the others stopped with it,
     quietly); an internal error, its own traceback is above and its exit code is ours."""
     causes = {rank: failure for rank, failure in failures.items() if failure.exitcode != RANK_LEFT_EXIT}
     # torchrun stops the surviving ranks with SIGTERM: a rank that ended otherwise came first.
     first = sorted(causes.items(), key=lambda item: (item[1].exitcode == -signal.SIGTERM, item[1].timestamp, item[0]))
-    if not first:
+    if not first:  # each rank saw another leave: none says why
+        click.echo("zoo: error: every rank stopped, each because another had ended; see the lines above", err=True)
         sys.exit(1)
     rank, failure = first[0]
     if failure.exitcode < 0:
+        killed = f"rank {rank} was killed ({failure.signal_name()})"
+        _mark_stopped(run_folder_note, killed)
         click.echo(
-            f"zoo: error: rank {rank} was killed ({failure.signal_name()}) and the job stopped with it; "
-            f"continue it with --resume and --nproc {nproc}",
+            f"zoo: error: {killed} and the job stopped with it; continue it with --resume and --nproc {nproc}",
             err=True,
         )
         sys.exit(128 - failure.exitcode)
     sys.exit(failure.exitcode)
 
 
-def _mark_interrupted(note: Path) -> None:
-    """After Ctrl-C the ranks write an interrupted run folder themselves; torchrun kills those that take
-    longer than its grace period, which would leave the run ``running``: say what happened instead."""
-    if not note.is_file():
+def _mark_stopped(note: Path, why: str) -> None:
+    """Ranks stopped from outside (torchrun kills those that outlast its grace period after Ctrl-C; a
+    rank killed alone takes the others with it) can leave their run ``running``: say what happened."""
+    if not note.is_file():  # stopped before rank 0 chose its folder: nothing to mark
         return
     from .artifacts import RunFolder, RunResults
 
     folder = RunFolder(note.read_text())
     results = folder.results
-    if results is None or results.state != "running":
+    if results is None or results.state != "running":  # the ranks saved it themselves
         return
-    reason = "stopped by Ctrl-C; the ranks were killed before they saved the run folder (resume from its checkpoint)"
+    reason = f"{why}; resume it from its last checkpoint"
     folder.write_results(RunResults(state="interrupted", reason=reason, recipe_hash=results.recipe_hash))

@@ -159,10 +159,11 @@ def check_input(model: nn.Module, inputs: torch.Tensor, num_classes: int, backbo
     try:
         with torch.no_grad():
             outputs = model(inputs)
-    except torch.OutOfMemoryError:
-        raise
-    except (RuntimeError, AssertionError, ValueError) as exc:  # how torch and timm refuse an input's shape
+    except (RuntimeError, AssertionError, ValueError) as exc:
         reason = " ".join(str(exc).split())
+        if not _refuses_the_shape(reason) or isinstance(exc, torch.OutOfMemoryError):
+            exc.add_note(f"(zoo was checking that model {backbone} takes a batch of {shape} inputs from '{dataset}')")
+            raise  # a bug in the model, not the data's shape: its traceback
         raise ZooError(
             f"model {backbone} cannot take dataset '{dataset}''s {shape} inputs ({type(exc).__name__}: {reason}); "
             "set data.image_size, or the model.args that fix another input (in_chans, image_size, img_size)"
@@ -175,6 +176,16 @@ def check_input(model: nn.Module, inputs: torch.Tensor, num_classes: int, backbo
             f"model {backbone} gives {found} for a batch of {len(inputs)} {shape} inputs from '{dataset}', "
             f"not [{len(inputs)}, {num_classes}] (one logit per class)"
         )
+
+
+# How torch and timm word an input they cannot take (channels, sizes, patch multiples); any other
+# error in the first forward is the model's own bug and keeps its traceback.
+_SHAPE_REFUSALS = ("shape", "size", "channel", "dimension", "divisible", "mat1 and mat2", "expected input")
+
+
+def _refuses_the_shape(reason: str) -> bool:
+    lowered = reason.lower()
+    return any(word in lowered for word in _SHAPE_REFUSALS) and "allocate" not in lowered
 
 
 # Keywords that only change the shapes of a model (timm's, and zoo's image_size), which a run
