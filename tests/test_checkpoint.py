@@ -281,3 +281,30 @@ def test_a_checkpoint_of_another_world_size_or_with_another_runs_part_is_refused
     (tmp_path / checkpoint.STATE).write_text(json.dumps(state | {"world_size": 2}))
     with pytest.raises(ZooError, match="was written by 2 processes; resume it with as many"):
         checkpoint.load_own(tmp_path)
+
+
+def test_links_where_checkpoints_go_are_never_followed(tmp_path: Path) -> None:
+    """checkpoints/ a link: refused in one line, nothing written where it points; a step-* link: never read as
+    a checkpoint, deleted through, or written into: a new checkpoint of that step replaces the link."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    part = ({"loss_sum": torch.tensor(1.0)}, {"step": 1})
+    linked = tmp_path / "linked" / "checkpoints"
+    linked.parent.mkdir()
+    linked.symlink_to(outside)
+    with pytest.raises(ZooError, match="is not a folder of the run"):
+        checkpoint.save(linked, 1, part, ({}, {}), keep=1)
+    assert [p.name for p in outside.iterdir()] == ["keep.txt"]
+
+    root = tmp_path / "run" / "checkpoints"
+    root.mkdir(parents=True)
+    (outside / "state.json").write_text("{}")  # would pass for a checkpoint if the link were followed
+    (root / "step-00000001").symlink_to(outside)
+    (root / "step-00000002").symlink_to(outside)
+    assert checkpoint.all_checkpoints(root) == []
+    checkpoint.save(root, 2, part, ({}, {}), keep=1)
+    checkpoint.save(root, 3, part, ({}, {}), keep=1)
+    assert sorted(p.name for p in outside.iterdir()) == ["keep.txt", "state.json"]
+    assert [p.name for p in checkpoint.all_checkpoints(root)] == ["step-00000003"]
+    assert (root / "step-00000001").is_symlink()  # not zoo's: left where it is

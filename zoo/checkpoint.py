@@ -93,6 +93,8 @@ def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def _staging(root: Path, step: int) -> Path:
     """A new hidden folder in ``root`` that becomes checkpoint ``step`` once whole."""
+    if root.is_symlink() or (root.exists() and not root.is_dir()):  # writes would land where it points
+        raise ZooError(f"{root} is not a folder of the run (a link or a file): remove it, zoo keeps checkpoints there")
     try:
         root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:08d}."))
@@ -135,7 +137,9 @@ def _write(
             raise ZooError(f"rank {missing[0]}'s part of checkpoint {target} is not in {staging}")
         artifacts.atomic_write(staging / TENSORS, save_safetensors(_on_cpu(shared[0] | own[0])))
         artifacts.write_json(staging / STATE, shared[1] | own[1])
-        if target.exists():  # the same step saved again (an epoch's end after a mid-epoch save)
+        if target.is_symlink() or target.is_file():  # not a checkpoint: replaced, never followed
+            target.unlink()
+        elif target.exists():  # the same step saved again (an epoch's end after a mid-epoch save)
             shutil.rmtree(target)
         staging.rename(target)
     finally:
@@ -146,8 +150,10 @@ def _write(
 
 
 def all_checkpoints(root: Path) -> list[Path]:
-    """The complete checkpoints in ``root``, oldest first."""
-    return sorted(p for p in root.glob("step-*") if (p / STATE).is_file()) if root.is_dir() else []
+    """The complete checkpoints in ``root``, oldest first (a link named like one is none of the run's)."""
+    if not root.is_dir() or root.is_symlink():
+        return []
+    return sorted(p for p in root.glob("step-*") if not p.is_symlink() and (p / STATE).is_file())
 
 
 # What state.json must hold, and of which type, for a resume to use it.
