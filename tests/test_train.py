@@ -353,7 +353,9 @@ def test_adadelta_focal_loss_and_an_mlp_head_each_take_effect(mnist_dir: Path, m
     assert shapes == {"head.0.weight": (32, 128), "head.0.bias": (32,), "head.2.weight": (2, 32), "head.2.bias": (2,)}
 
 
-def test_ctrl_c_stops_cleanly_with_exit_130(mnist_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("sent", "said"), [("SIGINT", "Ctrl-C"), ("SIGTERM", "SIGTERM")])
+def test_ctrl_c_or_sigterm_stops_cleanly_with_exit_130(sent: str, said: str, mnist_dir: Path, tmp_path: Path) -> None:
+    """SIGTERM, as a scheduler sends at a time limit, saves the run folder as Ctrl-C does."""
     import signal
     import subprocess
     import sys
@@ -373,11 +375,11 @@ def test_ctrl_c_stops_cleanly_with_exit_130(mnist_dir: Path, tmp_path: Path) -> 
         if line.startswith("run folder:"):
             break
     time.sleep(2)  # into the first epoch of 60,000 images
-    process.send_signal(signal.SIGINT)
+    process.send_signal(getattr(signal, sent))
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr
-    assert "stopped by Ctrl-C in epoch 1" in stdout
+    assert f"stopped by {said} in epoch 1" in stdout
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["state"] == "interrupted" and "test" not in results
     model = zoo.load(tmp_path / "run")

@@ -6,6 +6,7 @@ import contextlib
 import math
 import random
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -53,6 +54,7 @@ class StopRequests:
 
     def __init__(self) -> None:
         self.flag = torch.zeros((), dtype=torch.long)
+        self.signal: int | None = None  # the signal that asked to stop (SIGINT or SIGTERM)
         self.restart()
 
     def restart(self) -> None:
@@ -199,10 +201,11 @@ class Trainer:
         """
         tensorboard = self._tensorboard() if self.config.tensorboard and distributed.is_main() else None
         try:
-            with self._agreeing_on_ctrl_c():
+            with self._stopping_on_signals():
                 self._epochs(progress, tensorboard)
         except KeyboardInterrupt:
-            reason = f"stopped by Ctrl-C in epoch {self.epoch}, after step {self.step}"
+            how = "Ctrl-C" if self.stops.signal in (None, signal.SIGINT) else signal.Signals(self.stops.signal).name
+            reason = f"stopped by {how} in epoch {self.epoch}, after step {self.step}"
             log(f"\n{reason}: saving the run folder")
             return "interrupted", reason
         finally:
@@ -211,19 +214,33 @@ class Trainer:
         return "finished", self.monitor.stop_reason() if self.stopped_early else ""
 
     @contextlib.contextmanager
-    def _agreeing_on_ctrl_c(self) -> Iterator[None]:
-        """Under DDP, Ctrl-C (torchrun forwards SIGINT to every rank) only asks to stop; the ranks
-        agree at the next check (``StopRequests``: within seconds, in training and in validation)
-        and stop after the same batch, so that no rank is left in a collective the others have
-        abandoned."""
-        if distributed.world_size() == 1:
+    def _stopping_on_signals(self) -> Iterator[None]:
+        """Ctrl-C, and SIGTERM (a scheduler's time limit or preemption; torchrun passes either on to
+        every rank), stop training with the run folder saved, as ``interrupted``.
+
+        Under DDP a signal only asks to stop; the ranks agree at the next check (``StopRequests``:
+        within seconds, in training and in validation) and stop after the same batch, so that no rank
+        is left in a collective the others have abandoned. A single process stops at once.
+        """
+        if threading.current_thread() is not threading.main_thread():  # only there can signals be handled
             yield
             return
-        previous = signal.signal(signal.SIGINT, lambda signum, frame: self.stops.flag.fill_(1))
+        ranks = distributed.world_size()
+
+        def asked_to_stop(signum: int, frame: Any) -> None:
+            self.stops.signal = signum
+            if ranks > 1:
+                self.stops.flag.fill_(1)
+            else:
+                raise KeyboardInterrupt
+
+        stopping = (signal.SIGINT, signal.SIGTERM) if ranks > 1 else (signal.SIGTERM,)
+        previous = {signum: signal.signal(signum, asked_to_stop) for signum in stopping}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
     def _epochs(self, progress: bool, tensorboard: Any) -> None:
         """Train, validate, log and checkpoint each epoch that is left."""
