@@ -2,9 +2,12 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import write_finished_run
 
 from zoo import artifacts
@@ -112,3 +115,23 @@ def test_holding_names_the_run_a_path_lies_in(tmp_path: Path) -> None:
     assert RunFolder.holding(project / "deploy") is None
     (project / "results.json").write_text("{}")
     assert RunFolder.holding(project / "deploy").path == project  # results.json beside config.json: a run's files
+
+
+def test_weights_files_are_the_same_bytes_in_every_process(tmp_path: Path) -> None:
+    """safetensors orders its metadata differently from process to process; zoo's files must not differ."""
+    script = (
+        "import sys, torch; from zoo.artifacts import RunFolder; "
+        "RunFolder(sys.argv[1]).write_weights({'b': torch.arange(3.0), 'a': torch.ones(2, 2)}, "
+        "{'label_names': '[\"0\"]', 'recipe_hash': 'abc', 'format': 'pt', 'zeta': 'z'})"
+    )
+    written = []
+    for index in range(4):
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / str(index))], check=True)
+        written.append((tmp_path / str(index) / "model.safetensors").read_bytes())
+    assert len(set(written)) == 1
+    loaded = RunFolder(tmp_path / "0").weights()
+    assert torch.equal(loaded["b"], torch.arange(3.0)) and torch.equal(loaded["a"], torch.ones(2, 2))
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "0" / "model.safetensors"), "pt") as opened:
+        assert opened.metadata() == {"label_names": '["0"]', "recipe_hash": "abc", "format": "pt", "zeta": "z"}

@@ -248,7 +248,7 @@ class RunFolder:
 
     def write_weights(self, state_dict: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         tensors = {name: tensor.detach().cpu().contiguous() for name, tensor in state_dict.items()}
-        atomic_write(self.file(self.WEIGHTS), save_safetensors(tensors, metadata=metadata))
+        atomic_write(self.file(self.WEIGHTS), safetensors_bytes(tensors, metadata))
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_json(self.file(self.CONFIG), config)
@@ -259,6 +259,23 @@ class RunFolder:
 
     def write_hub_record(self, record: HubRecord) -> None:
         write_json(self.file(self.HUB_RECORD), record.model_dump())
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """``tensors`` as a safetensors file whose bytes depend on the tensors and metadata alone.
+
+    safetensors writes its metadata from a Rust HashMap, in an order that changes from process to
+    process: the same weights would get another sha256 in every run (breaking "bit-identical" by
+    hash, and pins). The header is written again with the metadata's keys sorted, padded with
+    spaces to 8 bytes as the format allows; the tensors' bytes are left as they are.
+    """
+    data = save_safetensors(tensors, metadata=metadata)
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + length])
+    header["__metadata__"] = dict(sorted(header.get("__metadata__", {}).items()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text + data[8 + length :]
 
 
 def _read_json(path: Path, required: bool) -> Any:

@@ -84,7 +84,7 @@ def _serialised(own: Part) -> bytes:
         "world_size": str(distributed.world_size()),
         "state": json.dumps(state, allow_nan=False),
     }
-    return save_safetensors(_on_cpu(tensors), metadata=metadata)
+    return artifacts.safetensors_bytes(_on_cpu(tensors), metadata)
 
 
 def _on_cpu(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
