@@ -422,8 +422,8 @@ def test_a_ddp_checkpoint_without_one_ranks_state_is_refused(ddp_run: Path, tmp_
     part = newest / "rank-00001.safetensors"
     tensors = load_file(part)
     assert {"rng.torch", "loss_sum", "correct"} <= tensors.keys() and not any(n.startswith("model.") for n in tensors)
-    args = [str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=32", "train.epochs=4", "--resume",
-            str(folder)]  # fmt: skip
+    args = [str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, *EXACT, "data.batch_size=32", "train.epochs=4",
+            "--resume", str(folder)]  # fmt: skip
     save_file(tensors, part, metadata={"rank": "1", "world_size": "4", "state": json.dumps({"rng": {}, "seen": 0})})
     refused = zoo_nproc(tmp_path, *args)
     assert_user_error(refused, f"checkpoint {newest} holds in rank-00001.safetensors the state of rank 1 of 4")

@@ -456,7 +456,7 @@ def test_a_folder_or_fifo_at_model_onnx_is_said_to_be_one(tmp_path: Path, kind: 
     else:
         os.mkfifo(folder / "model.onnx")
     predicted = zoo_in_process("predict", str(folder), str(tmp_path / "image.png"), "--backend", "onnxruntime")
-    line = assert_user_error(predicted, "model.onnx is", "a folder" if kind == "folder" else "not a regular file")
+    line = assert_user_error(predicted, "model.onnx is", "a folder" if kind == "folder" else "a FIFO")
     assert "has no model.onnx" not in line
 
 
