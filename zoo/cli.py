@@ -10,6 +10,7 @@ import inspect
 import json
 import os
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -618,4 +619,23 @@ def _cell(column: str, value: Any) -> str:
 
 
 def main() -> None:
-    cli(prog_name="zoo")
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        cli(prog_name="zoo")
+        return
+    # A rank of torchrun, its process group already torn down: gloo's C++ threads can still abort
+    # the interpreter's finalisation now and then ("terminate called without an active exception",
+    # SIGABRT, after a run that went well). The rank leaves through os._exit once its output is
+    # flushed, with the exit code (and the traceback, if any) it would have had.
+    try:
+        cli(prog_name="zoo")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -343,5 +343,7 @@ def shard(order: torch.Tensor, pad: bool) -> torch.Tensor:
 
 
 def teardown() -> None:
+    global _node_group
+    _node_group = None
     if dist.is_initialized():
         dist.destroy_process_group()
