@@ -5,7 +5,7 @@
 
 For each model (zoo's mnist_cnn with its head at 1x28x28, timm's resnet10t at 3xSIZExSIZE, both
 with random weights: speed does not depend on them) `zoo export`'s own path makes a verified ONNX
-file with a dynamic batch (zoo.export.export_model), then both sides run on the same inputs in
+file with a dynamic batch (zoo.inference.export.export_model), then both sides run on the same inputs in
 this process, one after the other, on the CPU with torch's and onnxruntime's default threads:
 
   latency     one image per call: the median of --calls calls, after 10 warm-up calls
@@ -29,9 +29,9 @@ from pathlib import Path
 
 import torch
 
-from zoo.export import export_model, onnx_runner, onnx_session
-from zoo.model import build_model
-from zoo.recipe import ModelConfig
+from zoo.config.recipe import ModelConfig
+from zoo.inference.export import export_model, onnx_runner, onnx_session
+from zoo.models.build import build_model
 
 
 def build(name: str, size: int) -> tuple[torch.nn.Module, tuple[int, int, int]]:

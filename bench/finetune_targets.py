@@ -27,10 +27,10 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from zoo import recipe as recipes
-from zoo.builtins.mnist import write_image_folder
-from zoo.recipe import default_data_dir
-from zoo.train import run
+from zoo.config import recipe as recipes
+from zoo.config.recipe import default_data_dir
+from zoo.data.mnist import write_image_folder
+from zoo.training.runner import run
 
 REPO = Path(__file__).resolve().parents[1]
 FINETUNE = REPO / "recipes" / "mnist_finetune.toml"

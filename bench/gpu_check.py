@@ -101,7 +101,7 @@ def steady_training_steps(watches: list[Watch], from_epoch: int = 2) -> Iterator
     """Every zoo run inside watches its training steps from epoch ``from_epoch`` on (the first
     epoch warms up: compilation, cuDNN's benchmark, the allocator). Only the steps: the epoch
     ends and validation, which read results back by design, are not watched."""
-    from zoo.data import Batches
+    from zoo.data.splits import Batches
 
     original = Batches.epoch
 
@@ -186,7 +186,7 @@ CHECKS = [
 
 
 def dry_run(image_root: Path) -> int:
-    from zoo import recipe as recipes
+    from zoo.config import recipe as recipes
 
     print(f"{'check':<26}{'recipe':<22}measures")
     for check in CHECKS:
@@ -200,8 +200,8 @@ def dry_run(image_root: Path) -> int:
 def measure(check: Check, image_root: Path) -> dict:
     import torch
 
-    from zoo import recipe as recipes
-    from zoo.train import run
+    from zoo.config import recipe as recipes
+    from zoo.training.runner import run
 
     folder = Path(tempfile.mkdtemp()) / "run"
     overrides = [*check.overrides, f"output.dir={folder}"] + (
@@ -266,8 +266,8 @@ def main() -> int:
         return dry_run(image_root)
     import torch
 
-    from zoo.builtins.mnist import write_image_folder
-    from zoo.recipe import default_data_dir
+    from zoo.config.recipe import default_data_dir
+    from zoo.data.mnist import write_image_folder
 
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device here; use --dry-run to see what it measures", file=sys.stderr)

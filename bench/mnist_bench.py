@@ -40,7 +40,7 @@ MARGIN = 0.001
 
 
 def data_dir() -> Path:
-    from zoo.recipe import default_data_dir
+    from zoo.config.recipe import default_data_dir
 
     return default_data_dir().resolve()
 
@@ -115,8 +115,8 @@ def hand_loop(epochs: int, max_steps: int | None) -> dict:
     from torch import nn
 
     import zoo
-    from zoo.optim import lr_factor
-    from zoo.recipe import load
+    from zoo.config.recipe import load
+    from zoo.training.optim import lr_factor
 
     recipe = load(REPO / "recipes" / "mnist.toml")
     torch.manual_seed(0)
@@ -176,11 +176,11 @@ def zoo_runner(recipe_name: str, epochs: int, max_steps: int | None, seed: int |
     epoch's checkpoint afterwards."""
     import torch
 
-    from zoo import checkpoint
-    from zoo.artifacts import RunFolder
-    from zoo.evaluate import evaluate
-    from zoo.recipe import load
-    from zoo.train import build_run, run
+    from zoo.config.recipe import load
+    from zoo.inference.evaluate import evaluate
+    from zoo.runs.folder import RunFolder
+    from zoo.training import checkpoint
+    from zoo.training.runner import build_run, run
 
     folder = Path(tempfile.mkdtemp()) / "run"
     overrides = [f"output.dir={folder}", f"train.keep_checkpoints={epochs}"]
@@ -278,7 +278,7 @@ def startup_seconds(*args: str) -> float:
 def report(args: argparse.Namespace) -> str:
     epochs = 1 if args.quick else args.epochs
     max_steps = 150 if args.quick else None
-    from zoo.recipe import load
+    from zoo.config.recipe import load
 
     recipe_epochs = 1 if args.quick else load(REPO / "recipes" / "mnist.toml").train.epochs
     contenders = {
@@ -328,7 +328,7 @@ def seeds_report(seeds: list[int]) -> tuple[str, bool]:
     lowest beats STATED by MARGIN."""
     import torch
 
-    from zoo.recipe import load
+    from zoo.config.recipe import load
 
     epochs = load(REPO / "recipes" / "mnist.toml").train.epochs
     accuracies = {seed: measure("zoo:mnist.toml", epochs, None, seed)["epochs"][-1]["test_accuracy"] for seed in seeds}

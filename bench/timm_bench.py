@@ -180,8 +180,8 @@ def main() -> None:
         print(json.dumps(runners[args.contender]()))
         return
 
-    from zoo.builtins.mnist import write_image_folder
-    from zoo.recipe import default_data_dir
+    from zoo.config.recipe import default_data_dir
+    from zoo.data.mnist import write_image_folder
 
     folder = Path(tempfile.mkdtemp()) / "mnist_png"
     write_image_folder(default_data_dir(), folder, {"train": args.per_class, "test": 50})

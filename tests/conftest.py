@@ -18,12 +18,12 @@ import torch
 from hub_server import FakeHub
 
 import zoo
-from zoo import recipe as recipes
-from zoo import registry
-from zoo.artifacts import RunFolder, RunResults
-from zoo.builtins.mnist import write_image_folder
+from zoo.config import recipe as recipes
+from zoo.config.recipe import default_data_dir
+from zoo.data.mnist import write_image_folder
 from zoo.errors import ZooError
-from zoo.recipe import default_data_dir
+from zoo.plugins import _registry as registry
+from zoo.runs.folder import RunFolder, RunResults
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = REPO / "recipes"

@@ -10,31 +10,31 @@ import pytest
 import torch
 from conftest import write_finished_run
 
-from zoo import artifacts
-from zoo.artifacts import HubRecord, RunFolder, RunResults
+from zoo import _files
 from zoo.errors import ZooError
+from zoo.runs.folder import HubRecord, RunFolder, RunResults
 
 
 def test_atomic_write_replaces_whole_files_and_leaves_no_temporary(tmp_path: Path) -> None:
     target = tmp_path / "deep" / "file.json"
-    artifacts.write_json(target, {"a": 1})
-    artifacts.write_json(target, {"a": 2})
+    _files.write_json(target, {"a": 1})
+    _files.write_json(target, {"a": 2})
     assert target.read_text() == '{\n  "a": 2\n}\n'
     assert [p.name for p in target.parent.iterdir()] == ["file.json"]
 
 
 def test_a_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "config.json"
-    artifacts.write_json(target, {"version": 1})
+    _files.write_json(target, {"version": 1})
 
     def full_disk(fd: int) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(artifacts.os, "fsync", full_disk)
+    monkeypatch.setattr(_files.os, "fsync", full_disk)
     with pytest.raises(
         ZooError, match="cannot write .*config.json: No space left on device; config.json was left as it was"
     ):
-        artifacts.write_json(target, {"version": 2})
+        _files.write_json(target, {"version": 2})
     assert target.read_text() == '{\n  "version": 1\n}\n'
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
 
@@ -59,7 +59,7 @@ def test_run_folder_reads_back_what_it_wrote(tmp_path: Path) -> None:
 
 def test_results_are_strict_json() -> None:
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
-        artifacts.write_json(Path("never-written.json"), {"loss": float("nan")})
+        _files.write_json(Path("never-written.json"), {"loss": float("nan")})
     assert not Path("never-written.json").exists()
 
 
@@ -120,7 +120,7 @@ def test_holding_names_the_run_a_path_lies_in(tmp_path: Path) -> None:
 def test_weights_files_are_the_same_bytes_in_every_process(tmp_path: Path) -> None:
     """safetensors orders its metadata differently from process to process; zoo's files must not differ."""
     script = (
-        "import sys, torch; from zoo.artifacts import RunFolder; "
+        "import sys, torch; from zoo.runs.folder import RunFolder; "
         "RunFolder(sys.argv[1]).write_weights({'b': torch.arange(3.0), 'a': torch.ones(2, 2)}, "
         "{'label_names': '[\"0\"]', 'recipe_hash': 'abc', 'format': 'pt', 'zeta': 'z'})"
     )

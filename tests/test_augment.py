@@ -10,12 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from zoo.augment import Augmentation, BatchAugment, resolve
-from zoo.builtins.mnist_cnn import MnistCNN
-from zoo.data import Batches, build_transform, load_splits
+from zoo.config.recipe import DataConfig
+from zoo.data.augment import Augmentation, BatchAugment, resolve
+from zoo.data.preprocessing import Preprocessing
+from zoo.data.splits import Batches, build_transform, load_splits
 from zoo.errors import ZooError
-from zoo.preprocessing import Preprocessing
-from zoo.recipe import DataConfig
+from zoo.models.mnist_cnn import MnistCNN
 
 TIMM = Augmentation()  # timm's ImageNet training defaults
 
@@ -39,7 +39,7 @@ def test_presets_change_timm_defaults_for_a_model_that_declares_nothing() -> Non
 
 
 def test_the_data_has_the_last_word_over_the_model() -> None:
-    from zoo.builtins.mnist import MNIST
+    from zoo.data.mnist import MNIST
 
     class Flipper(nn.Linear):
         augmentation = {"hflip": 0.9, "degrees": 40.0}

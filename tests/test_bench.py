@@ -15,8 +15,8 @@ import torch
 from conftest import RECIPES, REPO
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from zoo import recipe as recipes
-from zoo.train import run
+from zoo.config import recipe as recipes
+from zoo.training.runner import run
 
 spec = importlib.util.spec_from_file_location("gpu_check", REPO / "bench" / "gpu_check.py")
 gpu_check = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)

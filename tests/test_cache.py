@@ -18,13 +18,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from zoo import cache
-from zoo.builtins.image_folder import ImageFolder
-from zoo.cache import DecodedImages, Layout, ahead, choose, decoded
-from zoo.data import Batches, attach_transforms, load_splits
+from zoo.config.recipe import DataConfig
+from zoo.data import cache
+from zoo.data.cache import DecodedImages, Layout, ahead, choose, decoded
+from zoo.data.image_folder import ImageFolder
+from zoo.data.preprocessing import Preprocessing
+from zoo.data.splits import Batches, attach_transforms, load_splits
 from zoo.errors import ZooError
-from zoo.preprocessing import Preprocessing
-from zoo.recipe import DataConfig
 
 
 def photo_folder(root: Path, sizes: list[tuple[int, int]]) -> Path:
@@ -162,7 +162,7 @@ def test_a_moved_folder_keeps_its_cache_and_content_verification_keeps_a_copied_
 
 
 def test_the_recipe_key_cache_verify_names_the_cache_by_content(tmp_path: Path) -> None:
-    from zoo.data import attach_cache
+    from zoo.data.splits import attach_cache
 
     root = photo_folder(tmp_path / "photos", SIZES)
     preprocessing = Preprocessing((3, 16, 16), (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)
@@ -191,8 +191,8 @@ def test_two_processes_at_once_build_one_cache(tmp_path: Path) -> None:
         import os, time
         from pathlib import Path
         from zoo import cache
-        from zoo.builtins.image_folder import ImageFolder
-        from zoo.cache import Layout, decoded
+        from zoo.data.image_folder import ImageFolder
+        from zoo.data.cache import Layout, decoded
 
         meeting, me = Path({str(meeting)!r}), os.getpid()
         build = cache._build
@@ -239,8 +239,8 @@ def test_one_rank_per_node_stats_the_files_and_sends_the_name(tmp_path: Path) ->
         import torch
         from pathlib import Path
         from zoo import cache, distributed
-        from zoo.builtins.image_folder import ImageFolder
-        from zoo.cache import Layout, decoded
+        from zoo.data.image_folder import ImageFolder
+        from zoo.data.cache import Layout, decoded
 
         distributed.setup(torch.device("cpu"))
         name = cache._name
@@ -297,7 +297,7 @@ def test_reading_from_disk_keeps_memory_bounded_by_the_batch(tmp_path: Path) -> 
     script = textwrap.dedent(f"""
         import resource, torch
         from pathlib import Path
-        from zoo.cache import DecodedImages, Layout
+        from zoo.data.cache import DecodedImages, Layout
         images = DecodedImages(Path({str(path)!r}), {count}, Layout(**{layout.__dict__!r}), in_memory=False)
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         order = torch.randperm({count})
@@ -327,7 +327,7 @@ READ_AHEAD_INPUT = Preprocessing((3, 16, 16), (0.5,) * 3, (0.25,) * 3, "bilinear
 def test_disk_batches_read_ahead_are_the_in_memory_batches_in_order(tmp_path: Path) -> None:
     """Shuffled, augmented and from the middle of an epoch: the batches read ahead from the file are
     the ones an in-memory cache gives; the read-ahead thread ends with the epoch."""
-    from zoo.augment import Augmentation
+    from zoo.data.augment import Augmentation
 
     root = photo_folder(tmp_path / "photos", SIZES * 4)
     augmentation = Augmentation(degrees=10.0)

@@ -9,9 +9,9 @@ from huggingface_hub import ModelCard
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zoo import recipe as recipes
-from zoo.artifacts import RunResults
-from zoo.card import EXPORTS_BEGIN, EXPORTS_END, model_card, with_exports
+from zoo.config import recipe as recipes
+from zoo.runs.card import EXPORTS_BEGIN, EXPORTS_END, model_card, with_exports
+from zoo.runs.folder import RunResults
 
 TEST = {"accuracy": 0.91, "precision": 0.9, "recall": 0.89, "f1": 0.895, "loss": 0.3}
 
@@ -40,7 +40,7 @@ def test_timm_models_and_hub_sources_say_so() -> None:
 def test_the_card_and_zoo_runs_say_which_epoch_was_kept_and_how_it_was_trained(tmp_path: Path) -> None:
     from conftest import write_finished_run
 
-    from zoo.runs import summary
+    from zoo.runs.table import summary
 
     recipe = recipes.load(
         RECIPES / "mnist.toml",
@@ -63,7 +63,7 @@ def test_the_card_and_zoo_runs_say_which_epoch_was_kept_and_how_it_was_trained(t
 
 
 def test_datasets_names_a_hub_dataset_only_when_the_plugin_declares_one() -> None:
-    from zoo import registry
+    from zoo.plugins import _registry as registry
 
     recipe = recipes.load(RECIPES / "timm_finetune.toml", check=False)  # image_folder: no Hub dataset
     results = RunResults(state="finished", recipe_hash=recipe.hash, test=TEST)

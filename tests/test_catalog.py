@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import RECIPES, assert_user_error, write_finished_run, zoo_command
 
-from zoo import catalog
 from zoo.errors import ZooError
+from zoo.sharing import registry as catalog
 
 
 def test_registry_check_and_recipe_only_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

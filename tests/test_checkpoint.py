@@ -18,10 +18,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save as save_safetensors
 
-from zoo import artifacts, checkpoint, distributed
-from zoo.artifacts import RunFolder
+from zoo import _files
 from zoo.cli import cli
 from zoo.errors import ZooError
+from zoo.parallel import distributed
+from zoo.runs.folder import RunFolder
+from zoo.training import checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -167,7 +169,7 @@ def test_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(mnist
 def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
     mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_fsync = artifacts.os.fsync
+    real_fsync = _files.os.fsync
     writes = []
 
     def fsync_until_full(descriptor: int) -> None:
@@ -176,7 +178,7 @@ def test_full_disk_during_a_checkpoint_keeps_the_previous_one(
             raise OSError(28, "No space left on device")
         real_fsync(descriptor)
 
-    monkeypatch.setattr(artifacts.os, "fsync", fsync_until_full)
+    monkeypatch.setattr(_files.os, "fsync", fsync_until_full)
     result = CliRunner().invoke(
         cli,
         [

@@ -21,7 +21,7 @@ def test_help_and_list_import_no_torch_and_no_plugin() -> None:
     for args in (["--help"], ["list"]):
         modules = imported_modules(*args)
         assert "click" in modules
-        assert not {"torch", "timm", "torchvision", "zoo.builtins.mnist_cnn", "zoo_shapes.models"} & modules, args
+        assert not {"torch", "timm", "torchvision", "zoo.models.mnist_cnn", "zoo_shapes.models"} & modules, args
 
 
 def test_a_run_without_timm_models_or_image_datasets_does_not_import_timm(mnist_dir: Path) -> None:
@@ -156,8 +156,8 @@ def test_ctrl_c_outside_training_exits_130_without_click_aborting(monkeypatch: p
     """Under torchrun every rank would print click's "Aborted!"; the shell's code for Ctrl-C says it all."""
     from click.testing import CliRunner
 
-    from zoo import registry
     from zoo.cli import cli
+    from zoo.plugins import _registry as registry
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt

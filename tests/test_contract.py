@@ -18,12 +18,12 @@ from conftest import RECIPES, assert_user_error
 from torch import nn
 
 import zoo
-from zoo import recipe as recipes
-from zoo import registry
 from zoo.cli import cli
-from zoo.data import is_image_dataset, tensor_shape
-from zoo.recipe import default_data_dir
-from zoo.train import run
+from zoo.config import recipe as recipes
+from zoo.config.recipe import default_data_dir
+from zoo.data.splits import is_image_dataset, tensor_shape
+from zoo.plugins import _registry as registry
+from zoo.training.runner import run
 
 pytestmark = pytest.mark.slow  # sixteen short runs and their evaluations: 45 s to 3 min on a shared machine
 

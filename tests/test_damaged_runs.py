@@ -29,10 +29,10 @@ from hypothesis import strategies as st
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from zoo import locking
-from zoo import recipe as recipes
+from zoo import _locking as locking
 from zoo.cli import cli
-from zoo.train import run
+from zoo.config import recipe as recipes
+from zoo.training.runner import run
 
 pytestmark = pytest.mark.slow
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import NotInMemory
 
-from zoo.data import Batches, class_weights, load_splits, select_classes
+from zoo.config.recipe import DataConfig
+from zoo.data.preprocessing import Preprocessing
+from zoo.data.splits import Batches, class_weights, load_splits, select_classes
 from zoo.errors import ZooError
-from zoo.preprocessing import Preprocessing
-from zoo.recipe import DataConfig
 
 MNIST_INPUT = Preprocessing((1, 28, 28), (0.1307,), (0.3081,))
 UNNORMALISED = Preprocessing((1, 28, 28), (0.0,), (1.0,))
@@ -77,7 +77,7 @@ def test_dataloader_path_for_datasets_not_in_memory(mnist_dir: Path) -> None:
 def test_image_workers_send_uint8_normalised_on_the_device_as_the_float_transform_would(mnist_png: Path) -> None:
     from PIL import Image
 
-    from zoo.data import attach_transforms, build_transform
+    from zoo.data.splits import attach_transforms, build_transform
 
     config = DataConfig(dataset="image_folder", root=str(mnist_png), classes=[0, 1], val_split=0.0)
     splits = load_splits(config, seed=0)
@@ -129,9 +129,9 @@ def test_a_backbone_from_a_run_brings_its_normalisation_to_new_image_data(mnist_
     the folder is normalised as the backbone learned, not with image_folder's mid-grey default."""
     from conftest import write_finished_run
 
-    from zoo.data import resolve_preprocessing
-    from zoo.model import build_model
-    from zoo.recipe import ModelConfig
+    from zoo.config.recipe import ModelConfig
+    from zoo.data.splits import resolve_preprocessing
+    from zoo.models.build import build_model
 
     source = write_finished_run(tmp_path / "source")
     source.write_weights(build_model(ModelConfig(backbone="mnist_cnn"), ["0", "1"])[0].state_dict(), {})
@@ -149,8 +149,8 @@ def test_augmented_loader_batches_depend_on_seed_epoch_and_position_alone(mnist_
     """timm's random transforms in the DataLoader: the same batches with 0 or 2 workers, from a
     persistent loader's second pass, and from the middle of an epoch (a resumed run); the global RNG
     (dropout, MixUp, checkpointed) is left as it was."""
-    from zoo.augment import Augmentation
-    from zoo.data import attach_transforms
+    from zoo.data.augment import Augmentation
+    from zoo.data.splits import attach_transforms
 
     config = DataConfig(dataset="image_folder", root=str(mnist_png), classes=[0, 1], per_class=12, val_split=0.0)
     splits = load_splits(config, seed=0)

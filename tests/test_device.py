@@ -9,12 +9,12 @@ import pytest
 import torch
 from conftest import NotInMemory
 
-from zoo.data import Batches, load_splits
-from zoo.device import autocast_dtype, configure, resolve_device
+from zoo.config.recipe import DataConfig, OptimConfig
+from zoo.data.preprocessing import Preprocessing
+from zoo.data.splits import Batches, load_splits
 from zoo.errors import ZooError
-from zoo.optim import build_optimizer
-from zoo.preprocessing import Preprocessing
-from zoo.recipe import DataConfig, OptimConfig
+from zoo.training.device import autocast_dtype, configure, resolve_device
+from zoo.training.optim import build_optimizer
 
 MNIST_INPUT = Preprocessing((1, 28, 28), (0.1307,), (0.3081,))
 

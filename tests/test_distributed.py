@@ -22,12 +22,12 @@ from conftest import (
 )
 from safetensors.torch import load_file, save_file
 
-from zoo import checkpoint
-from zoo import recipe as recipes
-from zoo.artifacts import RunFolder
 from zoo.cli import cli
-from zoo.model import build_model
-from zoo.train import run, seed_everything
+from zoo.config import recipe as recipes
+from zoo.models.build import build_model
+from zoo.runs.folder import RunFolder
+from zoo.training import checkpoint
+from zoo.training.runner import run, seed_everything
 
 pytestmark = pytest.mark.slow
 
@@ -568,7 +568,7 @@ def test_ctrl_c_under_two_processes_stops_within_seconds_even_in_slow_steps(
 COUNTED_MODULE = {
     "counted_plugin.py": """
     import os
-    from zoo.builtins.image_folder import ImageFolder
+    from zoo.data.image_folder import ImageFolder
 
     def counted(root, split):
         '''An image folder that notes each time it is built (its folder scanned).'''

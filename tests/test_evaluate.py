@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from conftest import RECIPES
 from torch import nn
 
-from zoo import recipe as recipes
-from zoo.artifacts import RunFolder
 from zoo.cli import cli
-from zoo.evaluate import evaluate, evaluate_run
-from zoo.train import build_run, run
+from zoo.config import recipe as recipes
+from zoo.inference.evaluate import evaluate, evaluate_run
+from zoo.runs.folder import RunFolder
+from zoo.training.runner import build_run, run
 
 
 class Constant(nn.Module):

@@ -23,14 +23,14 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 import zoo
-from zoo import recipe as recipes
-from zoo.artifacts import RunFolder
-from zoo.card import with_exports
 from zoo.cli import cli
+from zoo.config import recipe as recipes
 from zoo.errors import ZooError
-from zoo.export import FILES, METADATA, _onnx_metadata_props, compare, export_model, recorded_weights_sha256
-from zoo.predict import predict_files
-from zoo.train import run
+from zoo.inference.export import FILES, METADATA, _onnx_metadata_props, compare, export_model, recorded_weights_sha256
+from zoo.inference.predict import predict_files
+from zoo.runs.card import with_exports
+from zoo.runs.folder import RunFolder
+from zoo.training.runner import run
 
 SHAPES = Path(__file__).resolve().parents[1] / "plugins" / "zoo-shapes" / "shapes.toml"
 FORMATS = ["onnx", "exported-program", "torchscript"]

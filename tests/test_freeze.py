@@ -8,13 +8,14 @@ from conftest import RECIPES
 from torch import nn
 
 import zoo
-from zoo import freeze, registry
-from zoo import recipe as recipes
-from zoo.artifacts import RunFolder
+from zoo.config import recipe as recipes
+from zoo.config.recipe import FreezeConfig, FreezeStage
 from zoo.errors import ZooError
-from zoo.model import Classifier
-from zoo.recipe import FreezeConfig, FreezeStage
-from zoo.train import run
+from zoo.models import freeze
+from zoo.models.build import Classifier
+from zoo.plugins import _registry as registry
+from zoo.runs.folder import RunFolder
+from zoo.training.runner import run
 
 
 def small_model() -> Classifier:

@@ -19,9 +19,9 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import zoo
-from zoo import recipe as recipes
-from zoo.artifacts import RunFolder
-from zoo.train import run
+from zoo.config import recipe as recipes
+from zoo.runs.folder import RunFolder
+from zoo.training.runner import run
 
 pytestmark = pytest.mark.slow
 
@@ -490,8 +490,8 @@ def test_stale_exports_and_nan_weights_are_refused_before_anything_is_shared(
 
 def test_a_pulled_repo_that_zoo_did_not_write_keeps_its_exports_unchecked(tmp_path: Path) -> None:
     """A third party's model.onnx records no weights sha256 zoo could compare: only a zoo run's exports are checked."""
-    from zoo import hub
     from zoo.errors import ZooError
+    from zoo.sharing import hub
 
     repo = tmp_path / "repo"
     repo.mkdir()

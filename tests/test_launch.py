@@ -9,8 +9,8 @@ import pytest
 from conftest import write_finished_run
 from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
 
-from zoo import launch
-from zoo.artifacts import RunFolder, RunResults
+from zoo.runs.folder import RunFolder, RunResults
+from zoo.training import launch
 
 
 def failure(rank: int, exitcode: int, timestamp: int) -> ProcessFailure:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from conftest import RECIPES, assert_user_error, make_hostile, write_finished_run, zoo_command
 
-from zoo import locking
+from zoo import _locking as locking
 from zoo.errors import ZooError
 
 # Long enough to be caught mid-run: 600 images a class of two digits, checkpoints every 4 steps.
@@ -116,7 +116,7 @@ def test_a_symlinked_registry_is_written_through_with_its_mode(tmp_path: Path, m
     real.chmod(0o664)
     (tmp_path / "registry.json").symlink_to(real)
     monkeypatch.setenv("ZOO_REGISTRY", str(tmp_path / "registry.json"))
-    from zoo import catalog
+    from zoo.sharing import registry as catalog
 
     catalog.add(write_finished_run(tmp_path / "run").path, "digits", RECIPES / "mnist.toml")
     assert (tmp_path / "registry.json").is_symlink() and "digits" in json.loads(real.read_text())["weights"]

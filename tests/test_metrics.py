@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.metrics import confusion_matrix, scores
+from zoo.tasks.single_label import confusion_matrix, scores
 
 
 def test_confusion_matrix_counts_true_rows_and_predicted_columns() -> None:

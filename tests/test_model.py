@@ -8,12 +8,12 @@ import torch
 from conftest import write_finished_run
 from torch import nn
 
-from zoo import distributed
-from zoo.artifacts import RunFolder
-from zoo.data import DataInput
+from zoo.config.recipe import HeadConfig, ModelConfig
+from zoo.data.splits import DataInput
 from zoo.errors import ZooError
-from zoo.model import build_head, build_model, check_input, load_pretrained, load_run
-from zoo.recipe import HeadConfig, ModelConfig
+from zoo.models.build import build_head, build_model, check_input, load_pretrained, load_run
+from zoo.parallel import distributed
+from zoo.runs.folder import RunFolder
 
 
 def test_linear_and_mlp_heads() -> None:

@@ -3,9 +3,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo import freeze
-from zoo.optim import build_optimizer, lr_factor, set_lr
-from zoo.recipe import OptimConfig, ScheduleConfig
+from zoo.config.recipe import OptimConfig, ScheduleConfig
+from zoo.models import freeze
+from zoo.training.optim import build_optimizer, lr_factor, set_lr
 
 
 def factors(name: str, total: int = 100, per_epoch: int = 10, **options: float) -> list[float]:

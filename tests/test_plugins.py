@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from zoo import registry
-from zoo.recipe import default_data_dir
+from zoo.config.recipe import default_data_dir
+from zoo.plugins import _registry as registry
 
 # A namespace is checked through one small member.
 NAMESPACE_MEMBERS = {"timm/*": "timm/test_resnet"}

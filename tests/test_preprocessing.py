@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from zoo.data.preprocessing import Preprocessing
 from zoo.errors import ZooError
-from zoo.preprocessing import Preprocessing
 
 GOOD = {
     "input_size": [3, 224, 224],

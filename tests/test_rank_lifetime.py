@@ -1,4 +1,4 @@
-"""A rank of torchrun never outlives its launcher (zoo.distributed.end_with_launcher), on Linux
+"""A rank of torchrun never outlives its launcher (zoo.parallel.distributed.end_with_launcher), on Linux
 through the kernel and elsewhere through a thread watching the parent."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_outside_torchrun_nothing_is_set() -> None:
 def test_only_a_collective_losing_its_peer_is_a_rank_leaving(
     error: Exception, left: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from zoo import distributed
+    from zoo.parallel import distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert (distributed.rank_left(error) is not None) is left

@@ -12,11 +12,11 @@ from conftest import RECIPES, REPO, assert_user_error
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zoo import recipe as recipes
-from zoo import registry
 from zoo.cli import cli
+from zoo.config import recipe as recipes
+from zoo.config.sources import RecipeOutput, Scratch
 from zoo.errors import ZooError
-from zoo.sources import RecipeOutput, Scratch
+from zoo.plugins import _registry as registry
 
 SHIPPED = sorted(RECIPES.glob("*.toml")) + [REPO / "plugins" / "zoo-shapes" / "shapes.toml"]
 

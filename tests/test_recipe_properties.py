@@ -9,7 +9,7 @@ import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zoo import recipe as recipes
+from zoo.config import recipe as recipes
 from zoo.errors import ZooError
 
 keys = st.text(alphabet="abcdefghij_", min_size=1, max_size=6)

@@ -8,8 +8,8 @@ import torch
 from conftest import GOOD_MODULE, make_distribution
 
 import zoo
-from zoo import registry
 from zoo.errors import ZooError
+from zoo.plugins import _registry as registry
 
 
 def test_builtins_are_entry_points_of_the_zoo_distribution() -> None:
@@ -24,12 +24,12 @@ def test_builtins_are_entry_points_of_the_zoo_distribution() -> None:
 
 
 def test_listing_imports_no_plugin_module() -> None:
-    for module in ["zoo.builtins.mnist_cnn", "zoo.builtins.mnist", "zoo.builtins.losses"]:
+    for module in ["zoo.models.mnist_cnn", "zoo.data.mnist", "zoo.tasks.losses"]:
         sys.modules.pop(module, None)
     assert "mnist_cnn" in zoo.list_models()
     descriptions = [p.description for p in registry.plugins()]
     assert all(descriptions)
-    assert not {"zoo.builtins.mnist_cnn", "zoo.builtins.mnist", "zoo.builtins.losses"} & set(sys.modules)
+    assert not {"zoo.models.mnist_cnn", "zoo.data.mnist", "zoo.tasks.losses"} & set(sys.modules)
 
 
 def test_create_model_follows_the_backbone_contract() -> None:

@@ -12,10 +12,10 @@ from conftest import RECIPES, assert_user_error
 from PIL import Image
 
 import zoo
-from zoo import plots
-from zoo import recipe as recipes
 from zoo.cli import cli
-from zoo.train import run
+from zoo.config import recipe as recipes
+from zoo.runs import plots
+from zoo.training.runner import run
 
 COMMON = ["data.classes=[3,7]", "data.per_class=100", "data.val_split=0.05", "data.batch_size=16"]
 
@@ -77,7 +77,7 @@ def test_eval_refuses_other_keys_and_other_classes(trained: Path) -> None:
 
 def write_digits(folder: Path, count: int) -> tuple[list[Path], list[str], torch.Tensor]:
     """The first ``count`` test 3s and 7s as PNG files; half of them enlarged and in colour."""
-    test = zoo.create_dataset("mnist", zoo.recipe.default_data_dir(), "test")
+    test = zoo.create_dataset("mnist", recipes.default_data_dir(), "test")
     chosen = [i for i, t in enumerate(test.targets.tolist()) if t in (3, 7)][:count]
     paths = []
     for n, index in enumerate(chosen):

@@ -11,11 +11,11 @@ from conftest import RECIPES
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zoo import checkpoint
-from zoo import recipe as recipes
-from zoo.artifacts import RunFolder
-from zoo.selection import Monitor
-from zoo.train import run
+from zoo.config import recipe as recipes
+from zoo.runs.folder import RunFolder
+from zoo.training import checkpoint
+from zoo.training.monitor import Monitor
+from zoo.training.runner import run
 
 values = st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=30)
 

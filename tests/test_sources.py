@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zoo import recipe as recipes
-from zoo import sources
+from zoo.config import recipe as recipes
+from zoo.config import sources
+from zoo.config.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch
 from zoo.errors import ZooError
-from zoo.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch
 
 BASE = Path("/recipes/here")
 repo_part = st.from_regex(r"[A-Za-z0-9][A-Za-z0-9_-]{0,12}", fullmatch=True)

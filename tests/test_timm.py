@@ -19,14 +19,14 @@ from huggingface_hub import ModelCard
 from safetensors.torch import load_file, save_file
 
 import zoo
-from zoo import freeze
-from zoo import recipe as recipes
 from zoo.cli import cli
-from zoo.data import image_config
+from zoo.config import recipe as recipes
+from zoo.config.recipe import DataConfig, ModelConfig
+from zoo.data.splits import image_config
 from zoo.errors import ZooError
-from zoo.model import build_model
-from zoo.recipe import DataConfig, ModelConfig
-from zoo.train import run
+from zoo.models import freeze
+from zoo.models.build import build_model
+from zoo.training.runner import run
 
 pytestmark = pytest.mark.slow
 
@@ -334,7 +334,7 @@ def test_a_single_folder_is_split_into_train_and_test(mnist_png: Path, tmp_path:
     image, label = train[0]
     assert image.mode == "L" and image.size == (28, 28) and label == 0
     with pytest.raises(ZooError, match="data.mean applies to image datasets"):  # data.image_size resizes tensors
-        from zoo.data import load_splits
+        from zoo.data.splits import load_splits
 
         load_splits(DataConfig(dataset="mnist", mean=[0.5]), seed=0)
 

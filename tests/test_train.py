@@ -13,12 +13,12 @@ from PIL import Image
 from safetensors import safe_open
 
 import zoo
-from zoo import recipe as recipes
-from zoo.artifacts import RunFolder
 from zoo.cli import cli
-from zoo.data import Batches, load_splits
+from zoo.config import recipe as recipes
+from zoo.data.splits import Batches, load_splits
 from zoo.errors import ZooError
-from zoo.train import build_run, evaluate, run
+from zoo.runs.folder import RunFolder
+from zoo.training.runner import build_run, evaluate, run
 
 # Small enough for seconds on 2 cores: 20 training images a class, two classes.
 TINY = ["data.per_class=20", "data.val_split=0.02", "train.epochs=1"]
@@ -273,7 +273,7 @@ def spied_run(monkeypatch: pytest.MonkeyPatch, *options: str) -> tuple[dict, Pat
     """`zoo run` of mnist.toml with ``options``, and what its training did: the trainer; for each
     training loss its logits and value; for each optimiser step the learning rate and whether
     algorithms were deterministic; for each gradient clip the limit and the norms before and after."""
-    from zoo.trainer import Trainer
+    from zoo.training.loop import Trainer
 
     seen: dict = {"losses": [], "steps": [], "clips": []}
     init, optimizer_step, clip = Trainer.__init__, Trainer._optimizer_step, torch.nn.utils.clip_grad_norm_

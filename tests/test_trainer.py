@@ -11,10 +11,10 @@ from conftest import RECIPES, sabotaged_loss
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zoo import recipe as recipes
-from zoo.artifacts import RunFolder
-from zoo.train import build_run
-from zoo.trainer import Trainer
+from zoo.config import recipe as recipes
+from zoo.runs.folder import RunFolder
+from zoo.training.loop import Trainer
+from zoo.training.runner import build_run
 
 TINY = ["data.classes=[0,1]", "data.per_class=24", "data.val_split=0.2", "data.batch_size=8", "train.precision=fp32"]
 
@@ -114,7 +114,8 @@ def test_under_ddp_the_ranks_check_for_ctrl_c_about_every_two_seconds_whatever_a
     the identity here): checks come after the batch count agreed at the check before, at most
     STOP_CHECK_SECONDS apart (or one batch, when a batch is longer), and a Ctrl-C stops the run
     at the next check."""
-    from zoo import distributed, trainer
+    from zoo.parallel import distributed
+    from zoo.training import loop as trainer
 
     clock, checks = [0.0], []
 

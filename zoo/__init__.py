@@ -6,21 +6,16 @@ Importing zoo imports no torch: the CLI's start-up stays fast, and plugin module
 from __future__ import annotations
 
 from functools import partial
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import registry
+from ._version import __version__
 from .errors import ZooError
+from .plugins import _registry as registry
 
 if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
-
-try:
-    __version__ = version("zoo")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0+unknown"
 
 register_model = partial(registry.register, "model")
 register_dataset = partial(registry.register, "dataset")
@@ -63,8 +58,8 @@ def create_loss(name: str, **args: Any) -> nn.Module:
 
 def load(run_folder: str | Path) -> nn.Module:
     """The model saved in a run folder, in eval mode; its label names are ``model.label_names``."""
-    from .artifacts import RunFolder
-    from .model import load_run
+    from .models.build import load_run
+    from .runs.folder import RunFolder
 
     return load_run(RunFolder.existing(run_folder))
 

@@ -17,8 +17,10 @@ from typing import Any
 
 import click
 
-from . import __version__, launch, registry
+from ._version import __version__
 from .errors import ZooError
+from .plugins import _registry as registry
+from .training import launch
 
 KIND_CHOICES = {"models": "model", "datasets": "dataset", "losses": "loss"}
 
@@ -250,10 +252,10 @@ def run(
       zoo run recipes/mnist.toml --nproc 4                the same, on this machine
     """
 
-    from . import recipe as recipes
-    from .distributed import end_with_launcher, is_main, rank_left, teardown
-    from .train import latest_run
-    from .train import run as run_recipe
+    from .config import recipe as recipes
+    from .parallel.distributed import end_with_launcher, is_main, rank_left, teardown
+    from .training.runner import latest_run
+    from .training.runner import run as run_recipe
 
     end_with_launcher()  # a rank of torchrun: first of all, never outlive the launcher
     if resume and "=" in resume and not Path(resume).exists():  # `--resume train.epochs=5`: an override
@@ -310,7 +312,7 @@ def _print_scores(metrics: dict[str, Any], split: str = "test") -> None:
 @OVERRIDES_ARGUMENT
 def show(recipe_path: str, overrides: tuple[str, ...]) -> None:
     """Print RECIPE fully resolved: bases merged, overrides applied, defaults filled in."""
-    from . import recipe as recipes
+    from .config import recipe as recipes
 
     click.echo(recipes.load(recipe_path, overrides).to_toml(), nl=False)
 
@@ -318,7 +320,7 @@ def show(recipe_path: str, overrides: tuple[str, ...]) -> None:
 @cli.command()
 def schema() -> None:
     """Print the recipe schema as JSON Schema (for TOML editors: completion and checks)."""
-    from . import recipe as recipes
+    from .config import recipe as recipes
 
     click.echo(json.dumps(recipes.json_schema(), indent=2))
 
@@ -337,8 +339,8 @@ def eval_command(ctx: click.Context, run_folder: str, split: str, as_json: bool)
     --data.eval_batch_size=64; the classes must stay those the run was trained on.
     """
 
-    from .evaluate import evaluate_run
-    from .hub import run_path
+    from .inference.evaluate import evaluate_run
+    from .sharing.hub import run_path
 
     metrics = evaluate_run(run_path(run_folder), split, _data_overrides(ctx, "RUN, --split, --json"))
     if as_json:
@@ -382,7 +384,7 @@ def export_command(
     TorchScript archive. ONNX needs `pip install 'zoo[export]'`. Data settings can change with
     --data.KEY=VALUE, as in `zoo eval`.
     """
-    from .export import export_run
+    from .inference.export import export_run
 
     overrides = _data_overrides(ctx, "RUN, --format, --dynamic-batch, --opset, --output")
     exported = export_run(run_folder, format_, dynamic_batch, opset, output, overrides)
@@ -413,8 +415,8 @@ def predict(run_folder: str, files: tuple[str, ...], top_k: int, backend: str, a
     is then 2.
     """
 
-    from .hub import run_path
-    from .predict import predict_files
+    from .inference.predict import predict_files
+    from .sharing.hub import run_path
 
     predictions, errors = predict_files(run_path(run_folder), [Path(f) for f in files], top_k, backend)
     if as_json:
@@ -443,8 +445,8 @@ def predict(run_folder: str, files: tuple[str, ...], top_k: int, backend: str, a
 def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> None:
     """A table of the runs in PATHS (default: runs/), or --compare RUN RUN... side by side."""
 
-    from . import runs as run_folders
-    from .recipe import differing_keys
+    from .config.recipe import differing_keys
+    from .runs import table as run_folders
 
     folders = run_folders.find_runs([Path(p) for p in paths or ["runs"]])
     summaries = [run_folders.summary(folder) for folder in folders]
@@ -487,7 +489,7 @@ def push(run_folder: Path, repo: str, private: bool, revision: str | None, messa
     HF_TOKEN or `hf auth login`; zoo never prints or stores it. Afterwards `zoo registry add RUN
     --name NAME` pins this commit in registry.json.
     """
-    from .hub import push as push_run
+    from .sharing.hub import push as push_run
 
     pushed = push_run(run_folder, repo, private=private, revision=revision, message=message)
     click.echo(f"pushed {run_folder} to {pushed.url}")
@@ -510,8 +512,8 @@ def publish(run_folder: Path, repo: str, name: str, replace: bool, private: bool
     the commit's files are downloaded afresh and must be exactly what was pushed. A NAME that
     registry.json already has is refused before anything is pushed, unless --replace.
     """
-    from . import catalog
-    from .hub import publish as publish_run
+    from .sharing import registry as catalog
+    from .sharing.hub import publish as publish_run
 
     pushed, hub = publish_run(run_folder, repo, name, replace=replace, private=private, recipe=recipe_path)
     click.echo(f"pushed {run_folder} to {pushed.url}")
@@ -527,8 +529,8 @@ def pull(spec: str) -> None:
     must match its sha256. The folder works as `model.pretrained` in a recipe (as does
     'hf-hub:ORG/NAME[@REVISION]' directly); with HF_HUB_OFFLINE=1 it comes from the cache.
     """
-    from .hub import run_path
-    from .sources import HUB_PREFIX, REGISTRY_PREFIX, names_remote
+    from .config.sources import HUB_PREFIX, REGISTRY_PREFIX, names_remote
+    from .sharing.hub import run_path
 
     if not names_remote(spec):  # written bare: ORG/NAME[@REVISION] on the Hub, or a registry NAME
         spec = (HUB_PREFIX if "/" in spec.split("@")[0] else REGISTRY_PREFIX) + spec
@@ -551,7 +553,7 @@ def registry_list(backbone: str | None, as_json: bool) -> None:
     """
     from fnmatch import fnmatchcase
 
-    from . import catalog
+    from .sharing import registry as catalog
 
     found = {
         name: item
@@ -587,8 +589,8 @@ def registry_list(backbone: str | None, as_json: bool) -> None:
 )
 def registry_add(run_folder: Path, name: str, recipe_path: Path | None) -> None:
     """Record RUN's weights: the commit of its last `zoo push`, the sha256 and size of its weights."""
-    from . import catalog
-    from .artifacts import RunFolder
+    from .runs.folder import RunFolder
+    from .sharing import registry as catalog
 
     entry = catalog.add(run_folder, name, recipe_path)
     hub = entry.sources.hub
@@ -601,7 +603,7 @@ def registry_add(run_folder: Path, name: str, recipe_path: Path | None) -> None:
 @registry_group.command("check")
 def registry_check() -> None:
     """Validate every registry on the search list: schema, full commit hashes, sha256s, label counts, recipe files."""
-    from . import catalog
+    from .sharing import registry as catalog
 
     for origin in catalog.origins():
         checked = catalog.check(origin.file)

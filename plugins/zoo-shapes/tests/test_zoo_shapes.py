@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import zoo
-from zoo import recipe as recipes
-from zoo.train import run
+from zoo.config import recipe as recipes
+from zoo.training.runner import run
 
 RECIPE = Path(__file__).resolve().parents[1] / "shapes.toml"
 
 
 def test_entry_points_are_found_under_this_distribution() -> None:
-    from zoo import registry
+    from zoo.plugins import _registry as registry
 
     registry.refresh()
     for kind, name in (("model", "tiny_mlp"), ("dataset", "shapes"), ("loss", "poly1")):

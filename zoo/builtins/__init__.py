@@ -1,1 +1,0 @@
-"""zoo's own plugins, registered through entry points in pyproject.toml like any third party's."""

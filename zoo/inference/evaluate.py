@@ -1,0 +1,89 @@
+"""Evaluation: a model's loss and metrics on a split, and a saved run evaluated again."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..config import recipe as recipes
+from ..data.splits import Batches
+from ..errors import ZooError
+from ..parallel import distributed, fsdp
+from ..runs.folder import RunFolder
+from ..tasks.single_label import confusion_matrix, scores
+
+if TYPE_CHECKING:
+    from ..training.runner import RunSetup
+
+# Top-5 accuracy is reported from this many classes on (with fewer it says little).
+TOP5_CLASSES = 10
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    batches: Batches,
+    loss_fn: nn.Module,
+    label_names: list[str],
+    dtype: torch.dtype | None,
+    between_batches: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Loss, accuracy, macro precision/recall/F1, per-class rows and confusion matrix on a split.
+
+    ``between_batches`` is called after each batch that every rank has (the ranks' shares of a
+    split differ by up to one batch): it may be a collective, such as the trainer's stop check.
+    """
+    model.eval()
+    predictions, targets = [], []
+    loss_sum = torch.zeros((), device=batches.device)
+    top5 = torch.zeros((), dtype=torch.long, device=batches.device)
+    common = -int(distributed.max_across_ranks(torch.tensor(-len(batches)))) if between_batches else 0
+    for number, (inputs, labels) in enumerate(batches.epoch()):
+        with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(inputs)
+        loss_sum += loss_fn(logits.float(), labels) * len(labels)
+        if len(label_names) >= TOP5_CLASSES:
+            top5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
+        predictions.append(logits.argmax(1))
+        targets.append(labels)
+        if between_batches is not None and number < common:
+            between_batches()
+    if fsdp.is_sharded(model):  # its forward is a collective: the ranks with fewer batches call it too
+        calls = int(distributed.max_across_ranks(torch.tensor(len(batches))))
+        for _ in range(calls - len(batches)):
+            with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
+                model(torch.zeros(1, *batches.input_size, device=batches.device))
+    none = [torch.empty(0, dtype=torch.long)]  # a rank's share of a tiny split can be empty
+    matrix = confusion_matrix(torch.cat(predictions or none).cpu(), torch.cat(targets or none).cpu(), len(label_names))
+    matrix = distributed.sum_across_ranks(matrix)  # each rank evaluated its share of the split
+    loss_sum = distributed.sum_across_ranks(loss_sum)
+    seen = max(1, int(matrix.sum()))
+    metrics = {"loss": float(loss_sum) / seen, **scores(matrix, label_names)}
+    if len(label_names) >= TOP5_CLASSES:
+        metrics["top5_accuracy"] = int(distributed.sum_across_ranks(top5)) / seen
+    return metrics
+
+
+def evaluate_run(path: Path, split: str = "test", data_overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Evaluate the model of a run folder on ``split`` of its own data (``data.*`` overrides allowed)."""
+    setup = run_setup(RunFolder.existing(path), data_overrides)
+    chosen = {"train": setup.splits.train, "val": setup.splits.val, "test": setup.splits.test}[split]
+    if chosen is None:
+        raise ZooError(f"{path} has no validation split (its data.val_split is 0); use --split test")
+    return evaluate(setup.model, setup.batches(chosen), setup.loss_fn, setup.splits.label_names, setup.dtype)
+
+
+def run_setup(run: RunFolder, data_overrides: Sequence[str] = ()) -> RunSetup:
+    """A saved run's model with its own data, as its recipe (and ``data.*`` overrides) describe."""
+    from ..training.runner import build_run
+
+    for override in data_overrides:
+        if not override.startswith("data."):
+            raise ZooError(f"override {override!r}: only data.* keys can change when evaluating a run")
+    stored = run.recipe.to_dict()
+    recipes.apply_overrides(stored, data_overrides)
+    return build_run(recipes.from_dict(stored, str(run.file(RunFolder.RECIPE))), trained=run)

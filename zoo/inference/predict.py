@@ -1,0 +1,99 @@
+"""Prediction: image files through a run's own preprocessing, top-k labels with probabilities.
+
+Two backends: ``torch`` loads the run's model.safetensors; ``onnxruntime`` runs the run's
+exported model.onnx (`zoo export`) with nothing but what that file holds: its graph, its label
+names and its preprocessing. Beside the run's weights, it must be the export of those weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from .._files import read_file
+from ..data.preprocessing import Preprocessing
+from ..data.splits import build_transform, image_file
+from ..errors import ZooError
+from ..runs.folder import RunFolder
+
+BATCH = 64  # images in memory at once, however many files are given
+Backend = Literal["torch", "onnxruntime"]
+Classify = Callable[[torch.Tensor], torch.Tensor]  # a batch of images to logits
+
+
+def predict_files(
+    run_folder: Path, paths: Sequence[Path], top_k: int, backend: Backend = "torch"
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Top-k predictions for each readable file, and a one-line error for each unreadable one."""
+    run = RunFolder.existing(run_folder)
+    classify, label_names, preprocessing = (_onnxruntime if backend == "onnxruntime" else _torch)(run)
+    transform = build_transform(preprocessing)
+    predictions, errors = [], []
+    for start in range(0, len(paths), BATCH):
+        images, readable = [], []
+        for path in paths[start : start + BATCH]:
+            try:
+                with image_file(path) as image:
+                    images.append(transform(image))
+                readable.append(path)
+            except ZooError as exc:
+                errors.append(str(exc))
+        if images:
+            predictions += _top(classify, torch.stack(images), readable, label_names, top_k)
+    return predictions, errors
+
+
+def _torch(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
+    from ..models.build import load_run
+
+    model = load_run(run)
+    return model, model.label_names, run.preprocessing
+
+
+def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
+    from .export import FILES, check_made_from, onnx_metadata, onnx_runner, onnx_session
+
+    path = run.file(FILES["onnx"])
+    data = read_file(path, limit=None)  # a folder or a FIFO there is said to be one
+    if data is None:
+        raise ZooError(f"{run} has no {path.name}: `zoo export {run} --format onnx` first")
+    session = onnx_session(path, str(path))  # from the file: a graph's external data lies beside it
+    label_names, preprocessing = onnx_metadata(session, path)
+    weights = read_file(run.file(RunFolder.WEIGHTS), limit=None)
+    if weights is not None:  # an export alone in a folder is served as what it holds; beside weights, as theirs
+        check_made_from(path, data, hashlib.sha256(weights).hexdigest())
+    return _labelled(onnx_runner(session, str(path)), path, len(label_names)), label_names, preprocessing
+
+
+def _labelled(classify: Classify, path: Path, labels: int) -> Classify:
+    """``classify``, checked to give one logit per label for each image (a graph may leave its width open)."""
+
+    def run(images: torch.Tensor) -> torch.Tensor:
+        logits = classify(images)
+        if logits.shape != (len(images), labels):
+            raise ZooError(
+                f"{path}: the model gives outputs of shape {list(logits.shape)} for {len(images)} images, "
+                f"but its metadata names {labels} labels"
+            )
+        return logits
+
+    return run
+
+
+@torch.no_grad()
+def _top(
+    classify: Classify, images: torch.Tensor, paths: list[Path], label_names: list[str], top_k: int
+) -> list[dict[str, Any]]:
+    probabilities = classify(images).float().softmax(dim=1)
+    top = probabilities.topk(min(top_k, len(label_names)), dim=1)
+    return [
+        {
+            "file": str(path),
+            "top": [{"label": label_names[i], "probability": float(p)} for p, i in zip(values, indices)],
+        }
+        for path, values, indices in zip(paths, top.values, top.indices)
+    ]

@@ -1,0 +1,271 @@
+"""Sharing run folders through the Hugging Face Hub: ``zoo push`` and ``zoo pull``.
+
+The token comes from huggingface_hub's own sources (``HF_TOKEN``, ``hf auth login``); zoo never
+reads, prints or stores it. Pulls go into the Hugging Face cache (``snapshot_download``), so
+they work offline once cached. Only run-folder files are pushed or pulled, and only
+safetensors weights are ever loaded from them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx2  # huggingface_hub 2.x's HTTP client: its transport errors mean "no network"
+from huggingface_hub import HfApi, constants, snapshot_download
+from huggingface_hub.errors import (
+    HfHubHTTPError,
+    HFValidationError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from .. import _files
+from .._safetensors import tensors_of
+from ..config.sources import HUB_PREFIX, HUB_REPO, HubRepo, RegistryName, names_remote, parse
+from ..errors import ZooError
+from ..runs.folder import FilePin, HubRecord, RunFolder
+from . import registry as catalog
+
+
+@dataclass
+class Pushed:
+    url: str
+    commit: str
+
+
+def push(
+    folder: Path, repo: str, private: bool = False, revision: str | None = None, message: str | None = None
+) -> Pushed:
+    """Upload a finished run folder to ``repo`` (created if needed), on ``revision`` (default main).
+
+    What goes up is a staged copy: the run folder's own regular files only (never a symbolic link
+    or anything outside it), and a recipe.toml without this machine's paths. Their hashes go into
+    hub.json, which `zoo registry add` pins.
+    """
+    _check_repo_id(repo)
+    run = RunFolder.existing(folder)
+    if not run.file(RunFolder.WEIGHTS).is_file() or run.state != "finished":
+        raise ZooError(
+            f"{folder} is not a finished zoo run (see its {RunFolder.RESULTS}): only finished runs are pushed"
+        )
+    api = HfApi()
+    with tempfile.TemporaryDirectory(prefix="zoo-push-") as staging:
+        files = _stage(run, Path(staging))
+        with _hub_errors(repo):
+            url = api.create_repo(repo, private=private, exist_ok=True)
+            if revision:
+                api.create_branch(repo, branch=revision, exist_ok=True)
+            info = api.upload_folder(
+                repo_id=repo,
+                folder_path=staging,
+                revision=revision,
+                commit_message=message or f"zoo push {run.path.name}",
+            )
+    branch = revision or constants.DEFAULT_REVISION
+    try:
+        run.write_hub_record(HubRecord(repo=repo, revision=branch, commit=info.oid, url=str(url), files=files))
+    except ZooError as exc:  # the commit exists on the Hub all the same: say which
+        raise ZooError(f"pushed to {url} as commit {info.oid}, but {exc}") from None
+    return Pushed(str(url), info.oid)
+
+
+def publish(
+    folder: Path, repo: str, name: str, replace: bool = False, private: bool = False, recipe: Path | None = None
+) -> tuple[Pushed, catalog.HubSource]:
+    """Push a finished run, then pin ``name`` in registry.json to what the Hub now holds.
+
+    The pins are read back: the pushed commit's files downloaded afresh (not from the cache) and
+    hashed, and each must be the file that was pushed. An existing name is refused before anything
+    is pushed, unless ``replace``.
+    """
+    catalog.check_name(name, replace)
+    pushed = push(folder, repo, private=private, message=f"zoo publish {name}")
+    record = RunFolder(folder).hub_record
+    assert record is not None, "push writes hub.json"
+    pins = _read_back(repo, pushed.commit, record.files)
+    hub = catalog.HubSource(repo=repo, revision=pushed.commit, files=pins)
+    try:
+        catalog.add(folder, name, recipe, hub=hub, replace=replace)
+    except ZooError as exc:  # the commit exists on the Hub all the same: say which
+        raise ZooError(f"pushed to {pushed.url} as commit {pushed.commit}, but {exc}") from None
+    return pushed, hub
+
+
+def _read_back(repo: str, commit: str, pushed: dict[str, FilePin]) -> dict[str, FilePin]:
+    """The sha256 and size of every pushed file as the Hub serves it at ``commit``; each must be what was pushed."""
+    pins = {}
+    with tempfile.TemporaryDirectory(prefix="zoo-publish-") as cache, _hub_errors(f"{repo}@{commit}"):
+        snapshot = Path(snapshot_download(repo, revision=commit, allow_patterns=sorted(pushed), cache_dir=cache))
+        for name, sent in pushed.items():
+            served = snapshot / name
+            pin = FilePin(sha256=_files.sha256_of(served), size=served.stat().st_size) if served.is_file() else None
+            if pin != sent:
+                found = f"sha256 {pin.sha256}" if pin else "nothing"
+                raise ZooError(
+                    f"{repo} at commit {commit} serves {found} for {name}, not the {sent.sha256} zoo pushed: "
+                    "nothing was pinned in registry.json"
+                )
+            pins[name] = pin
+    return pins
+
+
+def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
+    """Copy the run folder's shared files into ``staging``; their pins. Refused before anything is sent:
+    symbolic links and non-files, weights that are not finite, and exports not made from these weights."""
+    from ..inference.export import check_made_from
+
+    files = {}
+    for name in RunFolder.SHARED:  # the weights first: the exports are checked against them
+        if name == RunFolder.RECIPE:
+            data = run.recipe.shareable().to_toml().encode()
+        else:
+            data = _files.read_file(run.file(name), limit=None, follow_symlinks=False)
+            if data is None:
+                continue  # plots and exports are optional
+        if name == RunFolder.WEIGHTS:
+            _check_finite(run.file(name), data)
+        elif name in RunFolder.EXPORTS:
+            check_made_from(run.file(name), data, files[RunFolder.WEIGHTS].sha256)
+        (staging / name).write_bytes(data)
+        files[name] = FilePin(sha256=hashlib.sha256(data).hexdigest(), size=len(data))
+    return files
+
+
+def _check_finite(path: Path, data: bytes) -> None:
+    """The check `zoo predict` makes when it loads weights, made before they are shared."""
+    from ..models.build import nonfinite_tensors
+
+    bad = nonfinite_tensors(tensors_of(data, path))
+    if bad:
+        raise ZooError(
+            f"{path} holds NaN or infinite values (tensor '{bad[0]}'): it cannot predict, so it is not pushed"
+        )
+
+
+def pull(source: HubRepo | RegistryName) -> Path:
+    """The local folder of a Hub repo (at its revision), or of a registry name at its pinned commit.
+
+    A registry name, and a repo at a commit that a registry name pins, fetch exactly the pinned
+    files and check the sha256 of every one.
+    """
+    if isinstance(source, RegistryName):
+        label, entry = source.name, catalog.entry(source.name)
+        if entry.sources.hub is None:
+            raise ZooError(
+                f"'{source.name}' has no Hub source, only a recipe (recipe:{entry.sources.recipe}, relative to its "
+                f"registry.json): model.pretrained = 'registry:{source.name}' trains it"
+            )
+        pins = entry.sources.hub.files
+        source = HubRepo(entry.sources.hub.repo, entry.sources.hub.revision)
+    else:
+        label, pins = source.spec, catalog.pins_of(source)
+    wanted = sorted(pins) if pins else list(RunFolder.SHARED)
+    with _hub_errors(source.spec):
+        _check_repo_id(source.repo)
+        folder = Path(snapshot_download(source.repo, revision=source.revision, allow_patterns=wanted))
+    if not (folder / RunFolder.WEIGHTS).is_file():
+        raise ZooError(
+            f"{source.spec} has no {RunFolder.WEIGHTS}: it is not a zoo or timm model repo with safetensors weights "
+            "(zoo never loads pickled weights)"
+        )
+    for name, pin in (pins or {}).items():
+        path = folder / name
+        found = _files.sha256_of(path) if path.is_file() else "(missing)"
+        if found != pin.sha256:
+            raise ZooError(
+                f"{label}: {path} has sha256 {found}, but registry.json pins {pin.sha256}; refusing to load it "
+                f"(delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
+            )
+    _check_exports(folder, label)
+    return folder
+
+
+def _check_exports(folder: Path, label: str) -> None:
+    """Every export of a pulled zoo run was made from the pulled weights (one pushed beside later weights
+    is stale); another project's repo (its config.json without zoo's section) keeps its exports its own way."""
+    from ..inference.export import check_made_from
+
+    if not _written_by_zoo(folder / RunFolder.CONFIG):
+        return
+    weights = _files.sha256_of(folder / RunFolder.WEIGHTS)
+    for name in RunFolder.EXPORTS:
+        data = _files.read_file(folder / name, limit=None)
+        if data is not None:
+            check_made_from(folder / name, data, weights, f"refusing to pull {label}: export the run again and push it")
+
+
+def _written_by_zoo(config: Path) -> bool:
+    try:
+        written = json.loads(_files.read_file(config) or b"null")
+    except ValueError:
+        return False
+    return isinstance(written, dict) and isinstance(written.get("zoo"), dict)
+
+
+def pull_registry(source: HubRepo) -> Path:
+    """A team's registry.json from a Hub model repo, at ``source``'s revision (default: the latest), with the
+    recipes beside it (a registry entry's recipe source is relative to its registry.json)."""
+    with _hub_errors(f"registry {HUB_PREFIX}{source.spec}"):
+        _check_repo_id(source.repo)
+        folder = Path(
+            snapshot_download(source.repo, revision=source.revision, allow_patterns=["registry.json", "*.toml"])
+        )
+    if not (folder / "registry.json").is_file():
+        raise ZooError(f"ZOO_REGISTRY: {HUB_PREFIX}{source.spec} holds no registry.json at its top level")
+    return folder / "registry.json"
+
+
+def run_path(text: str) -> Path:
+    """A command's RUN argument as a folder: a run folder, or 'registry:NAME' / 'hf-hub:ORG/NAME[@REVISION]'
+    pulled (a registry name at its pinned commit, every pinned file checked)."""
+    if not names_remote(text):
+        return Path(text)
+    try:
+        source = parse(text, Path.cwd())
+    except ValueError as exc:
+        raise ZooError(f"{text}: {exc}") from None
+    assert isinstance(source, HubRepo | RegistryName), "names_remote() holds for their prefixes only"
+    return pull(source)
+
+
+def _check_repo_id(repo: str) -> None:
+    if not HUB_REPO.fullmatch(repo) or ".." in repo:
+        raise ZooError(f"'{repo}' is not a Hub repo id: write ORG/NAME (letters, digits, '-', '_', '.')")
+
+
+@contextmanager
+def _hub_errors(what: str) -> Iterator[None]:
+    """Turn the Hub's answers (and no answer) into one-line ZooErrors naming ``what``."""
+    try:
+        yield
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
+        offline = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
+        raise ZooError(
+            f"{what} is not in the Hugging Face cache ({os.path.abspath(constants.HF_HUB_CACHE)}) and {offline}; "
+            "pull it once online"
+        ) from None
+    except RevisionNotFoundError:
+        raise ZooError(f"{what}: no such revision on the Hub") from None
+    except RepositoryNotFoundError:
+        raise ZooError(f"{what}: no such repo, or no access to it (log in: `hf auth login` or HF_TOKEN)") from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else "?"
+        raise ZooError(f"{what}: the Hub answered {status}: {str(exc).splitlines()[0]}") from None
+    except HFValidationError as exc:
+        raise ZooError(f"{what}: {str(exc).splitlines()[0]}") from None
+    except httpx2.TransportError as exc:
+        raise ZooError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__})") from None
+    except OSError as exc:  # last: the errors above may be OSErrors too. Read-only, a file, a full disk
+        raise ZooError(
+            f"{what}: cannot write the Hugging Face cache ({exc.filename or constants.HF_HUB_CACHE}): {exc.strerror}; "
+            "set HF_HUB_CACHE to a writable folder"
+        ) from None

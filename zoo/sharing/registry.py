@@ -1,0 +1,284 @@
+"""registry.json: the catalogue of named weights, each pinned to a Hub commit and the sha256 of every file.
+
+A name resolves to an exact commit (never a moving branch) and the hash and size of each file
+a pull fetches (weights, config.json, recipe, card, results, plots), and/or to the recipe that
+produces the weights. Changes are read-modify-write under a lock, so concurrent ``zoo registry add``
+and ``zoo publish`` lose nothing.
+
+Where zoo looks: ``$ZOO_REGISTRY``, a comma-separated list of registries searched in order (the
+first that names a weight decides it), else ``registry.json`` in the current folder. An entry
+is a local file or ``hf-hub:ORG/REPO[@COMMIT]``, a team's registry.json in a Hub model repo,
+pulled at that commit (or the latest) with the recipes beside it. Writes go to the first local
+file.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .. import _files
+from .. import _locking as locking
+from ..config.sources import HUB_PREFIX, HUB_REPO, REGISTRY_NAME, HubRepo, parse_hub_spec
+from ..errors import ZooError, did_you_mean
+from ..runs.folder import FilePin, HubRecord, RunFolder
+
+SCHEMA_VERSION = 2  # 2: every pulled file pinned (1 pinned model.safetensors only)
+NAME_PATTERN = f"^{REGISTRY_NAME.pattern}$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class HubSource(_Strict):
+    repo: str = Field(pattern=f"^{HUB_REPO.pattern}$", description="ORG/NAME on the Hub")
+    revision: str = Field(pattern=r"^[0-9a-f]{40}$", description="the full commit hash the name is pinned to")
+    files: dict[str, FilePin] = Field(description="every file a pull fetches, with its sha256 and size")
+
+    @model_validator(mode="after")
+    def _pins_the_run_files(self) -> HubSource:
+        if ".." in self.repo:
+            raise ValueError(f"repo {self.repo!r} is not a Hub repo id")
+        unknown = sorted(set(self.files) - set(RunFolder.SHARED))
+        if unknown:
+            raise ValueError(f"files: {unknown[0]!r} is not a run-folder file zoo pulls")
+        missing = [name for name in (RunFolder.WEIGHTS, RunFolder.CONFIG) if name not in self.files]
+        if missing:
+            raise ValueError(f"files must pin {missing[0]}")
+        return self
+
+
+class Sources(_Strict):
+    hub: HubSource | None = None
+    recipe: str | None = Field(None, description="the recipe that produces the weights, relative to registry.json")
+
+    @model_validator(mode="after")
+    def _at_least_one(self) -> Sources:
+        if self.hub is None and self.recipe is None:
+            raise ValueError("sources needs 'hub', 'recipe' or both")
+        if self.recipe is not None and "\0" in self.recipe:
+            raise ValueError(f"recipe {self.recipe!r} holds a NUL byte (\\0), which no path may hold")
+        return self
+
+
+class Entry(_Strict):
+    backbone: str
+    num_classes: int = Field(ge=1)
+    label_names: list[str]
+    sources: Sources
+    metrics: dict[str, float] = {}
+    license: str | None = None
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _labels_fit(self) -> Entry:
+        if len(self.label_names) != self.num_classes:
+            raise ValueError(f"label_names has {len(self.label_names)} names for num_classes = {self.num_classes}")
+        return self
+
+
+class Catalog(_Strict):
+    schema_version: int = Field(alias="schema")
+    weights: dict[Annotated[str, Field(pattern=NAME_PATTERN)], Entry] = {}
+
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+
+
+@dataclass(frozen=True)
+class Origin:
+    """One registry on the search list: where its file is, and how ``zoo registry list`` names it."""
+
+    file: Path  # for a Hub registry, the pulled copy
+    label: str
+    local: bool
+
+
+def search_list() -> list[str]:
+    """The registries ``$ZOO_REGISTRY`` names, in order (default: ./registry.json)."""
+    entries = [entry.strip() for entry in os.environ.get("ZOO_REGISTRY", "").split(",") if entry.strip()]
+    return entries or ["registry.json"]
+
+
+def path() -> Path:
+    """The registry zoo writes to: the first local file on the search list."""
+    local = [entry for entry in search_list() if not entry.startswith(HUB_PREFIX)]
+    if not local:
+        raise ZooError(
+            "ZOO_REGISTRY names only Hub registries, which zoo reads but does not write: "
+            "put a local file first, e.g. ZOO_REGISTRY=registry.json,hf-hub:ORG/REPO"
+        )
+    return Path(local[0])
+
+
+def origins() -> list[Origin]:
+    """Every registry on the search list, Hub registries pulled (at their pinned commit, else the latest)."""
+    return [_hub_origin(entry) if entry.startswith(HUB_PREFIX) else Origin(Path(entry), entry, local=True)
+            for entry in search_list()]  # fmt: skip
+
+
+@functools.cache  # once per process: a command looks names up several times, a run once per node
+def _hub_origin(entry: str) -> Origin:
+    from .hub import pull_registry
+
+    try:
+        source = parse_hub_spec(entry.removeprefix(HUB_PREFIX))
+    except ValueError as exc:
+        raise ZooError(f"ZOO_REGISTRY: {exc}") from None
+    file = pull_registry(source)
+    return Origin(file, f"{HUB_PREFIX}{source.repo}@{file.parent.name[:12]}", local=False)
+
+
+@dataclass(frozen=True)
+class Found:
+    entry: Entry
+    origin: Origin
+
+    @property
+    def recipe(self) -> Path | None:
+        """The recipe source, which registry.json gives relative to itself."""
+        recipe = self.entry.sources.recipe
+        return (self.origin.file.parent / recipe).resolve() if recipe is not None else None
+
+
+def everything() -> dict[str, Found]:
+    """Every name on the search list with the registry it comes from; the first registry naming it wins."""
+    found: dict[str, Found] = {}
+    for origin in origins():
+        for name, entry in load(origin.file).weights.items():
+            found.setdefault(name, Found(entry, origin))
+    return found
+
+
+def load(file: Path | None = None) -> Catalog:
+    """The catalogue at ``file`` (default: ``path()``), validated; an empty one if there is no file."""
+    file = file or path()
+    text = _files.read_file(file)  # a regular file of bounded size: never a FIFO, a device or a folder
+    if text is None:
+        if os.environ.get("ZOO_REGISTRY") and str(file) in search_list():
+            raise ZooError(f"ZOO_REGISTRY names {file}, which does not exist")
+        return Catalog(schema=SCHEMA_VERSION)
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise ZooError(f"{file}: not valid JSON: {exc}") from None
+    try:
+        catalog = Catalog.model_validate(data)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"] if not str(part).startswith("function"))
+        raise ZooError(f"{file}: {key}: {str(error['msg']).removeprefix('Value error, ')}") from None
+    if catalog.schema_version != SCHEMA_VERSION:
+        raise ZooError(
+            f"{file}: schema {catalog.schema_version} is not supported (this zoo reads schema {SCHEMA_VERSION})"
+        )
+    return catalog
+
+
+def check(file: Path | None = None) -> Catalog:
+    """``load`` plus what the schema cannot see: recipe sources exist."""
+    file = file or path()
+    catalog = load(file)
+    for name, entry in catalog.weights.items():
+        recipe = entry.sources.recipe
+        if recipe is not None and not (file.parent / recipe).is_file():
+            raise ZooError(f"{file}: weights.{name}.sources.recipe: {recipe} not found (relative to {file.parent})")
+    return catalog
+
+
+def find(name: str) -> Found:
+    """The weights ``name`` stands for, from the first registry on the search list that names it."""
+    found = everything()
+    if name not in found:
+        hint = did_you_mean(name, sorted(found)) or f" (they name: {', '.join(sorted(found)) or 'nothing yet'})"
+        raise ZooError(f"no weights named '{name}' in {', '.join(search_list())}{hint}")
+    return found[name]
+
+
+def entry(name: str) -> Entry:
+    return find(name).entry
+
+
+def check_name(name: str, replace: bool = True) -> None:
+    """``name`` is a valid name, and (unless ``replace``) not yet taken in the registry zoo writes to."""
+    if not re.fullmatch(NAME_PATTERN, name):
+        raise ZooError(
+            f"--name {name!r}: a name is letters, digits, '.', '_' and '-' (not a path), like mnist_cnn.digits"
+        )
+    if not replace and name in load(path()).weights:
+        raise ZooError(f"{path()} already names '{name}': choose another name, or give --replace to repoint it")
+
+
+def add(
+    run: Path,
+    name: str,
+    recipe: Path | None = None,
+    file: Path | None = None,
+    hub: HubSource | None = None,
+    replace: bool = True,
+) -> Entry:
+    """Record the run folder's weights under ``name``: ``hub`` (default: its last ``zoo push``) and/or ``recipe``."""
+    file = file or path()
+    check_name(name)
+    if recipe is not None and not recipe.is_file():
+        raise ZooError(f"--recipe {recipe}: no such recipe file")
+    folder = RunFolder.existing(run)
+    pushed = folder.hub_record
+    if hub is None and pushed is None and recipe is None:
+        raise ZooError(
+            f"{run} was never pushed (no {RunFolder.HUB_RECORD}): `zoo push {run} --repo ORG/NAME` first, or give --recipe"
+        )
+    if hub is None and pushed is not None:
+        hub = _hub_source(folder, pushed)
+    results = folder.results
+    test = (results.test if results else None) or {}
+    stored = folder.recipe
+    new = Entry(
+        backbone=stored.model.backbone,
+        num_classes=len(folder.label_names),
+        label_names=folder.label_names,
+        sources=Sources(hub=hub, recipe=os.path.relpath(recipe.resolve(), file.resolve().parent) if recipe else None),
+        metrics={key: float(test[key]) for key in ("accuracy", "precision", "recall", "f1") if key in test},
+        license=stored.license,
+        description=stored.description,
+    )
+    load(file)  # a damaged registry (or a link to something else) is refused before a lock is made beside it
+    target = file.resolve()  # a symlinked registry.json is written through, not replaced
+    with locking.locked(target):
+        catalog = load(file)
+        if not replace and name in catalog.weights:  # taken since the caller checked
+            raise ZooError(f"{file} already names '{name}': choose another name, or give --replace to repoint it")
+        catalog.weights[name] = new
+        _files.write_json(target, catalog.model_dump(by_alias=True, exclude_none=True))
+    return new
+
+
+def _hub_source(folder: RunFolder, pushed: HubRecord) -> HubSource:
+    """The pin for what `zoo push` uploaded, once the run folder is checked to still hold those files."""
+    if not pushed.files:
+        raise ZooError(f"{folder} was pushed by an older zoo that recorded no file hashes: push it again")
+    for name, pin in pushed.files.items():
+        local = folder.file(name)
+        if name != RunFolder.RECIPE and (not local.is_file() or _files.sha256_of(local) != pin.sha256):
+            raise ZooError(
+                f"{local} is not what commit {pushed.commit[:12]} of {pushed.repo} holds (the run changed after "
+                f"`zoo push`): push it again, then add it"
+            )
+    return HubSource(repo=pushed.repo, revision=pushed.commit, files=pushed.files)
+
+
+def pins_of(source: HubRepo) -> dict[str, FilePin] | None:
+    """The file pins of the registry.json name pinned to exactly ``source``'s repo and commit, if any:
+    an ``hf-hub:ORG/NAME@COMMIT`` source is then checked as that name would be."""
+    for found in everything().values():
+        hub = found.entry.sources.hub
+        if hub is not None and (hub.repo, hub.revision) == (source.repo, source.revision):
+            return hub.files
+    return None
