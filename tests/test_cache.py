@@ -190,7 +190,7 @@ def test_two_processes_at_once_build_one_cache(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import os, time
         from pathlib import Path
-        from zoo import cache
+        from zoo.data import cache
         from zoo.data.image_folder import ImageFolder
         from zoo.data.cache import Layout, decoded
 
@@ -238,7 +238,8 @@ def test_one_rank_per_node_stats_the_files_and_sends_the_name(tmp_path: Path) ->
     script = textwrap.dedent(f"""
         import torch
         from pathlib import Path
-        from zoo import cache, distributed
+        from zoo.data import cache
+        from zoo.parallel import distributed
         from zoo.data.image_folder import ImageFolder
         from zoo.data.cache import Layout, decoded
 

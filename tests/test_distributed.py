@@ -245,8 +245,8 @@ def test_gradient_accumulation_under_ddp_equals_the_larger_batch(
     whole = zoo_nproc(tmp_path, str(RECIPES / "mnist.toml"), *same, "data.batch_size=16", f"output.dir={tmp_path / 'whole'}")  # fmt: skip
     assert accumulated.returncode == 0 and whole.returncode == 0, accumulated.stderr + whole.stderr
     first, second = RunFolder(tmp_path / "accum").weights(), RunFolder(tmp_path / "whole").weights()
-    for name in first:
-        torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-6)
+    for name in first:  # summation order differs by ~1e-6 over 6 steps; a wrong accumulation moves weights ~1e-3
+        torch.testing.assert_close(first[name], second[name], rtol=1e-4, atol=1e-5)
     moved = RunFolder(tmp_path / "accum").weights()["head.0.weight"]
     assert json.loads((tmp_path / "accum" / "results.json").read_text())["steps"] == 6 and moved.abs().sum() > 0
     for name in ("accum", "whole"):  # 6 steps each: 6 all-reduces (without no_sync, 12 micro-batches make 12)

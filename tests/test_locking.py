@@ -96,7 +96,7 @@ def test_four_concurrent_registry_writers_lose_nothing(tmp_path: Path) -> None:
     registry.write_text('{"schema": 2, "weights": {}}')
     run = write_finished_run(tmp_path / "run").path
     writer = (
-        "import sys; from pathlib import Path; from zoo import catalog\n"
+        "import sys; from pathlib import Path; from zoo.sharing import registry as catalog\n"
         "for round in range(3):\n"
         f"    catalog.add(Path({str(run)!r}), f'w{{sys.argv[1]}}-{{round}}', Path({str(RECIPES / 'mnist.toml')!r}))\n"
     )

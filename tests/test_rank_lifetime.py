@@ -15,7 +15,7 @@ import pytest
 RANK = textwrap.dedent(
     """
     import sys, time
-    from zoo import distributed
+    from zoo.parallel import distributed
     if sys.argv[1] == "watch":
         distributed.sys = type("Elsewhere", (), {"platform": "darwin"})  # not Linux: the watching thread
     distributed.end_with_launcher()
