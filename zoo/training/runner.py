@@ -25,7 +25,7 @@ from .. import _files
 from .. import _locking as locking
 from .._version import __version__
 from ..config import recipe as recipes
-from ..config.recipe import Recipe
+from ..config.schema import DataConfig, OutputConfig, Recipe
 from ..config.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch, WeightSource
 from ..data import augment
 from ..data.augment import Augmentation
@@ -96,7 +96,7 @@ class RunSetup:
         )
 
 
-def data_workers(data: recipes.DataConfig) -> int:
+def data_workers(data: DataConfig) -> int:
     """``data.num_workers``, or when the recipe does not say: this node's CPUs shared by its ranks, at most 8."""
     if data.num_workers is not None:
         return data.num_workers
@@ -250,9 +250,7 @@ def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> RunFolder |
         staging = _files.staging_folder(cached.path) if main else None
         staging = distributed.from_main(staging)
         try:
-            result = run(
-                source.model_copy(update={"output": recipes.OutputConfig(dir=str(staging))}), progress=progress
-            )
+            result = run(source.model_copy(update={"output": OutputConfig(dir=str(staging))}), progress=progress)
             if result.results.state != "finished":
                 raise ZooError(f"pretraining recipe {path} did not finish ({result.results.state})")
             if main:
