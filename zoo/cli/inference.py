@@ -27,9 +27,9 @@ def eval_command(ctx: click.Context, run_folder: str, split: str, as_json: bool)
     """
 
     from ..inference.evaluate import evaluate_run
-    from ..sharing.hub import run_path
+    from ..sharing.resolve import local_run_folder
 
-    metrics = evaluate_run(run_path(run_folder), split, _data_overrides(ctx, "RUN, --split, --json"))
+    metrics = evaluate_run(local_run_folder(run_folder), split, _data_overrides(ctx, "RUN, --split, --json"))
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
@@ -103,9 +103,9 @@ def predict(run_folder: str, files: tuple[str, ...], top_k: int, backend: str, a
     """
 
     from ..inference.predict import predict_files
-    from ..sharing.hub import run_path
+    from ..sharing.resolve import local_run_folder
 
-    predictions, errors = predict_files(run_path(run_folder), [Path(f) for f in files], top_k, backend)
+    predictions, errors = predict_files(local_run_folder(run_folder), [Path(f) for f in files], top_k, backend)
     if as_json:
         click.echo(json.dumps(predictions, indent=2))
     else:

@@ -66,11 +66,11 @@ def pull(spec: str) -> None:
     'hf-hub:ORG/NAME[@REVISION]' directly); with HF_HUB_OFFLINE=1 it comes from the cache.
     """
     from ..config.sources import HUB_PREFIX, REGISTRY_PREFIX, names_remote
-    from ..sharing.hub import run_path
+    from ..sharing.resolve import local_run_folder
 
     if not names_remote(spec):  # written bare: ORG/NAME[@REVISION] on the Hub, or a registry NAME
         spec = (HUB_PREFIX if "/" in spec.split("@")[0] else REGISTRY_PREFIX) + spec
-    click.echo(run_path(spec))
+    click.echo(local_run_folder(spec))
 
 
 @click.group("registry")
