@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from zoo.config.recipe import DataConfig
+from zoo.config.schema import DataConfig
 from zoo.data.augment import Augmentation, BatchAugment, resolve
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.splits import Batches, build_transform, load_splits

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from zoo.config.recipe import DataConfig
+from zoo.config.schema import DataConfig
 from zoo.data import cache
 from zoo.data.cache import DecodedImages, Layout, ahead, choose, decoded
 from zoo.data.image_folder import ImageFolder

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import NotInMemory
 
-from zoo.config.recipe import DataConfig
+from zoo.config.schema import DataConfig
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.splits import Batches, class_weights, load_splits, select_classes
 from zoo.errors import ZooError
@@ -129,7 +129,7 @@ def test_a_backbone_from_a_run_brings_its_normalisation_to_new_image_data(mnist_
     the folder is normalised as the backbone learned, not with image_folder's mid-grey default."""
     from conftest import write_finished_run
 
-    from zoo.config.recipe import ModelConfig
+    from zoo.config.schema import ModelConfig
     from zoo.data.splits import resolve_preprocessing
     from zoo.models.build import build_model
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import NotInMemory
 
-from zoo.config.recipe import DataConfig, OptimConfig
+from zoo.config.schema import DataConfig, OptimConfig
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.splits import Batches, load_splits
 from zoo.errors import ZooError

@@ -26,9 +26,10 @@ import zoo
 from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.errors import ZooError
-from zoo.inference.export import FILES, METADATA, _onnx_metadata_props, compare, export_model, recorded_weights_sha256
+from zoo.inference.export import compare, export_model
 from zoo.inference.predict import predict_files
 from zoo.runs.card import with_exports
+from zoo.runs.exports import FILES, METADATA, _onnx_metadata_props, recorded_weights_sha256
 from zoo.runs.folder import RunFolder
 from zoo.training.runner import run
 

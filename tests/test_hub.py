@@ -106,6 +106,9 @@ def test_push_then_pull_gives_the_same_files_and_logits(hub, versions: list[Path
     inputs = torch.randn(8, 1, 28, 28)
     with torch.no_grad():
         assert torch.equal(pulled(inputs), original(inputs)) and labels == ["0", "1", "2"]
+    script = "import zoo; print(zoo.load('hf-hub:zoo-test/digits').label_names)"  # as a command's RUN: pulled
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env={**os.environ, **env})
+    assert loaded.returncode == 0 and loaded.stdout.strip() == "['0', '1', '2']", loaded.stderr
     no_file_holds_the_token(source, tmp_path / "hf-cache")
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from zoo.config.recipe import OptimConfig, ScheduleConfig
+from zoo.config.schema import OptimConfig, ScheduleConfig
 from zoo.models import freeze
 from zoo.training.optim import build_optimizer, lr_factor, set_lr
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from zoo.cli import cli
 from zoo.config import recipe as recipes
+from zoo.config.schema import json_schema
 from zoo.config.sources import RecipeOutput, Scratch
 from zoo.errors import ZooError
 from zoo.plugins import _registry as registry
@@ -39,7 +40,7 @@ def test_shipped_recipes_pass_the_schema_and_the_json_schema(path: Path) -> None
     with path.open("rb") as file:
         raw = tomllib.load(file)
     # A recipe that extends another is complete only once merged.
-    jsonschema.validate(recipe.to_dict() if "extends" in raw else raw, recipes.json_schema())
+    jsonschema.validate(recipe.to_dict() if "extends" in raw else raw, json_schema())
 
 
 def test_schema_command_prints_json_schema() -> None:

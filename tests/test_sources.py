@@ -83,3 +83,59 @@ def test_recipes_anchor_sources_to_their_file_and_report_bad_ones(tmp_path: Path
     assert overridden.model.pretrained == LocalFolder(Path.cwd() / "runs/x")  # overrides: relative to the cwd
     with pytest.raises(ZooError, match=r"override model.pretrained: .*'a/b/c' is not a Hub repo"):
         recipes.load(recipe, ["model.pretrained='hf-hub:a/b/c'"], check=False)
+
+
+def test_the_resolver_trains_a_recipe_source_only_through_its_caller(tmp_path: Path) -> None:
+    from zoo.sharing.resolve import resolve
+
+    trained: list[Path] = []
+
+    def train(path: Path) -> Path | None:
+        trained.append(path)
+        return tmp_path / "run"
+
+    recipe = RecipeOutput(tmp_path / "pre.toml")
+    assert resolve(recipe, train_recipe=train) == LocalFolder(tmp_path / "run")
+    assert trained == [tmp_path / "pre.toml"]
+    assert resolve(recipe, train_recipe=lambda path: None) == Scratch()  # a dry run: not trained
+    with pytest.raises(ZooError, match=r"^recipe:.*pre\.toml names weights that a recipe trains, and only `zoo run`"):
+        resolve(recipe)
+    for local in (Scratch(), PluginWeights(), LocalFolder(tmp_path)):
+        assert resolve(local) == local
+
+
+def test_a_registry_name_with_only_a_recipe_resolves_to_what_it_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from zoo.sharing.resolve import resolve
+
+    (tmp_path / "digits.toml").write_text("")
+    entry = {"backbone": "mnist_cnn", "num_classes": 1, "label_names": ["0"], "sources": {"recipe": "digits.toml"}}
+    (tmp_path / "registry.json").write_text(json.dumps({"schema": 2, "weights": {"digits": entry}}))
+    monkeypatch.setenv("ZOO_REGISTRY", str(tmp_path / "registry.json"))
+    trained = resolve(RegistryName("digits"), train_recipe=lambda path: path.parent / f"{path.stem}-run")
+    assert trained == LocalFolder(tmp_path / "digits-run")
+    with pytest.raises(ZooError, match="'digits' has no Hub source, only a recipe"):  # where none can train
+        resolve(RegistryName("digits"))
+
+
+def test_a_run_argument_is_a_folder_as_given_and_never_a_recipe(tmp_path: Path) -> None:
+    from zoo.sharing.resolve import local_run_folder
+
+    assert local_run_folder("runs/a") == Path("runs/a")  # as given: errors name it the user's way
+    assert local_run_folder(Path("recipe:x.toml")) == Path("recipe:x.toml")  # a Path is a folder, whatever its name
+    with pytest.raises(ZooError, match="names weights that a recipe trains"):
+        local_run_folder("recipe:x.toml")
+    with pytest.raises(ZooError, match="^hf-hub:noslash: 'noslash' is not a Hub repo"):
+        local_run_folder("hf-hub:noslash")
+
+
+def test_the_model_builder_takes_resolved_sources_only() -> None:
+    from zoo.config.schema import ModelConfig
+    from zoo.models.build import build_model
+
+    for source in ("hf-hub:org/name", "registry:digits", "recipe:/x.toml"):
+        with pytest.raises(TypeError, match="must be resolved to local files"):
+            build_model(ModelConfig(backbone="mnist_cnn", pretrained=source), ["a", "b"])

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 import zoo
 from zoo.cli import cli
 from zoo.config import recipe as recipes
-from zoo.config.recipe import DataConfig, ModelConfig
+from zoo.config.schema import DataConfig, FreezeConfig, ModelConfig, Recipe
 from zoo.data.splits import image_config
 from zoo.errors import ZooError
 from zoo.models import freeze
@@ -47,7 +47,7 @@ def zoo_in_process(*args: str):
     return CliRunner().invoke(cli, list(args))
 
 
-def timm_recipe(png: Path, folder: Path, *overrides: str) -> recipes.Recipe:
+def timm_recipe(png: Path, folder: Path, *overrides: str) -> Recipe:
     return recipes.load(RECIPE, [*SMALL, f"data.root={png}", f"output.dir={folder}", *overrides])
 
 
@@ -167,11 +167,11 @@ def test_named_groups_and_module_names_freeze_timm_models() -> None:
     convnext, _ = build_model(ModelConfig(backbone="timm/test_convnext"), ["a", "b"])
     groups = freeze.named_groups(convnext)
     assert {"stem", "blocks", "blocks.0", "head", "backbone"} <= set(groups)
-    freeze.apply(convnext, recipes.FreezeConfig(freeze=["stem", "stages.0", "stages.1"]))
+    freeze.apply(convnext, FreezeConfig(freeze=["stem", "stages.0", "stages.1"]))
     frozen = {name for name, p in convnext.named_parameters() if not p.requires_grad}
     assert frozen == {n for n, _ in convnext.named_parameters() if n.startswith(("stem.", "stages.0.", "stages.1."))}
     with pytest.raises(ZooError, match=r"pattern 'stages.9' matches no parameter \(groups: backbone, blocks"):
-        freeze.apply(convnext, recipes.FreezeConfig(freeze=["stages.9"]))
+        freeze.apply(convnext, FreezeConfig(freeze=["stages.9"]))
 
 
 def test_the_data_config_follows_the_model(mnist_png: Path) -> None:

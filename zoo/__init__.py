@@ -57,11 +57,13 @@ def create_loss(name: str, **args: Any) -> nn.Module:
 
 
 def load(run_folder: str | Path) -> nn.Module:
-    """The model saved in a run folder, in eval mode; its label names are ``model.label_names``."""
+    """The model saved in a run folder, or in 'registry:NAME' / 'hf-hub:ORG/NAME[@REVISION]' (pulled
+    first), in eval mode; its label names are ``model.label_names``."""
     from .models.build import load_run
     from .runs.folder import RunFolder
+    from .sharing.resolve import local_run_folder
 
-    return load_run(RunFolder.existing(run_folder))
+    return load_run(RunFolder.existing(local_run_folder(run_folder)))
 
 
 __all__ = [

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from ..config.recipe import DataConfig
+from ..config.schema import DataConfig
 from ..errors import ZooError
 
 

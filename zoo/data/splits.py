@@ -36,7 +36,8 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..config.recipe import DataConfig, default_data_dir
+from ..config.recipe import default_data_dir
+from ..config.schema import DataConfig
 from ..errors import ZooError, did_you_mean, from_worker
 from ..parallel import distributed
 from ..plugins import _registry as registry

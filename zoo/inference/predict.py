@@ -55,7 +55,8 @@ def _torch(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
 
 
 def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
-    from .export import FILES, check_made_from, onnx_metadata, onnx_runner, onnx_session
+    from ..runs.exports import FILES, check_made_from
+    from .export import onnx_metadata, onnx_runner, onnx_session
 
     path = run.file(FILES["onnx"])
     data = read_file(path, limit=None)  # a folder or a FIFO there is said to be one

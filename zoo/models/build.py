@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..config import sources
-from ..config.recipe import HeadConfig, ModelConfig
+from ..config.schema import HeadConfig, ModelConfig
 from ..config.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch, WeightSource
 from ..data.preprocessing import Preprocessing
 from ..errors import ZooError
@@ -76,18 +76,14 @@ def build_model(
 ) -> tuple[nn.Module, str | None]:
     """The recipe's model for ``label_names`` and ``data``, with the weights ``config.pretrained`` names.
 
-    ``config.pretrained`` must be resolved (a ``recipe:`` source is trained first, by the runner).
+    ``config.pretrained`` must be resolved (zoo/sharing/resolve.py): a folder, ``true`` or ``false``.
     Returns the model and a line for the log saying what was loaded (None when nothing was).
     """
     source = config.pretrained
     if isinstance(source, LocalFolder) and not source.path.is_dir():
         raise ZooError(f"model.pretrained: folder not found: {source.path}")
-    if isinstance(source, RecipeOutput | RegistryName):
-        raise TypeError(f"{source} must be resolved to a folder (train.resolve_source) before the model is built")
-    if isinstance(source, HubRepo):  # zoo pulls exactly the run-folder files, safetensors only, for every kind
-        from ..sharing.hub import pull
-
-        source = LocalFolder(pull(source))
+    if isinstance(source, RecipeOutput | RegistryName | HubRepo):
+        raise TypeError(f"{source} must be resolved to local files (zoo.sharing.resolve) before the model is built")
     if isinstance(source, LocalFolder):
         _refuse_pickles(source.path)
     factory = registry.check("model", config.backbone, config.args)

@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..config.recipe import FreezeConfig, FreezeStage
+from ..config.schema import FreezeConfig, FreezeStage
 from ..errors import ZooError
 
 BACKBONE = "backbone"

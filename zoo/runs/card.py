@@ -14,7 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import EvalResult, ModelCardData
 
-from ..config.recipe import Recipe
+from ..config.schema import Recipe
 from .folder import RunResults
 from .table import training_notes
 

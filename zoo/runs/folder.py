@@ -24,6 +24,7 @@ from .. import _locking as locking
 from .._files import atomic_write, read_file, write_json, write_text
 from .._safetensors import safetensors_bytes, tensors_of
 from ..config import recipe as recipes
+from ..config.schema import Recipe
 from ..data.preprocessing import Preprocessing
 from ..errors import ZooError
 
@@ -145,7 +146,7 @@ class RunFolder:
     # Reading
 
     @cached_property
-    def recipe(self) -> recipes.Recipe:
+    def recipe(self) -> Recipe:
         path = self.file(self.RECIPE)
         text = read_file(path)
         if text is None:
@@ -227,7 +228,7 @@ class RunFolder:
         except OSError as exc:
             raise ZooError(f"cannot create the run folder {self.path}: {exc.strerror}") from None
 
-    def write_recipe(self, recipe: recipes.Recipe) -> None:
+    def write_recipe(self, recipe: Recipe) -> None:
         write_text(self.file(self.RECIPE), recipe.to_toml())
         self.__dict__.pop("recipe", None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..config.recipe import Recipe
+from ..config.schema import Recipe
 from ..errors import ZooError
 from .folder import RunFolder, RunResults
 

@@ -10,30 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx2  # huggingface_hub 2.x's HTTP client: its transport errors mean "no network"
 from huggingface_hub import HfApi, constants, snapshot_download
-from huggingface_hub.errors import (
-    HfHubHTTPError,
-    HFValidationError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
 
 from .. import _files
 from .._safetensors import tensors_of
-from ..config.sources import HUB_PREFIX, HUB_REPO, HubRepo, RegistryName, names_remote, parse
+from ..config.sources import HubRepo, RegistryName
 from ..errors import ZooError
+from ..runs.exports import check_made_from
 from ..runs.folder import FilePin, HubRecord, RunFolder
 from . import registry as catalog
+from .hub_api import check_repo_id, hub_errors
 
 
 @dataclass
@@ -51,7 +41,7 @@ def push(
     or anything outside it), and a recipe.toml without this machine's paths. Their hashes go into
     hub.json, which `zoo registry add` pins.
     """
-    _check_repo_id(repo)
+    check_repo_id(repo)
     run = RunFolder.existing(folder)
     if not run.file(RunFolder.WEIGHTS).is_file() or run.state != "finished":
         raise ZooError(
@@ -60,7 +50,7 @@ def push(
     api = HfApi()
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as staging:
         files = _stage(run, Path(staging))
-        with _hub_errors(repo):
+        with hub_errors(repo):
             url = api.create_repo(repo, private=private, exist_ok=True)
             if revision:
                 api.create_branch(repo, branch=revision, exist_ok=True)
@@ -103,7 +93,7 @@ def publish(
 def _read_back(repo: str, commit: str, pushed: dict[str, FilePin]) -> dict[str, FilePin]:
     """The sha256 and size of every pushed file as the Hub serves it at ``commit``; each must be what was pushed."""
     pins = {}
-    with tempfile.TemporaryDirectory(prefix="zoo-publish-") as cache, _hub_errors(f"{repo}@{commit}"):
+    with tempfile.TemporaryDirectory(prefix="zoo-publish-") as cache, hub_errors(f"{repo}@{commit}"):
         snapshot = Path(snapshot_download(repo, revision=commit, allow_patterns=sorted(pushed), cache_dir=cache))
         for name, sent in pushed.items():
             served = snapshot / name
@@ -121,8 +111,6 @@ def _read_back(repo: str, commit: str, pushed: dict[str, FilePin]) -> dict[str, 
 def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
     """Copy the run folder's shared files into ``staging``; their pins. Refused before anything is sent:
     symbolic links and non-files, weights that are not finite, and exports not made from these weights."""
-    from ..inference.export import check_made_from
-
     files = {}
     for name in RunFolder.SHARED:  # the weights first: the exports are checked against them
         if name == RunFolder.RECIPE:
@@ -169,8 +157,8 @@ def pull(source: HubRepo | RegistryName) -> Path:
     else:
         label, pins = source.spec, catalog.pins_of(source)
     wanted = sorted(pins) if pins else list(RunFolder.SHARED)
-    with _hub_errors(source.spec):
-        _check_repo_id(source.repo)
+    with hub_errors(source.spec):
+        check_repo_id(source.repo)
         folder = Path(snapshot_download(source.repo, revision=source.revision, allow_patterns=wanted))
     if not (folder / RunFolder.WEIGHTS).is_file():
         raise ZooError(
@@ -192,8 +180,6 @@ def pull(source: HubRepo | RegistryName) -> Path:
 def _check_exports(folder: Path, label: str) -> None:
     """Every export of a pulled zoo run was made from the pulled weights (one pushed beside later weights
     is stale); another project's repo (its config.json without zoo's section) keeps its exports its own way."""
-    from ..inference.export import check_made_from
-
     if not _written_by_zoo(folder / RunFolder.CONFIG):
         return
     weights = _files.sha256_of(folder / RunFolder.WEIGHTS)
@@ -209,63 +195,3 @@ def _written_by_zoo(config: Path) -> bool:
     except ValueError:
         return False
     return isinstance(written, dict) and isinstance(written.get("zoo"), dict)
-
-
-def pull_registry(source: HubRepo) -> Path:
-    """A team's registry.json from a Hub model repo, at ``source``'s revision (default: the latest), with the
-    recipes beside it (a registry entry's recipe source is relative to its registry.json)."""
-    with _hub_errors(f"registry {HUB_PREFIX}{source.spec}"):
-        _check_repo_id(source.repo)
-        folder = Path(
-            snapshot_download(source.repo, revision=source.revision, allow_patterns=["registry.json", "*.toml"])
-        )
-    if not (folder / "registry.json").is_file():
-        raise ZooError(f"ZOO_REGISTRY: {HUB_PREFIX}{source.spec} holds no registry.json at its top level")
-    return folder / "registry.json"
-
-
-def run_path(text: str) -> Path:
-    """A command's RUN argument as a folder: a run folder, or 'registry:NAME' / 'hf-hub:ORG/NAME[@REVISION]'
-    pulled (a registry name at its pinned commit, every pinned file checked)."""
-    if not names_remote(text):
-        return Path(text)
-    try:
-        source = parse(text, Path.cwd())
-    except ValueError as exc:
-        raise ZooError(f"{text}: {exc}") from None
-    assert isinstance(source, HubRepo | RegistryName), "names_remote() holds for their prefixes only"
-    return pull(source)
-
-
-def _check_repo_id(repo: str) -> None:
-    if not HUB_REPO.fullmatch(repo) or ".." in repo:
-        raise ZooError(f"'{repo}' is not a Hub repo id: write ORG/NAME (letters, digits, '-', '_', '.')")
-
-
-@contextmanager
-def _hub_errors(what: str) -> Iterator[None]:
-    """Turn the Hub's answers (and no answer) into one-line ZooErrors naming ``what``."""
-    try:
-        yield
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        offline = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached"
-        raise ZooError(
-            f"{what} is not in the Hugging Face cache ({os.path.abspath(constants.HF_HUB_CACHE)}) and {offline}; "
-            "pull it once online"
-        ) from None
-    except RevisionNotFoundError:
-        raise ZooError(f"{what}: no such revision on the Hub") from None
-    except RepositoryNotFoundError:
-        raise ZooError(f"{what}: no such repo, or no access to it (log in: `hf auth login` or HF_TOKEN)") from None
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else "?"
-        raise ZooError(f"{what}: the Hub answered {status}: {str(exc).splitlines()[0]}") from None
-    except HFValidationError as exc:
-        raise ZooError(f"{what}: {str(exc).splitlines()[0]}") from None
-    except httpx2.TransportError as exc:
-        raise ZooError(f"{what}: cannot reach the Hub at {constants.ENDPOINT} ({type(exc).__name__})") from None
-    except OSError as exc:  # last: the errors above may be OSErrors too. Read-only, a file, a full disk
-        raise ZooError(
-            f"{what}: cannot write the Hugging Face cache ({exc.filename or constants.HF_HUB_CACHE}): {exc.strerror}; "
-            "set HF_HUB_CACHE to a writable folder"
-        ) from None

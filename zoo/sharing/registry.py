@@ -29,6 +29,7 @@ from .. import _locking as locking
 from ..config.sources import HUB_PREFIX, HUB_REPO, REGISTRY_NAME, HubRepo, parse_hub_spec
 from ..errors import ZooError, did_you_mean
 from ..runs.folder import FilePin, HubRecord, RunFolder
+from .hub_api import pull_registry
 
 SCHEMA_VERSION = 2  # 2: every pulled file pinned (1 pinned model.safetensors only)
 NAME_PATTERN = f"^{REGISTRY_NAME.pattern}$"
@@ -126,8 +127,6 @@ def origins() -> list[Origin]:
 
 @functools.cache  # once per process: a command looks names up several times, a run once per node
 def _hub_origin(entry: str) -> Origin:
-    from .hub import pull_registry
-
     try:
         source = parse_hub_spec(entry.removeprefix(HUB_PREFIX))
     except ValueError as exc:

@@ -29,7 +29,7 @@ from .monitor import Monitor
 from .optim import lr_factor, set_lr
 
 if TYPE_CHECKING:
-    from ..config.recipe import DataConfig
+    from ..config.schema import DataConfig
     from .runner import RunSetup
 
 

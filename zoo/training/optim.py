@@ -12,7 +12,7 @@ import math
 
 import torch
 
-from ..config.recipe import OPTIMIZER_KEYS, OptimConfig, ScheduleConfig
+from ..config.schema import OPTIMIZER_KEYS, OptimConfig, ScheduleConfig
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,

@@ -25,8 +25,8 @@ from .. import _files
 from .. import _locking as locking
 from .._version import __version__
 from ..config import recipe as recipes
-from ..config.recipe import Recipe
-from ..config.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch, WeightSource
+from ..config.schema import DataConfig, OutputConfig, Recipe
+from ..config.sources import HubRepo, PluginWeights, RegistryName, WeightSource
 from ..data import augment
 from ..data.augment import Augmentation
 from ..data.preprocessing import Preprocessing
@@ -46,16 +46,17 @@ from ..data.splits import (
 )
 from ..errors import ZooError
 from ..inference.evaluate import evaluate
-from ..inference.export import drop_exports
 from ..models import freeze
 from ..models.build import build_model, check_input, exchange_config, load_run
 from ..parallel import distributed, fsdp
 from ..parallel.distributed import log
 from ..plugins import _registry as registry
 from ..runs.card import model_card
+from ..runs.exports import drop_exports
 from ..runs.folder import RunFolder, RunResults
 from ..runs.plots import write_plots
 from ..sharing import registry as catalog
+from ..sharing.resolve import resolve
 from . import checkpoint, launch
 from .device import autocast_dtype, resolve_device
 from .device import configure as configure_backends
@@ -96,7 +97,7 @@ class RunSetup:
         )
 
 
-def data_workers(data: recipes.DataConfig) -> int:
+def data_workers(data: DataConfig) -> int:
     """``data.num_workers``, or when the recipe does not say: this node's CPUs shared by its ranks, at most 8."""
     if data.num_workers is not None:
         return data.num_workers
@@ -210,20 +211,13 @@ def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn
 
 
 def resolve_source(source: WeightSource, progress: bool, dry_run: bool) -> WeightSource:
-    """``source`` with a ``recipe:`` source replaced by the folder it trains (trained first if not
-    cached), and a ``registry:`` name by its pinned files, pulled and checked (or by its recipe)."""
-    if isinstance(source, RegistryName):
-        found = catalog.find(source.name)
-        if found.entry.sources.hub is not None:
-            from ..sharing.hub import pull
+    """``source`` as local files (zoo/sharing/resolve.py), a ``recipe:`` source trained first if not cached."""
 
-            return LocalFolder(distributed.agreed(lambda: pull(source)))  # each node pulls and checks
-        assert found.recipe is not None, "a registry entry has a hub source, a recipe or both"
-        source = RecipeOutput(found.recipe)
-    if not isinstance(source, RecipeOutput):
-        return source
-    cached = _cached_recipe_run(source.path, progress, dry_run)
-    return LocalFolder(cached.path) if cached else Scratch()  # a dry run does not train the source
+    def train(path: Path) -> Path | None:
+        cached = _cached_recipe_run(path, progress, dry_run)
+        return cached.path if cached else None  # a dry run does not train the source
+
+    return resolve(source, train_recipe=train)
 
 
 def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> RunFolder | None:
@@ -250,9 +244,7 @@ def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> RunFolder |
         staging = _files.staging_folder(cached.path) if main else None
         staging = distributed.from_main(staging)
         try:
-            result = run(
-                source.model_copy(update={"output": recipes.OutputConfig(dir=str(staging))}), progress=progress
-            )
+            result = run(source.model_copy(update={"output": OutputConfig(dir=str(staging))}), progress=progress)
             if result.results.state != "finished":
                 raise ZooError(f"pretraining recipe {path} did not finish ({result.results.state})")
             if main:

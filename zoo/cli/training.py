@@ -1,0 +1,135 @@
+"""``zoo run``, ``zoo show`` and ``zoo schema``: recipes, trained or printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ..training import launch
+from .group import print_table
+
+RECIPE_ARGUMENT = click.argument("recipe_path", metavar="RECIPE")
+OVERRIDES_ARGUMENT = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+
+
+@click.command()
+@RECIPE_ARGUMENT
+@OVERRIDES_ARGUMENT
+@click.option("--dry-run", is_flag=True, help="Build model, data and optimiser, print the parameter groups, stop.")
+@click.option("--progress/--no-progress", default=True, help="Show progress bars (default: on).")
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value="latest",
+    default=None,
+    metavar="[RUN]",
+    help="Continue RUN (default: the newest run of this recipe under runs/) from its last checkpoint.",
+)
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=1,
+    help="Train with N processes on this machine: shorthand for `torchrun --standalone --nproc_per_node N -m zoo run`.",
+)
+def run(
+    recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: bool, resume: str | None, nproc: int
+) -> None:
+    """Fine-tune, evaluate and save a run folder, as RECIPE declares.
+
+    Overrides change any key for this run, typed as in TOML:
+
+    \b
+      zoo run recipes/mnist.toml train.epochs=1 optim.lr=3e-4 data.classes=[1,2]
+
+    The run folder (default runs/<name>-<timestamp>) holds model.safetensors, config.json,
+    recipe.toml (resolved), metrics.jsonl, results.json, a model card README.md and
+    checkpoints/ (every epoch, and every train.checkpoint_every steps).
+
+    \b
+    A killed run continues exactly where its last checkpoint left it:
+      zoo run recipes/mnist.toml --resume                 the newest run of this recipe
+      zoo run recipes/mnist.toml --resume runs/mnist-...  that run
+      zoo run recipes/mnist.toml --resume train.epochs=5  ...and train longer
+
+    \b
+    On several GPUs or machines, PyTorch's launcher starts one process per rank:
+      torchrun --nproc_per_node 4 -m zoo run recipes/mnist.toml
+      zoo run recipes/mnist.toml --nproc 4                the same, on this machine
+    """
+
+    from ..config import recipe as recipes
+    from ..parallel.distributed import end_with_launcher, is_main, rank_left, teardown
+    from ..training.runner import latest_run
+    from ..training.runner import run as run_recipe
+
+    end_with_launcher()  # a rank of torchrun: first of all, never outlive the launcher
+    if resume and "=" in resume and not Path(resume).exists():  # `--resume train.epochs=5`: an override
+        overrides, resume = (*overrides, resume), "latest"
+    recipe = recipes.load(recipe_path, overrides)  # a mistake is reported once, before any process starts
+    if nproc > 1 and not dry_run:
+        flags = [*(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"])]
+        verbose = ["--verbose"] if click.get_current_context().find_root().params["verbose"] else []
+        launch.torchrun(nproc, [*verbose, "run", recipe_path, *overrides, *flags])
+        return
+    run_folder = None
+    if resume:
+        run_folder = latest_run(recipe) if resume == "latest" else Path(resume)
+    try:
+        result = run_recipe(recipe, progress=progress, dry_run=dry_run, resume=run_folder)
+        main = is_main()
+    except RuntimeError as exc:
+        left = rank_left(exc)
+        if left is None:
+            raise
+        if os.environ.get(launch.NOTES):  # the launching zoo says which rank ended first, and how
+            sys.exit(launch.RANK_LEFT_EXIT)
+        raise left from exc
+    finally:  # a rank that leaves with its process group alive can abort at exit (gloo's threads)
+        teardown()
+    if result is None or not main:
+        return
+    if result.results.test:
+        print_scores(result.results.test)
+    click.echo(f"run folder: {result.folder} ({result.results.state})")
+    if result.results.state == "interrupted":
+        sys.exit(130)
+
+
+def print_scores(metrics: dict[str, Any], split: str = "test") -> None:
+    click.echo(
+        f"{split}: accuracy {100 * metrics['accuracy']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
+        f"recall {100 * metrics['recall']:.2f}%, F1 {100 * metrics['f1']:.2f}%"
+    )
+    rows = [
+        (row["label"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+        for row in metrics["per_class"]
+    ]
+    print_table(rows, ("CLASS", "PRECISION", "RECALL", "F1", "SUPPORT"))
+    labels = [row["label"] for row in metrics["per_class"]]
+    click.echo("confusion matrix (rows: true class, columns: predicted):")
+    print_table(
+        [(label, *map(str, counts)) for label, counts in zip(labels, metrics["confusion_matrix"])], ("", *labels)
+    )
+
+
+@click.command()
+@RECIPE_ARGUMENT
+@OVERRIDES_ARGUMENT
+def show(recipe_path: str, overrides: tuple[str, ...]) -> None:
+    """Print RECIPE fully resolved: bases merged, overrides applied, defaults filled in."""
+    from ..config import recipe as recipes
+
+    click.echo(recipes.load(recipe_path, overrides).to_toml(), nl=False)
+
+
+@click.command()
+def schema() -> None:
+    """Print the recipe schema as JSON Schema (for TOML editors: completion and checks)."""
+    from ..config.schema import json_schema
+
+    click.echo(json.dumps(json_schema(), indent=2))
