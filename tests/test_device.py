@@ -13,7 +13,7 @@ from zoo.config.schema import DataConfig, OptimConfig
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.splits import Batches, load_splits
 from zoo.errors import ZooError
-from zoo.training.device import autocast_dtype, configure, resolve_device
+from zoo.parallel.device import autocast_dtype, configure, resolve_device
 from zoo.training.optim import build_optimizer
 
 MNIST_INPUT = Preprocessing((1, 28, 28), (0.1307,), (0.3081,))

@@ -27,7 +27,8 @@ from zoo.config import recipe as recipes
 from zoo.models.build import build_model
 from zoo.runs.folder import RunFolder
 from zoo.training import checkpoint
-from zoo.training.runner import run, seed_everything
+from zoo.training.runner import run
+from zoo.training.setup import seed_everything
 
 pytestmark = pytest.mark.slow
 

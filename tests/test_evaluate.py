@@ -14,7 +14,8 @@ from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.inference.evaluate import evaluate, evaluate_run
 from zoo.runs.folder import RunFolder
-from zoo.training.runner import build_run, run
+from zoo.training.runner import run
+from zoo.training.setup import build_run
 
 
 class Constant(nn.Module):

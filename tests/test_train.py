@@ -17,8 +17,10 @@ from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.data.splits import Batches, load_splits
 from zoo.errors import ZooError
+from zoo.inference.evaluate import evaluate
 from zoo.runs.folder import RunFolder
-from zoo.training.runner import build_run, evaluate, run
+from zoo.training.runner import run
+from zoo.training.setup import build_run
 
 # Small enough for seconds on 2 cores: 20 training images a class, two classes.
 TINY = ["data.per_class=20", "data.val_split=0.02", "train.epochs=1"]

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from zoo.config import recipe as recipes
 from zoo.runs.folder import RunFolder
 from zoo.training.loop import Trainer
-from zoo.training.runner import build_run
+from zoo.training.setup import build_run
 
 TINY = ["data.classes=[0,1]", "data.per_class=24", "data.val_split=0.2", "data.batch_size=8", "train.precision=fp32"]
 
@@ -115,7 +115,7 @@ def test_under_ddp_the_ranks_check_for_ctrl_c_about_every_two_seconds_whatever_a
     STOP_CHECK_SECONDS apart (or one batch, when a batch is longer), and a Ctrl-C stops the run
     at the next check."""
     from zoo.parallel import distributed
-    from zoo.training import loop as trainer
+    from zoo.training import stopping as trainer
 
     clock, checks = [0.0], []
 

@@ -4,20 +4,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..config import recipe as recipes
-from ..data.splits import Batches
+from ..data.splits import Batches, load_splits
 from ..errors import ZooError
+from ..models.build import load_run
 from ..parallel import distributed, fsdp
+from ..parallel.device import autocast_dtype, resolve_device
+from ..parallel.device import configure as configure_backends
 from ..runs.folder import RunFolder
+from ..tasks.recipe_loss import build_loss
 from ..tasks.single_label import confusion_matrix, scores
-
-if TYPE_CHECKING:
-    from ..training.runner import RunSetup
+from .prepared import RunSetup, prepare_data
 
 # Top-5 accuracy is reported from this many classes on (with fewer it says little).
 TOP5_CLASSES = 10
@@ -78,12 +80,21 @@ def evaluate_run(path: Path, split: str = "test", data_overrides: Sequence[str] 
 
 
 def run_setup(run: RunFolder, data_overrides: Sequence[str] = ()) -> RunSetup:
-    """A saved run's model with its own data, as its recipe (and ``data.*`` overrides) describe."""
-    from ..training.runner import build_run
-
+    """A saved run's model with its own data, as its recipe (and ``data.*`` overrides) describe: no
+    optimiser, no augmentation."""
     for override in data_overrides:
         if not override.startswith("data."):
             raise ZooError(f"override {override!r}: only data.* keys can change when evaluating a run")
     stored = run.recipe.to_dict()
     recipes.apply_overrides(stored, data_overrides)
-    return build_run(recipes.from_dict(stored, str(run.file(RunFolder.RECIPE))), trained=run)
+    recipe = recipes.from_dict(stored, str(run.file(RunFolder.RECIPE)))
+    device = distributed.setup(resolve_device(recipe.train.device))
+    configure_backends(device, recipe.train.deterministic)
+    splits = distributed.agreed(lambda: load_splits(recipe.data, recipe.train.seed))
+    model, preprocessing = load_run(run), run.preprocessing
+    if splits.label_names != model.label_names:
+        raise ZooError(f"data.classes select {splits.label_names}, but the run was trained on {model.label_names}")
+    cache = prepare_data(recipe, splits, preprocessing, None, model, device, progress=True)
+    loss_fn, weights = build_loss(recipe, splits, device)
+    dtype = autocast_dtype(recipe.train.precision, device)
+    return RunSetup(recipe, device, dtype, splits, preprocessing, model, loss_fn, class_weights=weights, cache=cache)

@@ -10,7 +10,7 @@ the rest of zoo, and where it is handled:
 - ``state_dict()`` holds DTensors: a checkpoint keeps each rank's own shards (``local``), which
   that rank writes and reads itself (``checkpoint.save``/``load_own``), resumed only at the same
   world size; the run folder's weights are gathered whole on rank 0 (``full_state_dict``);
-- the optimiser is built after sharding, on the sharded parameters (``train.build_run``).
+- the optimiser is built after sharding, on the sharded parameters (``training.setup.build_run``).
 """
 
 from __future__ import annotations

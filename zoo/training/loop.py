@@ -4,105 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 import signal
-import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
 from ..errors import ZooError
 from ..inference.evaluate import evaluate
+from ..inference.prepared import RunSetup
 from ..models import freeze
-from ..models.build import nonfinite_tensors, prefixed
 from ..parallel import distributed, fsdp
 from ..parallel.distributed import log
 from ..runs.folder import RunFolder, State
-from . import checkpoint
 from .monitor import Monitor
 from .optim import lr_factor, set_lr
+from .stopping import StopRequests, stopping_on_signals
+from .trainer_state import TrainerState, check_finite_weights
 
 if TYPE_CHECKING:
     from ..config.schema import DataConfig
-    from .runner import RunSetup
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-# Under DDP the ranks agree on Ctrl-C at least this often (torchrun kills them 30 s after SIGINT).
-STOP_CHECK_SECONDS = 2.0
-
-
-class StopRequests:
-    """Ctrl-C under DDP: torchrun passes SIGINT to every rank, which only sets ``flag``; the ranks
-    agree on it at a check (a collective) and stop after the same batch.
-
-    No rank's clock decides alone when to check, or the ranks would wait in different
-    collectives: they count batches, and at each check agree on how many to count until the next
-    from the slowest rank's pace, so that checks come every ``STOP_CHECK_SECONDS`` or so, however
-    slow a batch is. A new phase (an epoch's training, a validation) starts with a check after
-    its first batch, as batches of another phase take another time.
-    """
-
-    def __init__(self) -> None:
-        self.flag = torch.zeros((), dtype=torch.long)
-        self.signal: int | None = None  # the signal that asked to stop (SIGINT or SIGTERM)
-        self.restart()
-
-    def restart(self) -> None:
-        self.countdown, self.counted, self.since = 1, 0, time.monotonic()
-
-    def batch_done(self) -> None:
-        self.counted += 1
-        if self.counted >= self.countdown:
-            self.check()
-
-    def check(self) -> None:
-        """KeyboardInterrupt on every rank once any rank was asked to stop (a collective under DDP)."""
-        if distributed.world_size() == 1:
-            return
-        now = time.monotonic()
-        pace = (now - self.since) / max(1, self.counted)
-        batches = max(1, int(STOP_CHECK_SECONDS / max(pace, 1e-6)))
-        stop, fewest = distributed.max_across_ranks(torch.stack([self.flag, torch.tensor(-batches)])).tolist()
-        self.countdown, self.counted, self.since = -fewest, 0, now
-        if stop:
-            raise KeyboardInterrupt
-
-
-class NonFiniteLoss(ZooError):
-    """The loss became NaN or infinite."""
-
-
-def check_finite_weights(model: nn.Module) -> None:
-    """A ZooError when a weight or buffer holds NaN or infinity (a loss can stay finite while they do not).
-
-    A sharded model is checked shard by shard, and the ranks agree (a collective), so that all stop.
-    """
-    bad = nonfinite_tensors({name: fsdp.local(tensor) for name, tensor in model.state_dict().items()})
-    count = len(bad)
-    if fsdp.is_sharded(model):
-        count = int(distributed.max_across_ranks(torch.tensor(count)))
-    if count:
-        first = f"first '{bad[0]}'" if bad else "on another rank"
-        raise NonFiniteLoss(
-            f"the weights became NaN or infinite ({count} tensor(s), {first}): lower optim.lr, "
-            "set train.grad_clip, or use train.precision=fp32"
-        )
-
-
-class Trainer:
-    """The training loop and all of its state, which a checkpoint saves and restores whole.
+class Trainer(TrainerState):
+    """The training loop, epoch after epoch; its state, which a checkpoint saves and restores whole,
+    in ``TrainerState``.
 
     Checkpoints are taken only between optimiser steps; with the data order a function of
     (seed, epoch) and every RNG saved, a resumed run repeats the uninterrupted one exactly.
@@ -203,7 +132,7 @@ class Trainer:
         """
         tensorboard = self._tensorboard() if self.config.tensorboard and distributed.is_main() else None
         try:
-            with self._stopping_on_signals():
+            with stopping_on_signals(self.stops):
                 self._epochs(progress, tensorboard)
         except KeyboardInterrupt:
             how = "Ctrl-C" if self.stops.signal in (None, signal.SIGINT) else signal.Signals(self.stops.signal).name
@@ -215,35 +144,6 @@ class Trainer:
                 tensorboard.close()
         return "finished", self.monitor.stop_reason() if self.stopped_early else ""
 
-    @contextlib.contextmanager
-    def _stopping_on_signals(self) -> Iterator[None]:
-        """Ctrl-C, and SIGTERM (a scheduler's time limit or preemption; torchrun passes either on to
-        every rank), stop training with the run folder saved, as ``interrupted``.
-
-        Under DDP a signal only asks to stop; the ranks agree at the next check (``StopRequests``:
-        within seconds, in training and in validation) and stop after the same batch, so that no rank
-        is left in a collective the others have abandoned. A single process stops at once.
-        """
-        if threading.current_thread() is not threading.main_thread():  # only there can signals be handled
-            yield
-            return
-        ranks = distributed.world_size()
-
-        def asked_to_stop(signum: int, frame: Any) -> None:
-            self.stops.signal = signum
-            if ranks > 1:
-                self.stops.flag.fill_(1)
-            else:
-                raise KeyboardInterrupt
-
-        stopping = (signal.SIGINT, signal.SIGTERM) if ranks > 1 else (signal.SIGTERM,)
-        previous = {signum: signal.signal(signum, asked_to_stop) for signum in stopping}
-        try:
-            yield
-        finally:
-            for signum, handler in previous.items():
-                signal.signal(signum, handler)
-
     def _epochs(self, progress: bool, tensorboard: Any) -> None:
         """Train, validate, log and checkpoint each epoch that is left."""
         while self.epoch <= self.config.epochs and not self.done:
@@ -253,12 +153,7 @@ class Trainer:
                 distributed.broadcast_buffers(self.ema.module)
             last = self.epoch > self.config.epochs or self.done
             if self.val_batches is not None and (record["epoch"] % self.config.eval_every == 0 or last):
-                self.stops.restart()
-                val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype,
-                               between_batches=self.stops.batch_done)  # fmt: skip
-                record |= {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
-                if "top5_accuracy" in val:
-                    record["val_top5_accuracy"] = val["top5_accuracy"]
+                record |= self.validate()
             best = self.monitor.update(record)
             self.history.append(record)
             if distributed.is_main():
@@ -273,6 +168,18 @@ class Trainer:
                 self.stopped_early = True
                 log(self.monitor.stop_reason())
                 return
+
+    def validate(self) -> dict[str, float]:
+        """The kept weights' loss, accuracy and F1 (top-5 accuracy too, with enough classes) on the
+        validation split, as the epoch's record names them."""
+        assert self.val_batches is not None, "validate only with a validation split"
+        self.stops.restart()
+        val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype,
+                       between_batches=self.stops.batch_done)  # fmt: skip
+        record = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
+        if "top5_accuracy" in val:
+            record["val_top5_accuracy"] = val["top5_accuracy"]
+        return record
 
     def _tensorboard(self) -> Any:
         try:
@@ -365,107 +272,6 @@ class Trainer:
         """The head's learning rate at every step of the run, from the schedule."""
         schedule, total, per_epoch = self.recipe.schedule, self.total_steps, self.steps_per_epoch
         return [self.recipe.optim.lr * lr_factor(schedule, step, total, per_epoch) for step in range(total)]
-
-    def check_finite(self) -> None:
-        bad_step = int(distributed.max_across_ranks(self.first_nonfinite))
-        if bad_step >= 0:
-            last = self.folder.checkpoints
-            kept = f"; the last good checkpoint is {last[-1]}" if last else ""
-            raise NonFiniteLoss(
-                f"the loss became NaN or infinite at step {bad_step} (epoch {self.epoch}): lower optim.lr, "
-                f"set train.grad_clip, or use train.precision=fp32{kept}"
-            )
-
-    def save_checkpoint(self) -> None:
-        """Checkpoint, written by rank 0 with every rank's own part (every rank checks the loss first:
-        a collective)."""
-        self.check_finite()  # never save weights a NaN has already reached
-        check_finite_weights(self.model)
-        # Each rank's own RNG and partial sums, so that a resumed DDP run repeats every rank exactly;
-        # under FSDP also its own shards of the weights and the optimiser state.
-        rng_tensors, rng = checkpoint.rng_state()
-        own = {**rng_tensors, "loss_sum": self.loss_sum, "correct": self.correct}
-        optim_tensors, optim_state = checkpoint.optimizer_state(self.optimizer)
-        weights = self._model_and_optimizer_tensors(optim_tensors)
-        state = {
-            "recipe_hash": self.recipe.hash,
-            "step": self.step,
-            "epoch": self.epoch,
-            "position": self.position,
-            "applied_stages": self.applied_stages,
-            "history": self.history,
-            "optimizer": optim_state,
-            "scaler": self.scaler.state_dict(),
-            "world_size": distributed.world_size(),
-            "monitor": self.monitor.state(),
-        }
-        best = self.monitor.best.step if self.keep == "best" and self.monitor.best else None
-        shared, own = ({}, own | weights) if self.sharded else (weights, own)
-        own_state = {"rng": rng, "seen": self.seen}
-        checkpoint.save(
-            self.folder.checkpoint_root,
-            self.step,
-            (shared, state),
-            (own, own_state),
-            self.config.keep_checkpoints,
-            best,
-            each_rank_writes=self.sharded,
-        )
-
-    def _model_and_optimizer_tensors(self, optim_tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The model's and optimiser's tensors as a checkpoint keeps them (this rank's shards when sharded)."""
-        tensors = {f"model.{name}": fsdp.local(value) for name, value in self.model.state_dict().items()}
-        if self.ema is not None:
-            tensors |= {f"ema.{name}": value for name, value in self.ema.module.state_dict().items()}
-        return tensors | {name: fsdp.local(value) for name, value in optim_tensors.items()}
-
-    def load_checkpoint(self, path: Path) -> None:
-        """Restore the run from ``path``, each rank its own part (``checkpoint.load_own``)."""
-        tensors, state = checkpoint.load_own(path, each_rank_reads=self.sharded)
-        try:
-            for index in state["applied_stages"]:
-                self._apply_stage(index)
-            self._load_weights(tensors)
-            if self.sharded:
-                tensors = fsdp.sharded_optimizer_tensors(self.optimizer, tensors)
-            checkpoint.load_optimizer_state(self.optimizer, tensors, state["optimizer"])
-            if state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            checkpoint.set_rng_state(tensors, state["rng"])
-            self.loss_sum.copy_(tensors["loss_sum"])
-            self.correct.copy_(tensors["correct"])
-            self.monitor.restore(state.get("monitor", {}))
-        except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ZooError(
-                f"checkpoint {path} does not fit this run ({detail}); remove it to resume from the one before"
-            ) from exc
-        self.step, self.epoch, self.position = (state[k] for k in ("step", "epoch", "position"))
-        self.seen = state["seen"]
-        self.history = state["history"]
-
-    def _load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
-        """The model's (and the EMA's) weights from a checkpoint's tensors."""
-        model_state = prefixed(tensors, "model.")
-        if self.sharded:
-            fsdp.load_local_state(self.model, model_state)
-        else:
-            self.model.load_state_dict(model_state)
-        if self.ema is not None:
-            self.ema.module.load_state_dict(prefixed(tensors, "ema."))
-
-    def keep_best(self) -> str:
-        """With ``train.keep = "best"``, bring back the best epoch's weights from its checkpoint; what
-        the run keeps, in words (for the log, results.json and the model card)."""
-        best = self.monitor.best
-        if self.keep == "last" or best is None:
-            return "the last epoch's weights"
-        kept = f"the best epoch's weights (epoch {best.epoch}, {self.monitor.metric} {best.value:.4f})"
-        if best.step != self.step:
-            path = self.folder.checkpoint_root / f"step-{best.step:08d}"
-            tensors, _ = checkpoint.load_own(path, each_rank_reads=self.sharded)
-            self._load_weights(tensors)
-        return kept
 
 
 def _mixing(data: DataConfig, num_classes: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:

@@ -1,0 +1,83 @@
+"""A recipe's model and data made ready for each other: the ``RunSetup`` that training and evaluation run on.
+
+Training (``zoo.training.setup.build_run``) and the evaluation of a saved run
+(``zoo.inference.evaluate.run_setup``) both finish their setup with ``prepare_data``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..config import recipe as recipes
+from ..config.schema import Recipe
+from ..data.augment import Augmentation
+from ..data.preprocessing import Preprocessing
+from ..data.splits import Batches, Split, Splits, attach_cache, attach_transforms, sample_batch
+from ..models.build import check_input
+from ..parallel import distributed
+
+
+@dataclass
+class RunSetup:
+    """Everything a recipe builds before the first step: what training and evaluation run on."""
+
+    recipe: Recipe
+    device: torch.device
+    dtype: torch.dtype | None  # autocast precision; None for fp32
+    splits: Splits
+    preprocessing: Preprocessing
+    model: nn.Module
+    loss_fn: nn.Module
+    optimizer: torch.optim.Optimizer | None = None  # None when only evaluating
+    groups: list[dict] | None = None
+    class_weights: list[float] | None = None  # the loss's, from loss.class_weights
+    augmentation: Augmentation | None = None  # training's, resolved from data.augment and the model
+    cache: str = "none"  # the image cache in use (data.cache), in words
+
+    def batches(self, split: Split, training: bool = False) -> Batches:
+        data = self.recipe.data
+        return Batches(
+            split,
+            data.batch_size if training else data.eval_batch_size,
+            self.device,
+            self.preprocessing,
+            shuffle=training,
+            seed=self.recipe.train.seed,
+            num_workers=data_workers(data),
+            channels_last=self.recipe.train.channels_last,
+            balanced=training and data.sampler == "balanced",
+            augmentation=self.augmentation if training else None,
+        )
+
+
+def data_workers(data: recipes.DataConfig) -> int:
+    """``data.num_workers``, or when the recipe does not say: this node's CPUs shared by its ranks, at most 8."""
+    if data.num_workers is not None:
+        return data.num_workers
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return max(1, min(8, (os.cpu_count() or 1) // ranks_here))
+
+
+def prepare_data(
+    recipe: Recipe,
+    splits: Splits,
+    preprocessing: Preprocessing,
+    augmentation: Augmentation | None,
+    model: nn.Module,
+    device: torch.device,
+    progress: bool,
+) -> str:
+    """Ready ``splits`` for ``model`` (moved to ``device`` here, in the recipe's memory format): their
+    transforms attached, a sample batch through the model, the image cache built; the cache in words."""
+    attach_transforms(splits, preprocessing, augmentation)
+    memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
+    model.to(device, memory_format=memory_format)
+    # Before an image cache is built, and before the first step: a model that cannot take the data is one line.
+    inputs = sample_batch(splits.train, preprocessing, device, augmentation, recipe.train.channels_last)
+    check_input(model, inputs, len(splits.label_names), recipe.model.backbone, recipe.data.dataset)
+    workers = data_workers(recipe.data)
+    return attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())

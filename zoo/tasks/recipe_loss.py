@@ -1,0 +1,36 @@
+"""The loss a recipe trains and evaluates with: its plugin, given the class weights the data asks for."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config.schema import Recipe
+from ..data.splits import Splits, class_weights
+from ..errors import ZooError
+from ..plugins import _registry as registry
+
+
+def build_loss(recipe: Recipe, splits: Splits, device: torch.device) -> tuple[nn.Module, list[float] | None]:
+    """The recipe's loss on ``device``, and its class weights (``loss.class_weights``, None without)."""
+    weights = class_weights(recipe.loss.class_weights, splits) if recipe.loss.class_weights else None
+    name, args = recipe.loss.name, recipe.loss.args
+    supplied = {}
+    if weights is not None:
+        if not registry.takes(registry.check("loss", name, args), "weight"):
+            raise ZooError(f"loss.class_weights: loss '{name}' takes no class weights (it has no `weight` "
+                           "parameter); use cross_entropy or nll, or remove loss.class_weights")  # fmt: skip
+        supplied["weight"] = torch.tensor(weights, dtype=torch.float32)
+    loss_fn = registry.instantiate("loss", name, args, **supplied)
+    if (recipe.data.mixup or recipe.data.cutmix) and not takes_soft_targets(loss_fn):
+        raise ZooError(
+            f"data.mixup and data.cutmix mix the labels too, but loss '{name}' takes class indices only; "
+            "use cross_entropy (or a loss plugin that sets `soft_targets = True`)"
+        )
+    return loss_fn.to(device), weights
+
+
+def takes_soft_targets(loss_fn: nn.Module) -> bool:
+    """Whether ``loss_fn`` takes class probabilities as targets: torch's cross-entropy does; a
+    plugin's loss says so with ``soft_targets = True``."""
+    return bool(getattr(loss_fn, "soft_targets", isinstance(loss_fn, nn.CrossEntropyLoss)))

@@ -1,0 +1,98 @@
+"""Finishing a run: the weights it keeps, its test metrics, and on rank 0 the run folder's final files
+(weights, config, plots, model card, and ``results.json`` last: its state marks the folder complete)."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from torch import nn
+
+from .._version import __version__
+from ..config.sources import HubRepo, PluginWeights, RegistryName, WeightSource
+from ..inference.evaluate import evaluate
+from ..inference.prepared import RunSetup
+from ..models.build import exchange_config
+from ..parallel import distributed, fsdp
+from ..parallel.distributed import log
+from ..runs.card import model_card
+from ..runs.folder import RunFolder, RunResults
+from ..runs.plots import write_plots
+from ..sharing import registry as catalog
+from .loop import Trainer
+from .setup import describe_augmentation
+from .trainer_state import check_finite_weights
+
+
+def finish_run(
+    setup: RunSetup, trainer: Trainer, folder: RunFolder, state: str, reason: str, seconds: float
+) -> RunResults:
+    """The run's results (test metrics once finished), and on rank 0 the run folder's final files."""
+    kept = trainer.keep_best()
+    log(f"keeping {kept}")
+    model = trainer.evaluator  # the weights the run keeps (the EMA's, if there is one)
+    check_finite_weights(model)  # never finished with NaN weights, whatever the loss said
+    history, monitor = trainer.history, trainer.monitor
+    best = monitor.best if trainer.keep == "best" else None
+    results = RunResults(
+        state=state,
+        reason=reason,
+        recipe_hash=setup.recipe.hash,
+        epochs=len(history),
+        steps=trainer.step,
+        train_seconds=seconds,
+        monitor=monitor.metric,
+        kept=trainer.keep,
+        kept_epoch=best.epoch if best else (history[-1]["epoch"] if history else None),
+        kept_value=best.value if best else (history[-1].get(monitor.metric) if history else None),
+        stopped_early=trainer.stopped_early,
+        class_weights=setup.class_weights,
+        augmentation=describe_augmentation(setup),
+    )
+    if any("val_accuracy" in record for record in history):
+        results.best_val_accuracy = max(record["val_accuracy"] for record in history if "val_accuracy" in record)
+    if distributed.world_size() > 1:
+        results.world_size = distributed.world_size()
+        results.ranks_agree = distributed.ranks_agree(model)
+        if not results.ranks_agree:
+            raise RuntimeError("the ranks ended with different weights: DDP did not keep them in step")
+    if state == "finished":
+        test = setup.batches(setup.splits.test)
+        results.test = evaluate(model, test, setup.loss_fn, setup.splits.label_names, setup.dtype)
+    weights = fsdp.full_state_dict(model)  # a collective when sharded
+    if distributed.is_main():
+        _write_run(folder, setup, results, trainer, weights)
+    return results
+
+
+def _write_run(
+    folder: RunFolder, setup: RunSetup, results: RunResults, trainer: Trainer, weights: dict[str, torch.Tensor]
+) -> None:
+    recipe, label_names = setup.recipe, setup.splits.label_names
+    metadata = {"label_names": json.dumps(label_names), "recipe_hash": recipe.hash, "format": "pt"}
+    folder.write_weights(weights, metadata)
+    config = exchange_config(setup.model, recipe.model.backbone, label_names, setup.preprocessing)
+    # Files that may be shared hold the recipe without this machine's paths; recipe.toml keeps them.
+    config["zoo"] = {"version": __version__, "recipe_hash": recipe.hash, "recipe": recipe.shareable().to_dict()}
+    folder.write_config(config)
+    plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.test)
+    timm_architecture = config["architecture"] if hasattr(setup.model, "pretrained_cfg") else None
+    hub_dataset = getattr(setup.splits.train.dataset, "hub_dataset", None)
+    card = model_card(
+        recipe.shareable(), results, plots, base_model(recipe.model.pretrained, setup.model), timm_architecture,
+        hub_dataset,
+    )  # fmt: skip
+    folder.write_model_card(card)
+    folder.write_results(results)  # last: its state marks the folder complete
+
+
+def base_model(source: WeightSource, model: nn.Module) -> str | None:
+    """The Hub repo the weights started from, for the model card (None when not from the Hub)."""
+    if isinstance(source, HubRepo):
+        return source.repo
+    if isinstance(source, RegistryName):
+        pinned = catalog.entry(source.name).sources.hub
+        return pinned.repo if pinned else None
+    if isinstance(source, PluginWeights):
+        return getattr(model, "pretrained_cfg", {}).get("hf_hub_id")
+    return None

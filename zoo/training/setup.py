@@ -1,0 +1,135 @@
+"""Setting a recipe up for training: seeds, device, data, model (from its pretrained source), loss, optimiser.
+
+``build_run`` turns a recipe into the ``RunSetup`` that ``Trainer`` trains; ``zoo run``,
+``--dry-run`` and ``--resume`` all start from it (``print_setup`` says what it built).
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..config.schema import Recipe
+from ..config.sources import WeightSource
+from ..data import augment
+from ..data.preprocessing import Preprocessing
+from ..data.splits import Splits, data_input, is_in_memory, load_splits, resolve_preprocessing, tensor_shape
+from ..errors import ZooError
+from ..inference.prepared import RunSetup, prepare_data
+from ..models import freeze
+from ..models.build import build_model
+from ..parallel import distributed, fsdp
+from ..parallel.device import autocast_dtype, resolve_device
+from ..parallel.device import configure as configure_backends
+from ..parallel.distributed import log
+from ..tasks.recipe_loss import build_loss
+from .optim import build_optimizer, default_weight_decay
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None = None) -> RunSetup:
+    """Set up ``recipe`` for training, its model's weights from ``source`` (as ``runner.resolve_source``
+    resolves the recipe's ``model.pretrained``; by default that setting as it is)."""
+    source = recipe.model.pretrained if source is None else source
+    seed_everything(recipe.train.seed)
+    device = distributed.setup(resolve_device(recipe.train.device))
+    configure_backends(device, recipe.train.deterministic)
+    splits = distributed.agreed(lambda: load_splits(recipe.data, recipe.train.seed))
+    model, preprocessing = distributed.agreed(lambda: _new_model(recipe, splits, source))
+    augmentation = augment.resolve(recipe.data, model, splits.train.dataset, on_tensors=not splits.images)
+    if recipe.train.sync_bn and distributed.world_size() > 1:
+        if device.type != "cuda":
+            raise ZooError(
+                "train.sync_bn = true needs GPUs (SyncBatchNorm has no CPU kernel); on the CPU the ranks "
+                "share rank 0's BatchNorm statistics after every epoch: leave sync_bn out"
+            )
+        model = distributed.sync_batchnorm(model)
+    cache = prepare_data(recipe, splits, preprocessing, augmentation, model, device, progress)
+    if recipe.train.strategy == "fsdp" and distributed.world_size() > 1:
+        fsdp.shard(model)  # before the optimiser, which must hold the sharded parameters
+    loss_fn, weights = build_loss(recipe, splits, device)
+    dtype = autocast_dtype(recipe.train.precision, device)
+    setup = RunSetup(
+        recipe, device, dtype, splits, preprocessing, model, loss_fn,
+        class_weights=weights, augmentation=augmentation, cache=cache,
+    )  # fmt: skip
+    optim = recipe.optim
+    weight_decay = default_weight_decay(optim)
+    setup.groups = freeze.param_groups(model, optim.lr, optim.backbone_lr_mult, recipe.train.layer_decay, weight_decay)
+    if not setup.groups:
+        raise ZooError("model.freeze freezes every parameter: nothing would train; unfreeze the head at least")
+    setup.optimizer = build_optimizer(optim, setup.groups, device)
+    return setup
+
+
+def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn.Module, Preprocessing]:
+    num_classes = recipe.model.head.num_classes or len(splits.label_names)
+    if num_classes != len(splits.label_names):
+        raise ZooError(
+            f"model.head.num_classes = {num_classes}, but data.classes selects {len(splits.label_names)} "
+            "classes; make them agree or leave num_classes out"
+        )
+    seed_everything(recipe.train.seed)  # the same initial weights whatever ran before
+    model, loaded = build_model(
+        recipe.model.model_copy(update={"pretrained": source}), splits.label_names, data_input(recipe.data, splits)
+    )
+    if loaded:
+        log(loaded)
+    preprocessing = resolve_preprocessing(recipe.data, model, splits)
+    freeze.apply(model, recipe.model.freeze)
+    return model, preprocessing
+
+
+def describe_augmentation(setup: RunSetup) -> str:
+    augmentation = setup.augmentation
+    on_device = not setup.splits.images or setup.splits.train.decoded is not None
+    return augmentation.describe(on_device) if augmentation else "none"
+
+
+def print_setup(setup: RunSetup) -> None:
+    recipe, splits = setup.recipe, setup.splits
+    val = len(splits.val) if splits.val is not None else 0
+    log(
+        f"{recipe.name}: {recipe.model.backbone} on {recipe.data.dataset} "
+        f"({len(splits.label_names)} classes: {', '.join(splits.label_names)})"
+    )
+    size = tuple(setup.preprocessing.input_size)
+    own = None if splits.images else tensor_shape(splits.train.dataset)
+    why = "data.image_size" if recipe.data.image_size else f"the size {recipe.model.backbone} is built for"
+    resized = f", resized from {own} ({why})" if own and own != size else ""
+    log(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {size}{resized}")
+    precision = str(setup.dtype).removeprefix("torch.") if setup.dtype else "fp32"
+    ranks = distributed.world_size()
+    batch = f"batch {recipe.data.batch_size}" + (
+        f" per rank x {ranks} ranks = {recipe.data.batch_size * ranks} global ({recipe.train.strategy})"
+        if ranks > 1
+        else ""
+    )
+    log(f"device: {setup.device} ({precision}), {batch}, {recipe.optim.name} lr {recipe.optim.lr:g}")
+    log(f"augmentation ({recipe.data.augment}): {describe_augmentation(setup)}")
+    if splits.images:
+        log(f"image cache: {setup.cache}")
+    elif recipe.data.cache not in (None, "none") and distributed.is_main():  # a setting that does nothing says so
+        why = "are tensors held in memory already" if is_in_memory(splits.train.dataset) else "are tensors, not files"
+        print(
+            f'zoo: warning: data.cache = "{recipe.data.cache}" does nothing: the images of dataset '
+            f"'{recipe.data.dataset}' {why}; remove data.cache",
+            file=sys.stderr,
+            flush=True,
+        )
+    if setup.class_weights:
+        log(f"class weights: {', '.join(f'{weight:.3g}' for weight in setup.class_weights)}")
+    rows = freeze.summary(setup.model, setup.groups or [])
+    width = max(len(row[0]) for row in rows)
+    log(f"{'group':<{width}}  {'tensors':>7}  {'parameters':>12}  lr")
+    for name, tensors, count, lr in rows:
+        log(f"{name:<{width}}  {tensors:>7}  {count:>12,}  {lr}")
