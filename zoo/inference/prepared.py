@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import recipe as recipes
-from ..config.schema import Recipe
+from ..config.schema import DataConfig, Recipe
 from ..data.augment import Augmentation
 from ..data.preprocessing import Preprocessing
 from ..data.splits import Batches, Split, Splits, attach_cache, attach_transforms, sample_batch
@@ -54,7 +53,7 @@ class RunSetup:
         )
 
 
-def data_workers(data: recipes.DataConfig) -> int:
+def data_workers(data: DataConfig) -> int:
     """``data.num_workers``, or when the recipe does not say: this node's CPUs shared by its ranks, at most 8."""
     if data.num_workers is not None:
         return data.num_workers

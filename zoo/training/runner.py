@@ -17,7 +17,7 @@ from pathlib import Path
 from .. import _files
 from .. import _locking as locking
 from ..config import recipe as recipes
-from ..config.schema import Recipe
+from ..config.schema import OutputConfig, Recipe
 from ..config.sources import WeightSource
 from ..errors import ZooError
 from ..inference.prepared import RunSetup
@@ -151,9 +151,7 @@ def _cached_recipe_run(path: Path, progress: bool, dry_run: bool) -> RunFolder |
         staging = _files.staging_folder(cached.path) if main else None
         staging = distributed.from_main(staging)
         try:
-            result = run(
-                source.model_copy(update={"output": recipes.OutputConfig(dir=str(staging))}), progress=progress
-            )
+            result = run(source.model_copy(update={"output": OutputConfig(dir=str(staging))}), progress=progress)
             if result.results.state != "finished":
                 raise ZooError(f"pretraining recipe {path} did not finish ({result.results.state})")
             if main:
