@@ -1,7 +1,9 @@
 """The built-in ``jsonl`` logger: metrics.jsonl, one JSON object a line for each epoch.
 
 Each line is ``{"epoch": ..., "step": ..., **metrics}``, and the whole file is rewritten
-atomically after each epoch. zoo always writes it: nothing reads a run's history elsewhere.
+atomically after each epoch (by ``RunFolder.write_metrics``). zoo always writes it, whatever else
+the recipe's ``log.to`` names. A resumed run keeps the file's lines up to its checkpoint's step, so
+a run folder whose metrics.jsonl was deleted keeps only the epochs trained after the resume.
 """
 
 from __future__ import annotations
