@@ -17,9 +17,12 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
+    from .training.loggers.base import MetricLogger
+
 register_model = partial(registry.register, "model")
 register_dataset = partial(registry.register, "dataset")
 register_loss = partial(registry.register, "loss")
+register_logger = partial(registry.register, "logger")
 
 
 def _names(kind: registry.Kind, pattern: str | None) -> list[str]:
@@ -41,6 +44,11 @@ def list_losses(pattern: str | None = None) -> list[str]:
     return _names("loss", pattern)
 
 
+def list_loggers(pattern: str | None = None) -> list[str]:
+    """Names of the logger plugins, optionally filtered by a glob pattern."""
+    return _names("logger", pattern)
+
+
 def create_model(name: str, **args: Any) -> nn.Module:
     """A backbone from the model plugin ``name``: ``forward(x)`` gives ``(B, num_features)``."""
     return registry.get("model", name).load()(**args)
@@ -54,6 +62,11 @@ def create_dataset(name: str, root: str | Path, split: str = "train", **args: An
 def create_loss(name: str, **args: Any) -> nn.Module:
     """A loss module from the loss plugin ``name``, called as ``loss(logits, targets)``."""
     return registry.get("loss", name).load()(**args)
+
+
+def create_logger(name: str, **args: Any) -> MetricLogger:
+    """A metric logger from the logger plugin ``name`` (see ``zoo.training.loggers.base.MetricLogger``)."""
+    return registry.get("logger", name).load()(**args)
 
 
 def load(run_folder: str | Path) -> nn.Module:
@@ -70,13 +83,16 @@ __all__ = [
     "ZooError",
     "__version__",
     "create_dataset",
+    "create_logger",
     "create_loss",
     "create_model",
     "list_datasets",
+    "list_loggers",
     "list_losses",
     "list_models",
     "load",
     "register_dataset",
+    "register_logger",
     "register_loss",
     "register_model",
 ]

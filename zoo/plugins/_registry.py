@@ -1,7 +1,7 @@
-"""The plugin registry: models, datasets and losses found through Python entry points.
+"""The plugin registry: models, datasets, losses and loggers found through Python entry points.
 
 Every plugin, built-in or third-party, is an entry point in one of the groups in ``GROUPS``
-(``zoo.models``, ``zoo.datasets``, ``zoo.losses``). Listing reads entry-point metadata and the
+(``zoo.models``, ``zoo.datasets``, ``zoo.losses``, ``zoo.loggers``). Listing reads entry-point metadata and the
 plugin's source text only; no plugin module is imported until the plugin is used, so a broken
 plugin cannot break ``zoo list``. In-process registrations (``@register_model`` in a notebook or
 a test) live in the same registry under the provider name ``local``.
@@ -34,8 +34,13 @@ from typing import Any, Literal, Protocol, TypeVar
 
 from ..errors import ZooError, did_you_mean
 
-Kind = Literal["model", "dataset", "loss"]
-GROUPS: dict[Kind, str] = {"model": "zoo.models", "dataset": "zoo.datasets", "loss": "zoo.losses"}
+Kind = Literal["model", "dataset", "loss", "logger"]
+GROUPS: dict[Kind, str] = {
+    "model": "zoo.models",
+    "dataset": "zoo.datasets",
+    "loss": "zoo.losses",
+    "logger": "zoo.loggers",
+}
 LOCAL = "local"
 NAMESPACE_SUFFIX = "/*"
 
@@ -212,12 +217,18 @@ def _member(namespace: Plugin, name: str) -> Plugin:
     return Plugin(namespace.kind, name, namespace.provider, namespace.version, namespace.target, factory)
 
 
-# The recipe keys that name each kind's plugin and its arguments, for error messages.
+# The recipe keys that name each kind's plugin and its arguments, for error messages. Each logger
+# has its own table of arguments, named after it (``[log.csv]``).
 RECIPE_KEYS: dict[Kind, tuple[str, str]] = {
     "model": ("model.backbone", "model.args"),
     "dataset": ("data.dataset", "data.args"),
     "loss": ("loss.name", "loss.args"),
+    "logger": ("log.to", "log.{name}"),
 }
+
+
+def _args_key(kind: Kind, name: str) -> str:
+    return RECIPE_KEYS[kind][1].format(name=name)
 
 
 def check(kind: Kind, name: str, args: Mapping[str, Any], where: str = "", positional: int = 0) -> Callable:
@@ -226,7 +237,7 @@ def check(kind: Kind, name: str, args: Mapping[str, Any], where: str = "", posit
     Errors name the recipe key, after ``where`` (the recipe file or run folder) when given.
     ``positional`` counts the leading parameters that zoo passes itself (a dataset's root and split).
     """
-    name_key, args_key = RECIPE_KEYS[kind]
+    name_key, args_key = RECIPE_KEYS[kind][0], _args_key(kind, name)
     origin = f"{where}: " if where else ""
     try:
         factory = get(kind, name).load()
@@ -249,7 +260,7 @@ def instantiate(kind: Kind, name: str, args: Mapping[str, Any], where: str = "",
         return factory(*leading, **args, **supplied)
     except (ValueError, TypeError) as exc:
         origin = f"{where}: " if where else ""
-        raise ZooError(f"{origin}{RECIPE_KEYS[kind][1]}: {name} rejected its arguments: {exc}") from exc
+        raise ZooError(f"{origin}{_args_key(kind, name)}: {name} rejected its arguments: {exc}") from exc
 
 
 def check_args(factory: Callable, args: Mapping[str, Any], key: str, positional: int = 0) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def test_entry_points_are_found_under_this_distribution() -> None:
     from zoo.plugins import _registry as registry
 
     registry.refresh()
-    for kind, name in (("model", "tiny_mlp"), ("dataset", "shapes"), ("loss", "poly1")):
+    for kind, name in (("model", "tiny_mlp"), ("dataset", "shapes"), ("loss", "poly1"), ("logger", "csv")):
         assert registry.get(kind, name).provider == "zoo-shapes"
 
 
@@ -52,6 +53,34 @@ def test_poly1_is_cross_entropy_plus_epsilon_times_one_minus_p() -> None:
     assert zoo.create_loss("poly1", epsilon=0.0)(logits, targets).item() == pytest.approx(ce.item())
     expected = ce + 2.0 * (1 - p_true).mean()
     assert zoo.create_loss("poly1", epsilon=2.0)(logits, targets).item() == pytest.approx(expected.item())
+
+
+def csv_rows(path: Path) -> list[list[str]]:
+    with path.open(newline="") as file:
+        return list(csv.reader(file))
+
+
+def test_csv_logger_writes_a_row_per_metric_and_replaces_what_a_resume_logs_again(tmp_path: Path) -> None:
+    logger = zoo.create_logger("csv")
+    logger.start({"name": "shapes"}, tmp_path, 0)
+    logger.log({"train_loss": 0.5}, 5)
+    logger.log({"train_loss": 0.25, "val_accuracy": 0.75}, 10, epoch=1)
+    logger.log({"train_loss": 0.125}, 15)
+    logger.finish({"state": "interrupted"}, [])
+    header, *rows = csv_rows(tmp_path / "metrics.csv")
+    assert header == ["step", "epoch", "name", "value"]
+    assert rows == [["5", "", "train_loss", "0.5"], ["10", "1", "train_loss", "0.25"],
+                    ["10", "1", "val_accuracy", "0.75"], ["15", "", "train_loss", "0.125"]]  # fmt: skip
+
+    resumed = zoo.create_logger("csv")  # from the checkpoint at step 10: step 15 is trained again
+    resumed.start({"name": "shapes"}, tmp_path, 10)
+    resumed.log({"train_loss": 0.0625}, 15)
+    assert csv_rows(tmp_path / "metrics.csv")[1:] == [*rows[:3], ["15", "", "train_loss", "0.0625"]]
+
+
+def test_csv_logger_refuses_a_file_outside_the_run_folder() -> None:
+    with pytest.raises(ValueError, match="inside the run folder"):
+        zoo.create_logger("csv", filename="../metrics.csv")
 
 
 def test_the_plugin_recipe_trains_well_above_chance(tmp_path: Path) -> None:

@@ -1,0 +1,223 @@
+"""The logger seam: metrics.jsonl and TensorBoard behind ``zoo.loggers``, the fan-out, and every logger's contract."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import BROKEN_MODULE, RECIPES, make_distribution
+
+import zoo
+from zoo.config import recipe as recipes
+from zoo.errors import ZooError
+from zoo.plugins import _registry as registry
+from zoo.runs.folder import RunFolder
+from zoo.training.loggers.base import MetricLogger
+from zoo.training.loggers.fan_out import Loggers, create_loggers
+from zoo.training.loggers.jsonl import JsonlLogger
+from zoo.training.loggers.tensorboard import TensorBoardLogger
+from zoo.training.loop import Trainer
+from zoo.training.runner import build_run
+
+TINY = ["data.classes=[0,1]", "data.per_class=24", "data.val_split=0.2", "data.batch_size=8", "train.precision=fp32"]
+RECIPE = {"name": "tiny", "optim": {"lr": 0.01}}
+
+
+def replay(logger: MetricLogger, history: list[dict[str, Any]]) -> None:
+    """Log each of the loop's epoch records, as the loop will through the seam."""
+    for record in history:
+        metrics = {key: value for key, value in record.items() if key not in ("epoch", "step")}
+        logger.log(metrics, record["step"], record["epoch"])
+
+
+def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_jsonl_and_tensorboard_write_what_the_training_loop_writes(mnist_dir: Path, tmp_path: Path) -> None:
+    recipe = recipes.load(RECIPES / "mnist.toml", [*TINY, "train.epochs=2", "train.tensorboard=true"])
+    trainer = Trainer(build_run(recipe, progress=False), RunFolder(tmp_path / "loop"))
+    assert trainer.fit(progress=False) == ("finished", "")
+    seam = tmp_path / "seam"
+    seam.mkdir()
+    loggers = create_loggers(["tensorboard"], {})
+    loggers.start(recipe.to_dict(), seam, 0)
+    replay(loggers, trainer.history)
+    loggers.finish({"state": "finished"}, [])
+    loop_bytes = (tmp_path / "loop" / RunFolder.METRICS).read_bytes()
+    assert (seam / RunFolder.METRICS).read_bytes() == loop_bytes
+    assert len(loop_bytes.splitlines()) == 2
+    logged = scalars(seam / RunFolder.TENSORBOARD)
+    assert logged == scalars(tmp_path / "loop" / RunFolder.TENSORBOARD)
+    assert [step for step, _ in logged["val/accuracy"]] == [1, 2]
+
+
+def epoch_record(epoch: int, step: int, loss: float) -> dict[str, Any]:
+    return {"epoch": epoch, "step": step, "train_loss": loss, "lr": 0.1, "val_accuracy": 1 - loss}
+
+
+def test_jsonl_resumed_keeps_the_checkpointed_epochs_and_replaces_the_rest(tmp_path: Path) -> None:
+    first = JsonlLogger()
+    first.start(RECIPE, tmp_path, 0)
+    replay(first, [epoch_record(1, 10, 0.5), epoch_record(2, 20, 0.25), epoch_record(3, 30, 0.125)])
+    first.log({"train_loss": 0.3}, 25)  # a mid-epoch record: not an epoch, not in metrics.jsonl
+    lines = (tmp_path / RunFolder.METRICS).read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+    resumed = JsonlLogger()  # killed after epoch 3 was logged, resumed from the checkpoint at the end of epoch 2
+    resumed.start(RECIPE, tmp_path, 20)
+    replay(resumed, [epoch_record(3, 30, 0.0625), epoch_record(4, 40, 0.03125)])
+    again = (tmp_path / RunFolder.METRICS).read_text().splitlines()
+    assert again[:2] == lines[:2]  # byte for byte
+    assert [json.loads(line) for line in again[2:]] == [epoch_record(3, 30, 0.0625), epoch_record(4, 40, 0.03125)]
+
+    fresh = JsonlLogger()  # a new run starts from nothing, whatever the folder held
+    fresh.start(RECIPE, tmp_path, 0)
+    replay(fresh, [epoch_record(1, 5, 0.9)])
+    assert [json.loads(line) for line in (tmp_path / RunFolder.METRICS).read_text().splitlines()] == [
+        epoch_record(1, 5, 0.9)
+    ]
+
+
+def test_tensorboard_logs_mid_epoch_records_against_the_step(tmp_path: Path) -> None:
+    logger = TensorBoardLogger()
+    logger.start(RECIPE, tmp_path, 0)
+    logger.log({"train_loss": 0.5, "lr": 0.1}, 7)
+    logger.log({"train_loss": 0.4}, 10, epoch=1)
+    logger.finish({"state": "finished"}, [])
+    assert scalars(tmp_path / RunFolder.TENSORBOARD) == {
+        "step/train/loss": [(7, 0.5)],
+        "step/lr": [(7, pytest.approx(0.1))],
+        "train/loss": [(1, pytest.approx(0.4))],
+    }
+
+
+def test_tensorboard_missing_is_one_line_before_training(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *rest: None)
+    with pytest.raises(ZooError, match=r"pip install 'zoo\[tensorboard\]'"):
+        create_loggers(["tensorboard"], {})
+
+
+class Recording:
+    def __init__(self, fail_in: str = "") -> None:
+        self.fail_in = fail_in
+        self.calls: list[str] = []
+
+    def _call(self, method: str) -> None:
+        self.calls.append(method)
+        if method == self.fail_in:
+            raise ConnectionError("tracking server down")
+
+    def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
+        self._call("start")
+
+    def log(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
+        self._call("log")
+
+    def finish(self, results: Mapping[str, Any], files: Sequence[Path]) -> None:
+        self._call("finish")
+
+
+def drive(loggers: Loggers, run: Path) -> None:
+    loggers.start(RECIPE, run, 0)
+    loggers.log({"train_loss": 0.5}, 1, 1)
+    loggers.log({"train_loss": 0.4}, 2, 2)
+    loggers.finish({"state": "finished"}, [])
+
+
+def test_a_failing_third_party_logger_warns_once_and_the_others_go_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flaky, steady = Recording(fail_in="log"), Recording()
+    drive(Loggers({"jsonl": JsonlLogger(), "flaky": flaky, "steady": steady}), tmp_path)
+    assert flaky.calls == ["start", "log"]  # left out after its failure
+    assert steady.calls == ["start", "log", "log", "finish"]
+    assert len((tmp_path / RunFolder.METRICS).read_text().splitlines()) == 2
+    warnings = capsys.readouterr().err.splitlines()
+    assert warnings == [
+        "zoo: the flaky logger failed in log (ConnectionError: tracking server down); the run goes on without it"
+    ]
+
+
+def test_the_jsonl_logger_and_user_mistakes_are_never_silenced(tmp_path: Path) -> None:
+    with pytest.raises(ConnectionError):
+        drive(Loggers({"jsonl": Recording(fail_in="log")}), tmp_path)
+
+    class Misconfigured(Recording):
+        def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
+            raise ZooError("log.mlflow.tracking_uri: not a URI")
+
+    with pytest.raises(ZooError, match="tracking_uri"):
+        drive(Loggers({"mlflow": Misconfigured()}), tmp_path)
+
+
+def test_loggers_are_chosen_by_name_with_jsonl_always_first() -> None:
+    assert list(create_loggers(["tensorboard", "jsonl", "tensorboard"], {}).active) == ["jsonl", "tensorboard"]
+    with pytest.raises(ZooError, match=r"recipe.toml: log.to: unknown logger 'tensorbord'.*tensorboard"):
+        create_loggers(["tensorbord"], {}, "recipe.toml")
+    with pytest.raises(ZooError, match=r"recipe.toml: log.csv.bogus: not an argument.*filename"):
+        create_loggers(["csv"], {"csv": {"bogus": 1}}, "recipe.toml")
+
+
+def test_list_loggers_holds_the_builtins_and_the_example_plugin() -> None:
+    assert {"jsonl", "tensorboard", "csv"} <= set(zoo.list_loggers())
+    assert registry.get("logger", "jsonl").provider == "zoo"
+    assert registry.get("logger", "tensorboard").provider == "zoo"
+    assert registry.get("logger", "csv").provider == "zoo-shapes"
+    assert all(p.description for p in registry.plugins("logger"))
+
+
+def test_a_logger_registered_in_process_is_created_by_name() -> None:
+    @zoo.register_logger("recording")
+    def recording() -> Recording:
+        """Records what it was told."""
+        return Recording()
+
+    try:
+        assert "recording" in zoo.list_loggers()
+        assert isinstance(zoo.create_logger("recording"), Recording)
+    finally:
+        registry.unregister("logger", "recording")
+
+
+def test_a_broken_logger_plugin_is_listed_reported_and_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    site = make_distribution(
+        tmp_path / "site", "broken-plugin", {"zoo.loggers": {"broken_log": "broken_plugin:net"}}, BROKEN_MODULE
+    )
+    monkeypatch.syspath_prepend(str(site))
+    registry.refresh()
+    assert "broken_log" in zoo.list_loggers()
+    results = {p.name: error for p, error in registry.load_all("logger")}
+    assert "plugin is broken on purpose" in str(results["broken_log"])
+    assert results["jsonl"] is None and results["tensorboard"] is None
+    with pytest.raises(ZooError, match="log.to: logger plugin 'broken_log' from broken-plugin.*failed to load"):
+        create_loggers(["broken_log"], {})
+
+
+def files_under(folder: Path) -> set[Path]:
+    return {path for path in folder.rglob("*") if path.is_file()}
+
+
+@pytest.mark.parametrize("name", sorted({p.name for p in registry.plugins("logger")}))
+def test_every_logger_plugin_keeps_the_logger_contract(name: str, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RunFolder.RESULTS).write_text('{"state": "finished"}')
+    outside = files_under(tmp_path) - files_under(run)
+    for resume_step in (0, 20):  # a new run, then the same run resumed
+        logger = registry.instantiate("logger", name, {})
+        assert isinstance(logger, MetricLogger), f"logger {name} lacks start, log or finish"
+        logger.start(RECIPE, run, resume_step)
+        logger.log({"train_loss": 0.5, "lr": 0.01}, 10)
+        logger.log({"train_loss": 0.4, "val_accuracy": 0.9, "images_per_second": 1e3}, 20, 1)
+        logger.log({"train_loss": 0.3, "val_accuracy": 0.95, "images_per_second": 1e3}, 40, 2)
+        logger.finish({"state": "finished", "test": {"accuracy": 0.9}}, [run / RunFolder.RESULTS])
+    assert files_under(tmp_path) - files_under(run) == outside, f"logger {name} wrote outside the run folder"
