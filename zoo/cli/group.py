@@ -46,8 +46,8 @@ class ZooGroup(click.Group):
 def cli(verbose: bool) -> None:
     """zoo: a plugin-based model zoo and fine-tuning registry for PyTorch.
 
-    Models, datasets and losses are plugins found through Python entry points; recipes (TOML
-    files) put them together into a fine-tuning run.
+    Models, datasets, losses and loggers are plugins found through Python entry points; recipes
+    (TOML files) put them together into a fine-tuning run.
 
     \b
     Quick start:

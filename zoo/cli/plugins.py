@@ -11,7 +11,7 @@ from ..errors import ZooError
 from ..plugins import _registry as registry
 from .group import print_table
 
-KIND_CHOICES = {"models": "model", "datasets": "dataset", "losses": "loss"}
+KIND_CHOICES = {"models": "model", "datasets": "dataset", "losses": "loss", "loggers": "logger"}
 
 
 @click.command("list")

@@ -255,6 +255,8 @@ def check_plugins(recipe: Recipe, path: Path) -> None:
     factory = registry.check("model", recipe.model.backbone, recipe.model.args, origin)
     registry.check("dataset", recipe.data.dataset, recipe.data.args, origin, positional=2)  # root, split
     registry.check("loss", recipe.loss.name, recipe.loss.args, origin)
+    for name in recipe.logger_names():
+        registry.check("logger", name, recipe.log.arguments().get(name, {}), origin)
     if isinstance(recipe.model.pretrained, sources.PluginWeights) and not registry.takes(factory, "pretrained"):
         raise ZooError(
             f"{path}: model.pretrained: {recipe.model.backbone} has no weights of its own (its factory takes no "

@@ -280,7 +280,9 @@ class TrainConfig(_Section):
     log_every: Size = Field(50, description="optimiser steps between progress-bar loss updates")
     checkpoint_every: Size | None = Field(None, description="also checkpoint every this many optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="how many checkpoints stay in the run folder")
-    tensorboard: bool = Field(False, description="also log to RUN/tensorboard (needs the zoo[tensorboard] extra)")
+    tensorboard: bool = Field(
+        False, description="also log to RUN/tensorboard, as log.to = ['tensorboard'] (needs zoo[tensorboard])"
+    )
     layer_decay: float | None = Field(
         None,
         gt=0.0,
@@ -291,6 +293,32 @@ class TrainConfig(_Section):
 
 class OutputConfig(_Section):
     dir: str | None = Field(None, description="the run folder; default runs/<name>-<timestamp>")
+
+
+class LogConfig(_Section):
+    """Where metrics go besides the terminal and RUN/metrics.jsonl, which is always written.
+
+    ``[log.NAME]`` tables hold each logger's arguments (``[log.csv] filename = "..."``).
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
+
+    to: list[str] = Field(
+        [], description="loggers besides metrics.jsonl: 'tensorboard' or any zoo.loggers plugin (zoo list loggers)"
+    )
+
+    @model_validator(mode="after")
+    def _tables_name_loggers(self) -> LogConfig:
+        for name, table in self.arguments().items():
+            if not isinstance(table, dict):
+                raise ValueError(f"log.{name} must be a table of the {name} logger's arguments")
+            if name not in self.to:
+                raise ValueError(f"[log.{name}] sets arguments of a logger that log.to does not name: add {name!r}")
+        return self
+
+    def arguments(self) -> dict[str, Any]:
+        """Each named logger's ``[log.NAME]`` table."""
+        return dict(self.model_extra or {})
 
 
 class Recipe(_Section):
@@ -309,6 +337,7 @@ class Recipe(_Section):
     schedule: ScheduleConfig = ScheduleConfig()
     train: TrainConfig = TrainConfig()
     output: OutputConfig = OutputConfig()
+    log: LogConfig = LogConfig()
 
     @model_validator(mode="after")
     def _settings_agree(self) -> Recipe:
@@ -334,10 +363,15 @@ class Recipe(_Section):
         return self.model_copy(
             update={
                 "output": OutputConfig(),
+                "log": LogConfig(),  # tracking servers and projects are this machine's or this team's
                 "data": self.data.model_copy(update={"root": None}),
                 "model": self.model.model_copy(update={"pretrained": source}),
             }
         )
+
+    def logger_names(self) -> list[str]:
+        """The loggers besides metrics.jsonl's: ``log.to``, and TensorBoard for ``train.tensorboard``."""
+        return list(dict.fromkeys([*self.log.to, *(["tensorboard"] if self.train.tensorboard else [])]))
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True, exclude={"extends"})
@@ -347,8 +381,8 @@ class Recipe(_Section):
 
     @property
     def hash(self) -> str:
-        """sha256 of what determines the trained weights (everything but the output folder)."""
-        settings = {key: value for key, value in self.to_dict().items() if key != "output"}
+        """sha256 of what determines the trained weights (everything but the output folder and the loggers)."""
+        settings = {key: value for key, value in self.to_dict().items() if key not in ("output", "log")}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -61,13 +62,15 @@ def finish_run(
         results.test = evaluate(model, test, setup.loss_fn, setup.splits.label_names, setup.dtype)
     weights = fsdp.full_state_dict(model)  # a collective when sharded
     if distributed.is_main():
-        _write_run(folder, setup, results, trainer, weights)
+        files = _write_run(folder, setup, results, trainer, weights)
+        trainer.loggers.finish(results.model_dump(exclude_none=True), files)
     return results
 
 
 def _write_run(
     folder: RunFolder, setup: RunSetup, results: RunResults, trainer: Trainer, weights: dict[str, torch.Tensor]
-) -> None:
+) -> list[Path]:
+    """Write the run folder's final files; returns those worth keeping beside a tracker's run."""
     recipe, label_names = setup.recipe, setup.splits.label_names
     metadata = {"label_names": json.dumps(label_names), "recipe_hash": recipe.hash, "format": "pt"}
     folder.write_weights(weights, metadata)
@@ -84,6 +87,7 @@ def _write_run(
     )  # fmt: skip
     folder.write_model_card(card)
     folder.write_results(results)  # last: its state marks the folder complete
+    return [folder.file(name) for name in (RunFolder.RESULTS, RunFolder.MODEL_CARD, *plots)]
 
 
 def base_model(source: WeightSource, model: nn.Module) -> str | None:

@@ -13,13 +13,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..errors import ZooError
 from ..inference.evaluate import evaluate
 from ..inference.prepared import RunSetup
 from ..models import freeze
 from ..parallel import distributed, fsdp
 from ..parallel.distributed import log
 from ..runs.folder import RunFolder, State
+from .loggers.fan_out import Loggers, create_loggers
 from .monitor import Monitor
 from .optim import lr_factor, set_lr
 from .stopping import StopRequests, stopping_on_signals
@@ -50,6 +50,9 @@ class Trainer(TrainerState):
         self.device = setup.device
         self.dtype = setup.dtype
         self.folder = folder
+        # Rank 0 alone logs: the other ranks talk to no logger at all.
+        names, arguments = self.recipe.logger_names(), self.recipe.log.arguments()
+        self.loggers = create_loggers(names, arguments) if distributed.is_main() else Loggers({})
         self.sharded = fsdp.is_sharded(self.model)  # sharded by build_run (train.strategy = "fsdp")
         self.forward = self._wrap(self.model)
         self.ema = _ema(self.model, self.config.ema, self.config.ema_warmup) if self.config.ema else None
@@ -130,21 +133,18 @@ class Trainer(TrainerState):
         Returns the run's state and why: ("finished", "" or the early stop) or ("interrupted", reason)
         after Ctrl-C.
         """
-        tensorboard = self._tensorboard() if self.config.tensorboard and distributed.is_main() else None
+        self.loggers.start(self.recipe.to_dict(), self.folder.path, self.step)
         try:
             with stopping_on_signals(self.stops):
-                self._epochs(progress, tensorboard)
+                self._epochs(progress)
         except KeyboardInterrupt:
             how = "Ctrl-C" if self.stops.signal in (None, signal.SIGINT) else signal.Signals(self.stops.signal).name
             reason = f"stopped by {how} in epoch {self.epoch}, after step {self.step}"
             log(f"\n{reason}: saving the run folder")
             return "interrupted", reason
-        finally:
-            if tensorboard:
-                tensorboard.close()
         return "finished", self.monitor.stop_reason() if self.stopped_early else ""
 
-    def _epochs(self, progress: bool, tensorboard: Any) -> None:
+    def _epochs(self, progress: bool) -> None:
         """Train, validate, log and checkpoint each epoch that is left."""
         while self.epoch <= self.config.epochs and not self.done:
             record = self.train_epoch(progress)
@@ -156,14 +156,11 @@ class Trainer(TrainerState):
                 record |= self.validate()
             best = self.monitor.update(record)
             self.history.append(record)
-            if distributed.is_main():
-                self.folder.write_metrics(self.history)
+            # Logged before the checkpoint: a resumed run's metrics.jsonl holds every epoch its checkpoint has.
+            self.loggers.log({key: value for key, value in record.items() if key not in ("epoch", "step")},
+                             record["step"], record["epoch"])  # fmt: skip
             self.save_checkpoint()
             log(_epoch_line(record, self.config.epochs) + (f" (best {self.monitor.metric})" if best else ""))
-            if tensorboard:
-                for key, value in record.items():
-                    if key not in ("epoch", "step"):
-                        tensorboard.add_scalar(key.replace("_", "/", 1), value, record["epoch"])
             if self.monitor.should_stop and not last:
                 self.stopped_early = True
                 log(self.monitor.stop_reason())
@@ -180,13 +177,6 @@ class Trainer(TrainerState):
         if "top5_accuracy" in val:
             record["val_top5_accuracy"] = val["top5_accuracy"]
         return record
-
-    def _tensorboard(self) -> Any:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ModuleNotFoundError:
-            raise ZooError("train.tensorboard = true needs TensorBoard: pip install 'zoo[tensorboard]'") from None
-        return SummaryWriter(str(self.folder.file(RunFolder.TENSORBOARD)))
 
     def train_epoch(self, progress: bool) -> dict[str, Any]:
         """Train the rest of ``self.epoch`` (or up to the last step); the epoch's record."""
@@ -228,7 +218,9 @@ class Trainer(TrainerState):
             self._optimizer_step()
             if self.step % self.config.log_every == 0:  # the loop's only host sync
                 self.check_finite()
-                bar.set_postfix(loss=f"{float(self.loss_sum) / self.seen:.4f}")
+                running = float(self.loss_sum) / self.seen  # this rank's, since the epoch began
+                bar.set_postfix(loss=f"{running:.4f}")
+                self.loggers.log({"train_loss": running, "lr": self.optimizer.param_groups[0]["lr"]}, self.step)
             every = self.config.checkpoint_every
             if every and self.step % every == 0 and self.position < len(self.batches) and not self.done:
                 self.save_checkpoint()

@@ -93,18 +93,20 @@ def _train(setup: RunSetup, folder: RunFolder, latest: Path | None, progress: bo
         state, reason = trainer.fit(progress)
         results = finish_run(setup, trainer, folder, state, reason, time.perf_counter() - started)
     except BaseException as exc:
-        _record_failure(folder, recipe, exc, trainer.step)
+        _record_failure(folder, recipe, exc, trainer)
         raise
     return RunResult(folder.path, results)
 
 
-def _record_failure(folder: RunFolder, recipe: Recipe, exc: BaseException, step: int) -> None:
-    """Mark the run failed in results.json; a failure to do so is noted on the exception, not raised."""
+def _record_failure(folder: RunFolder, recipe: Recipe, exc: BaseException, trainer: Trainer) -> None:
+    """Mark the run failed in results.json and to the loggers; a failure to do so is noted on the exception, not raised."""
     if not distributed.is_main() or isinstance(exc, KeyboardInterrupt):
         return
     try:
         reason = str(distributed.rank_left(exc) or f"{type(exc).__name__}: {exc}")
-        folder.write_results(RunResults(state="failed", reason=reason, recipe_hash=recipe.hash, failed_at_step=step))
+        failed = RunResults(state="failed", reason=reason, recipe_hash=recipe.hash, failed_at_step=trainer.step)
+        folder.write_results(failed)
+        trainer.loggers.finish(failed.model_dump(exclude_none=True), [folder.file(RunFolder.RESULTS)])
     except ZooError as unrecorded:
         exc.add_note(f"(the failure could not be recorded in the run folder: {unrecorded})")
 
@@ -220,12 +222,14 @@ def check_resumable(folder: RunFolder, recipe: Recipe) -> Path:
     except ZooError as exc:
         raise ZooError(f"--resume: {exc}") from None
     differing = [
-        key for key in recipes.differing_keys([saved.to_dict(), recipe.to_dict()]) if key not in RESUMABLE_KEYS
+        key
+        for key in recipes.differing_keys([saved.to_dict(), recipe.to_dict()])
+        if key not in RESUMABLE_KEYS and not key.startswith("log.")
     ]
     if differing:
         raise ZooError(
             f"--resume: the recipe differs from the run in {folder} in {', '.join(differing)}; "
-            "only train.epochs and train.max_steps may change"
+            "only train.epochs, train.max_steps and log.* may change"
         )
     checkpoints = folder.checkpoints
     if not checkpoints:

@@ -8,7 +8,6 @@ a run folder whose metrics.jsonl was deleted keeps only the epochs trained after
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,13 +24,8 @@ class JsonlLogger:
 
     def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
         self._folder = RunFolder(run)
-        path = self._folder.file(RunFolder.METRICS)
         # A resumed run keeps the epochs its checkpoint had finished; those after it train again.
-        if step and path.is_file():
-            earlier = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines())
-            self._records = [record for record in earlier if record["step"] <= step]
-        else:
-            self._records = []
+        self._records = [record for record in self._folder.metrics if record["step"] <= step] if step else []
 
     def log(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
         if epoch is None:  # metrics.jsonl holds epochs only
