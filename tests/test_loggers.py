@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import importlib.util
 import json
 from collections.abc import Mapping, Sequence
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BROKEN_MODULE, RECIPES, make_distribution
+from conftest import BROKEN_MODULE, RECIPES, assert_user_error, make_distribution, zoo_command
 
 import zoo
 from zoo.config import recipe as recipes
@@ -21,7 +22,7 @@ from zoo.training.loggers.fan_out import Loggers, create_loggers
 from zoo.training.loggers.jsonl import JsonlLogger
 from zoo.training.loggers.tensorboard import TensorBoardLogger
 from zoo.training.loop import Trainer
-from zoo.training.runner import build_run
+from zoo.training.setup import build_run
 
 TINY = ["data.classes=[0,1]", "data.per_class=24", "data.val_split=0.2", "data.batch_size=8", "train.precision=fp32"]
 RECIPE = {"name": "tiny", "optim": {"lr": 0.01}}
@@ -42,22 +43,19 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
 
 
-def test_jsonl_and_tensorboard_write_what_the_training_loop_writes(mnist_dir: Path, tmp_path: Path) -> None:
-    recipe = recipes.load(RECIPES / "mnist.toml", [*TINY, "train.epochs=2", "train.tensorboard=true"])
-    trainer = Trainer(build_run(recipe, progress=False), RunFolder(tmp_path / "loop"))
+def test_the_loop_logs_each_epoch_and_every_log_every_steps(mnist_dir: Path, tmp_path: Path) -> None:
+    """metrics.jsonl holds the loop's epoch records byte for byte as zoo always wrote them; TensorBoard
+    plots the epochs against the epoch and the running loss every ``log_every`` steps against the step."""
+    overrides = [*TINY, "train.epochs=2", "train.log_every=2", "train.tensorboard=true"]
+    trainer = Trainer(build_run(recipes.load(RECIPES / "mnist.toml", overrides), progress=False), RunFolder(tmp_path))
     assert trainer.fit(progress=False) == ("finished", "")
-    seam = tmp_path / "seam"
-    seam.mkdir()
-    loggers = create_loggers(["tensorboard"], {})
-    loggers.start(recipe.to_dict(), seam, 0)
-    replay(loggers, trainer.history)
-    loggers.finish({"state": "finished"}, [])
-    loop_bytes = (tmp_path / "loop" / RunFolder.METRICS).read_bytes()
-    assert (seam / RunFolder.METRICS).read_bytes() == loop_bytes
-    assert len(loop_bytes.splitlines()) == 2
-    logged = scalars(seam / RunFolder.TENSORBOARD)
-    assert logged == scalars(tmp_path / "loop" / RunFolder.TENSORBOARD)
+    assert len(trainer.history) == 2
+    written = "".join(json.dumps(record, allow_nan=False) + "\n" for record in trainer.history)
+    assert (tmp_path / RunFolder.METRICS).read_text() == written
+    logged = scalars(tmp_path / RunFolder.TENSORBOARD)
     assert [step for step, _ in logged["val/accuracy"]] == [1, 2]
+    assert logged["train/loss"] == [(r["epoch"], pytest.approx(r["train_loss"])) for r in trainer.history]
+    assert [step for step, _ in logged["step/train/loss"]] == list(range(2, trainer.step + 1, 2))
 
 
 def epoch_record(epoch: int, step: int, loss: float) -> dict[str, Any]:
@@ -221,3 +219,56 @@ def test_every_logger_plugin_keeps_the_logger_contract(name: str, tmp_path: Path
         logger.log({"train_loss": 0.3, "val_accuracy": 0.95, "images_per_second": 1e3}, 40, 2)
         logger.finish({"state": "finished", "test": {"accuracy": 0.9}}, [run / RunFolder.RESULTS])
     assert files_under(tmp_path) - files_under(run) == outside, f"logger {name} wrote outside the run folder"
+
+
+def test_log_settings_leave_the_recipe_hash_and_the_shared_recipe_alone() -> None:
+    plain = recipes.load(RECIPES / "mnist.toml")
+    logged = recipes.load(RECIPES / "mnist.toml", ['log.to=["csv"]', 'log.csv={filename = "m.csv"}'])
+    assert logged.logger_names() == ["csv"] and logged.log.arguments() == {"csv": {"filename": "m.csv"}}
+    assert logged.hash == plain.hash  # --resume and the recipe: cache see the same weights' recipe
+    assert logged.shareable().log.to == []  # a tracker's server or project is not the model's business
+    assert recipes.load(RECIPES / "mnist.toml", ["train.tensorboard=true"]).logger_names() == ["tensorboard"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragments"),
+    [
+        (['log.to=["nope"]'], ("log.to", "nope")),
+        (['log.to=["csv"]', "log.csv={bogus = 1}"], ("log.csv", "bogus")),
+        (['log.csv={filename = "m.csv"}'], ("log.csv", "log.to does not name")),
+    ],
+)
+def test_a_log_table_mistake_is_one_line_before_anything_runs(
+    overrides: list[str], fragments: tuple[str, ...], tmp_path: Path
+) -> None:
+    result = zoo_command("run", str(RECIPES / "mnist.toml"), *overrides, f"output.dir={tmp_path / 'run'}")
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_a_plugin_logger_through_zoo_run_and_resume_with_other_loggers(mnist_dir: Path, tmp_path: Path) -> None:
+    """The example plugin's csv logger, chosen by the recipe, gets every epoch; --resume may change log.to."""
+    run_folder = tmp_path / "run"
+    args = [str(RECIPES / "mnist.toml"), *TINY, "train.epochs=1", f"output.dir={run_folder}"]
+    first = zoo_command("run", *args, 'log.to=["csv"]')
+    assert first.returncode == 0, first.stderr
+    rows = list(csv.DictReader((run_folder / "metrics.csv").open()))
+    assert {row["name"] for row in rows if row["epoch"] == "1"} >= {"train_loss", "val_accuracy", "lr"}
+    again = zoo_command("run", *args[:-2], "train.epochs=2", "--resume", str(run_folder), 'log.to=["tensorboard"]')
+    assert again.returncode == 0, again.stderr
+    assert [record["epoch"] for record in RunFolder(run_folder).metrics] == [1, 2]
+    assert [step for step, _ in scalars(run_folder / RunFolder.TENSORBOARD)["val/accuracy"]] == [2]
+
+
+@pytest.mark.slow
+def test_under_nproc_rank_0_alone_logs(mnist_dir: Path, tmp_path: Path) -> None:
+    run_folder = tmp_path / "run"
+    result = zoo_command(
+        "run", "--nproc", "2", str(RECIPES / "mnist.toml"), *TINY, "train.epochs=1", "train.log_every=1",
+        'log.to=["csv"]', f"output.dir={run_folder}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    rows = list(csv.DictReader((run_folder / "metrics.csv").open()))
+    names = [(row["step"], row["epoch"], row["name"]) for row in rows]
+    assert len(names) == len(set(names)) > 0  # one rank's rows: the other's would repeat every key

@@ -277,7 +277,9 @@ class TrainConfig(_Section):
         "(e.g. 0.999): it is what validation, the best epoch and the run folder use",
     )  # fmt: skip
     ema_warmup: bool = Field(False, description="ramp the EMA decay up over the first steps (timm's warmup)")
-    log_every: Size = Field(50, description="optimiser steps between progress-bar loss updates")
+    log_every: Size = Field(
+        50, description="optimiser steps between the progress bar's loss updates and the loggers' training records"
+    )
     checkpoint_every: Size | None = Field(None, description="also checkpoint every this many optimiser steps")
     keep_checkpoints: int = Field(2, ge=1, le=1000, description="how many checkpoints stay in the run folder")
     tensorboard: bool = Field(
