@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from ..config import recipe as recipes
-from ..data.splits import Batches
+from ..data.batches import Batches
 from ..errors import ZooError
 from ..parallel import distributed, fsdp
 from ..runs.folder import RunFolder

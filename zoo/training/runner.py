@@ -29,21 +29,11 @@ from ..config.recipe import Recipe
 from ..config.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch, WeightSource
 from ..data import augment
 from ..data.augment import Augmentation
+from ..data.batches import Batches, sample_batch
+from ..data.contract import facts
 from ..data.preprocessing import Preprocessing
-from ..data.splits import (
-    Batches,
-    Split,
-    Splits,
-    attach_cache,
-    attach_transforms,
-    class_weights,
-    data_input,
-    is_in_memory,
-    load_splits,
-    resolve_preprocessing,
-    sample_batch,
-    tensor_shape,
-)
+from ..data.splits import Split, Splits, class_weights, data_input, load_splits, tensor_shape
+from ..data.transforms import attach_cache, attach_transforms, resolve_preprocessing
 from ..errors import ZooError
 from ..inference.evaluate import evaluate
 from ..inference.export import drop_exports
@@ -480,7 +470,7 @@ def _write_run(
     folder.write_config(config)
     plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.test)
     timm_architecture = config["architecture"] if hasattr(setup.model, "pretrained_cfg") else None
-    hub_dataset = getattr(setup.splits.train.dataset, "hub_dataset", None)
+    hub_dataset = facts(setup.splits.train.dataset).hub_dataset
     card = model_card(
         recipe.shareable(), results, plots, base_model(recipe.model.pretrained, setup.model), timm_architecture,
         hub_dataset,
@@ -531,7 +521,9 @@ def _print_setup(setup: RunSetup) -> None:
     if splits.images:
         log(f"image cache: {setup.cache}")
     elif recipe.data.cache not in (None, "none") and distributed.is_main():  # a setting that does nothing says so
-        why = "are tensors held in memory already" if is_in_memory(splits.train.dataset) else "are tensors, not files"
+        why = (
+            "are tensors held in memory already" if facts(splits.train.dataset).in_memory else "are tensors, not files"
+        )
         print(
             f'zoo: warning: data.cache = "{recipe.data.cache}" does nothing: the images of dataset '
             f"'{recipe.data.dataset}' {why}; remove data.cache",
