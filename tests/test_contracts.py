@@ -168,6 +168,7 @@ def broken(**parts: Any) -> Tiny:
     [
         (broken(classes=[]), "`classes` must list its label names"),
         (broken(classes="ab"), "`classes` must list its label names"),
+        (broken(classes=[0, 1]), "`classes` must list its label names (a non-empty list of str)"),
         (broken(targets=[0, 1, 0, 2]), "`targets` must hold one label in 0..1 per sample (4)"),
         (broken(targets=[0, 1, 0]), "`targets` must hold one label in 0..1 per sample (4)"),
         (broken(targets=3), "`targets` must be a sequence or tensor of int labels"),

@@ -86,7 +86,12 @@ def check_dataset(name: str, dataset: object) -> DatasetFacts:
     """``dataset``, just made by plugin ``name``, against the whole dataset contract; its facts."""
     broken = _breach(name)
     classes = getattr(dataset, "classes", None)
-    if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
+    if (
+        isinstance(classes, str)
+        or not isinstance(classes, Sequence)
+        or not classes
+        or not all(isinstance(label, str) for label in classes)
+    ):
         raise broken("`classes` must list its label names (a non-empty list of str)")
     try:
         length = len(dataset)  # type: ignore[arg-type]

@@ -95,18 +95,19 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         lambda: tuple(registry.instantiate("dataset", config.dataset, config.args, "", root, split)
                       for split in ("train", "test"))
     )  # fmt: skip
-    train_facts = check_dataset(config.dataset, train_set)
-    check_dataset(config.dataset, test_set)
-    if train_facts.gives_images:
+    gives_images = facts(train_set, config.dataset).gives_images
+    if gives_images:
         train_set.transform = test_set.transform = None  # each split gets its own (attach_transforms)
-    else:
+    for dataset in (train_set, test_set):  # a dataset with a transform of its own is checked without it
+        check_dataset(config.dataset, dataset)
+    if not gives_images:
         misplaced = [key for key in IMAGE_KEYS if getattr(config, key) is not None]
         if misplaced:
             raise ZooError(
                 f"data.{misplaced[0]} applies to image datasets (image_folder); '{config.dataset}' gives tensors "
                 f"normalised its own way: remove data.{misplaced[0]}"
             )
-    names = [str(name) for name in train_set.classes]
+    names = list(train_set.classes)
     selected = select_classes(config.classes, names)
     relabel = torch.full((len(names),), -1, dtype=torch.long)
     relabel[torch.tensor(selected)] = torch.arange(len(selected))
