@@ -214,20 +214,21 @@ def test_facts_of_no_dataset_are_empty() -> None:
     assert facts(None) == DatasetFacts(None, None, None, None, False, None, None, None)
 
 
-class FloatImages(Tiny):
-    """Breaks the contract: ``images`` in floats, which zoo would batch as uint8."""
+class LabelOutOfRange(Tiny):
+    """Breaks the contract: a target beyond its two classes (which zoo would index its relabelling with)."""
 
     def __init__(self, root: Path, split: str) -> None:
         super().__init__(root, split)
-        self.images = torch.rand(4, 1, 2, 2)
+        self.targets = [0, 1, 0, 5]
 
 
 def test_a_broken_third_party_dataset_is_one_line_from_the_cli() -> None:
-    zoo.register_dataset("float_images")(FloatImages)
+    zoo.register_dataset("label_out_of_range")(LabelOutOfRange)
     try:
         result = CliRunner().invoke(
-            cli, ["run", str(RECIPES / "mnist.toml"), "data.dataset=float_images", "data.val_split=0", "--dry-run"]
+            cli,
+            ["run", str(RECIPES / "mnist.toml"), "data.dataset=label_out_of_range", "data.val_split=0", "--dry-run"],
         )
     finally:
-        registry.unregister("dataset", "float_images")
-    assert_user_error(result, "dataset plugin 'float_images' breaks the dataset contract", "`images` must be a uint8")
+        registry.unregister("dataset", "label_out_of_range")
+    assert_user_error(result, "dataset plugin 'label_out_of_range' breaks the dataset contract", "`targets` must hold")
