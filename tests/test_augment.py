@@ -12,8 +12,10 @@ from torch import nn
 
 from zoo.config.schema import DataConfig
 from zoo.data.augment import Augmentation, BatchAugment, resolve
+from zoo.data.batches import Batches
 from zoo.data.preprocessing import Preprocessing
-from zoo.data.splits import Batches, build_transform, load_splits
+from zoo.data.splits import load_splits
+from zoo.data.transforms import build_transform
 from zoo.errors import ZooError
 from zoo.models.mnist_cnn import MnistCNN
 

@@ -20,10 +20,12 @@ from PIL import Image
 
 from zoo.config.schema import DataConfig
 from zoo.data import cache
+from zoo.data.batches import Batches
 from zoo.data.cache import DecodedImages, Layout, ahead, choose, decoded
 from zoo.data.image_folder import ImageFolder
 from zoo.data.preprocessing import Preprocessing
-from zoo.data.splits import Batches, attach_transforms, load_splits
+from zoo.data.splits import load_splits
+from zoo.data.transforms import attach_transforms
 from zoo.errors import ZooError
 
 
@@ -162,7 +164,7 @@ def test_a_moved_folder_keeps_its_cache_and_content_verification_keeps_a_copied_
 
 
 def test_the_recipe_key_cache_verify_names_the_cache_by_content(tmp_path: Path) -> None:
-    from zoo.data.splits import attach_cache
+    from zoo.data.transforms import attach_cache
 
     root = photo_folder(tmp_path / "photos", SIZES)
     preprocessing = Preprocessing((3, 16, 16), (0.5,) * 3, (0.5,) * 3, "bilinear", 1.0)

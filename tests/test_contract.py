@@ -21,7 +21,8 @@ import zoo
 from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.config.recipe import default_data_dir
-from zoo.data.splits import is_image_dataset, tensor_shape
+from zoo.data.contract import facts
+from zoo.data.splits import tensor_shape
 from zoo.plugins import _registry as registry
 from zoo.training.runner import run
 
@@ -73,7 +74,7 @@ def test_every_model_trains_on_every_dataset(model: str, dataset: str, mnist_png
     config = trained(folder, small_run(folder, model, dataset, mnist_png, *MODEL_OPTIONS.get(model, [])))
     test_split = registry.instantiate("dataset", dataset, DATASET_ARGS.get(dataset, {}), "",
                                       mnist_png if dataset == "image_folder" else default_data_dir(), "test")  # fmt: skip
-    if not is_image_dataset(test_split):  # tensors: the model is built for their channels (image files are converted)
+    if not facts(test_split).gives_images:  # tensors: the model is built for their channels (image files are converted)
         channels = tensor_shape(test_split)[0]
         assert config["pretrained_cfg"]["input_size"][0] == channels
         if model.startswith("timm/"):  # timm's stem built for one channel (MNIST, shapes), not its default three

@@ -7,8 +7,9 @@ import torch
 from conftest import NotInMemory
 
 from zoo.config.schema import DataConfig
+from zoo.data.batches import Batches
 from zoo.data.preprocessing import Preprocessing
-from zoo.data.splits import Batches, class_weights, load_splits, select_classes
+from zoo.data.splits import class_weights, load_splits, select_classes
 from zoo.errors import ZooError
 
 MNIST_INPUT = Preprocessing((1, 28, 28), (0.1307,), (0.3081,))
@@ -77,7 +78,7 @@ def test_dataloader_path_for_datasets_not_in_memory(mnist_dir: Path) -> None:
 def test_image_workers_send_uint8_normalised_on_the_device_as_the_float_transform_would(mnist_png: Path) -> None:
     from PIL import Image
 
-    from zoo.data.splits import attach_transforms, build_transform
+    from zoo.data.transforms import attach_transforms, build_transform
 
     config = DataConfig(dataset="image_folder", root=str(mnist_png), classes=[0, 1], val_split=0.0)
     splits = load_splits(config, seed=0)
@@ -130,7 +131,7 @@ def test_a_backbone_from_a_run_brings_its_normalisation_to_new_image_data(mnist_
     from conftest import write_finished_run
 
     from zoo.config.schema import ModelConfig
-    from zoo.data.splits import resolve_preprocessing
+    from zoo.data.transforms import resolve_preprocessing
     from zoo.models.build import build_model
 
     source = write_finished_run(tmp_path / "source")
@@ -150,7 +151,7 @@ def test_augmented_loader_batches_depend_on_seed_epoch_and_position_alone(mnist_
     persistent loader's second pass, and from the middle of an epoch (a resumed run); the global RNG
     (dropout, MixUp, checkpointed) is left as it was."""
     from zoo.data.augment import Augmentation
-    from zoo.data.splits import attach_transforms
+    from zoo.data.transforms import attach_transforms
 
     config = DataConfig(dataset="image_folder", root=str(mnist_png), classes=[0, 1], per_class=12, val_split=0.0)
     splits = load_splits(config, seed=0)

@@ -10,8 +10,9 @@ import torch
 from conftest import NotInMemory
 
 from zoo.config.schema import DataConfig, OptimConfig
+from zoo.data.batches import Batches
 from zoo.data.preprocessing import Preprocessing
-from zoo.data.splits import Batches, load_splits
+from zoo.data.splits import load_splits
 from zoo.errors import ZooError
 from zoo.parallel.device import autocast_dtype, configure, resolve_device
 from zoo.training.optim import build_optimizer

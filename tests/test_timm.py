@@ -22,7 +22,7 @@ import zoo
 from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.config.schema import DataConfig, FreezeConfig, ModelConfig, Recipe
-from zoo.data.splits import image_config
+from zoo.data.transforms import image_config
 from zoo.errors import ZooError
 from zoo.models import freeze
 from zoo.models.build import build_model

@@ -15,7 +15,8 @@ from safetensors import safe_open
 import zoo
 from zoo.cli import cli
 from zoo.config import recipe as recipes
-from zoo.data.splits import Batches, load_splits
+from zoo.data.batches import Batches
+from zoo.data.splits import load_splits
 from zoo.errors import ZooError
 from zoo.inference.evaluate import evaluate
 from zoo.runs.folder import RunFolder

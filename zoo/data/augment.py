@@ -9,7 +9,7 @@ has the last word, as it knows what keeps its labels), then the recipe's own key
 
 - image datasets (PIL images, e.g. ``image_folder``): timm's ``create_transform`` in the
   DataLoader workers, after a torchvision ``RandomAffine`` when rotation or shifts are asked for,
-  seeded per sample (``zoo.data.splits.SeededSamples``);
+  seeded per sample (``zoo.data.batches.SeededSamples``);
 - in-memory uint8 datasets (e.g. ``mnist``) and image folders read from their decoded cache
   (``zoo/cache.py``): ``BatchAugment``, one random affine per image (crop area and ratio, flip,
   rotation, shift) and colour jitter, batched on the device; auto-augment needs PIL images.
@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from ..config.schema import DataConfig
 from ..errors import ZooError
+from .contract import facts
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ def resolve(config: DataConfig, model: object, dataset: object, on_tensors: bool
     """The training augmentation for ``config``, ``model`` and ``dataset`` (None for ``data.augment = "none"``)."""
     if config.augment == "none":
         return None
-    declared = declared_by(model, "model") | declared_by(dataset, "dataset")
+    declared = declared_by(model) | _checked(facts(dataset).augmentation, "dataset")
     given = {key: getattr(config, key) for key in RECIPE_KEYS if getattr(config, key) is not None}
     settings = asdict(Augmentation()) | PRESETS[config.augment] | declared | given
     augmentation = Augmentation(**{key: tuple(v) if isinstance(v, list) else v for key, v in settings.items()})
@@ -85,9 +86,14 @@ def resolve(config: DataConfig, model: object, dataset: object, on_tensors: bool
     return augmentation
 
 
-def declared_by(plugin: object, kind: str) -> dict[str, Any]:
-    """The ``augmentation`` a model or dataset plugin declares (for a model, on zoo's backbone inside it too)."""
-    declared = getattr(plugin, "augmentation", None) or getattr(getattr(plugin, "backbone", None), "augmentation", None)
+def declared_by(model: object) -> dict[str, Any]:
+    """The ``augmentation`` a model declares, itself or zoo's backbone inside it."""
+    declared = getattr(model, "augmentation", None) or getattr(getattr(model, "backbone", None), "augmentation", None)
+    return _checked(declared, "model")
+
+
+def _checked(declared: object, kind: str) -> dict[str, Any]:
+    """The ``augmentation`` a ``kind`` plugin declares, once its keys are Augmentation's."""
     if not declared:
         return {}
     known = {field.name for field in fields(Augmentation)}

@@ -44,6 +44,8 @@ from .. import _locking as locking
 from ..config.recipe import cache_dir
 from ..errors import ZooError, from_worker
 from ..parallel import distributed
+from .contract import facts
+from .images import image_file
 from .preprocessing import Preprocessing
 
 # data.cache defaults to "disk" up to this many decoded bytes: 8 GiB holds ImageNet-sized folders
@@ -77,17 +79,9 @@ class Layout:
         return self.channels * self.size * self.size
 
 
-def image_files(dataset: Dataset) -> list[str] | None:
-    """The image file of each item of ``dataset`` (torchvision's ``samples`` of (path, label)), or None."""
-    samples = getattr(dataset, "samples", None)
-    if not isinstance(samples, list) or not all(isinstance(s, tuple) and len(s) == 2 for s in samples):
-        return None
-    return [str(path) for path, _ in samples]
-
-
 def choose(setting: str | None, dataset: Dataset, layout: Layout | None, pil_only: bool) -> str:
     """``data.cache`` for ``dataset``: as set (checked), or by default "disk" when a cache can serve it."""
-    files = image_files(dataset)
+    files = facts(dataset).files
     why_not = (
         "the dataset does not list its image files (torchvision's `samples`, as image_folder does)"
         if files is None
@@ -190,7 +184,7 @@ def decoded(
 
     ``verify``: how its files are known unchanged, "stat" or "content" (``data.cache_verify``).
     """
-    files = image_files(dataset)
+    files = facts(dataset).files
     assert files is not None, "choose() allows a cache only for datasets that list their files"
     name = distributed.from_node_main(lambda: _name(files, layout, verify))
     path = cache_dir() / "images" / f"{name}.u8"
@@ -267,8 +261,6 @@ class _Decoding(Dataset):
     def __getitem__(self, index: int) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
-
-        from .splits import image_file
 
         layout = self.layout
         with image_file(Path(self.files[index])) as image:

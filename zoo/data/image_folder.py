@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes
 
 from ..errors import ZooError
-from .splits import image_file
+from .images import image_file
 
 
 class ImageFolder(Dataset):

@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from ..config import recipe as recipes
-from ..data.splits import Batches, load_splits
+from ..data.batches import Batches
+from ..data.splits import load_splits
 from ..errors import ZooError
 from ..models.build import load_run
 from ..parallel import distributed, fsdp

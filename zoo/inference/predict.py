@@ -15,8 +15,9 @@ from typing import Any, Literal
 import torch
 
 from .._files import read_file
+from ..data.images import image_file
 from ..data.preprocessing import Preprocessing
-from ..data.splits import build_transform, image_file
+from ..data.transforms import build_transform
 from ..errors import ZooError
 from ..runs.folder import RunFolder
 

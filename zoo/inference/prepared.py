@@ -14,8 +14,10 @@ from torch import nn
 
 from ..config.schema import DataConfig, Recipe
 from ..data.augment import Augmentation
+from ..data.batches import Batches, sample_batch
 from ..data.preprocessing import Preprocessing
-from ..data.splits import Batches, Split, Splits, attach_cache, attach_transforms, sample_batch
+from ..data.splits import Split, Splits
+from ..data.transforms import attach_cache, attach_transforms
 from ..models.build import check_input
 from ..parallel import distributed
 

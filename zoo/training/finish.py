@@ -11,6 +11,7 @@ from torch import nn
 
 from .._version import __version__
 from ..config.sources import HubRepo, PluginWeights, RegistryName, WeightSource
+from ..data.contract import facts
 from ..inference.evaluate import evaluate
 from ..inference.prepared import RunSetup
 from ..models.build import exchange_config
@@ -80,7 +81,7 @@ def _write_run(
     folder.write_config(config)
     plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.test)
     timm_architecture = config["architecture"] if hasattr(setup.model, "pretrained_cfg") else None
-    hub_dataset = getattr(setup.splits.train.dataset, "hub_dataset", None)
+    hub_dataset = facts(setup.splits.train.dataset).hub_dataset
     card = model_card(
         recipe.shareable(), results, plots, base_model(recipe.model.pretrained, setup.model), timm_architecture,
         hub_dataset,

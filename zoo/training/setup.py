@@ -16,8 +16,10 @@ from torch import nn
 from ..config.schema import Recipe
 from ..config.sources import WeightSource
 from ..data import augment
+from ..data.contract import facts
 from ..data.preprocessing import Preprocessing
-from ..data.splits import Splits, data_input, is_in_memory, load_splits, resolve_preprocessing, tensor_shape
+from ..data.splits import Splits, data_input, load_splits, tensor_shape
+from ..data.transforms import resolve_preprocessing
 from ..errors import ZooError
 from ..inference.prepared import RunSetup, prepare_data
 from ..models import freeze
@@ -119,7 +121,9 @@ def print_setup(setup: RunSetup) -> None:
     if splits.images:
         log(f"image cache: {setup.cache}")
     elif recipe.data.cache not in (None, "none") and distributed.is_main():  # a setting that does nothing says so
-        why = "are tensors held in memory already" if is_in_memory(splits.train.dataset) else "are tensors, not files"
+        why = (
+            "are tensors held in memory already" if facts(splits.train.dataset).in_memory else "are tensors, not files"
+        )
         print(
             f'zoo: warning: data.cache = "{recipe.data.cache}" does nothing: the images of dataset '
             f"'{recipe.data.dataset}' {why}; remove data.cache",

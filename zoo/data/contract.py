@@ -1,0 +1,153 @@
+"""The one reader of a dataset plugin's object, and the check of its contract (``zoo.plugins.contracts``).
+
+``facts`` reads the optional attributes of ``DatasetOptions``, each checked for its declared
+type; every part of zoo that asks what a dataset offers asks it here. ``check_dataset`` runs when
+zoo loads a dataset plugin: the required parts, then every optional one in full (each target, each
+listed file), so a plugin that breaks the contract is named in one line before any training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from ..plugins.contracts import ContractError
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """A dataset's optional attributes as zoo uses them; None where it has none."""
+
+    targets: Sequence[int] | torch.Tensor | None
+    images: torch.Tensor | None  # uint8 N x C x H x W
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    takes_transform: bool
+    samples: list[tuple[str, int]] | None
+    augmentation: dict[str, Any] | None
+    hub_dataset: str | None
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    @property
+    def gives_images(self) -> bool:
+        """Whether samples are PIL images, which need transforms (an in-memory dataset is batched as tensors)."""
+        return self.takes_transform and not self.in_memory
+
+    @property
+    def files(self) -> list[str] | None:
+        return [str(path) for path, _ in self.samples] if self.samples is not None else None
+
+
+def facts(dataset: object, name: str | None = None) -> DatasetFacts:
+    """``dataset``'s optional attributes, each of its declared type (``name``: the plugin, for errors)."""
+    broken = _breach(name)
+    images = getattr(dataset, "images", None)
+    if images is not None and not (
+        isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.dim() == 4
+    ):
+        described = (
+            f"{images.dtype} tensor of shape {list(images.shape)}"
+            if isinstance(images, torch.Tensor)
+            else type(images).__name__
+        )
+        raise broken(f"`images` must be a uint8 N x C x H x W tensor, not a {described}")
+    targets = getattr(dataset, "targets", None)
+    if targets is not None and not isinstance(targets, torch.Tensor | Sequence):
+        raise broken(f"`targets` must be a sequence or tensor of int labels, not {type(targets).__name__}")
+    samples = getattr(dataset, "samples", None)
+    if samples is not None and not isinstance(samples, list):
+        raise broken(f"`samples` must be a list of (path, label), not {type(samples).__name__}")
+    augmentation = getattr(dataset, "augmentation", None)
+    if augmentation is not None and not isinstance(augmentation, dict):
+        raise broken(f"`augmentation` must be a dict, not {type(augmentation).__name__}")
+    hub_dataset = getattr(dataset, "hub_dataset", None)
+    if hub_dataset is not None and not isinstance(hub_dataset, str):
+        raise broken(f"`hub_dataset` must be a str (a Hub dataset id), not {type(hub_dataset).__name__}")
+    return DatasetFacts(
+        targets=targets,
+        images=images,
+        mean=_statistics(dataset, "mean", images, broken),
+        std=_statistics(dataset, "std", images, broken),
+        takes_transform=hasattr(dataset, "transform"),
+        samples=samples,
+        augmentation=augmentation,
+        hub_dataset=hub_dataset,
+    )
+
+
+def check_dataset(name: str, dataset: object) -> DatasetFacts:
+    """``dataset``, just made by plugin ``name``, against the whole dataset contract; its facts."""
+    broken = _breach(name)
+    classes = getattr(dataset, "classes", None)
+    if (
+        isinstance(classes, str)
+        or not isinstance(classes, Sequence)
+        or not classes
+        or not all(isinstance(label, str) for label in classes)
+    ):
+        raise broken("`classes` must list its label names (a non-empty list of str)")
+    try:
+        length = len(dataset)  # type: ignore[arg-type]
+    except TypeError:
+        raise broken("it has no len()") from None
+    found = facts(dataset, name)
+    if found.targets is not None:
+        targets = torch.as_tensor(found.targets)
+        if (
+            len(targets) != length
+            or targets.dtype.is_floating_point
+            or (length and not 0 <= int(targets.min()) <= int(targets.max()) < len(classes))
+        ):
+            raise broken(f"`targets` must hold one label in 0..{len(classes) - 1} per sample ({length})")
+    if found.images is not None and len(found.images) != length:
+        raise broken(f"`images` holds {len(found.images)} images for {length} samples")
+    if found.samples is not None and (
+        len(found.samples) != length or not all(isinstance(s, tuple) and len(s) == 2 for s in found.samples)
+    ):
+        raise broken(f"`samples` must list (path, label) for each of its {length} samples")
+    if length:
+        _check_sample(dataset, found, len(classes), broken)
+    return found
+
+
+def _check_sample(dataset: Any, found: DatasetFacts, classes: int, broken: Callable[[str], ContractError]) -> None:
+    item = dataset[0]
+    if not (isinstance(item, tuple | list) and len(item) == 2):
+        raise broken(f"dataset[0] must be a (sample, label) pair, not {type(item).__name__}")
+    sample, label = item
+    if isinstance(label, torch.Tensor) or not isinstance(label, int) or not 0 <= label < classes:
+        raise broken(f"dataset[0]'s label must be an int in 0..{classes - 1}, not {label!r}")
+    wanted = (Image.Image,) if found.gives_images else (torch.Tensor,)
+    if not isinstance(sample, wanted):
+        form = "a PIL image (it takes a `transform`)" if found.gives_images else "a C x H x W tensor"
+        raise broken(f"dataset[0]'s sample must be {form}, not {type(sample).__name__}")
+
+
+def _statistics(
+    dataset: object, key: str, images: torch.Tensor | None, broken: Callable[[str], ContractError]
+) -> tuple[float, ...] | None:
+    values = getattr(dataset, key, None)
+    if values is None:
+        return None
+    if not isinstance(values, Sequence) or not values or not all(isinstance(v, int | float) for v in values):
+        raise broken(f"`{key}` must be a sequence of numbers, one per channel, not {values!r}")
+    if images is not None and len(values) != images.shape[1]:
+        raise broken(f"`{key}` has {len(values)} values for images of {images.shape[1]} channel(s)")
+    return tuple(float(v) for v in values)
+
+
+def _breach(name: str | None) -> Callable[[str], ContractError]:
+    """A maker of one-line ContractErrors naming the plugin ``name`` (or "the dataset")."""
+    who = f"dataset plugin '{name}'" if name else "the dataset"
+
+    def breach(part: str) -> ContractError:
+        return ContractError(f"{who} breaks the dataset contract: {part}")
+
+    return breach
