@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from zoo.config.recipe import ModelConfig
+from zoo.config.schema import ModelConfig
 from zoo.inference.export import export_model, onnx_runner, onnx_session
 from zoo.models.build import build_model
 

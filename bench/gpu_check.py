@@ -101,7 +101,7 @@ def steady_training_steps(watches: list[Watch], from_epoch: int = 2) -> Iterator
     """Every zoo run inside watches its training steps from epoch ``from_epoch`` on (the first
     epoch warms up: compilation, cuDNN's benchmark, the allocator). Only the steps: the epoch
     ends and validation, which read results back by design, are not watched."""
-    from zoo.data.splits import Batches
+    from zoo.data.batches import Batches
 
     original = Batches.epoch
 

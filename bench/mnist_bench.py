@@ -180,7 +180,8 @@ def zoo_runner(recipe_name: str, epochs: int, max_steps: int | None, seed: int |
     from zoo.inference.evaluate import evaluate
     from zoo.runs.folder import RunFolder
     from zoo.training import checkpoint
-    from zoo.training.runner import build_run, run
+    from zoo.training.runner import run
+    from zoo.training.setup import build_run
 
     folder = Path(tempfile.mkdtemp()) / "run"
     overrides = [f"output.dir={folder}", f"train.keep_checkpoints={epochs}"]

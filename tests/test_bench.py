@@ -137,3 +137,29 @@ def test_each_check_fails_on_any_of_accuracy_host_syncs_and_recompiles() -> None
     assert check.verdict({**fine, "host_syncs": 2, "recompiles": 1}) == (
         "2 host syncs in steady-state steps; 1 graphs compiled in steady-state steps"
     )
+
+
+@pytest.mark.parametrize("script", sorted(path.name for path in (REPO / "bench").glob("*.py")))
+def test_every_zoo_name_a_bench_script_imports_exists(script: str) -> None:
+    """Bench scripts import inside functions that only a GPU or a long run reaches: a moved name shows here."""
+    import ast
+    import importlib
+
+    missing = []
+    for node in ast.walk(ast.parse((REPO / "bench" / script).read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "zoo":
+            module = importlib.import_module(node.module)
+            missing += [f"{node.module}.{alias.name}" for alias in node.names if not _importable(module, alias.name)]
+    assert not missing, missing
+
+
+def _importable(module: object, name: str) -> bool:
+    import importlib
+
+    if hasattr(module, name):
+        return True
+    try:
+        importlib.import_module(f"{module.__name__}.{name}")
+    except ModuleNotFoundError:
+        return False
+    return True
