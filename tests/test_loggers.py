@@ -16,6 +16,7 @@ import zoo
 from zoo.config import recipe as recipes
 from zoo.errors import ZooError
 from zoo.plugins import _registry as registry
+from zoo.plugins.contracts import ContractError
 from zoo.runs.folder import RunFolder
 from zoo.training.loggers.base import MetricLogger
 from zoo.training.loggers.fan_out import Loggers, create_loggers
@@ -64,21 +65,24 @@ def epoch_record(epoch: int, step: int, loss: float) -> dict[str, Any]:
 
 def test_jsonl_resumed_keeps_the_checkpointed_epochs_and_replaces_the_rest(tmp_path: Path) -> None:
     first = JsonlLogger()
-    first.start(RECIPE, tmp_path, 0)
+    first.start(RECIPE, tmp_path, 0, [])
     replay(first, [epoch_record(1, 10, 0.5), epoch_record(2, 20, 0.25), epoch_record(3, 30, 0.125)])
     first.log({"train_loss": 0.3}, 25)  # a mid-epoch record: not an epoch, not in metrics.jsonl
     lines = (tmp_path / RunFolder.METRICS).read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
-    resumed = JsonlLogger()  # killed after epoch 3 was logged, resumed from the checkpoint at the end of epoch 2
-    resumed.start(RECIPE, tmp_path, 20)
+    # Killed after epoch 3 was logged, resumed from the checkpoint at the end of epoch 2, whose
+    # records are the truth: the file itself may have been damaged meanwhile.
+    (tmp_path / RunFolder.METRICS).write_text('{"step": 1, "epoch": 1, "train_loss": [')
+    resumed = JsonlLogger()
+    resumed.start(RECIPE, tmp_path, 20, [epoch_record(1, 10, 0.5), epoch_record(2, 20, 0.25)])
     replay(resumed, [epoch_record(3, 30, 0.0625), epoch_record(4, 40, 0.03125)])
     again = (tmp_path / RunFolder.METRICS).read_text().splitlines()
     assert again[:2] == lines[:2]  # byte for byte
     assert [json.loads(line) for line in again[2:]] == [epoch_record(3, 30, 0.0625), epoch_record(4, 40, 0.03125)]
 
     fresh = JsonlLogger()  # a new run starts from nothing, whatever the folder held
-    fresh.start(RECIPE, tmp_path, 0)
+    fresh.start(RECIPE, tmp_path, 0, [])
     replay(fresh, [epoch_record(1, 5, 0.9)])
     assert [json.loads(line) for line in (tmp_path / RunFolder.METRICS).read_text().splitlines()] == [
         epoch_record(1, 5, 0.9)
@@ -87,7 +91,7 @@ def test_jsonl_resumed_keeps_the_checkpointed_epochs_and_replaces_the_rest(tmp_p
 
 def test_tensorboard_logs_mid_epoch_records_against_the_step(tmp_path: Path) -> None:
     logger = TensorBoardLogger()
-    logger.start(RECIPE, tmp_path, 0)
+    logger.start(RECIPE, tmp_path, 0, [])
     logger.log({"train_loss": 0.5, "lr": 0.1}, 7)
     logger.log({"train_loss": 0.4}, 10, epoch=1)
     logger.finish({"state": "finished"}, [])
@@ -114,7 +118,7 @@ class Recording:
         if method == self.fail_in:
             raise ConnectionError("tracking server down")
 
-    def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
+    def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
         self._call("start")
 
     def log(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
@@ -125,7 +129,7 @@ class Recording:
 
 
 def drive(loggers: Loggers, run: Path) -> None:
-    loggers.start(RECIPE, run, 0)
+    loggers.start(RECIPE, run, 0, [])
     loggers.log({"train_loss": 0.5}, 1, 1)
     loggers.log({"train_loss": 0.4}, 2, 2)
     loggers.finish({"state": "finished"}, [])
@@ -150,7 +154,7 @@ def test_the_jsonl_logger_and_user_mistakes_are_never_silenced(tmp_path: Path) -
         drive(Loggers({"jsonl": Recording(fail_in="log")}), tmp_path)
 
     class Misconfigured(Recording):
-        def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
+        def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
             raise ZooError("log.mlflow.tracking_uri: not a URI")
 
     with pytest.raises(ZooError, match="tracking_uri"):
@@ -186,6 +190,30 @@ def test_a_logger_registered_in_process_is_created_by_name() -> None:
         registry.unregister("logger", "recording")
 
 
+def test_a_logger_factory_that_returns_no_logger_is_named_in_one_line() -> None:
+    @zoo.register_logger("not_a_logger")
+    def not_a_logger() -> object:
+        """Returns something without start, log and finish."""
+        return object()
+
+    try:
+        with pytest.raises(ContractError, match="logger plugin 'not_a_logger' breaks the logger contract"):
+            create_loggers(["not_a_logger"], {})
+    finally:
+        registry.unregister("logger", "not_a_logger")
+
+
+def test_only_a_started_logger_is_finished(tmp_path: Path) -> None:
+    """A run that fails before its first step (or whose logger failed in start) finishes no logger
+    that never started: a tracker would close a run it never opened."""
+    never, failing, steady = Recording(), Recording(fail_in="start"), Recording()
+    Loggers({"never": never}).finish({"state": "failed"}, [])
+    loggers = Loggers({"failing": failing, "steady": steady})
+    loggers.start(RECIPE, tmp_path, 0, [])
+    loggers.finish({"state": "failed"}, [])
+    assert (never.calls, failing.calls, steady.calls) == ([], ["start"], ["start", "finish"])
+
+
 def test_a_broken_logger_plugin_is_listed_reported_and_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     site = make_distribution(
         tmp_path / "site", "broken-plugin", {"zoo.loggers": {"broken_log": "broken_plugin:net"}}, BROKEN_MODULE
@@ -213,7 +241,7 @@ def test_every_logger_plugin_keeps_the_logger_contract(name: str, tmp_path: Path
     for resume_step in (0, 20):  # a new run, then the same run resumed
         logger = registry.instantiate("logger", name, {})
         assert isinstance(logger, MetricLogger), f"logger {name} lacks start, log or finish"
-        logger.start(RECIPE, run, resume_step)
+        logger.start(RECIPE, run, resume_step, [epoch_record(1, 20, 0.4)] if resume_step else [])
         logger.log({"train_loss": 0.5, "lr": 0.01}, 10)
         logger.log({"train_loss": 0.4, "val_accuracy": 0.9, "images_per_second": 1e3}, 20, 1)
         logger.log({"train_loss": 0.3, "val_accuracy": 0.95, "images_per_second": 1e3}, 40, 2)
@@ -248,16 +276,19 @@ def test_a_log_table_mistake_is_one_line_before_anything_runs(
 
 @pytest.mark.slow
 def test_a_plugin_logger_through_zoo_run_and_resume_with_other_loggers(mnist_dir: Path, tmp_path: Path) -> None:
-    """The example plugin's csv logger, chosen by the recipe, gets every epoch; --resume may change log.to."""
+    """The example plugin's csv logger, chosen by the recipe, gets every epoch; --resume may change where it logs."""
     run_folder = tmp_path / "run"
     args = [str(RECIPES / "mnist.toml"), *TINY, "train.epochs=1", f"output.dir={run_folder}"]
     first = zoo_command("run", *args, 'log.to=["csv"]')
     assert first.returncode == 0, first.stderr
     rows = list(csv.DictReader((run_folder / "metrics.csv").open()))
     assert {row["name"] for row in rows if row["epoch"] == "1"} >= {"train_loss", "val_accuracy", "lr"}
-    again = zoo_command("run", *args[:-2], "train.epochs=2", "--resume", str(run_folder), 'log.to=["tensorboard"]')
+    (run_folder / RunFolder.METRICS).write_text('{"step": 1, "epoch": 1, "train_loss": [')  # damaged meanwhile
+    where = ["log.to=[]", "train.tensorboard=true", "train.log_every=3"]  # where it logs may change, not the weights
+    again = zoo_command("run", *args[:-2], "train.epochs=2", "--resume", str(run_folder), *where)
     assert again.returncode == 0, again.stderr
-    assert [record["epoch"] for record in RunFolder(run_folder).metrics] == [1, 2]
+    lines = (run_folder / RunFolder.METRICS).read_text().splitlines()  # the checkpoint's epoch, then the new one
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
     assert [step for step, _ in scalars(run_folder / RunFolder.TENSORBOARD)["val/accuracy"]] == [2]
 
 

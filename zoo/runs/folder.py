@@ -194,20 +194,6 @@ class RunFolder:
         return _read_record(self.file(self.RESULTS), RunResults)
 
     @property
-    def metrics(self) -> list[dict[str, Any]]:
-        """metrics.jsonl's records, each an epoch's (none before the first); a damaged file is a one-line ZooError."""
-        path = self.file(self.METRICS)
-        try:
-            records = [
-                json.loads(line, parse_constant=_refuse_constant) for line in (read_file(path) or b"").splitlines()
-            ]
-        except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            raise ZooError(f"{path} is corrupted: {str(exc).splitlines()[0]}") from None
-        if not all(isinstance(record, dict) and type(record.get("step")) is int for record in records):
-            raise ZooError(f"{path} is corrupted: a line is not an epoch's record")
-        return records
-
-    @property
     def state(self) -> str:
         results = self.results
         return results.state if results else "unknown"

@@ -133,7 +133,7 @@ class Trainer(TrainerState):
         Returns the run's state and why: ("finished", "" or the early stop) or ("interrupted", reason)
         after Ctrl-C.
         """
-        self.loggers.start(self.recipe.to_dict(), self.folder.path, self.step)
+        self.loggers.start(self.recipe.to_dict(), self.folder.path, self.step, self.history)
         try:
             with stopping_on_signals(self.stops):
                 self._epochs(progress)

@@ -210,7 +210,8 @@ def output_folder(recipe: Recipe, create: bool) -> RunFolder:
     raise ZooError(f"runs/ already holds 999 runs of {recipe.name} started at {stamp}")
 
 
-RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "output.dir"}
+# What a resumed run may change: how long it trains, and where it logs (which does not change the weights).
+RESUMABLE_KEYS = {"train.epochs", "train.max_steps", "output.dir", "train.tensorboard", "train.log_every"}
 
 
 def check_resumable(folder: RunFolder, recipe: Recipe) -> Path:
@@ -229,7 +230,7 @@ def check_resumable(folder: RunFolder, recipe: Recipe) -> Path:
     if differing:
         raise ZooError(
             f"--resume: the recipe differs from the run in {folder} in {', '.join(differing)}; "
-            "only train.epochs, train.max_steps and log.* may change"
+            "only train.epochs, train.max_steps and where it logs (log.*, train.tensorboard, train.log_every) may change"
         )
     checkpoints = folder.checkpoints
     if not checkpoints:

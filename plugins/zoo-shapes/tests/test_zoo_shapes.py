@@ -62,7 +62,7 @@ def csv_rows(path: Path) -> list[list[str]]:
 
 def test_csv_logger_writes_a_row_per_metric_and_replaces_what_a_resume_logs_again(tmp_path: Path) -> None:
     logger = zoo.create_logger("csv")
-    logger.start({"name": "shapes"}, tmp_path, 0)
+    logger.start({"name": "shapes"}, tmp_path, 0, [])
     logger.log({"train_loss": 0.5}, 5)
     logger.log({"train_loss": 0.25, "val_accuracy": 0.75}, 10, epoch=1)
     logger.log({"train_loss": 0.125}, 15)
@@ -73,7 +73,7 @@ def test_csv_logger_writes_a_row_per_metric_and_replaces_what_a_resume_logs_agai
                     ["10", "1", "val_accuracy", "0.75"], ["15", "", "train_loss", "0.125"]]  # fmt: skip
 
     resumed = zoo.create_logger("csv")  # from the checkpoint at step 10: step 15 is trained again
-    resumed.start({"name": "shapes"}, tmp_path, 10)
+    resumed.start({"name": "shapes"}, tmp_path, 10, [{"epoch": 1, "step": 10, "train_loss": 0.25}])
     resumed.log({"train_loss": 0.0625}, 15)
     assert csv_rows(tmp_path / "metrics.csv")[1:] == [*rows[:3], ["15", "", "train_loss", "0.0625"]]
 

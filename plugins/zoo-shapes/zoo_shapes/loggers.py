@@ -14,12 +14,12 @@ class CsvLogger:
     """Metrics as rows of metrics.csv in the run folder: one row per metric, so columns never change."""
 
     def __init__(self, filename: str = "metrics.csv") -> None:
-        if Path(filename).name != filename:
+        if Path(filename).name != filename or filename in (".", ".."):
             raise ValueError(f"filename must be a file name inside the run folder, got {filename!r}")
         self.filename = filename
         self.path: Path | None = None
 
-    def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
+    def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
         self.path = run / self.filename
         kept = []
         if step and self.path.is_file():  # resumed: rows after the checkpoint's step are logged again

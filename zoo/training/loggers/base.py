@@ -24,10 +24,11 @@ from typing import Any, Protocol, runtime_checkable
 
 @runtime_checkable
 class MetricLogger(Protocol):
-    def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
+    def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
         """Begin logging the run in the folder ``run``, made by the resolved ``recipe`` (as recipe.toml
         holds it). ``step`` is 0 for a new run, and the checkpoint's step when one is resumed: what
-        was logged after that step is about to be logged again, and is replaced."""
+        was logged after that step is about to be logged again, and is replaced. ``history`` holds
+        the epoch records logged up to ``step`` (the checkpoint's own; empty for a new run)."""
 
     def log(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
         """Record ``metrics`` at optimiser step ``step``; ``epoch`` is given on an epoch's closing record."""

@@ -15,6 +15,7 @@ from typing import Any
 
 from ...errors import ZooError
 from ...plugins import _registry as registry
+from ...plugins.contracts import ContractError
 from .base import MetricLogger
 
 ALWAYS = "jsonl"
@@ -26,18 +27,22 @@ class Loggers:
     def __init__(self, loggers: Mapping[str, MetricLogger], required: Sequence[str] = (ALWAYS,)) -> None:
         self.active = dict(loggers)
         self.required = set(required)
+        self.started: set[str] = set()  # a logger whose start failed, or never came, is not finished
 
-    def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
-        self._each("start", lambda logger: logger.start(recipe, run, step))
+    def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
+        self._each("start", lambda logger: logger.start(recipe, run, step, history))
+        self.started = set(self.active)
 
     def log(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
         self._each("log", lambda logger: logger.log(metrics, step, epoch))
 
     def finish(self, results: Mapping[str, Any], files: Sequence[Path]) -> None:
-        self._each("finish", lambda logger: logger.finish(results, files))
+        self._each("finish", lambda logger: logger.finish(results, files), only=self.started)
 
-    def _each(self, method: str, call: Callable[[MetricLogger], None]) -> None:
+    def _each(self, method: str, call: Callable[[MetricLogger], None], only: set[str] | None = None) -> None:
         for name, logger in list(self.active.items()):
+            if only is not None and name not in only:
+                continue
             try:
                 call(logger)
             except ZooError:
@@ -61,4 +66,11 @@ def create_loggers(names: Sequence[str], args: Mapping[str, Mapping[str, Any]], 
     recipe key (after ``where``, the recipe file, when given).
     """
     chosen = dict.fromkeys([ALWAYS, *names])  # in order, each once
-    return Loggers({name: registry.instantiate("logger", name, args.get(name, {}), where) for name in chosen})
+    loggers = {name: registry.instantiate("logger", name, args.get(name, {}), where) for name in chosen}
+    for name, logger in loggers.items():
+        if not isinstance(logger, MetricLogger):
+            raise ContractError(
+                f"logger plugin {name!r} breaks the logger contract: its factory returned {type(logger).__name__}, "
+                "which lacks start, log or finish (zoo/training/loggers/base.py)"
+            )
+    return Loggers(loggers)

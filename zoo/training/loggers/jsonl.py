@@ -2,8 +2,7 @@
 
 Each line is ``{"epoch": ..., "step": ..., **metrics}``, and the whole file is rewritten
 atomically after each epoch (by ``RunFolder.write_metrics``). zoo always writes it, whatever else
-the recipe's ``log.to`` names. A resumed run keeps the file's lines up to its checkpoint's step, so
-a run folder whose metrics.jsonl was deleted keeps only the epochs trained after the resume.
+the recipe's ``log.to`` names. A resumed run's file holds its checkpoint's epochs, then the new ones.
 """
 
 from __future__ import annotations
@@ -22,10 +21,11 @@ class JsonlLogger:
         self._folder: RunFolder | None = None
         self._records: list[dict[str, Any]] = []
 
-    def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
+    def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
         self._folder = RunFolder(run)
-        # A resumed run keeps the epochs its checkpoint had finished; those after it train again.
-        self._records = [record for record in self._folder.metrics if record["step"] <= step] if step else []
+        # A resumed run's file starts again from its checkpoint's records (never from what the file
+        # holds, which may be damaged or hold epochs trained after the checkpoint).
+        self._records = [dict(record) for record in history]
 
     def log(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
         if epoch is None:  # metrics.jsonl holds epochs only

@@ -28,7 +28,7 @@ class TensorBoardLogger:
             raise ZooError("the tensorboard logger needs TensorBoard: pip install 'zoo[tensorboard]'")
         self._writer: SummaryWriter | None = None
 
-    def start(self, recipe: Mapping[str, Any], run: Path, step: int) -> None:
+    def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
         self._writer = SummaryWriter(str(RunFolder(run).file(RunFolder.TENSORBOARD)))
