@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -168,17 +169,23 @@ def broken(**parts: Any) -> Tiny:
     [
         (broken(classes=[]), "`classes` must list its label names"),
         (broken(classes="ab"), "`classes` must list its label names"),
-        (broken(classes=[0, 1]), "`classes` must list its label names (a non-empty list of str)"),
+        (broken(classes=["a", "a"]), "`classes` names a class twice"),
         (broken(targets=[0, 1, 0, 2]), "`targets` must hold one label in 0..1 per sample (4)"),
         (broken(targets=[0, 1, 0]), "`targets` must hold one label in 0..1 per sample (4)"),
         (broken(targets=3), "`targets` must be a sequence or tensor of int labels"),
+        (broken(targets=["a", "b", "a", "b"]), "`targets` must be int labels, one per sample"),
+        (broken(targets=[[0, 1]] * 4), "`targets` must hold one label in 0..1 per sample (4)"),  # 2-D
+        (broken(targets=[0.0, 1.0, 0.0, 1.0]), "`targets` must hold one label in 0..1 per sample (4)"),
         (broken(images=torch.zeros(4, 1, 2, 2)), "`images` must be a uint8 N x C x H x W tensor, not a torch.float32"),
         (broken(images=torch.zeros(3, 1, 2, 2, dtype=torch.uint8)), "`images` holds 3 images for 4 samples"),
         (broken(mean=(0.5, 0.5)), "`mean` has 2 values for images of 1 channel(s)"),
-        (broken(std="0.25"), "`std` must be a sequence of numbers"),
+        (broken(std="0.25"), "`std` must be finite numbers, one per channel"),
+        (broken(std=[0.0]), "`std` must be positive"),
+        (broken(mean=[float("nan")]), "`mean` must be finite numbers, one per channel"),
         (broken(samples=[("a.png", 0)] * 3), "`samples` must list (path, label) for each of its 4 samples"),
-        (broken(augmentation=["hflip"]), "`augmentation` must be a dict"),
-        (broken(hub_dataset=7), "`hub_dataset` must be a str"),
+        (broken(augmentation=["hflip"]), "`augmentation` must be a mapping"),
+        (broken(hub_dataset=7), "`hub_dataset` must be a non-empty str"),
+        (broken(hub_dataset=""), "`hub_dataset` must be a non-empty str"),
     ],
 )
 def test_a_dataset_that_breaks_the_contract_is_named_with_the_broken_part(dataset: Tiny, part: str) -> None:
@@ -186,6 +193,36 @@ def test_a_dataset_that_breaks_the_contract_is_named_with_the_broken_part(datase
         check_dataset("tiny", dataset)
     assert str(raised.value).startswith("dataset plugin 'tiny' breaks the dataset contract: ")
     assert part in str(raised.value)
+
+
+class NumpyFlavoured(Tiny):
+    """What torchvision-style plugins commonly give: numpy targets and labels, int class names,
+    tensor and numpy statistics. zoo took all of it before the contract was written down."""
+
+    classes = [3, 7]
+    mean, std = torch.tensor([0.5]), np.array([0.25])
+
+    def __init__(self, root: Path | None = None, split: str = "train") -> None:
+        super().__init__(root, split)
+        self.targets = np.array([0, 1, 0, 1])
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        return self.images[index].float(), self.targets[index]  # a numpy integer label
+
+
+class NegativeLength(Tiny):
+    def __len__(self) -> int:
+        return -1
+
+
+def test_a_negative_length_is_named() -> None:
+    with pytest.raises(ContractError, match="its len\\(\\) is not a count of samples"):
+        check_dataset("tiny", NegativeLength())
+
+
+def test_numpy_flavoured_datasets_keep_the_contract() -> None:
+    found = check_dataset("tiny", NumpyFlavoured())
+    assert (found.mean, found.std) == ((0.5,), (0.25,))
 
 
 class WrongSamples(Tiny):

@@ -3,26 +3,32 @@
 ``facts`` reads the optional attributes of ``DatasetOptions``, each checked for its declared
 type; every part of zoo that asks what a dataset offers asks it here. ``check_dataset`` runs when
 zoo loads a dataset plugin: the required parts, then every optional one in full (each target, each
-listed file), so a plugin that breaks the contract is named in one line before any training.
+sample's pair), and the first sample, so a plugin that breaks the contract is named in one line
+before any training. What torchvision-style plugins commonly give is taken as it is: numpy targets
+and labels, numpy or tensor statistics, class names that are not strings (named by ``str``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import numbers
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image
 
 from ..plugins.contracts import ContractError
+
+INTEGER_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass(frozen=True)
 class DatasetFacts:
     """A dataset's optional attributes as zoo uses them; None where it has none."""
 
-    targets: Sequence[int] | torch.Tensor | None
+    targets: Sequence[int] | torch.Tensor | np.ndarray | None
     images: torch.Tensor | None  # uint8 N x C x H x W
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
@@ -59,17 +65,17 @@ def facts(dataset: object, name: str | None = None) -> DatasetFacts:
         )
         raise broken(f"`images` must be a uint8 N x C x H x W tensor, not a {described}")
     targets = getattr(dataset, "targets", None)
-    if targets is not None and not isinstance(targets, torch.Tensor | Sequence):
+    if targets is not None and not isinstance(targets, torch.Tensor | np.ndarray | Sequence):
         raise broken(f"`targets` must be a sequence or tensor of int labels, not {type(targets).__name__}")
     samples = getattr(dataset, "samples", None)
     if samples is not None and not isinstance(samples, list):
         raise broken(f"`samples` must be a list of (path, label), not {type(samples).__name__}")
     augmentation = getattr(dataset, "augmentation", None)
-    if augmentation is not None and not isinstance(augmentation, dict):
-        raise broken(f"`augmentation` must be a dict, not {type(augmentation).__name__}")
+    if augmentation is not None and not isinstance(augmentation, Mapping):
+        raise broken(f"`augmentation` must be a mapping, not {type(augmentation).__name__}")
     hub_dataset = getattr(dataset, "hub_dataset", None)
-    if hub_dataset is not None and not isinstance(hub_dataset, str):
-        raise broken(f"`hub_dataset` must be a str (a Hub dataset id), not {type(hub_dataset).__name__}")
+    if hub_dataset is not None and not (isinstance(hub_dataset, str) and hub_dataset.strip()):
+        raise broken(f"`hub_dataset` must be a non-empty str (a Hub dataset id), not {hub_dataset!r}")
     return DatasetFacts(
         targets=targets,
         images=images,
@@ -77,7 +83,7 @@ def facts(dataset: object, name: str | None = None) -> DatasetFacts:
         std=_statistics(dataset, "std", images, broken),
         takes_transform=hasattr(dataset, "transform"),
         samples=samples,
-        augmentation=augmentation,
+        augmentation=dict(augmentation) if augmentation is not None else None,
         hub_dataset=hub_dataset,
     )
 
@@ -86,23 +92,26 @@ def check_dataset(name: str, dataset: object) -> DatasetFacts:
     """``dataset``, just made by plugin ``name``, against the whole dataset contract; its facts."""
     broken = _breach(name)
     classes = getattr(dataset, "classes", None)
-    if (
-        isinstance(classes, str)
-        or not isinstance(classes, Sequence)
-        or not classes
-        or not all(isinstance(label, str) for label in classes)
-    ):
-        raise broken("`classes` must list its label names (a non-empty list of str)")
+    if isinstance(classes, str) or not isinstance(classes, Sequence) or not classes:
+        raise broken("`classes` must list its label names (a non-empty sequence)")
+    if len({str(label) for label in classes}) != len(classes):
+        raise broken(f"`classes` names a class twice: {list(map(str, classes))}")
     try:
         length = len(dataset)  # type: ignore[arg-type]
     except TypeError:
         raise broken("it has no len()") from None
+    except ValueError:  # Python's own check of __len__'s value: negative, or beyond an index
+        raise broken("its len() is not a count of samples") from None
     found = facts(dataset, name)
     if found.targets is not None:
-        targets = torch.as_tensor(found.targets)
+        try:
+            targets = torch.as_tensor(np.asarray(found.targets))
+        except (TypeError, ValueError):
+            raise broken("`targets` must be int labels, one per sample") from None
         if (
-            len(targets) != length
-            or targets.dtype.is_floating_point
+            targets.dim() != 1
+            or len(targets) != length
+            or targets.dtype not in INTEGER_DTYPES
             or (length and not 0 <= int(targets.min()) <= int(targets.max()) < len(classes))
         ):
             raise broken(f"`targets` must hold one label in 0..{len(classes) - 1} per sample ({length})")
@@ -122,7 +131,7 @@ def _check_sample(dataset: Any, found: DatasetFacts, classes: int, broken: Calla
     if not (isinstance(item, tuple | list) and len(item) == 2):
         raise broken(f"dataset[0] must be a (sample, label) pair, not {type(item).__name__}")
     sample, label = item
-    if isinstance(label, torch.Tensor) or not isinstance(label, int) or not 0 <= label < classes:
+    if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < classes:
         raise broken(f"dataset[0]'s label must be an int in 0..{classes - 1}, not {label!r}")
     wanted = (Image.Image,) if found.gives_images else (torch.Tensor,)
     if not isinstance(sample, wanted):
@@ -136,11 +145,17 @@ def _statistics(
     values = getattr(dataset, key, None)
     if values is None:
         return None
-    if not isinstance(values, Sequence) or not values or not all(isinstance(v, int | float) for v in values):
-        raise broken(f"`{key}` must be a sequence of numbers, one per channel, not {values!r}")
-    if images is not None and len(values) != images.shape[1]:
-        raise broken(f"`{key}` has {len(values)} values for images of {images.shape[1]} channel(s)")
-    return tuple(float(v) for v in values)
+    try:
+        given = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        given = None
+    if given is None or given.ndim != 1 or not len(given) or not np.isfinite(given).all():
+        raise broken(f"`{key}` must be finite numbers, one per channel, not {values!r}")
+    if key == "std" and (given <= 0).any():
+        raise broken(f"`std` must be positive: it divides the images, not {values!r}")
+    if images is not None and len(given) != images.shape[1]:
+        raise broken(f"`{key}` has {len(given)} values for images of {images.shape[1]} channel(s)")
+    return tuple(float(v) for v in given)
 
 
 def _breach(name: str | None) -> Callable[[str], ContractError]:

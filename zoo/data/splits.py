@@ -108,7 +108,7 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
                 f"data.{misplaced[0]} applies to image datasets (image_folder); '{config.dataset}' gives tensors "
                 f"normalised its own way: remove data.{misplaced[0]}"
             )
-    names = list(train_set.classes)
+    names = [str(name) for name in train_set.classes]  # the contract allows names of any type
     selected = select_classes(config.classes, names)
     relabel = torch.full((len(names),), -1, dtype=torch.long)
     relabel[torch.tensor(selected)] = torch.arange(len(selected))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,13 +32,13 @@ class DatasetPlugin(Protocol):
     The factory is called as ``factory(root: Path, split: "train" | "test", **data.args)``.
     """
 
-    classes: Sequence[str]  # the label names, at least one: label i is classes[i]
+    classes: Sequence[str]  # distinct label names, at least one: label i is classes[i] (others become str)
 
     def __len__(self) -> int: ...
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         """``(sample, label)``: a C x H x W float tensor (normalised), or a PIL image for a dataset
-        with ``transform``; ``label`` an int in ``range(len(classes))``."""
+        with ``transform``; ``label`` an integer (Python or numpy) in ``range(len(classes))``."""
         ...
 
 
@@ -45,12 +46,12 @@ class DatasetOptions(Protocol):
     """Optional: each attribute is read when the dataset has it (a missing one means the default said)."""
 
     # Every sample's label, as __getitem__ gives it: zoo splits by class without reading samples.
-    targets: Sequence[int] | torch.Tensor
+    targets: Sequence[int] | torch.Tensor | np.ndarray  # 1-D integers
     # The samples in memory, as one uint8 N x C x H x W tensor: batched and normalised on the device.
     images: torch.Tensor
     # Per-channel statistics that normalise ``images`` (default 0 and 1: the tensors as they are).
-    mean: Sequence[float]
-    std: Sequence[float]
+    mean: Sequence[float] | torch.Tensor | np.ndarray  # finite, one per channel
+    std: Sequence[float] | torch.Tensor | np.ndarray  # positive, one per channel
     # The dataset gives PIL images and takes a torchvision-style transform, which zoo sets (timm's,
     # following the model and [data]); None until then.
     transform: Callable[[Any], Any] | None
