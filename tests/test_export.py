@@ -478,3 +478,9 @@ def test_onnx_metadata_is_read_without_onnx_as_onnx_reads_it(small_onnx: bytes, 
         recorded_weights_sha256(Path("model.onnx"), data[: len(data) - cut])
     except ZooError as exc:
         assert "\n" not in str(exc) and "model.onnx is not an export zoo made" in str(exc)
+
+
+@pytest.mark.parametrize("source", ["hf-hub:me/old", "registry:mnist-digits", "recipe:mnist.toml"])
+def test_export_of_a_source_that_is_no_run_folder_is_one_line(source: str) -> None:
+    """Export writes into RUN: a pulled copy's pinned files must stay as they were pulled."""
+    assert_user_error(zoo_command("export", source, "--format", "onnx"), "zoo export takes a run folder", source)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from ..config.sources import HUB_PREFIX, RECIPE_PREFIX, REGISTRY_PREFIX
 from ..errors import ZooError
 from .training import print_scores
 
@@ -73,6 +74,11 @@ def export_command(
     """
     from ..inference.export import export_run
 
+    if str(run_folder).startswith((HUB_PREFIX, REGISTRY_PREFIX, RECIPE_PREFIX)):  # as typed: Path keeps the prefix
+        raise ZooError(
+            f"zoo export takes a run folder, not {run_folder}: it writes beside the run's own files (a Hub or "
+            "registry run: `zoo pull` it, then export a copy of the folder pull prints)"
+        )
     overrides = _data_overrides(ctx, "RUN, --format, --dynamic-batch, --opset, --output")
     exported = export_run(run_folder, format_, dynamic_batch, opset, output, overrides)
     click.echo(f"exported with {exported.exporter}")
