@@ -303,3 +303,10 @@ def test_under_nproc_rank_0_alone_logs(mnist_dir: Path, tmp_path: Path) -> None:
     rows = list(csv.DictReader((run_folder / "metrics.csv").open()))
     names = [(row["step"], row["epoch"], row["name"]) for row in rows]
     assert len(names) == len(set(names)) > 0  # one rank's rows: the other's would repeat every key
+
+
+def test_zoo_list_loggers_shows_the_builtins_and_the_plugin() -> None:
+    result = zoo_command("list", "loggers")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
+    assert {"jsonl", "tensorboard", "csv"} <= rows and "mnist_cnn" not in rows

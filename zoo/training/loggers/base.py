@@ -27,7 +27,8 @@ class MetricLogger(Protocol):
     def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
         """Begin logging the run in the folder ``run``, made by the resolved ``recipe`` (as recipe.toml
         holds it). ``step`` is 0 for a new run, and the checkpoint's step when one is resumed: what
-        was logged after that step is about to be logged again, and is replaced. ``history`` holds
+        was logged after that step is about to be logged again (replace it where the backend can:
+        metrics.jsonl and the csv example do; TensorBoard event files keep both). ``history`` holds
         the epoch records logged up to ``step`` (the checkpoint's own; empty for a new run)."""
 
     def log(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
