@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import BROKEN_MODULE, RECIPES, assert_user_error, make_distribution, zoo_command
+from conftest import BROKEN_MODULE, RECIPES, assert_user_error, make_distribution, make_hostile, zoo_command
 
 import zoo
 from zoo.config import recipe as recipes
@@ -310,3 +310,22 @@ def test_zoo_list_loggers_shows_the_builtins_and_the_plugin() -> None:
     assert result.returncode == 0, result.stderr
     rows = {line.split()[0] for line in result.stdout.splitlines() if line.strip()}
     assert {"jsonl", "tensorboard", "csv"} <= rows and "mnist_cnn" not in rows
+
+
+@pytest.mark.parametrize("kind", ["link outside", "dangling link", "fifo", "a file"])
+def test_tensorboard_never_writes_through_what_sits_at_its_folder(kind: str, tmp_path: Path) -> None:
+    """A --resume whose RUN/tensorboard became a link (or a file) writes a real folder inside the run."""
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    run.mkdir()
+    outside.mkdir()
+    if kind == "link outside":
+        (run / RunFolder.TENSORBOARD).symlink_to(outside)
+    else:
+        make_hostile(run / RunFolder.TENSORBOARD, kind, outside)
+    logger = TensorBoardLogger()
+    logger.start(RECIPE, run, 10, [epoch_record(1, 10, 0.5)])
+    logger.log({"train_loss": 0.25}, 20, 2)
+    logger.finish({"state": "finished"}, [])
+    assert not list(outside.iterdir())
+    events = run / RunFolder.TENSORBOARD
+    assert events.is_dir() and not events.is_symlink() and scalars(events)["train/loss"] == [(2, 0.25)]

@@ -31,7 +31,12 @@ class TensorBoardLogger:
     def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self._writer = SummaryWriter(str(RunFolder(run).file(RunFolder.TENSORBOARD)))
+        events = RunFolder(run).file(RunFolder.TENSORBOARD)
+        # zoo's own name in zoo's own folder: anything but a real folder there (a link out of the run,
+        # a file, a FIFO) is replaced, never written through, as every run-folder file is.
+        if events.is_symlink() or (events.exists() and not events.is_dir()):
+            events.unlink()
+        self._writer = SummaryWriter(str(events))
 
     def log(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
         assert self._writer is not None, "start() comes before log()"
