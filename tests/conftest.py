@@ -38,6 +38,13 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Each test works in its own folder with its own zoo cache, and sees freshly discovered plugins."""
     monkeypatch.setenv("ZOO_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("ZOO_STRICT_PLUGINS", raising=False)
+    # Trackers never reach a network, and keep their stores and settings beside the test's folder, not in it.
+    trackers = tmp_path.with_name(tmp_path.name + "-trackers")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trackers / 'mlflow.db'}")
+    for variable in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
+        monkeypatch.setenv(variable, str(trackers / "wandb"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    trackers.mkdir(exist_ok=True)
     monkeypatch.chdir(tmp_path)
     registry.refresh()
     yield tmp_path

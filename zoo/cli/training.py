@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from .. import _output as output
 from ..training import launch
 from .group import print_table
 
@@ -21,7 +22,14 @@ OVERRIDES_ARGUMENT = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE].
 @RECIPE_ARGUMENT
 @OVERRIDES_ARGUMENT
 @click.option("--dry-run", is_flag=True, help="Build model, data and optimiser, print the parameter groups, stop.")
-@click.option("--progress/--no-progress", default=True, help="Show progress bars (default: on).")
+@click.option("--progress/--no-progress", default=True, help="Show progress (default: on).")
+@click.option("-q", "--quiet", is_flag=True, help="Print only the result: no progress, no per-epoch lines.")
+@click.option(
+    "--log-format",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    help="text: bars on a terminal, else a plain line at most every 10 s; json: one JSON object a line on stdout.",
+)
 @click.option(
     "--resume",
     is_flag=False,
@@ -37,7 +45,14 @@ OVERRIDES_ARGUMENT = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE].
     help="Train with N processes on this machine: shorthand for `torchrun --standalone --nproc_per_node N -m zoo run`.",
 )
 def run(
-    recipe_path: str, overrides: tuple[str, ...], dry_run: bool, progress: bool, resume: str | None, nproc: int
+    recipe_path: str,
+    overrides: tuple[str, ...],
+    dry_run: bool,
+    progress: bool,
+    quiet: bool,
+    log_format: str,
+    resume: str | None,
+    nproc: int,
 ) -> None:
     """Fine-tune, evaluate and save a run folder, as RECIPE declares.
 
@@ -68,11 +83,13 @@ def run(
     from ..training.runner import run as run_recipe
 
     end_with_launcher()  # a rank of torchrun: first of all, never outlive the launcher
+    choose_output(quiet, log_format)
     if resume and "=" in resume and not Path(resume).exists():  # `--resume train.epochs=5`: an override
         overrides, resume = (*overrides, resume), "latest"
     recipe = recipes.load(recipe_path, overrides)  # a mistake is reported once, before any process starts
     if nproc > 1 and not dry_run:
-        flags = [*(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"])]
+        flags = [*(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"]),
+                 *(["--quiet"] if quiet else []), "--log-format", log_format]  # fmt: skip
         verbose = ["--verbose"] if click.get_current_context().find_root().params["verbose"] else []
         launch.torchrun(nproc, [*verbose, "run", recipe_path, *overrides, *flags])
         return
@@ -93,18 +110,36 @@ def run(
         teardown()
     if result is None or not main:
         return
-    if result.results.test:
-        print_scores(result.results.test)
-    click.echo(f"run folder: {result.folder} ({result.results.state})")
-    if result.results.state == "interrupted":
+    results, summary = result.results, ""
+    if results.test and output.current_format() == "quiet":  # the scores' line alone
+        summary = f"test: {score_line(results.test)}\n"
+    elif results.test and output.current_format() != "json":
+        print_scores(results.test)
+    output.result(f"{summary}run folder: {result.folder} ({results.state})", folder=str(result.folder),
+                  **results.model_dump(mode="json", exclude_none=True))  # fmt: skip
+    if results.state == "interrupted":
         sys.exit(130)
 
 
-def print_scores(metrics: dict[str, Any], split: str = "test") -> None:
-    click.echo(
-        f"{split}: accuracy {100 * metrics['accuracy']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
+def choose_output(quiet: bool, log_format: str) -> None:
+    """The form of what this command prints (zoo/_output.py); a library's own bars only under zoo's bars."""
+    output.set_format("quiet" if quiet else "json" if log_format == "json" else "auto")
+    if output.current_format() != "bars":
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+
+
+def score_line(metrics: dict[str, Any]) -> str:
+    return (
+        f"accuracy {100 * metrics['accuracy']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
         f"recall {100 * metrics['recall']:.2f}%, F1 {100 * metrics['f1']:.2f}%"
     )
+
+
+def print_scores(metrics: dict[str, Any], split: str = "test") -> None:
+    """The scores of ``split`` in full: overall, per class, and the confusion matrix."""
+    click.echo(f"{split}: {score_line(metrics)}")
     rows = [
         (row["label"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
         for row in metrics["per_class"]

@@ -306,8 +306,11 @@ class LogConfig(_Section):
     model_config = ConfigDict(extra="allow", strict=True, allow_inf_nan=False)
 
     to: list[str] = Field(
-        [], description="loggers besides metrics.jsonl: 'tensorboard' or any zoo.loggers plugin (zoo list loggers)"
+        [],
+        description="loggers besides metrics.jsonl: 'tensorboard', 'mlflow', 'wandb' or any zoo.loggers plugin "
+        "(zoo list loggers)",
     )
+    weights: bool = Field(False, description="also give the trackers model.safetensors, beside results and plots")
 
     @model_validator(mode="after")
     def _tables_name_loggers(self) -> LogConfig:

@@ -37,10 +37,10 @@ from typing import TypeVar
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from .. import _files
 from .. import _locking as locking
+from .._output import Progress
 from ..config.recipe import cache_dir
 from ..errors import ZooError, from_worker
 from ..parallel import distributed
@@ -236,7 +236,7 @@ def _complete(path: Path, description: Path, count: int, layout: Layout) -> bool
 def _build(files: list[str], layout: Layout, path: Path, workers: int, progress: bool) -> None:
     """Decode ``files`` into ``path`` through a staged file, in parallel, in order."""
     loader = DataLoader(_Decoding(files, layout), batch_size=64, num_workers=workers)
-    bar = tqdm(total=len(files), desc=f"decoding {len(files):,} images once", unit="img", disable=not progress)
+    bar = Progress(len(files), f"decoding {len(files):,} images once", enabled=progress)
     try:
         with _files.staged_file(path) as file:
             try:

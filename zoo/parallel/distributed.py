@@ -19,12 +19,13 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch.distributed.tensor import DTensor
 
+from .. import _output
 from ..errors import ZooError
 
 T = TypeVar("T")
@@ -132,10 +133,10 @@ def is_main() -> bool:
     return rank() == 0
 
 
-def log(*values: object) -> None:
-    """print, on rank 0 only."""
+def log(text: str, event: str = "message", **fields: Any) -> None:
+    """A message for the reader (``zoo._output``), on rank 0 only."""
     if is_main():
-        print(*values, flush=True)
+        _output.message(text, event, **fields)
 
 
 def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:

@@ -89,14 +89,16 @@ class RunFolder:
     MODEL_CARD = "README.md"
     HUB_RECORD = "hub.json"
     TENSORBOARD = "tensorboard"
+    TRACKING = "tracking.json"  # each tracker's run id (MLflow, W&B): --resume continues the same run
+    WANDB = "wandb"  # W&B's own files for the run
     CHECKPOINTS = "checkpoints"
     PLOTS = ("loss.png", "accuracy.png", "lr.png", "confusion_matrix.png")
     EXPORTS = ("model.onnx", "model.pt2", "model.torchscript")  # `zoo export`: ONNX, torch.export, TorchScript
     # What a run shares on the Hub. Exact names, no wildcards: a pull fetches nothing else.
     SHARED = (WEIGHTS, CONFIG, MODEL_CARD, RECIPE, RESULTS, *PLOTS, *EXPORTS)
     # What only the run (or `zoo push`, its hub.json) writes: no other command's output goes there.
-    OWN = (WEIGHTS, CONFIG, RECIPE, METRICS, RESULTS, MODEL_CARD, HUB_RECORD, TENSORBOARD, CHECKPOINTS, *PLOTS,
-           locking.LOCK_NAME)  # fmt: skip
+    OWN = (WEIGHTS, CONFIG, RECIPE, METRICS, RESULTS, MODEL_CARD, HUB_RECORD, TENSORBOARD, TRACKING, WANDB,
+           CHECKPOINTS, *PLOTS, locking.LOCK_NAME)  # fmt: skip
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -203,6 +205,14 @@ class RunFolder:
         """hub.json, or None when the run was never pushed."""
         return _read_record(self.file(self.HUB_RECORD), HubRecord)
 
+    def tracker_run(self, tracker: str) -> str | None:
+        """The id of ``tracker``'s run for this run folder, if it has one (tracking.json)."""
+        runs = _read_json(self.file(self.TRACKING), required=False) or {}
+        run_id = runs.get(tracker) if isinstance(runs, dict) else None
+        if run_id is not None and not isinstance(run_id, str):
+            raise ZooError(f"{self.file(self.TRACKING)}: {tracker} must be a run id (a string)")
+        return run_id
+
     def weights(self) -> dict[str, torch.Tensor]:
         """The tensors of model.safetensors; only safetensors are ever loaded."""
         path = self.file(self.WEIGHTS)
@@ -248,6 +258,13 @@ class RunFolder:
 
     def write_model_card(self, text: str) -> None:
         write_text(self.file(self.MODEL_CARD), text)
+
+    def write_tracker_run(self, tracker: str, run_id: str) -> None:
+        try:
+            runs = _read_json(self.file(self.TRACKING), required=False)
+        except ZooError:  # damaged: replaced (tracker_run said so when the tracker started)
+            runs = None
+        write_json(self.file(self.TRACKING), {**(runs if isinstance(runs, dict) else {}), tracker: run_id})
 
     def write_hub_record(self, record: HubRecord) -> None:
         write_json(self.file(self.HUB_RECORD), record.model_dump())

@@ -88,7 +88,8 @@ def _write_run(
     )  # fmt: skip
     folder.write_model_card(card)
     folder.write_results(results)  # last: its state marks the folder complete
-    return [folder.file(name) for name in (RunFolder.RESULTS, RunFolder.MODEL_CARD, *plots)]
+    kept = (RunFolder.RESULTS, RunFolder.MODEL_CARD, *plots, *([RunFolder.WEIGHTS] if recipe.log.weights else []))
+    return [folder.file(name) for name in kept]
 
 
 def base_model(source: WeightSource, model: nn.Module) -> str | None:

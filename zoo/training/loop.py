@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
+from .._output import Progress
 from ..inference.evaluate import evaluate
 from ..inference.prepared import RunSetup
 from ..models import freeze
@@ -160,7 +160,8 @@ class Trainer(TrainerState):
             self.loggers.log({key: value for key, value in record.items() if key not in ("epoch", "step")},
                              record["step"], record["epoch"])  # fmt: skip
             self.save_checkpoint()
-            log(_epoch_line(record, self.config.epochs) + (f" (best {self.monitor.metric})" if best else ""))
+            log(_epoch_line(record, self.config.epochs) + (f" (best {self.monitor.metric})" if best else ""),
+                "epoch", **record, best=best)  # fmt: skip
             if self.monitor.should_stop and not last:
                 self.stopped_early = True
                 log(self.monitor.stop_reason())
@@ -187,9 +188,8 @@ class Trainer(TrainerState):
         started = time.perf_counter()
         seen_before = self.seen
         self.stops.restart()
-        bar = tqdm(total=self.batches.shard_size, initial=self.seen, desc=f"epoch {epoch}/{self.config.epochs}",
-                   unit="img", unit_scale=True, disable=not (progress and distributed.is_main()),
-                   leave=False, dynamic_ncols=True)  # fmt: skip
+        bar = Progress(self.batches.shard_size, f"epoch {epoch}/{self.config.epochs}", initial=self.seen,
+                       enabled=progress and distributed.is_main())  # fmt: skip
         for inputs, labels in self.batches.epoch(epoch, start=self.position):
             stepping = (self.position + 1) % self.config.grad_accum == 0 or self.position + 1 == len(self.batches)
             # The epoch's last group can be short: its gradient is the mean over its own micro-batches.
@@ -219,8 +219,9 @@ class Trainer(TrainerState):
             if self.step % self.config.log_every == 0:  # the loop's only host sync
                 self.check_finite()
                 running = float(self.loss_sum) / self.seen  # this rank's, since the epoch began
-                bar.set_postfix(loss=f"{running:.4f}")
-                self.loggers.log({"train_loss": running, "lr": self.optimizer.param_groups[0]["lr"]}, self.step)
+                bar.set_fields(step=self.step, loss=running)
+                self.loggers.log({"train_loss": running, "lr": self.optimizer.param_groups[0]["lr"],
+                                  "images_per_second": bar.rate()}, self.step)  # fmt: skip
             every = self.config.checkpoint_every
             if every and self.step % every == 0 and self.position < len(self.batches) and not self.done:
                 self.save_checkpoint()

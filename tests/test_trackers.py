@@ -1,0 +1,243 @@
+"""MLflow and W&B behind the logger seam, read back the way their users read them: MlflowClient on a
+local sqlite store, and the offline W&B run's own file (no network: conftest keeps both local)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import RECIPES, make_hostile, zoo_command
+
+from zoo.config import recipe as recipes
+from zoo.runs.folder import RunFolder
+from zoo.training.loggers import tracking
+from zoo.training.loggers.mlflow import MlflowLogger
+from zoo.training.loggers.wandb import WandbLogger
+from zoo.training.runner import run as run_recipe
+
+TINY = ["data.classes=[0,1]", "data.per_class=24", "data.val_split=0.2", "data.batch_size=8", "train.precision=fp32"]
+RECIPE = recipes.load(RECIPES / "mnist.toml", TINY).to_dict()
+
+
+def mlflow_client() -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient()  # MLFLOW_TRACKING_URI: conftest's sqlite store
+
+
+def only_run(experiment: str = "mnist") -> Any:
+    client = mlflow_client()
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1, [run.info.run_id for run in runs]
+    return runs[0]
+
+
+def history(run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((metric.step, metric.value) for metric in mlflow_client().get_metric_history(run_id, key))
+
+
+def artifacts(run_id: str) -> set[str]:
+    return {entry.path for entry in mlflow_client().list_artifacts(run_id)}
+
+
+def epochs(run_folder: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_folder / RunFolder.METRICS).read_text().splitlines()]
+
+
+def test_mlflow_gets_parameters_tags_metrics_and_files_of_a_run(mnist_dir: Path, tmp_path: Path) -> None:
+    run_folder = tmp_path / "run"
+    result = zoo_command(
+        "run", str(RECIPES / "mnist.toml"), *TINY, "train.epochs=2", "train.log_every=2", 'log.to=["mlflow"]',
+        "log.weights=true", f"log.mlflow={{artifact_location = '{tmp_path / 'artifacts'}'}}", f"output.dir={run_folder}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = only_run()
+    run_id = run.info.run_id
+    assert json.loads((run_folder / RunFolder.TRACKING).read_text()) == {"mlflow": run_id}
+    assert run.info.status == "FINISHED" and run.info.run_name == "run"
+    params = run.data.params
+    assert params["optim.lr"] == str(RECIPE["optim"]["lr"]) and params["data.batch_size"] == "8"
+    assert params["data.classes"] == "[0, 1]" and params["model.backbone"] == "mnist_cnn"
+    results = json.loads((run_folder / RunFolder.RESULTS).read_text())
+    assert run.data.tags["zoo.recipe_hash"] == results["recipe_hash"]
+    assert run.data.tags["zoo.backbone"] == "mnist_cnn" and run.data.tags["zoo.dataset"] == "mnist"
+    records = epochs(run_folder)
+    for key in ("val_accuracy", "train_loss", "images_per_second"):
+        assert history(run_id, key) == [(r["step"], pytest.approx(r[key])) for r in records], key
+    assert [step for step, _ in history(run_id, "step/train_loss")] == list(range(2, records[-1]["step"] + 1, 2))
+    assert history(run_id, "test_accuracy") == [(results["steps"], pytest.approx(results["test"]["accuracy"]))]
+    assert {"results.json", "README.md", "loss.png", "model.safetensors"} <= artifacts(run_id)
+
+
+def test_wandb_offline_run_holds_config_history_summary_and_files(mnist_dir: Path, tmp_path: Path) -> None:
+    run_folder = tmp_path / "run"
+    result = zoo_command(
+        "run", str(RECIPES / "mnist.toml"), *TINY, "train.epochs=2", 'log.to=["wandb"]',
+        "log.wandb={project = 'zoo-tests', tags = ['tiny']}", f"output.dir={run_folder}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "wandb:" not in result.stdout + result.stderr  # W&B's chatter stays out of zoo's output
+    run_id = json.loads((run_folder / RunFolder.TRACKING).read_text())["wandb"]
+    [offline] = (run_folder / RunFolder.WANDB / "wandb").glob(f"offline-run-*-{run_id}")
+    run = wandb_records(offline)
+    [started] = run["run"]
+    assert started.project == "zoo-tests" and list(started.tags) == ["tiny"]
+    config = {item.key: json.loads(item.value_json) for item in started.config.update}
+    results = json.loads((run_folder / RunFolder.RESULTS).read_text())
+    assert config["optim.lr"] == RECIPE["optim"]["lr"] and config["zoo.recipe_hash"] == results["recipe_hash"]
+    rows = [{item.nested_key[0]: json.loads(item.value_json) for item in row.item} for row in run["history"]]
+    logged = [(row["_step"], row["val_accuracy"]) for row in rows if "val_accuracy" in row]
+    assert logged == [(r["step"], pytest.approx(r["val_accuracy"])) for r in epochs(run_folder)]
+    summary = {}
+    for update in run["summary"]:
+        summary |= {(item.key or item.nested_key[0]): json.loads(item.value_json) for item in update.update}
+    assert summary["test_accuracy"] == pytest.approx(results["test"]["accuracy"]) and summary["state"] == "finished"
+    assert {"results.json", "README.md", "loss.png"} <= {path.name for path in (offline / "files").iterdir()}
+    assert not (offline / "files" / "model.safetensors").exists()  # log.weights is off
+
+
+def wandb_records(offline_run: Path) -> dict[str, list[Any]]:
+    """The records of an offline run's .wandb file (a LevelDB-style log of W&B's protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    [path] = offline_run.glob("run-*.wandb")
+    data, block, position, pending = path.read_bytes(), 32768, 7, b""
+    found: dict[str, list[Any]] = {}
+    while position + 7 <= len(data):
+        room = block - position % block
+        checksum, length, kind = struct.unpack("<IHB", data[position : position + 7])
+        if room < 7 or (length == 0 and kind == 0):  # a block's padding
+            position += room
+            continue
+        pending += data[position + 7 : position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):  # a whole record, or a record's last part
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            which = record.WhichOneof("record_type")
+            found.setdefault(which, []).append(getattr(record, which))
+            pending = b""
+    return found
+
+
+def drive(logger: Any, run: Path, recipe: dict[str, Any], step: int, epochs: range) -> None:
+    logger.start(recipe, run, step, [])
+    for epoch in epochs:
+        logger.log({"train_loss": 1 / epoch}, epoch * 10 - 5)
+        logger.log({"train_loss": 1 / epoch, "val_accuracy": 1 - 1 / (epoch + 1)}, epoch * 10, epoch)
+    logger.finish({"state": "finished", "steps": epochs[-1] * 10, "test": {"accuracy": 0.75}}, [])
+
+
+def test_mlflow_resumed_continues_its_run_and_a_changed_setting_is_a_tag(tmp_path: Path) -> None:
+    first = MlflowLogger()
+    drive(first, tmp_path, RECIPE, 0, range(1, 3))
+    longer = {**RECIPE, "train": {**RECIPE["train"], "epochs": 4}}  # `--resume train.epochs=4`
+    again = MlflowLogger()
+    drive(again, tmp_path, longer, 20, range(3, 5))
+    assert again.run_id == first.run_id == only_run("mnist").info.run_id
+    run = mlflow_client().get_run(first.run_id)
+    assert run.data.params["train.epochs"] == str(RECIPE["train"]["epochs"])  # MLflow keeps a parameter's first value
+    assert run.data.tags["resumed.train.epochs"] == "4" and "resumed.optim.lr" not in run.data.tags
+    assert [step for step, _ in history(first.run_id, "val_accuracy")] == [10, 20, 30, 40]
+    assert [step for step, _ in history(first.run_id, "step/train_loss")] == [5, 15, 25, 35]
+
+
+@pytest.mark.parametrize("damage", ['{"mlflow": 7}', "{not json", '["a list"]'])
+def test_a_damaged_tracking_file_starts_a_new_tracker_run_and_says_so(
+    damage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first = MlflowLogger()
+    drive(first, tmp_path, RECIPE, 0, range(1, 2))
+    (tmp_path / RunFolder.TRACKING).write_text(damage)
+    again = MlflowLogger()
+    again.start(RECIPE, tmp_path, 10, [])
+    assert again.run_id != first.run_id
+    assert json.loads((tmp_path / RunFolder.TRACKING).read_text()) == {"mlflow": again.run_id}
+    if damage != '["a list"]':  # a list holds no run id: nothing to warn about
+        assert "the mlflow logger starts a new run" in capsys.readouterr().err
+
+
+def test_a_tracker_failing_mid_run_leaves_a_finished_run(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    calls = []
+
+    def server_down(self: MlflowLogger, metrics: Any, step: int, epoch: int | None = None) -> None:
+        calls.append(step)
+        raise ConnectionError("tracking server down")
+
+    monkeypatch.setattr(MlflowLogger, "log", server_down)
+    recipe = recipes.load(RECIPES / "mnist.toml", [*TINY, "train.epochs=2", 'log.to=["mlflow"]',
+                                                   f"output.dir={tmp_path / 'run'}"])  # fmt: skip
+    result = run_recipe(recipe, progress=False)
+    assert result is not None and result.results.state == "finished" and result.results.test
+    assert len(calls) == 1  # left out after its first failure
+    err = capsys.readouterr().err
+    assert err.count("the mlflow logger failed in log (ConnectionError: tracking server down)") == 1
+    assert len(epochs(tmp_path / "run")) == 2  # metrics.jsonl is always written
+
+
+@pytest.mark.parametrize("kind", ["symlink", "file", "fifo"])
+def test_wandb_never_writes_through_what_sits_at_its_folder(kind: str, tmp_path: Path) -> None:
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    run.mkdir()
+    outside.mkdir()
+    make_hostile(run / RunFolder.WANDB, kind, outside)
+    drive(WandbLogger(), run, RECIPE, 0, range(1, 2))
+    assert not any(outside.iterdir())
+    assert (run / RunFolder.WANDB).is_dir() and not (run / RunFolder.WANDB).is_symlink()
+    assert any((run / RunFolder.WANDB).rglob("run-*.wandb"))
+
+
+def test_tracker_parameters_are_the_recipe_flat() -> None:
+    flat = tracking.parameters(RECIPE)
+    assert flat["optim.lr"] == RECIPE["optim"]["lr"] and flat["data.classes"] == [0, 1]
+    assert not any(isinstance(value, dict) and value for value in flat.values())
+    assert tracking.metric_names({"train_loss": 0.5}, None) == {"step/train_loss": 0.5}
+    assert tracking.metric_names({"val_accuracy": 1}, 3) == {"epoch": 3.0, "val_accuracy": 1.0}
+
+
+@pytest.mark.slow
+def test_mlflow_run_killed_then_resumed_is_one_run_with_steps_continuing(mnist_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    args = [str(RECIPES / "mnist.toml"), *TINY, "train.epochs=3", "train.log_every=1", 'log.to=["mlflow"]',
+            f"output.dir={folder}", "--no-progress"]  # fmt: skip
+    zoo = [str(Path(sys.executable).with_name("zoo")), "run"]
+    process = subprocess.Popen([*zoo, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list((folder / "checkpoints").glob("*")) or not (folder / RunFolder.TRACKING).exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    killed_id = json.loads((folder / RunFolder.TRACKING).read_text())["mlflow"]
+    resumed = subprocess.run([*zoo, *args, "--resume", str(folder)], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    run = only_run()
+    assert run.info.run_id == killed_id and run.info.status == "FINISHED"
+    records = epochs(folder)
+    assert [step for step, _ in history(killed_id, "val_accuracy")] == [r["step"] for r in records]
+    steps = [step for step, _ in history(killed_id, "step/train_loss")]
+    assert set(steps) == set(range(1, records[-1]["step"] + 1))  # steps after the checkpoint logged again, none lost
+    assert "model.safetensors" not in artifacts(killed_id)  # log.weights is off
+
+
+@pytest.mark.slow
+def test_under_nproc_rank_0_alone_logs_to_mlflow(mnist_dir: Path, tmp_path: Path) -> None:
+    result = zoo_command(
+        "run", "--nproc", "2", str(RECIPES / "mnist.toml"), *TINY, "train.epochs=1", "train.log_every=1",
+        'log.to=["mlflow"]', f"output.dir={tmp_path / 'run'}", cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    run = only_run()
+    steps = [step for step, _ in history(run.info.run_id, "step/train_loss")]
+    assert steps and len(steps) == len(set(steps))  # one rank's records: a second would repeat every step

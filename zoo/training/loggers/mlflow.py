@@ -1,0 +1,100 @@
+"""The built-in ``mlflow`` logger: one MLflow run per run folder, continued by ``--resume``.
+
+``[log.mlflow]`` takes ``tracking_uri`` (else MLFLOW_TRACKING_URI, else MLflow's default),
+``experiment`` (else MLFLOW_EXPERIMENT_NAME, else the recipe's name) and ``artifact_location``, where
+a new experiment keeps its files (else the store's default: ./mlruns for a local database). It talks to the store through
+``MlflowClient`` rather than MLflow's process-wide active run, so that nothing outside this logger
+sees or changes its run.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ...errors import ZooError
+from . import tracking
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+# What MLflow's store accepts in one call and in one parameter's value.
+BATCH = 100
+MAX_VALUE = 6000
+STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
+
+
+class MlflowLogger:
+    """Parameters, tags, metrics and the run folder's files in an MLflow run."""
+
+    def __init__(
+        self, experiment: str | None = None, tracking_uri: str | None = None, artifact_location: str | None = None
+    ) -> None:
+        if importlib.util.find_spec("mlflow") is None:
+            raise ZooError("the mlflow logger needs MLflow: pip install 'zoo[mlflow]'")
+        self.experiment = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        self.tracking_uri, self.artifact_location = tracking_uri, artifact_location
+        self._client: MlflowClient | None = None
+        self.run_id = ""
+
+    def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
+        from mlflow import MlflowClient
+        from mlflow.entities import Param, RunTag
+
+        client = self._client = MlflowClient(self.tracking_uri)
+        known = tracking.remembered_run(run, "mlflow") if step else None
+        logged: dict[str, str] = {}
+        if known and _exists(client, known):
+            self.run_id = known
+            client.update_run(known, status="RUNNING")
+            logged = client.get_run(known).data.params
+        else:
+            name = self.experiment or recipe["name"]
+            found = client.get_experiment_by_name(name)
+            experiment_id = found.experiment_id if found else client.create_experiment(name, self.artifact_location)
+            self.run_id = client.create_run(experiment_id, run_name=run.name).info.run_id
+            tracking.remember_run(run, "mlflow", self.run_id)
+        values = {key: str(value)[:MAX_VALUE] for key, value in tracking.parameters(recipe).items()}
+        # A parameter's value cannot change in MLflow: what a resume changed (train.epochs=5) is a tag.
+        params = [Param(key, value) for key, value in values.items() if key not in logged]
+        changed = [RunTag(f"resumed.{key}", value) for key, value in values.items() if logged.get(key, value) != value]
+        run_tags = [RunTag(key, value) for key, value in tracking.tags(recipe).items()] + changed
+        for start in range(0, max(len(params), len(run_tags)), BATCH):
+            client.log_batch(self.run_id, params=params[start : start + BATCH], tags=run_tags[start : start + BATCH])
+
+    def log(self, metrics: Mapping[str, float], step: int, epoch: int | None = None) -> None:
+        self._log_metrics(tracking.metric_names(metrics, epoch), step)
+
+    def finish(self, results: Mapping[str, Any], files: Sequence[Path]) -> None:
+        client = self._client
+        if client is None:
+            return
+        self._log_metrics(tracking.final_metrics(results), results.get("steps") or 0)
+        for file in files:
+            client.log_artifact(self.run_id, str(file))
+        client.set_terminated(self.run_id, status=STATUS.get(results.get("state", ""), "FAILED"))
+        self._client = None
+
+    def _log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        assert self._client is not None, "start() comes before log()"
+        now = int(time.time() * 1000)
+        entries = [Metric(key, value, now, step) for key, value in metrics.items()]
+        for start in range(0, len(entries), BATCH):
+            self._client.log_batch(self.run_id, metrics=entries[start : start + BATCH])
+
+
+def _exists(client: MlflowClient, run_id: str) -> bool:
+    """Whether the store holds ``run_id`` (a resume against another store starts a new run)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        return False
+    return True
