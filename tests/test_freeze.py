@@ -9,7 +9,7 @@ from torch import nn
 
 import zoo
 from zoo.config import recipe as recipes
-from zoo.config.schema import FreezeConfig, FreezeStage
+from zoo.config.model_section import FreezeConfig, FreezeStage
 from zoo.errors import ZooError
 from zoo.models import freeze
 from zoo.models.build import Classifier

@@ -8,7 +8,7 @@ import torch
 from conftest import write_finished_run
 from torch import nn
 
-from zoo.config.schema import HeadConfig, ModelConfig
+from zoo.config.model_section import HeadConfig, ModelConfig
 from zoo.data.splits import DataInput
 from zoo.errors import ZooError
 from zoo.models.build import build_head, build_model, check_input, load_pretrained, load_run

@@ -21,7 +21,8 @@ from safetensors.torch import load_file, save_file
 import zoo
 from zoo.cli import cli
 from zoo.config import recipe as recipes
-from zoo.config.schema import DataConfig, FreezeConfig, ModelConfig, Recipe
+from zoo.config.model_section import FreezeConfig, ModelConfig
+from zoo.config.schema import DataConfig, Recipe
 from zoo.data.transforms import image_config
 from zoo.errors import ZooError
 from zoo.models import freeze

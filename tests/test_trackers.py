@@ -150,6 +150,17 @@ def test_mlflow_resumed_continues_its_run_and_a_changed_setting_is_a_tag(tmp_pat
     assert [step for step, _ in history(first.run_id, "step/train_loss")] == [5, 15, 25, 35]
 
 
+def test_wandb_resumed_continues_its_run(tmp_path: Path) -> None:
+    drive(WandbLogger(), tmp_path, RECIPE, 0, range(1, 2))
+    run_id = json.loads((tmp_path / RunFolder.TRACKING).read_text())["wandb"]
+    drive(WandbLogger(), tmp_path, RECIPE, 10, range(2, 3))
+    runs = [wandb_records(run) for run in (tmp_path / RunFolder.WANDB / "wandb").glob("offline-run-*")]
+    assert {started.run_id for records in runs for started in records["run"]} == {run_id}  # W&B merges on sync
+    steps = {json.loads(item.value_json) for records in runs for row in records.get("history", [])
+             for item in row.item if item.nested_key[0] == "_step"}  # fmt: skip
+    assert {10, 20} <= steps
+
+
 @pytest.mark.parametrize("damage", ['{"mlflow": 7}', "{not json", '["a list"]'])
 def test_a_damaged_tracking_file_starts_a_new_tracker_run_and_says_so(
     damage: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -214,7 +225,7 @@ def test_mlflow_run_killed_then_resumed_is_one_run_with_steps_continuing(mnist_d
     process = subprocess.Popen([*zoo, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 300
-    while not list((folder / "checkpoints").glob("*")) or not (folder / RunFolder.TRACKING).exists():
+    while not list((folder / "checkpoints").glob("*/state.json")) or not (folder / RunFolder.TRACKING).exists():
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)

@@ -13,88 +13,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import tomli_w
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    PlainValidator,
-    WithJsonSchema,
-    model_validator,
-)
+from pydantic import ConfigDict, Field, model_validator
 
 from . import sources
-from .sources import WeightSource
-
-# model.pretrained: written as a bool or a string, held as a typed WeightSource (zoo/sources.py).
-Pretrained = Annotated[
-    WeightSource,
-    PlainValidator(lambda value: sources.parse(value, Path.cwd())),
-    PlainSerializer(sources.text),
-    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "string"}]}),
-]
+from ._section import MAX_SIZE, NAME_PATTERN, Fraction, Section, Size
+from .model_section import ModelConfig
 
 
-class _Section(BaseModel):
-    # strict: a string where a number belongs is a mistake, not something to coerce; and TOML's
-    # inf and nan are never a setting (an infinite learning rate trains NaN weights to the end).
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-# Upper bounds on sizes: beyond them a value is a typo, not a run (they also keep products finite).
-MAX_SIZE = 1 << 20
-Size = Annotated[int, Field(ge=1, le=MAX_SIZE)]
-Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
-# A run's name becomes a folder name: letters, digits, '.', '_' and '-', not starting with '.' or '-'.
-NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
-
-
-class HeadConfig(_Section):
-    type: Literal["linear", "mlp"] = Field("linear", description="linear, or mlp with hidden layers")
-    num_classes: Size | None = Field(None, description="outputs; default: the number of selected classes")
-    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout before each linear layer of the head")
-    hidden: list[Size] = Field([256], description="hidden widths of an mlp head")
-    activation: Literal["relu", "gelu", "tanh", "sigmoid"] = Field("relu", description="activation of an mlp head")
-
-
-class FreezeStage(_Section):
-    epoch: int = Field(ge=1, le=MAX_SIZE, description="first epoch (counting from 1) in which these parameters train")
-    unfreeze: list[str] = Field(description="glob patterns over parameter names, or 'backbone'")
-    lr_mult: float = Field(1.0, gt=0.0, le=100.0, description="their learning rate as a multiple of optim.lr")
-
-
-class FreezeConfig(_Section):
-    freeze: list[str] = Field(
-        [], description="glob patterns over parameter names ('backbone.' may be left out), or 'backbone'"
-    )
-    unfreeze: list[str] = Field([], description="exceptions to freeze: patterns that stay trainable")
-    train_bn: bool = Field(False, description="train frozen BatchNorm layers (by default they stay in eval mode)")
-    stages: list[FreezeStage] = Field([], description="staged unfreezing")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _single_pattern(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("freeze"), str):
-            return {**data, "freeze": [data["freeze"]]}
-        return data
-
-
-class ModelConfig(_Section):
-    backbone: str = Field(description="a zoo.models plugin name (`zoo list models`)")
-    pretrained: Pretrained = Field(
-        sources.Scratch(),
-        description=(
-            "false, true (the plugin's own weights), a run folder, 'recipe:FILE.toml' (that recipe's output), "
-            "'registry:NAME' (registry.json's pinned weights), 'hf-hub:ORG/REPO[@REVISION]', or for timm/ "
-            "backbones a timm model folder"
-        ),
-    )
-    args: dict[str, Any] = Field({}, description="arguments for the backbone plugin (`zoo info NAME`)")
-    head: HeadConfig = HeadConfig()
-    freeze: FreezeConfig = FreezeConfig()
-
-
-class DataConfig(_Section):
+class DataConfig(Section):
     dataset: str = Field(description="a zoo.datasets plugin name (`zoo list datasets`)")
     root: str | None = Field(None, description="data folder; default: $ZOO_DATA_DIR, else ~/.cache/zoo/data")
     args: dict[str, Any] = Field({}, description="arguments for the dataset plugin")
@@ -184,7 +110,7 @@ class DataConfig(_Section):
         return self
 
 
-class LossConfig(_Section):
+class LossConfig(Section):
     name: str = Field("cross_entropy", description="a zoo.losses plugin name (`zoo list losses`)")
     args: dict[str, Any] = Field({}, description="arguments for the loss plugin")
     class_weights: Literal["balanced"] | list[Annotated[float, Field(gt=0.0, le=1e6)]] | None = Field(
@@ -203,7 +129,7 @@ OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
 }
 
 
-class OptimConfig(_Section):
+class OptimConfig(Section):
     name: Literal["sgd", "adam", "adamw", "adadelta"] = Field("adamw", description="optimiser")
     lr: float = Field(1e-3, gt=0.0, le=10.0, description="learning rate (of the head; see backbone_lr_mult)")
     backbone_lr_mult: float = Field(1.0, gt=0.0, le=100.0, description="backbone learning rate as a multiple of lr")
@@ -223,7 +149,7 @@ class OptimConfig(_Section):
         return self
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(Section):
     name: Literal["none", "step", "cosine", "onecycle", "warmup"] = Field("none", description="learning-rate schedule")
     warmup_epochs: float = Field(0.0, ge=0.0, le=MAX_SIZE, description="linear warm-up (cosine, warmup), in epochs")
     step_size: Size = Field(1, description="step: epochs between decays")
@@ -234,12 +160,12 @@ class ScheduleConfig(_Section):
     final_div_factor: float = Field(1e4, ge=1.0, le=1e9, description="onecycle: starting lr / final lr")
 
 
-class EarlyStopConfig(_Section):
+class EarlyStopConfig(Section):
     patience: Size = Field(description="evaluations in a row without improvement before the run stops")
     min_delta: float = Field(0.0, ge=0.0, le=1e6, description="the least change of train.monitor that counts")
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     epochs: Size = Field(10, description="epochs to train")
     max_steps: int | None = Field(None, ge=1, le=1 << 40, description="stop after this many optimiser steps")
     seed: int = Field(0, ge=0, lt=1 << 32, description="seeds data selection, order and initialisation")
@@ -293,11 +219,11 @@ class TrainConfig(_Section):
     )
 
 
-class OutputConfig(_Section):
+class OutputConfig(Section):
     dir: str | None = Field(None, description="the run folder; default runs/<name>-<timestamp>")
 
 
-class LogConfig(_Section):
+class LogConfig(Section):
     """Where metrics go besides the terminal and RUN/metrics.jsonl, which is always written.
 
     ``[log.NAME]`` tables hold each logger's arguments (``[log.csv] filename = "..."``).
@@ -326,7 +252,7 @@ class LogConfig(_Section):
         return dict(self.model_extra or {})
 
 
-class Recipe(_Section):
+class Recipe(Section):
     """A zoo recipe: backbone + head + freezing policy + data, loss, optimiser, schedule, training."""
 
     name: str = Field(

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ..config import sources
-from ..config.schema import HeadConfig, ModelConfig
+from ..config.model_section import HeadConfig, ModelConfig
 from ..config.sources import HubRepo, LocalFolder, PluginWeights, RecipeOutput, RegistryName, Scratch, WeightSource
 from ..data.preprocessing import Preprocessing
 from ..errors import ZooError

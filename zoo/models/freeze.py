@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..config.schema import FreezeConfig, FreezeStage
+from ..config.model_section import FreezeConfig, FreezeStage
 from ..errors import ZooError
 
 BACKBONE = "backbone"

@@ -88,6 +88,8 @@ class RunFolder:
     RESULTS = "results.json"
     MODEL_CARD = "README.md"
     HUB_RECORD = "hub.json"
+    ADAPTER_CONFIG = "adapter_config.json"  # peft's own files, for a run with model.adapter
+    ADAPTER_WEIGHTS = "adapter_model.safetensors"
     TENSORBOARD = "tensorboard"
     TRACKING = "tracking.json"  # each tracker's run id (MLflow, W&B): --resume continues the same run
     WANDB = "wandb"  # W&B's own files for the run
@@ -95,10 +97,10 @@ class RunFolder:
     PLOTS = ("loss.png", "accuracy.png", "lr.png", "confusion_matrix.png")
     EXPORTS = ("model.onnx", "model.pt2", "model.torchscript")  # `zoo export`: ONNX, torch.export, TorchScript
     # What a run shares on the Hub. Exact names, no wildcards: a pull fetches nothing else.
-    SHARED = (WEIGHTS, CONFIG, MODEL_CARD, RECIPE, RESULTS, *PLOTS, *EXPORTS)
+    SHARED = (WEIGHTS, CONFIG, MODEL_CARD, RECIPE, RESULTS, ADAPTER_CONFIG, ADAPTER_WEIGHTS, *PLOTS, *EXPORTS)
     # What only the run (or `zoo push`, its hub.json) writes: no other command's output goes there.
     OWN = (WEIGHTS, CONFIG, RECIPE, METRICS, RESULTS, MODEL_CARD, HUB_RECORD, TENSORBOARD, TRACKING, WANDB,
-           CHECKPOINTS, *PLOTS, locking.LOCK_NAME)  # fmt: skip
+           ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHECKPOINTS, *PLOTS, locking.LOCK_NAME)  # fmt: skip
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -9,11 +9,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .._files import atomic_write
 from .._version import __version__
 from ..config.sources import HubRepo, PluginWeights, RegistryName, WeightSource
 from ..data.contract import facts
 from ..inference.evaluate import evaluate
 from ..inference.prepared import RunSetup
+from ..models import adapters
 from ..models.build import exchange_config
 from ..parallel import distributed, fsdp
 from ..parallel.distributed import log
@@ -61,7 +63,8 @@ def finish_run(
     if state == "finished":
         test = setup.batches(setup.splits.test)
         results.test = evaluate(model, test, setup.loss_fn, setup.splits.label_names, setup.dtype)
-    weights = fsdp.full_state_dict(model)  # a collective when sharded
+    # An adapter run keeps its weights merged, as the base model names them; a sharded one is gathered (a collective).
+    weights = adapters.merged_state_dict(model) if adapters.is_adapted(model) else fsdp.full_state_dict(model)
     if distributed.is_main():
         files = _write_run(folder, setup, results, trainer, weights)
         trainer.loggers.finish(results.model_dump(exclude_none=True), files)
@@ -75,6 +78,10 @@ def _write_run(
     recipe, label_names = setup.recipe, setup.splits.label_names
     metadata = {"label_names": json.dumps(label_names), "recipe_hash": recipe.hash, "format": "pt"}
     folder.write_weights(weights, metadata)
+    if adapters.is_adapted(setup.model):
+        base = base_model(recipe.model.pretrained, setup.model) or recipe.model.backbone
+        for name, data in adapters.peft_files(setup.model, base).items():
+            atomic_write(folder.file(name), data)
     config = exchange_config(setup.model, recipe.model.backbone, label_names, setup.preprocessing)
     # Files that may be shared hold the recipe without this machine's paths; recipe.toml keeps them.
     config["zoo"] = {"version": __version__, "recipe_hash": recipe.hash, "recipe": recipe.shareable().to_dict()}

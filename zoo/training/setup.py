@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import random
 import sys
 
@@ -22,7 +23,7 @@ from ..data.splits import Splits, data_input, load_splits, tensor_shape
 from ..data.transforms import resolve_preprocessing
 from ..errors import ZooError
 from ..inference.prepared import RunSetup, prepare_data
-from ..models import freeze
+from ..models import adapters, freeze
 from ..models.build import build_model
 from ..parallel import distributed, fsdp
 from ..parallel.device import autocast_dtype, resolve_device
@@ -42,6 +43,7 @@ def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None
     """Set up ``recipe`` for training, its model's weights from ``source`` (as ``runner.resolve_source``
     resolves the recipe's ``model.pretrained``; by default that setting as it is)."""
     source = recipe.model.pretrained if source is None else source
+    _refuse_adapter_settings(recipe)
     seed_everything(recipe.train.seed)
     device = distributed.setup(resolve_device(recipe.train.device))
     configure_backends(device, recipe.train.deterministic)
@@ -73,6 +75,18 @@ def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None
     return setup
 
 
+def _refuse_adapter_settings(recipe: Recipe) -> None:
+    """What an adapter run cannot do yet, said before anything is built."""
+    if recipe.model.adapter is None:
+        return
+    if importlib.util.find_spec("peft") is None:
+        raise ZooError("model.adapter needs peft: pip install 'zoo[peft]'")
+    if recipe.train.strategy == "fsdp":
+        raise ZooError('model.adapter with train.strategy = "fsdp": FSDP of adapters is not supported; use "ddp"')
+    if recipe.train.ema:
+        raise ZooError("model.adapter with train.ema: an EMA of adapters is not supported; leave train.ema out")
+
+
 def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn.Module, Preprocessing]:
     num_classes = recipe.model.head.num_classes or len(splits.label_names)
     if num_classes != len(splits.label_names):
@@ -88,6 +102,8 @@ def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn
         log(loaded)
     preprocessing = resolve_preprocessing(recipe.data, model, splits)
     freeze.apply(model, recipe.model.freeze)
+    if recipe.model.adapter is not None:
+        model = adapters.attach(model, recipe.model.adapter, recipe.model.backbone)
     return model, preprocessing
 
 
@@ -132,6 +148,8 @@ def print_setup(setup: RunSetup) -> None:
         )
     if setup.class_weights:
         log(f"class weights: {', '.join(f'{weight:.3g}' for weight in setup.class_weights)}")
+    if recipe.model.adapter is not None:
+        log(adapters.describe(setup.model, recipe.model.adapter))
     rows = freeze.summary(setup.model, setup.groups or [])
     width = max(len(row[0]) for row in rows)
     log(f"{'group':<{width}}  {'tensors':>7}  {'parameters':>12}  lr")

@@ -1,0 +1,33 @@
+"""What every section of the recipe schema shares: strict validation, sizes and names, ``model.pretrained``'s type."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
+
+from . import sources
+from .sources import WeightSource
+
+# model.pretrained: written as a bool or a string, held as a typed WeightSource (zoo/sources.py).
+Pretrained = Annotated[
+    WeightSource,
+    PlainValidator(lambda value: sources.parse(value, Path.cwd())),
+    PlainSerializer(sources.text),
+    WithJsonSchema({"anyOf": [{"type": "boolean"}, {"type": "string"}]}),
+]
+
+
+class Section(BaseModel):
+    # strict: a string where a number belongs is a mistake, not something to coerce; and TOML's
+    # inf and nan are never a setting (an infinite learning rate trains NaN weights to the end).
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+
+# Upper bounds on sizes: beyond them a value is a typo, not a run (they also keep products finite).
+MAX_SIZE = 1 << 20
+Size = Annotated[int, Field(ge=1, le=MAX_SIZE)]
+Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# A run's name becomes a folder name: letters, digits, '.', '_' and '-', not starting with '.' or '-'.
+NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"
