@@ -20,9 +20,21 @@ from zoo.training.optim import build_optimizer
 MNIST_INPUT = Preprocessing((1, 28, 28), (0.1307,), (0.3081,))
 
 
-def test_auto_precision_is_fp32_on_the_cpu_and_explicit_choices_are_kept() -> None:
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"),
+    [(True, False, torch.bfloat16), (False, True, torch.bfloat16), (False, False, None)],
+)
+def test_auto_precision_on_the_cpu_is_bf16_only_where_native(
+    avx512_bf16: bool, amx: bool, expected: torch.dtype | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert autocast_dtype("auto", torch.device("cpu")) is expected
+    assert autocast_dtype("auto", torch.device("mps")) is None
+
+
+def test_explicit_precision_choices_are_kept() -> None:
     cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) is None
     assert (autocast_dtype("bf16", cpu), autocast_dtype("fp16", cpu), autocast_dtype("fp32", cpu)) == (
         torch.bfloat16,
         torch.float16,

@@ -171,7 +171,8 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0, lt=1 << 32, description="seeds data selection, order and initialisation")
     device: Literal["auto", "cpu", "cuda", "mps"] = Field("auto", description="auto: cuda, then mps, then cpu")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="autocast precision; auto: bf16 on CUDA, fp32 elsewhere"
+        "auto",
+        description="autocast precision; auto: bf16 where native (CUDA Ampere+, CPUs with AVX512-BF16 or AMX), else fp16 on CUDA, fp32 elsewhere",
     )
     compile: bool = Field(False, description="torch.compile the training step's model")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(

@@ -24,14 +24,22 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype, or None for plain fp32.
 
     auto: on CUDA, bf16 where the GPU computes it natively (Ampere and later), else fp16 with the
-    grad scaler; fp32 elsewhere (a CPU's bf16 speed varies too much to choose it unasked).
+    grad scaler; on a CPU, bf16 where it computes bf16 natively (AVX512-BF16 or AMX: 1.5x fp32's
+    throughput), else fp32 (emulated bf16 convolutions are several times slower than fp32's);
+    fp32 on any other device.
     """
     if precision == "auto":
-        if device.type != "cuda":
-            precision = "fp32"
-        else:
+        if device.type == "cuda":
             precision = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        elif device.type == "cpu" and cpu_has_native_bf16():
+            precision = "bf16"
+        else:
+            precision = "fp32"
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def cpu_has_native_bf16() -> bool:
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def configure(device: torch.device, deterministic: bool) -> None:
