@@ -80,14 +80,15 @@ def test_plain_peft_on_plain_timm_gives_the_merged_weights_logits(lora_runs: tup
 
     base_folder, lora_folder = lora_runs
     config = json.loads((lora_folder / RunFolder.CONFIG).read_text())
-    base = timm.create_model("test_vit", num_classes=config["num_classes"], **config["model_args"])
+    arguments = {"num_classes": config["num_classes"], **config["model_args"]}  # as timm's local-dir: builds it
+    base = timm.create_model("test_vit", **arguments)
     base.load_state_dict(load_file(base_folder / RunFolder.WEIGHTS))  # the weights the adapter adapts
     adapted = PeftModel.from_pretrained(base, str(lora_folder)).eval()
     merged = zoo.load(lora_folder).eval()  # model.safetensors: the adapter merged in
     with torch.no_grad():
         unmerged_logits, merged_logits = adapted(images()), merged(images())
     assert torch.allclose(unmerged_logits, merged_logits, atol=1e-5)
-    untouched = timm.create_model("test_vit", num_classes=config["num_classes"], **config["model_args"])
+    untouched = timm.create_model("test_vit", **arguments)
     untouched.load_state_dict(load_file(base_folder / RunFolder.WEIGHTS))
     with torch.no_grad():
         assert not torch.allclose(untouched.eval()(images()), merged_logits, atol=1e-3)  # the adapter did change it
