@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tomllib
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPES, assert_user_error, zoo_command
+from conftest import RECIPES, assert_user_error
 from PIL import Image
 
 from zoo.config.schema import DataConfig
@@ -144,3 +142,162 @@ def test_the_cache_equals_the_transform_and_follows_the_data(tmp_path: Path) -> 
     changed = load_splits(DataConfig(dataset="hf", args={"path": str(other)}, val_split=0.0), seed=0)
     rebuilt = decoded(changed.test.dataset, layout, in_memory=False, workers=0, progress=False)
     assert rebuilt.path != again.path and len(rebuilt) == 15
+
+
+# ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
+
+
+def zoo_run_hf(args: dict[str, object], *overrides: str) -> object:
+    """`zoo run` in process on a tiny timm model reading the `hf` dataset with ``args``."""
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    written = ", ".join(f"{key} = {json.dumps(value)}" for key, value in args.items())
+    return CliRunner().invoke(cli, ["run", *TINY_RUN, f"data.args={{{written}}}", *overrides, "--no-progress"])
+
+
+TINY_RUN = [
+    str(RECIPES / "timm_finetune.toml"), "model.backbone=timm/test_resnet", "model.pretrained=false",
+    "model.freeze.freeze=[]", "data.dataset=hf", "data.image_size=16", "train.epochs=1", "data.num_workers=0",
+]  # fmt: skip
+
+
+def cells(part: datasets.Dataset) -> list[dict]:
+    """A split's image cells undecoded: {"bytes", "path"}."""
+    return [dict(cell) for cell in part.cast_column("image", datasets.Image(decode=False))["image"]]
+
+
+def with_images(dataset: datasets.DatasetDict, split: str, images: list[dict]) -> datasets.DatasetDict:
+    part = dataset[split].cast_column("image", datasets.Image(decode=False)).remove_columns("image")
+    part = part.add_column("image", images, feature=datasets.Image(decode=False)).cast_column("image", datasets.Image())
+    return datasets.DatasetDict({**dataset, split: part})
+
+
+def broken_image(dataset: datasets.DatasetDict, split: str, row: int, kind: str) -> datasets.DatasetDict:
+    images = cells(dataset[split])
+    if kind == "truncated":  # its header is whole, its pixels are not
+        images[row]["bytes"] = images[row]["bytes"][:60]
+    else:
+        images[row]["bytes"] = b"not an image at all"
+    return with_images(dataset, split, images)
+
+
+def thumbnails(dataset: datasets.DatasetDict) -> datasets.DatasetDict:
+    """A second Image column."""
+    return datasets.DatasetDict(
+        {s: p.add_column("thumb", cells(p), feature=datasets.Image(decode=False)).cast_column("thumb", datasets.Image())
+         for s, p in dataset.items()}
+    )  # fmt: skip
+
+
+BAD_INPUT = {
+    "two image columns": (
+        thumbnails,
+        {},
+        ["data.args.image_column", "2 Image columns (image, thumb)", "image, label, thumb"],
+    ),
+    "no image column": (
+        lambda d: d.remove_columns("image").map(lambda row: {"pixels": 1}),
+        {},
+        ["data.args.image_column", "no Image column", "label, pixels"],
+    ),
+    "an image column that holds numbers": (
+        lambda d: d.map(lambda row: {"pixels": 1}),
+        {"image_column": "pixels"},
+        ["data.args.image_column = 'pixels' holds int64", "image, label, pixels"],
+    ),
+    "an image column that does not exist": (
+        lambda d: d,
+        {"image_column": "picture"},
+        ["data.args.image_column = 'picture'", "no such column", "image, label"],
+    ),
+    "a label column of floats": (
+        lambda d: d.map(lambda row: {"score": 0.5}),
+        {"label_column": "score"},
+        ["data.args.label_column = 'score' holds float", "ClassLabel, integers or strings"],
+    ),
+    "no label column": (
+        lambda d: d.rename_column("label", "colour").cast_column("colour", datasets.Value("int64")),
+        {},
+        ["data.args.label_column", "no ClassLabel column", "image, colour"],
+    ),
+    "a ClassLabel out of range": (
+        lambda d: datasets.DatasetDict(
+            {
+                **d,
+                "test": d["test"]
+                .cast_column("label", datasets.Value("int64"))
+                .map(lambda row, i: {"label": 7 if i == 5 else row["label"]}, with_indices=True)
+                .cast_column("label", datasets.ClassLabel(names=["red", "green", "blue", "a", "b", "c", "d", "e"])),
+            }
+        ),
+        {},
+        ["split 'test', row 5: label 7 is outside the 3 classes (red, green, blue)"],
+    ),
+    "a string label the training split lacks": (
+        lambda d: datasets.DatasetDict(
+            {
+                **d,
+                "test": d["test"].map(
+                    lambda row, i: {"label": "purple" if i == 2 else row["label"]}, with_indices=True
+                ),
+            }
+        ),
+        {"label_column": "label"},
+        ["split 'test', row 2: label 'purple' is outside the 3 classes (blue, green, red)"],
+    ),
+    "a missing split": (
+        lambda d: d,
+        {"test_split": "validation"},
+        ["data.args.test_split = 'validation'", "no such split", "train, test"],
+    ),
+    "an undecodable image": (
+        lambda d: broken_image(d, "train", 4, "garbage"),
+        {},
+        ["split 'train', row 4 is not a readable image", "UnidentifiedImageError"],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUT)
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path: Path, case: str) -> None:
+    change, args, fragments = BAD_INPUT[case]
+    labels = "str" if "string" in case else "class"
+    folder = saved(change(make_dataset(labels)), tmp_path / "saved")
+    result = zoo_run_hf({"path": str(folder), **args}, f"output.dir={tmp_path / 'run'}")
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_truncated_image_is_named_by_its_row_when_decoded(tmp_path: Path) -> None:
+    """A PNG whose header is whole but whose pixels are cut short passes the check of headers, and is
+    named by its split and row when decoded: by the cache's build (in a worker) as well as by a read."""
+    folder = saved(broken_image(make_dataset(), "test", 3, "truncated"), tmp_path / "saved")
+    dataset = HuggingFaceDataset(tmp_path, "test", str(folder))
+    assert isinstance(dataset[2][0], Image.Image)
+    with pytest.raises(ZooError, match="split 'test', row 3 is not a readable image"):
+        dataset[3]
+    layout = Layout(size=16, crop=16, channels=3, interpolation="bilinear", crop_mode="center")
+    with pytest.raises(ZooError, match="split 'test', row 3 is not a readable image"):
+        decoded(dataset, layout, in_memory=False, workers=1, progress=False)
+    assert not list((tmp_path / "cache" / "images").glob("*.u8"))  # nothing half-built left to be read
+
+
+@pytest.mark.parametrize("problem", ["not a folder or id", "a damaged save", "a single split", "revision on a folder"])
+def test_a_path_that_cannot_be_read_is_one_line(tmp_path: Path, problem: str) -> None:
+    folder = saved(make_dataset(), tmp_path / "saved")
+    args: dict[str, object] = {"path": str(folder)}
+    if problem == "not a folder or id":
+        args["path"], fragments = str(tmp_path / "nowhere" / "x" / "y"), ["neither a folder here nor a Hub dataset id"]
+    elif problem == "a damaged save":
+        arrow = next((folder / "train").glob("*.arrow"))
+        arrow.write_bytes(arrow.read_bytes()[:100])
+        fragments = ["datasets cannot read", str(folder)]
+    elif problem == "a single split":
+        make_dataset()["train"].save_to_disk(str(tmp_path / "one"))
+        args["path"], fragments = str(tmp_path / "one"), ["holds one split written by save_to_disk"]
+    else:
+        args["revision"], fragments = "main", ["data.args.revision applies to Hub datasets"]
+    assert_user_error(zoo_run_hf(args, f"output.dir={tmp_path / 'run'}"), *fragments)
+    assert not (tmp_path / "run").exists()
