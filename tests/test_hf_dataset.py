@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import tomllib
 from pathlib import Path
 
 import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPES, assert_user_error
+import yaml
+from conftest import RECIPES, TOKEN, assert_user_error, zoo_command
+from hub_server import FakeHub
 from PIL import Image
 
 from zoo.config.schema import DataConfig
@@ -301,3 +305,70 @@ def test_a_path_that_cannot_be_read_is_one_line(tmp_path: Path, problem: str) ->
         args["revision"], fragments = "main", ["data.args.revision applies to Hub datasets"]
     assert_user_error(zoo_run_hf(args, f"output.dir={tmp_path / 'run'}"), *fragments)
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ the Hub (tests/hub_server.py), as `zoo run` reads it
+
+
+def hub_run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return zoo_command("run", *TINY_RUN, *args, "--no-progress", env=env)
+
+
+@pytest.mark.slow
+def test_a_hub_dataset_is_pinned_recorded_and_read_again_after_main_moved_and_offline(
+    hub: tuple[FakeHub, dict[str, str]], tmp_path: Path
+) -> None:
+    server, env = hub
+    first = server.add_dataset("zoo-test/colours", parquet_files(make_dataset()))
+    run = hub_run(env, "data.args={path = 'zoo-test/colours', revision = 'main'}", f"output.dir={tmp_path / 'a'}")
+    assert run.returncode == 0, run.stderr
+    assert "data: 21 train, 3 val, 12 test" in run.stdout
+    recipe = tomllib.loads((tmp_path / "a" / "recipe.toml").read_text())
+    assert recipe["data"]["args"] == {"path": "zoo-test/colours", "revision": first}
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert results["dataset"] == {"hub": "zoo-test/colours", "revision": first}
+    card = (tmp_path / "a" / "README.md").read_text()
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["datasets"] == ["zoo-test/colours"] and first in card and str(tmp_path) not in card
+
+    moved = server.add_dataset("zoo-test/colours", parquet_files(make_dataset(splits={"train": 4, "test": 5})))
+    again = zoo_command("run", str(tmp_path / "a" / "recipe.toml"), f"output.dir={tmp_path / 'b'}", "--no-progress", env=env)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert "data: 21 train, 3 val, 12 test" in again.stdout  # the recorded commit, not main's
+    assert f"/resolve/{moved}/" not in " ".join(server.state.requests)  # nothing of main's new commit was read
+
+    offline = {**env, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}  # and no Hub to reach either
+    cached = hub_run(
+        offline, "data.args={path = 'zoo-test/colours', revision = 'main'}", f"output.dir={tmp_path / 'c'}"
+    )
+    assert cached.returncode == 0, cached.stderr
+    assert (
+        json.loads((tmp_path / "c" / "results.json").read_text())["dataset"]["revision"] == first
+    )  # the cached commit
+    missing = hub_run(offline, f"data.args={{path = 'zoo-test/colours', revision = '{moved}'}}", f"output.dir={tmp_path / 'd'}")  # fmt: skip
+    assert_user_error(missing, f"dataset zoo-test/colours@{moved} is not in the datasets cache", f"holds commit {first}", "HF_HUB_OFFLINE")  # fmt: skip
+    unknown = hub_run(offline, "data.args={path = 'zoo-test/never'}", f"output.dir={tmp_path / 'd'}")
+    assert_user_error(unknown, "dataset zoo-test/never is not in", "run once online")
+    assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.slow
+def test_hub_mistakes_are_one_line(hub: tuple[FakeHub, dict[str, str]], tmp_path: Path) -> None:
+    server, env = hub
+    server.add_dataset("zoo-test/colours", parquet_files(make_dataset()))
+    server.add_dataset("zoo-test/secret", parquet_files(make_dataset()), private=True)
+    anonymous = {key: value for key, value in env.items() if key != "HF_TOKEN"}
+    cases = [
+        (env, "{path = 'zoo-test/nothing'}", ["dataset zoo-test/nothing", "no such repo, or no access"]),
+        (env, "{path = 'zoo-test/colours', revision = 'v9'}", ["dataset zoo-test/colours@v9", "no such revision"]),
+        (anonymous, "{path = 'zoo-test/secret'}", ["dataset zoo-test/secret", "no access to it (log in"]),
+        (env, "{path = 'zoo-test/colours', name = 'nope'}", ["dataset zoo-test/colours", "nope"]),
+    ]
+    for environment, args, fragments in cases:
+        result = hub_run({**environment, "HF_TOKEN": environment.get("HF_TOKEN", "")}, f"data.args={args}",
+                         f"output.dir={tmp_path / 'run'}")  # fmt: skip
+        assert_user_error(result, *fragments)
+        assert not (tmp_path / "run").exists()
+    token = hub_run(env, "data.args={path = 'zoo-test/secret'}", "--dry-run")
+    assert token.returncode == 0 and "data: 21 train" in token.stdout, token.stderr  # the token opens it
+    assert TOKEN not in token.stdout + token.stderr
