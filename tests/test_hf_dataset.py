@@ -125,6 +125,21 @@ def test_classes_per_class_and_named_splits(tmp_path: Path) -> None:
     assert len(splits.val) == 4 and len(splits.test) == 6
 
 
+def test_a_validation_split_is_validated_on_instead_of_a_held_out_part(tmp_path: Path) -> None:
+    folder = saved(make_dataset(splits={"train": 6, "test": 4, "validation": 2, "dev": 3}), tmp_path / "saved")
+    own = load_splits(DataConfig(dataset="hf", args={"path": str(folder)}), seed=0)
+    assert (len(own.train), len(own.val), len(own.test)) == (18, 6, 12)  # all of train; validation's 6
+    assert own.val.dataset.split == "validation" and own.val.labels.tolist() == [0, 1, 2] * 2
+    named = load_splits(DataConfig(dataset="hf", args={"path": str(folder), "val_split": "dev"}), seed=0)
+    assert len(named.val) == 9 and named.val.dataset.split == "dev"
+    none = load_splits(DataConfig(dataset="hf", args={"path": str(folder)}, val_split=0.0), seed=0)
+    assert none.val is None and len(none.train) == 18
+    held_out = saved(make_dataset(splits={"train": 10, "test": 4}), tmp_path / "held_out")
+    assert len(load_splits(DataConfig(dataset="hf", args={"path": str(held_out)}, val_split=0.2), seed=0).val) == 6
+    with pytest.raises(ZooError, match="data.args.val_split = 'valid': .* no such split; its splits: train, test"):
+        load_splits(DataConfig(dataset="hf", args={"path": str(held_out), "val_split": "valid"}), seed=0)
+
+
 def test_the_cache_equals_the_transform_and_follows_the_data(tmp_path: Path) -> None:
     """Evaluation batches from the decoded cache equal the uncached transform; other data (another
     fingerprint) gets its own cache, the same data reuses it."""

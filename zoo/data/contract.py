@@ -38,6 +38,7 @@ class DatasetFacts:
     hub_dataset: str | None
     fingerprint: str | None = None
     pinned_args: dict[str, Any] | None = None
+    validation: Any = None  # a dataset
 
     @property
     def in_memory(self) -> bool:
@@ -86,6 +87,9 @@ def facts(dataset: object, name: str | None = None) -> DatasetFacts:
         isinstance(pinned_args, Mapping) and all(isinstance(k, str) and k.isidentifier() for k in pinned_args)
     ):
         raise broken(f"`pinned_args` must map data.args names to values, not {pinned_args!r}")
+    validation = getattr(dataset, "validation", None)
+    if validation is not None and getattr(validation, "classes", None) != getattr(dataset, "classes", None):
+        raise broken("`validation` must be a dataset of the same `classes`")
     return DatasetFacts(
         targets=targets,
         images=images,
@@ -97,6 +101,7 @@ def facts(dataset: object, name: str | None = None) -> DatasetFacts:
         hub_dataset=hub_dataset,
         fingerprint=fingerprint,
         pinned_args=dict(pinned_args) if pinned_args is not None else None,
+        validation=validation,
     )
 
 

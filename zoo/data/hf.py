@@ -31,7 +31,9 @@ class HuggingFaceDataset(Dataset):
     ``name``: the dataset's config. ``image_column`` / ``label_column``: default, the one ``Image``
     and the one ``ClassLabel`` feature, else the column ``label`` (an image_column of paths is read too). Labels may
     be a ClassLabel (its names), integers (0..max of the training split) or strings (sorted).
-    ``train_split`` / ``test_split`` name the splits read. ``root`` (data.root) is not used.
+    ``train_split`` / ``test_split`` name the splits read; ``val_split`` the one validated on (default:
+    ``validation`` where there is one; without one, data.val_split holds out part of the training split).
+    ``root`` (data.root) is not used.
     """
 
     def __init__(
@@ -45,16 +47,19 @@ class HuggingFaceDataset(Dataset):
         label_column: str | None = None,
         train_split: str = "train",
         test_split: str = "test",
+        val_split: str | None = None,
     ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if split not in ("train", "test", "val"):
+            raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
         source = hf_source.load(path, revision, name)
-        key = f"{split}_split"
-        self.split = train_split if split == "train" else test_split
-        table = source.split(self.split, key)
+        self.split = {"train": train_split, "test": test_split, "val": val_split or "validation"}[split]
+        table = source.split(self.split, f"{split}_split")
         image, label = _columns(table.features, image_column, label_column, source.where, self.split)
         self.classes = _classes(source, train_split, label)
         self.targets = _labels(table, label, self.classes, f"{source.where}, split '{self.split}'")
+        if split == "train" and (val_split is not None or "validation" in source.splits):
+            args = (path, revision, name, image_column, label_column, train_split, test_split, val_split)
+            self.validation = HuggingFaceDataset(root, "val", *args)
         self.image_column = image
         self.data = _image_cells(table.select_columns([image]), image)
         self.where = source.where
