@@ -166,6 +166,24 @@ def test_the_cache_equals_the_transform_and_follows_the_data(tmp_path: Path) -> 
 # ------------------------------------------------------------------ bad input: one line, exit 2, nothing written
 
 
+@pytest.mark.parametrize("cache", ["disk", "none"])
+def test_a_local_dataset_trains_through_zoo_run_and_its_path_stays_here(tmp_path: Path, cache: str) -> None:
+    """The cached path and the DataLoader path; the shared files (card, config.json) name the folder by its
+    last part only, and a local dataset pins nothing."""
+    folder = saved(make_dataset(), tmp_path / "my-colours")
+    result = zoo_run_hf({"path": str(folder)}, f"output.dir={tmp_path / 'run'}", f"data.cache={cache}")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert ("image cache: disk" if cache == "disk" else "image cache: none") in result.output
+    assert "test: accuracy" in result.output
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["state"] == "finished" and "dataset" not in results
+    assert tomllib.loads((tmp_path / "run" / "recipe.toml").read_text())["data"]["args"] == {"path": str(folder)}
+    for shared in ("README.md", "config.json"):
+        text = (tmp_path / "run" / shared).read_text()
+        assert str(tmp_path) not in text and "my-colours" in text, shared
+    assert "datasets:" not in (tmp_path / "run" / "README.md").read_text()  # a local folder is no Hub dataset
+
+
 def zoo_run_hf(args: dict[str, object], *overrides: str) -> object:
     """`zoo run` in process on a tiny timm model reading the `hf` dataset with ``args``."""
     from click.testing import CliRunner
