@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -405,3 +406,46 @@ def test_hub_mistakes_are_one_line(hub: tuple[FakeHub, dict[str, str]], tmp_path
     token = hub_run(env, "data.args={path = 'zoo-test/secret'}", "--dry-run")
     assert token.returncode == 0 and "data: 21 train" in token.stdout, token.stderr  # the token opens it
     assert TOKEN not in token.stdout + token.stderr
+
+
+def test_an_image_path_that_is_a_fifo_is_one_line(tmp_path: Path) -> None:
+    """A column of image paths (image_column names it) is read as images, through the same safe opening
+    as image folders: a FIFO would block the read forever, and is named instead."""
+    files = []
+    for index, colour in enumerate(["red", "green", "blue"] * 2):
+        files.append(tmp_path / f"{index}.png")
+        files[-1].write_bytes(png(COLOURS[colour], index))
+    rows = {"file": [str(path) for path in files], "label": [0, 1, 2] * 2}
+    features = datasets.Features(
+        {"file": datasets.Value("string"), "label": datasets.ClassLabel(names=["r", "g", "b"])}
+    )
+    part = datasets.Dataset.from_dict(rows, features=features)
+    folder = saved(datasets.DatasetDict(train=part, test=part), tmp_path / "saved")
+    dataset = HuggingFaceDataset(tmp_path, "test", str(folder), image_column="file")
+    assert np.asarray(dataset[2][0])[..., 2].mean() > 150
+    files[4].unlink()
+    os.mkfifo(files[4])
+    with pytest.raises(ZooError, match=f"{files[4]} is not a readable image \\(not a regular file\\)"):
+        HuggingFaceDataset(tmp_path, "test", str(folder), image_column="file")
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_over_a_cached_hf_dataset_is_bit_identical(tmp_path: Path) -> None:
+    from conftest import kill_then_resume
+
+    folder = saved(make_dataset(splits={"train": 12, "test": 4}), tmp_path / "saved")
+    args = [*TINY_RUN, f"data.args={{path = '{folder}'}}", "data.batch_size=8", "train.epochs=2",
+            "train.checkpoint_every=3", "train.precision=fp32", "data.cache=disk"]  # fmt: skip
+    kill_then_resume(tmp_path, args, "step-00000003")  # 5 steps an epoch: mid-epoch 1
+
+
+@pytest.mark.slow
+def test_two_ranks_train_on_an_hf_dataset(tmp_path: Path) -> None:
+    """Rank 0 loads the dataset and sends it to the other (pickled, memory-mapped Arrow), and both
+    read the same decoded cache."""
+    folder = saved(make_dataset(splits={"train": 12, "test": 4}), tmp_path / "saved")
+    result = zoo_command("run", "--nproc", "2", *TINY_RUN, f"data.args={{path = '{folder}'}}", "data.batch_size=8",
+                         f"output.dir={tmp_path / 'run'}", "--no-progress")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["state"] == "finished" and results["world_size"] == 2 and results["ranks_agree"] is True
