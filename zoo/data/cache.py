@@ -88,7 +88,8 @@ def choose(setting: str | None, dataset: Dataset, layout: Layout | None, pil_onl
     found = facts(dataset)
     count = len(dataset) if found.fingerprint is not None else len(found.files) if found.files is not None else None  # type: ignore[arg-type]
     why_not = (
-        "the dataset neither lists its image files (torchvision's `samples`, as image_folder does) nor has a `fingerprint`"
+        "the dataset does not list its image files (torchvision's `samples`, as image_folder does) and has no "
+        "`fingerprint` (as hf has)"
         if count is None
         else "the input is not square or the crop mode is border"
         if layout is None

@@ -33,14 +33,14 @@ class HuggingFaceDataset(Dataset):
     be a ClassLabel (its names), integers (0..max of the training split) or strings (sorted).
     ``train_split`` / ``test_split`` name the splits read; ``val_split`` the one validated on (default:
     ``validation`` where there is one; without one, data.val_split holds out part of the training split).
-    ``root`` (data.root) is not used.
+    ``path`` defaults to ``root`` (data.root).
     """
 
     def __init__(
         self,
         root: Path,
         split: str,
-        path: str,
+        path: str | None = None,
         revision: str | None = None,
         name: str | None = None,
         image_column: str | None = None,
@@ -51,6 +51,7 @@ class HuggingFaceDataset(Dataset):
     ) -> None:
         if split not in ("train", "test", "val"):
             raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
+        path = str(root) if path is None else path
         source = hf_source.load(path, revision, name)
         self.split = {"train": train_split, "test": test_split, "val": val_split or "validation"}[split]
         table = source.split(self.split, f"{split}_split")
@@ -168,7 +169,7 @@ def _labels(table: Any, label: str, classes: Sequence[str], where: str) -> list[
 
 
 def _column(table: Any, label: str, where: str) -> list[Any]:
-    values = table.data.column(label).to_pylist()
+    values = table.with_format("arrow")[label].to_pylist()  # through the dataset's indices, if it has any
     if None in values:
         raise ZooError(
             f"data: {where}, row {values.index(None)}: no label in column {label!r}; fill it in or drop the row"
