@@ -80,7 +80,6 @@ def zoo_run(data: list[str], epochs: int) -> dict:
     return {
         "first": seconds[0] + (float(built.group(1)) if built else 0.0),
         "steady": statistics.median(seconds[1:]),
-        "images": round(history[0]["images_per_second"] * seconds[0]),
         "test_accuracy": accuracy,
     }
 
@@ -103,9 +102,10 @@ def main() -> None:
         for _ in range(options.repeats):
             for name, data in contenders.items():
                 runs[name].append(zoo_run(data, options.epochs))
+                print(f"{name}: {runs[name][-1]}", file=sys.stderr, flush=True)
     best = {name: min(results, key=lambda result: result["steady"]) for name, results in runs.items()}
     print(f"date {date.today()}; {platform.machine()}, {os.cpu_count()} cores; {ARCH} at {SIZE} px, batch {BATCH}, "
-          f"{WORKERS} workers, {best['hf']['images']:,} training images, {options.epochs} epochs, best of {options.repeats}")  # fmt: skip
+          f"{WORKERS} workers, {options.per_class * 10:,} training images, {options.epochs} epochs, best of {options.repeats}")  # fmt: skip
     print("| dataset | first epoch (s, cache built) | steady epoch (s) | vs image_folder | test accuracy |")
     print("|---|---|---|---|---|")
     for name, result in best.items():
