@@ -3,6 +3,9 @@
 Enough of it for zoo's push and pull: repo creation, YAML validation, preupload, git-LFS batch
 and upload, NDJSON commits, branches, repo info and tree, and HEAD/GET of resolved files with
 the headers the client caches by (X-Repo-Commit, ETag, X-Linked-Etag, X-Linked-Size).
+Dataset repos too, as the ``datasets`` library reads them: repo info, a tree listed one folder at
+a time (directories included, as the Hub lists without ``recursive``), and files through
+``resolve``; tests lay them out with ``FakeHub.add_dataset``, and a private one answers only a token.
 Every request body is read, whatever the answer, so that the client never sees a reset.
 """
 
@@ -21,6 +24,7 @@ from urllib.parse import unquote, urlparse
 import yaml
 
 LFS_SUFFIXES = (".safetensors", ".png", ".bin")
+DATASETS = "datasets/"  # the key prefix of dataset repos in HubState.repos: a model and a dataset may share an id
 
 
 @dataclass
@@ -41,6 +45,7 @@ class Blob:
 class Repo:
     commits: dict[str, dict[str, Blob]] = field(default_factory=dict)
     branches: dict[str, str] = field(default_factory=dict)
+    private: bool = False  # answered as not found without a token, as the Hub does
 
     def resolve(self, revision: str) -> str | None:
         revision = unquote(revision)
@@ -83,6 +88,13 @@ class FakeHub:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def add_dataset(self, repo_id: str, files: dict[str, bytes], branch: str = "main", private: bool = False) -> str:
+        """Commit ``files`` (path: bytes) to dataset repo ``repo_id`` on ``branch``, replacing what it held; the commit."""
+        repo = self.state.repos.setdefault(DATASETS + repo_id, Repo())
+        repo.private = repo.private or private
+        blobs = {path: Blob(data, path.endswith(LFS_SUFFIXES + (".parquet", ".arrow"))) for path, data in files.items()}
+        return self.state.new_commit(repo, blobs, branch)
 
     def file(self, repo_id: str, revision: str, path: str) -> Blob:
         repo = self.state.repos[repo_id]
@@ -167,6 +179,8 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
 
         def repo(self, repo_id: str) -> Repo | None:
             repo = state.repos.get(repo_id)
+            if repo is not None and repo.private and not self.headers.get("Authorization"):
+                repo = None
             if repo is None:
                 self.reply(401, {"error": "Repository not found"}, {"X-Error-Code": "RepoNotFound"})
             return repo
@@ -265,6 +279,36 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
                 entries.append(entry)
             self.reply(200, entries)
 
+        def dataset_info(self, body: bytes, repo_id: str, revision: str = "main") -> None:
+            self.info(body, DATASETS + repo_id, revision)
+
+        def dataset_tree(self, body: bytes, repo_id: str, revision: str, folder: str | None = None) -> None:
+            """One folder's entries, its subfolders as directories: the Hub's listing without ``recursive``."""
+            found = self.commit_of(DATASETS + repo_id, revision)
+            if found is None:
+                return
+            repo, sha = found
+            prefix = f"{unquote(folder).strip('/')}/" if folder else ""
+            entries: dict[str, dict[str, Any]] = {}
+            for name, blob in sorted(repo.commits[sha].items()):
+                if not name.startswith(prefix):
+                    continue
+                child, _, below = name[len(prefix) :].partition("/")
+                path = prefix + child
+                if below:
+                    oid = hashlib.sha1(path.encode()).hexdigest()
+                    entries.setdefault(path, {"type": "directory", "path": path, "oid": oid, "size": 0})
+                else:
+                    entries[path] = {"type": "file", "path": path, "size": len(blob.data), "oid": blob.git_oid}
+                    if blob.lfs:
+                        entries[path]["lfs"] = {"oid": blob.sha256, "size": len(blob.data), "pointerSize": 134}
+            if folder and not entries:
+                return self.not_found("EntryNotFound", f"{folder} does not exist at {revision}")
+            self.reply(200, list(entries.values()))
+
+        def dataset_resolve(self, body: bytes, repo_id: str, revision: str, name: str) -> None:
+            self.resolve(body, DATASETS + repo_id, revision, name)
+
         def resolve(self, body: bytes, repo_id: str, revision: str, name: str) -> None:
             found = self.commit_of(repo_id, revision)
             if found is None:
@@ -291,5 +335,10 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
         (("GET",), rf"/api/models/{repo_id}/revision/([^/]+)", Handler.info),
         (("GET",), rf"/api/models/{repo_id}/tree/([^/]+)", Handler.tree),
         (("GET", "HEAD"), rf"/{repo_id}/resolve/([^/]+)/(.+)", Handler.resolve),
+        (("GET",), rf"/api/datasets/{repo_id}", Handler.dataset_info),
+        (("GET",), rf"/api/datasets/{repo_id}/revision/([^/]+)", Handler.dataset_info),
+        (("GET",), rf"/api/datasets/{repo_id}/tree/([^/]+)", Handler.dataset_tree),
+        (("GET",), rf"/api/datasets/{repo_id}/tree/([^/]+)/(.+)", Handler.dataset_tree),
+        (("GET", "HEAD"), rf"/datasets/{repo_id}/resolve/([^/]+)/(.+)", Handler.dataset_resolve),
     ]
     return Handler

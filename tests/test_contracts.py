@@ -43,6 +43,9 @@ FACT_OF: dict[str, Callable[[DatasetFacts], Any]] = {
     "samples": lambda found: found.samples,
     "augmentation": lambda found: found.augmentation,
     "hub_dataset": lambda found: found.hub_dataset,
+    "fingerprint": lambda found: found.fingerprint,
+    "validation": lambda found: found.validation,
+    "pinned_args": lambda found: found.pinned_args,
 }
 
 
@@ -81,7 +84,7 @@ def test_every_model_plugin_keeps_the_model_contract(name: str) -> None:
 
 
 def dataset_root(name: str, mnist_png: Path) -> Path:
-    return mnist_png if name == "image_folder" else default_data_dir()
+    return mnist_png if name in ("image_folder", "hf") else default_data_dir()  # hf reads it as an imagefolder
 
 
 def test_the_reader_covers_every_optional_part_of_the_dataset_contract() -> None:

@@ -18,7 +18,10 @@ PACKAGE = Path(zoo.__file__).parent
 
 # Lowest first: a module may import from its own layer and the ones above it in this list.
 LAYERS = [
-    ("infrastructure", ("zoo.errors", "zoo._version", "zoo._files", "zoo._safetensors", "zoo._locking", "zoo._output")),
+    (
+        "infrastructure",
+        ("zoo.errors", "zoo._version", "zoo._files", "zoo._safetensors", "zoo._locking", "zoo._output", "zoo._hub"),
+    ),
     ("plugins", ("zoo.plugins",)),
     ("config", ("zoo.config",)),
     ("parallel", ("zoo.parallel",)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -288,15 +289,20 @@ class Recipe(Section):
 
     def shareable(self) -> Recipe:
         """This recipe without this machine's paths, for what leaves it (a Hub push, the model card):
-        no output folder or data root, and a local pretrained source named by its last part only."""
+        no output folder or data root, and a local pretrained source, or a data.args value that is a
+        path here (the ``hf`` dataset's folder), named by its last part only."""
         source = self.model.pretrained
         if isinstance(source, sources.LocalFolder | sources.RecipeOutput):
             source = type(source)(Path(source.path.name))
+        args = self.data.args.items()
+        paths = {
+            k: Path(v).name for k, v in args if isinstance(v, str) and v and (os.path.isabs(v) or os.path.exists(v))
+        }
         return self.model_copy(
             update={
                 "output": OutputConfig(),
                 "log": LogConfig(),  # tracking servers and projects are this machine's or this team's
-                "data": self.data.model_copy(update={"root": None}),
+                "data": self.data.model_copy(update={"root": None, "args": {**self.data.args, **paths}}),
                 "model": self.model.model_copy(update={"pretrained": source}),
             }
         )

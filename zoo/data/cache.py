@@ -16,6 +16,9 @@ process per node stats (or reads) the files and sends the name to the node's oth
 cache is built under a lock (a second run or rank waits, then reads it), into a temporary file
 renamed into place, and trusted only once its description is written beside it, so a killed
 build leaves nothing that is read later.
+
+A dataset of images that are not files (the ``hf`` plugin's cells) is decoded through its own
+``__getitem__`` and named by its ``fingerprint`` (a Hub commit, split and ``datasets`` fingerprint).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from typing import TypeVar
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from .. import _files
@@ -81,10 +85,12 @@ class Layout:
 
 def choose(setting: str | None, dataset: Dataset, layout: Layout | None, pil_only: bool) -> str:
     """``data.cache`` for ``dataset``: as set (checked), or by default "disk" when a cache can serve it."""
-    files = facts(dataset).files
+    found = facts(dataset)
+    count = len(dataset) if found.fingerprint is not None else len(found.files) if found.files is not None else None  # type: ignore[arg-type]
     why_not = (
-        "the dataset does not list its image files (torchvision's `samples`, as image_folder does)"
-        if files is None
+        "the dataset does not list its image files (torchvision's `samples`, as image_folder does) and has no "
+        "`fingerprint` (as hf has)"
+        if count is None
         else "the input is not square or the crop mode is border"
         if layout is None
         else "auto-augment needs PIL images"
@@ -92,7 +98,7 @@ def choose(setting: str | None, dataset: Dataset, layout: Layout | None, pil_onl
         else None
     )
     if setting in (None, "none"):
-        fits = files is not None and layout is not None and len(files) * layout.image_bytes <= DISK_BOUND
+        fits = count is not None and layout is not None and count * layout.image_bytes <= DISK_BOUND
         return "disk" if setting is None and why_not is None and fits else "none"
     if why_not is not None:
         raise ZooError(f"data.cache = {setting}: {why_not}; set data.cache = none")
@@ -184,22 +190,32 @@ def decoded(
 
     ``verify``: how its files are known unchanged, "stat" or "content" (``data.cache_verify``).
     """
-    files = facts(dataset).files
-    assert files is not None, "choose() allows a cache only for datasets that list their files"
-    name = distributed.from_node_main(lambda: _name(files, layout, verify))
+    found = facts(dataset)
+    source: list[str] | Dataset
+    if found.fingerprint is not None:  # images that are not files: the dataset decodes them, its fingerprint names them
+        source = dataset
+        key = json.dumps({"version": VERSION, **asdict(layout), "fingerprint": found.fingerprint})
+        name = hashlib.sha256(key.encode()).hexdigest()[:32]
+    else:
+        files = found.files
+        assert files is not None, (
+            "choose() allows a cache only for datasets that list their files or have a fingerprint"
+        )
+        source, name = files, distributed.from_node_main(lambda: _name(files, layout, verify))
+    count = len(source)  # type: ignore[arg-type]
     path = cache_dir() / "images" / f"{name}.u8"
     description = path.with_suffix(".json")
     path.parent.mkdir(parents=True, exist_ok=True)
     built = None
     with locking.locked(path):
-        if not _complete(path, description, len(files), layout):
+        if not _complete(path, description, count, layout):
             started = time.perf_counter()
             for abandoned in path.parent.glob(f".{path.name}.*.tmp"):  # a build that was killed
                 abandoned.unlink(missing_ok=True)
-            _build(files, layout, path, workers, progress)
-            _files.write_json(description, {"version": VERSION, "count": len(files), **asdict(layout)})
+            _build(source, layout, path, workers, progress)
+            _files.write_json(description, {"version": VERSION, "count": count, **asdict(layout)})
             built = time.perf_counter() - started
-    return DecodedImages(path, len(files), layout, in_memory, built)
+    return DecodedImages(path, count, layout, in_memory, built)
 
 
 def _name(files: list[str], layout: Layout, verify: str) -> str:
@@ -233,10 +249,12 @@ def _complete(path: Path, description: Path, count: int, layout: Layout) -> bool
         return False
 
 
-def _build(files: list[str], layout: Layout, path: Path, workers: int, progress: bool) -> None:
-    """Decode ``files`` into ``path`` through a staged file, in parallel, in order."""
-    loader = DataLoader(_Decoding(files, layout), batch_size=64, num_workers=workers)
-    bar = Progress(len(files), f"decoding {len(files):,} images once", enabled=progress)
+def _build(source: list[str] | Dataset, layout: Layout, path: Path, workers: int, progress: bool) -> None:
+    """Decode ``source`` (image files, or a dataset's PIL images) into ``path`` through a staged file, in
+    parallel, in order."""
+    count = len(source)  # type: ignore[arg-type]
+    loader = DataLoader(_Decoding(source, layout), batch_size=64, num_workers=workers)
+    bar = Progress(count, f"decoding {count:,} images once", enabled=progress)
     try:
         with _files.staged_file(path) as file:
             try:
@@ -250,21 +268,27 @@ def _build(files: list[str], layout: Layout, path: Path, workers: int, progress:
 
 
 class _Decoding(Dataset):
-    """Each file decoded as timm's evaluation transform would, cut to the cache's S x S square."""
+    """Each image (a file, or a dataset's sample) decoded as timm's evaluation transform would, cut to
+    the cache's S x S square."""
 
-    def __init__(self, files: list[str], layout: Layout) -> None:
-        self.files, self.layout = files, layout
+    def __init__(self, source: list[str] | Dataset, layout: Layout) -> None:
+        self.source, self.layout = source, layout
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.source)  # type: ignore[arg-type]
+
+    def _image(self, index: int) -> Image.Image:
+        if not isinstance(self.source, list):
+            return self.source[index][0]  # its transform unset: a PIL image
+        with image_file(Path(self.source[index])) as image:
+            return image
 
     def __getitem__(self, index: int) -> torch.Tensor:
         from torchvision.transforms import InterpolationMode
         from torchvision.transforms import functional as F
 
         layout = self.layout
-        with image_file(Path(self.files[index])) as image:
-            image = image.convert("L" if layout.channels == 1 else "RGB")
+        image = self._image(index).convert("L" if layout.channels == 1 else "RGB")
         interpolation = InterpolationMode(layout.interpolation)
         if layout.crop_mode == "squash":
             image = F.resize(image, [layout.size, layout.size], interpolation)

@@ -36,6 +36,9 @@ class DatasetFacts:
     samples: list[tuple[str, int]] | None
     augmentation: dict[str, Any] | None
     hub_dataset: str | None
+    fingerprint: str | None = None
+    pinned_args: dict[str, Any] | None = None
+    validation: Any = None  # a dataset
 
     @property
     def in_memory(self) -> bool:
@@ -76,6 +79,17 @@ def facts(dataset: object, name: str | None = None) -> DatasetFacts:
     hub_dataset = getattr(dataset, "hub_dataset", None)
     if hub_dataset is not None and not (isinstance(hub_dataset, str) and hub_dataset.strip()):
         raise broken(f"`hub_dataset` must be a non-empty str (a Hub dataset id), not {hub_dataset!r}")
+    fingerprint = getattr(dataset, "fingerprint", None)
+    if fingerprint is not None and not (isinstance(fingerprint, str) and fingerprint.strip()):
+        raise broken(f"`fingerprint` must be a non-empty str, not {fingerprint!r}")
+    pinned_args = getattr(dataset, "pinned_args", None)
+    if pinned_args is not None and not (
+        isinstance(pinned_args, Mapping) and all(isinstance(k, str) and k.isidentifier() for k in pinned_args)
+    ):
+        raise broken(f"`pinned_args` must map data.args names to values, not {pinned_args!r}")
+    validation = getattr(dataset, "validation", None)
+    if validation is not None and getattr(validation, "classes", None) != getattr(dataset, "classes", None):
+        raise broken("`validation` must be a dataset of the same `classes`")
     return DatasetFacts(
         targets=targets,
         images=images,
@@ -85,6 +99,9 @@ def facts(dataset: object, name: str | None = None) -> DatasetFacts:
         samples=samples,
         augmentation=dict(augmentation) if augmentation is not None else None,
         hub_dataset=hub_dataset,
+        fingerprint=fingerprint,
+        pinned_args=dict(pinned_args) if pinned_args is not None else None,
+        validation=validation,
     )
 
 

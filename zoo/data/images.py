@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -23,12 +24,26 @@ def image_file(path: Path, decode: bool = True) -> Iterator[Image.Image]:
         raise ZooError(f"{path} is not a readable image ({exc.strerror})") from None
     if not stat.S_ISREG(mode):
         raise ZooError(f"{path} is not a readable image (not a regular file); only image files are read")
+    with _opened(path, str(path), decode) as image:
+        yield image
+
+
+@contextmanager
+def image_bytes(data: bytes, name: str, decode: bool = True) -> Iterator[Image.Image]:
+    """An image held in memory (a Hugging Face dataset's cell), opened as ``image_file`` opens files;
+    ``name`` says where it is in the one-line error."""
+    with _opened(io.BytesIO(data), name, decode) as image:
+        yield image
+
+
+@contextmanager
+def _opened(source: Path | io.BytesIO, name: str, decode: bool) -> Iterator[Image.Image]:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
             if decode:
                 image.load()
             yield image
     except Image.DecompressionBombError as exc:
-        raise ZooError(f"{path} is too large to decode safely ({exc})") from None
+        raise ZooError(f"{name} is too large to decode safely ({exc})") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise ZooError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
+        raise ZooError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from None

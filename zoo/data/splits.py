@@ -96,11 +96,14 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         lambda: tuple(registry.instantiate("dataset", config.dataset, config.args, "", root, split)
                       for split in ("train", "test"))
     )  # fmt: skip
-    gives_images = facts(train_set, config.dataset).gives_images
-    if gives_images:
-        train_set.transform = test_set.transform = None  # each split gets its own (attach_transforms)
-    for dataset in (train_set, test_set):  # a dataset with a transform of its own is checked without it
+    found = facts(train_set, config.dataset)
+    own_val = found.validation if config.val_split > 0 else None  # the dataset's own, else held out of train
+    given = [train_set, test_set, *([own_val] if own_val is not None else [])]
+    for dataset in given:  # a dataset with a transform of its own is checked without it
+        if found.gives_images:
+            dataset.transform = None  # each split gets its own (attach_transforms)
         check_dataset(config.dataset, dataset)
+    gives_images = found.gives_images
     if not gives_images:
         misplaced = [key for key in IMAGE_KEYS if getattr(config, key) is not None]
         if misplaced:
@@ -123,7 +126,7 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     for class_index, wanted in zip(selected, per_class, strict=True):
         members = (train_targets == class_index).nonzero().flatten()
         members = members[torch.randperm(len(members), generator=generator)]
-        n_val = round(len(members) * config.val_split)
+        n_val = round(len(members) * config.val_split) if own_val is None else 0
         val_parts.append(members[:n_val])
         rest = members[n_val:]
         if wanted is not None:
@@ -142,7 +145,13 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         return Split(dataset, indices, relabel[targets[indices]])
 
     train = split_of(train_set, train_parts, train_targets)
-    val = split_of(train_set, val_parts, train_targets) if config.val_split > 0 else None
+    val = (
+        split_of(own_val, None, targets_of(own_val))
+        if own_val is not None
+        else split_of(train_set, val_parts, train_targets)
+        if config.val_split > 0
+        else None
+    )
     test = split_of(test_set, None, targets_of(test_set))
     if len(test) == 0:
         raise ZooError(f"dataset '{config.dataset}' has no test examples of the selected classes")

@@ -61,6 +61,15 @@ class DatasetOptions(Protocol):
     augmentation: Mapping[str, Any]
     # The same data on the Hugging Face Hub ("ylecun/mnist"), which a model card names.
     hub_dataset: str
+    # What identifies the samples when they are not files (no ``samples``): data.cache keys the decoded
+    # cache by it and decodes the dataset's own PIL images (a Hub dataset's commit, split and fingerprint).
+    fingerprint: str
+    # The dataset's own validation split, a dataset of the same classes and form (a Hub dataset's
+    # "validation"): zoo validates on it rather than hold out data.val_split of the training split.
+    validation: Any
+    # data.args that make a later run read the same data (a Hub dataset's resolved commit as ``revision``):
+    # the run records them in its recipe, so --resume and a re-run of it read what this run read.
+    pinned_args: Mapping[str, Any]
 
 
 class ModelFactory(Protocol):

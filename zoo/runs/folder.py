@@ -52,6 +52,7 @@ class RunResults(BaseModel):
     stopped_early: bool | None = None
     class_weights: list[float] | None = None  # the loss's per-class weights (loss.class_weights)
     augmentation: str | None = None  # the training augmentation, in words ("none" when off)
+    dataset: dict[str, str] | None = None  # a Hub dataset's repo ("hub") and the args that pin it ("revision")
     world_size: int | None = None
     ranks_agree: bool | None = None
     test: dict[str, Any] | None = None  # evaluate()'s metrics: accuracy, precision, recall, f1, per_class, ...

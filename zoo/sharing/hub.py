@@ -17,13 +17,14 @@ from pathlib import Path
 from huggingface_hub import HfApi, constants, snapshot_download
 
 from .. import _files
+from .._hub import hub_errors
 from .._safetensors import tensors_of
 from ..config.sources import HubRepo, RegistryName
 from ..errors import ZooError
 from ..runs.exports import check_made_from
 from ..runs.folder import FilePin, HubRecord, RunFolder
 from . import registry as catalog
-from .hub_api import check_repo_id, hub_errors
+from .hub_api import check_repo_id
 
 
 @dataclass

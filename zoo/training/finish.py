@@ -52,6 +52,7 @@ def finish_run(
         stopped_early=trainer.stopped_early,
         class_weights=setup.class_weights,
         augmentation=describe_augmentation(setup),
+        dataset=_dataset_record(setup),
     )
     if any("val_accuracy" in record for record in history):
         results.best_val_accuracy = max(record["val_accuracy"] for record in history if "val_accuracy" in record)
@@ -97,6 +98,17 @@ def _write_run(
     folder.write_results(results)  # last: its state marks the folder complete
     kept = (RunFolder.RESULTS, RunFolder.MODEL_CARD, *plots, *([RunFolder.WEIGHTS] if recipe.log.weights else []))
     return [folder.file(name) for name in kept]
+
+
+def _dataset_record(setup: RunSetup) -> dict[str, str] | None:
+    """results.json's record of a pinned dataset: its Hub repo and the data.args that pin it (the commit)."""
+    found = facts(setup.splits.train.dataset)
+    if not found.pinned_args:
+        return None
+    return {
+        **({"hub": found.hub_dataset} if found.hub_dataset else {}),
+        **{k: str(v) for k, v in found.pinned_args.items()},
+    }
 
 
 def base_model(source: WeightSource, model: nn.Module) -> str | None:

@@ -48,6 +48,7 @@ def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None
     device = distributed.setup(resolve_device(recipe.train.device))
     configure_backends(device, recipe.train.deterministic)
     splits = distributed.agreed(lambda: load_splits(recipe.data, recipe.train.seed))
+    recipe = pinned(recipe, splits)
     model, preprocessing = distributed.agreed(lambda: _new_model(recipe, splits, source))
     augmentation = augment.resolve(recipe.data, model, splits.train.dataset, on_tensors=not splits.images)
     if recipe.train.sync_bn and distributed.world_size() > 1:
@@ -85,6 +86,15 @@ def _refuse_adapter_settings(recipe: Recipe) -> None:
         raise ZooError('model.adapter with train.strategy = "fsdp": FSDP of adapters is not supported; use "ddp"')
     if recipe.train.ema:
         raise ZooError("model.adapter with train.ema: an EMA of adapters is not supported; leave train.ema out")
+
+
+def pinned(recipe: Recipe, splits: Splits) -> Recipe:
+    """``recipe`` with the data.args its dataset pins (a Hub dataset's commit as ``revision``): the run
+    records that recipe, so that --resume and a re-run of it read the data this run read."""
+    args = facts(splits.train.dataset).pinned_args
+    if not args:
+        return recipe
+    return recipe.model_copy(update={"data": recipe.data.model_copy(update={"args": {**recipe.data.args, **args}})})
 
 
 def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn.Module, Preprocessing]:

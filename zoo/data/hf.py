@@ -1,0 +1,189 @@
+"""The built-in ``hf`` dataset plugin: image classification data read through Hugging Face ``datasets``.
+
+A Hub dataset repo (at a commit, which the run records), a ``save_to_disk`` folder or a local folder
+``load_dataset`` reads (``zoo.data.hf_source``). The image and label columns are found from the
+features, the labels checked and numbered once, and every image's header read up front, so that bad
+data is one line naming the split and row before any training. Samples are PIL images through a
+transform, as ``image_folder``'s; ``fingerprint`` keys the decoded cache (``data.cache``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from ..errors import ZooError
+from . import hf_source
+from .images import image_bytes, image_file
+
+# Label columns zoo numbers itself: integers as they are, strings in sorted order.
+INTEGERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
+STRINGS = ("string", "large_string")
+
+
+class HuggingFaceDataset(Dataset):
+    """A Hugging Face dataset: a Hub dataset repo id, a save_to_disk folder or a folder load_dataset reads.
+
+    ``revision`` (Hub only): a branch, tag or commit, resolved to the commit the run records.
+    ``name``: the dataset's config. ``image_column`` / ``label_column``: default, the one ``Image``
+    and the one ``ClassLabel`` feature, else the column ``label`` (an image_column of paths is read too). Labels may
+    be a ClassLabel (its names), integers (0..max of the training split) or strings (sorted).
+    ``train_split`` / ``test_split`` name the splits read; ``val_split`` the one validated on (default:
+    ``validation`` where there is one; without one, data.val_split holds out part of the training split).
+    ``path`` defaults to ``root`` (data.root).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        split: str,
+        path: str | None = None,
+        revision: str | None = None,
+        name: str | None = None,
+        image_column: str | None = None,
+        label_column: str | None = None,
+        train_split: str = "train",
+        test_split: str = "test",
+        val_split: str | None = None,
+    ) -> None:
+        if split not in ("train", "test", "val"):
+            raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
+        path = str(root) if path is None else path
+        source = hf_source.load(path, revision, name)
+        self.split = {"train": train_split, "test": test_split, "val": val_split or "validation"}[split]
+        table = source.split(self.split, f"{split}_split")
+        image, label = _columns(table.features, image_column, label_column, source.where, self.split)
+        self.classes = _classes(source, train_split, label)
+        self.targets = _labels(table, label, self.classes, f"{source.where}, split '{self.split}'")
+        if split == "train" and (val_split is not None or "validation" in source.splits):
+            args = (path, revision, name, image_column, label_column, train_split, test_split, val_split)
+            self.validation = HuggingFaceDataset(root, "val", *args)
+        self.image_column = image
+        self.data = _image_cells(table.select_columns([image]), image)
+        self.where = source.where
+        self.hub_dataset = source.repo
+        if source.commit is not None:
+            self.pinned_args = {"revision": source.commit}
+        self.fingerprint = f"{source.where}|{name}|{self.split}|{image}|{self.data._fingerprint}"
+        self.transform: Any = None
+        for row in range(len(self.data)):  # headers only: a cell that is no image is named now, not mid-training
+            with self._image(row, decode=False):
+                pass
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        with self._image(index) as image:
+            pass
+        return (self.transform(image) if self.transform is not None else image), self.targets[index]
+
+    def _image(self, row: int, decode: bool = True) -> Any:
+        cell = self.data[row][self.image_column]
+        where = f"data: {self.where}, split '{self.split}', row {row}"
+        if cell is None or (cell.get("bytes") is None and cell.get("path") is None):
+            raise ZooError(f"{where} has no image; drop the row or fill it in")
+        if cell.get("bytes") is not None:
+            return image_bytes(cell["bytes"], where, decode)
+        return image_file(Path(cell["path"]), decode)
+
+
+def _columns(features: dict[str, Any], image: str | None, label: str | None, where: str, split: str) -> tuple[str, str]:
+    """The image and label columns: as named (checked), else the one Image and the one ClassLabel feature."""
+    from datasets import ClassLabel, Image
+
+    columns = ", ".join(features)
+    found = []
+    for key, given, kind, form in (("image_column", image, Image, "Image"), ("label_column", label, ClassLabel, "ClassLabel")):  # fmt: skip
+        if given is not None:
+            if given not in features:
+                raise ZooError(f"data.args.{key} = {given!r}: {where}, split '{split}', has no such column; "
+                               f"its columns: {columns}")  # fmt: skip
+            found.append(given)
+            continue
+        matches = [column for column, feature in features.items() if isinstance(feature, kind)]
+        if not matches and kind is ClassLabel:  # integers or strings, in the column named so by convention
+            matches = [column for column in features if column in ("label", "labels")]
+        if len(matches) != 1:
+            many = f"{len(matches)} {form} columns ({', '.join(matches)})" if matches else f"no {form} column"
+            raise ZooError(f"data.args.{key}: {where}, split '{split}', has {many}; name one of its columns "
+                           f"({columns}) in data.args.{key}")  # fmt: skip
+        found.append(matches[0])
+    if found[0] == found[1]:
+        raise ZooError(f"data.args: image_column and label_column both name {found[0]!r}; name two columns")
+    image_feature = features[found[0]]
+    if not isinstance(image_feature, Image) and _dtype(image_feature) not in STRINGS:
+        raise ZooError(f"data.args.image_column = {found[0]!r} holds {_describe(image_feature)}, not images or "
+                       f"image paths; its columns: {columns}")  # fmt: skip
+    return found[0], found[1]
+
+
+def _image_cells(table: Any, column: str) -> Any:
+    """``table`` with ``column`` as undecoded image cells ({"bytes", "path"}): zoo opens them itself, safely."""
+    from datasets import Image
+
+    return table.cast_column(column, Image(decode=False))
+
+
+def _classes(source: hf_source.Source, train_split: str, label: str) -> list[str]:
+    """The label names, from the training split: a ClassLabel's names, 0..max of integers, sorted strings."""
+    key = (train_split, label)
+    if key not in source.classes:
+        from datasets import ClassLabel
+
+        table = source.split(train_split, "train_split")
+        feature = table.features.get(label)
+        where = f"{source.where}, split '{train_split}'"
+        if isinstance(feature, ClassLabel):
+            names = [str(name) for name in feature.names]
+        elif _dtype(feature) in INTEGERS:
+            values = _column(table, label, where)
+            names = [str(value) for value in range(max(values, default=-1) + 1)]
+        elif _dtype(feature) in STRINGS:
+            names = sorted(set(_column(table, label, where)))
+        else:
+            raise ZooError(f"data.args.label_column = {label!r} holds {_describe(feature)}; labels must be a "
+                           f"ClassLabel, integers or strings: name another column in data.args.label_column")  # fmt: skip
+        if not names:
+            raise ZooError(f"data: {where} has no labelled rows")
+        source.classes[key] = names
+    return source.classes[key]
+
+
+def _labels(table: Any, label: str, classes: Sequence[str], where: str) -> list[int]:
+    """Every row's label as an index into ``classes``; one out of range (or unknown) is named by its row."""
+    values = _column(table, label, where)
+    if values and isinstance(values[0], str):
+        index = {name: number for number, name in enumerate(classes)}
+        numbers = [index.get(value, -1) for value in values]
+    else:
+        numbers = values
+    for row, number in enumerate(numbers):
+        if not 0 <= number < len(classes):
+            raise ZooError(f"data: {where}, row {row}: label {values[row]!r} is outside the {len(classes)} classes "
+                           f"({_shown(classes)}) of column {label!r}; fix the row or drop it")  # fmt: skip
+    return numbers
+
+
+def _column(table: Any, label: str, where: str) -> list[Any]:
+    values = table.with_format("arrow")[label].to_pylist()  # through the dataset's indices, if it has any
+    if None in values:
+        raise ZooError(
+            f"data: {where}, row {values.index(None)}: no label in column {label!r}; fill it in or drop the row"
+        )
+    return values
+
+
+def _dtype(feature: Any) -> str | None:
+    return getattr(feature, "dtype", None) if type(feature).__name__ == "Value" else None
+
+
+def _describe(feature: Any) -> str:
+    return _dtype(feature) or type(feature).__name__
+
+
+def _shown(classes: Sequence[str]) -> str:
+    return ", ".join(classes) if len(classes) <= 10 else f"{', '.join(classes[:10])}, ..."

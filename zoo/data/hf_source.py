@@ -1,0 +1,134 @@
+"""Where an ``hf`` dataset's data comes from: a Hub dataset repo at a commit, a folder written by
+``save_to_disk``, or a local folder that ``datasets.load_dataset`` reads (parquet, imagefolder, csv).
+
+``load`` is called once per split by zoo but loads once per process: it resolves a Hub revision to
+its commit (``HfApi.dataset_info``) and loads that commit, so a branch that moves on later does not
+change what a run recorded. Offline (``HF_HUB_OFFLINE=1``) the ``datasets`` cache answers: a
+revision that is a commit must be the cached one (``datasets`` itself would fall back to any cached
+copy), a branch or tag is the cached commit. Every failure is one line naming the dataset.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .._hub import hub_errors
+from ..config.sources import HUB_REPO
+from ..errors import ZooError
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+@dataclass
+class Source:
+    """A loaded dataset's splits (a ``datasets.DatasetDict``) and where they come from."""
+
+    splits: Any
+    where: str  # in messages and cache keys: ORG/NAME@COMMIT, or the folder
+    repo: str | None = None  # the Hub dataset repo; None for a local folder
+    commit: str | None = None
+    classes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (train split, label column): names
+
+    def split(self, name: str, key: str) -> Any:
+        """The split ``name``, which ``data.args.<key>`` chose."""
+        if name not in self.splits:
+            raise ZooError(
+                f"data.args.{key} = {name!r}: {self.where} has no such split; its splits: {', '.join(self.splits)}"
+            )
+        return self.splits[name]
+
+
+@functools.cache
+def load(path: str, revision: str | None, name: str | None) -> Source:
+    """The dataset ``path`` (a folder here, else a Hub dataset id) at ``revision``, config ``name``."""
+    try:
+        import datasets
+    except ImportError:
+        raise ZooError("dataset 'hf' needs the datasets library: pip install 'zoo[hf]'") from None
+    _quiet(datasets)
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        if revision is not None:
+            raise ZooError(f"data.args.revision applies to Hub datasets, and {folder} is a folder here: remove it")
+        return Source(_local(datasets, folder, name), str(folder.resolve()))
+    if not HUB_REPO.fullmatch(path) or ".." in path:
+        raise ZooError(f"data.args.path = {path!r} is neither a folder here nor a Hub dataset id (ORG/NAME)")
+    return _hub(datasets, path, revision, name)
+
+
+def _local(datasets: Any, folder: Path, name: str | None) -> Any:
+    if (folder / "state.json").is_file():
+        raise ZooError(
+            f"data.args.path: {folder} holds one split written by save_to_disk; save a DatasetDict "
+            "(DatasetDict(train=..., test=...).save_to_disk(...)) so that its splits have names"
+        )
+    try:
+        if (folder / "dataset_dict.json").is_file():
+            return datasets.load_from_disk(str(folder))
+        return datasets.load_dataset(str(folder), name)
+    except (FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
+        raise ZooError(f"data.args.path: datasets cannot read {folder}: {_first_line(exc)}") from None
+
+
+def _hub(datasets: Any, repo: str, revision: str | None, name: str | None) -> Source:
+    from huggingface_hub import HfApi, constants
+
+    what = f"dataset {repo}" + (f"@{revision}" if revision else "")
+    commit = revision if revision and COMMIT.fullmatch(revision) else None
+    if not constants.HF_HUB_OFFLINE:
+        with hub_errors(what):
+            commit = HfApi().dataset_info(repo, revision=revision).sha
+    with hub_errors(what):
+        try:
+            loaded = datasets.load_dataset(repo, name, revision=commit or revision)
+        except ConnectionError:  # datasets' own offline miss (an OSError, which hub_errors reads as a cache's)
+            if constants.HF_HUB_OFFLINE:
+                raise _not_cached(what) from None
+            raise
+        except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:  # a config that does not exist, ...
+            raise ZooError(f"{what}: {_first_line(exc)}") from None
+    cached = _cached_commit(loaded)
+    if constants.HF_HUB_OFFLINE:
+        if cached is None or (commit is not None and cached != commit):
+            raise _not_cached(what, cached)
+        commit = cached
+    return Source(loaded, f"{repo}@{commit}", repo, commit)
+
+
+def _cached_commit(loaded: Any) -> str | None:
+    """The commit of the Hub dataset that ``datasets`` read: its cache folder is named by it."""
+    for split in loaded.values():
+        for cached in split.cache_files:
+            folder = Path(cached["filename"]).parent.name
+            if COMMIT.fullmatch(folder):
+                return folder
+    return None
+
+
+def _not_cached(what: str, cached: str | None = None) -> ZooError:
+    held = f" (the cache holds commit {cached})" if cached else ""
+    return ZooError(
+        f"{what} is not in the datasets cache{held} and HF_HUB_OFFLINE is set; "
+        "run once online (without HF_HUB_OFFLINE) to download it"
+    )
+
+
+def _quiet(datasets: Any) -> None:
+    """``datasets`` logs through its own stderr handler: send it to the root logger, which shows it with
+    ``zoo --verbose`` only; its progress bars follow huggingface_hub's (HF_HUB_DISABLE_PROGRESS_BARS)."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    library = datasets.logging.get_logger("datasets")  # as zoo.cli.group does for huggingface_hub's own handler
+    for handler in list(library.handlers):
+        library.removeHandler(handler)
+    datasets.logging.enable_propagation()
+    if are_progress_bars_disabled():
+        datasets.disable_progress_bars()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
