@@ -1,7 +1,8 @@
-"""Image files opened safely: for an image dataset, the decoded cache and `zoo predict`."""
+"""Images opened safely: files for an image dataset, the decoded cache and `zoo predict`; uploads for `zoo serve`."""
 
 from __future__ import annotations
 
+import io
 import os
 import stat
 from collections.abc import Iterator
@@ -23,12 +24,32 @@ def image_file(path: Path, decode: bool = True) -> Iterator[Image.Image]:
         raise ZooError(f"{path} is not a readable image ({exc.strerror})") from None
     if not stat.S_ISREG(mode):
         raise ZooError(f"{path} is not a readable image (not a regular file); only image files are read")
+    with _opened(path, str(path), decode) as image:
+        yield image
+
+
+@contextmanager
+def image_bytes(data: bytes, name: str, max_pixels: int) -> Iterator[Image.Image]:
+    """An uploaded image (`zoo serve`), decoded from memory with the same checks and one-line errors; one of
+    more than ``max_pixels`` pixels is refused from its header, before any decoding."""
+    with _opened(io.BytesIO(data), name, decode=True, max_pixels=max_pixels) as image:
+        yield image
+
+
+@contextmanager
+def _opened(source: Path | io.BytesIO, name: str, decode: bool, max_pixels: int | None = None) -> Iterator[Image.Image]:
     try:
-        with Image.open(path) as image:
+        with Image.open(source) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ZooError(
+                    f"{name} is too large to decode safely ({image.width}x{image.height} pixels, "
+                    f"at most {max_pixels:,})"
+                )
             if decode:
                 image.load()
             yield image
     except Image.DecompressionBombError as exc:
-        raise ZooError(f"{path} is too large to decode safely ({exc})") from None
+        raise ZooError(f"{name} is too large to decode safely ({exc})") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise ZooError(f"{path} is not a readable image ({type(exc).__name__}: {exc})") from None
+        detail = str(exc).replace(repr(source), repr(name))  # PIL names an upload's buffer, not its file
+        raise ZooError(f"{name} is not a readable image ({type(exc).__name__}: {detail})") from None
