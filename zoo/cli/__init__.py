@@ -18,7 +18,7 @@ for command in (
     training.run, training.show, training.schema,
     inference.eval_command, inference.export_command, inference.predict,
     runs.runs,
-    serving.serve,
+    serving.serve, serving.tune,
     sharing.push, sharing.publish, sharing.pull, sharing.registry_group,
 ):  # fmt: skip
     cli.add_command(command)

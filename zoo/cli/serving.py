@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
+
+from .group import print_table
 
 
 @click.command()
@@ -40,3 +44,46 @@ def serve(run_folder: str, backend: str, host: str, port: int, max_batch: int, m
         click.echo(f"serving {run_folder} ({backend}) on http://{shown}:{bound_port} (API: /docs)")
 
     run(app, sock, ready)
+
+
+@click.command()
+@click.argument("recipe", type=click.Path(path_type=Path))
+@click.argument("overrides", nargs=-1)
+@click.option("--trials", type=click.IntRange(min=1), help="Trials the study holds at the end (default: tune.trials).")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Start no trial after this many seconds.")
+@click.option("--study", "study_dir", type=click.Path(path_type=Path), help="The study folder (default: studies/NAME).")
+@click.option(
+    "--nproc", default=1, show_default=True, type=click.IntRange(min=1), help="Processes per trial (torchrun)."
+)
+def tune(
+    recipe: Path, overrides: tuple[str, ...], trials: int | None, timeout: float | None, study_dir: Path | None,
+    nproc: int,
+) -> None:  # fmt: skip
+    """Search the settings that the recipe's [tune] table names, with Optuna.
+
+    \b
+    [tune]
+    metric = "val_accuracy"          # one of train.monitor's values
+    trials = 20
+    space = { "optim.lr" = { low = 1e-4, high = 1e-1, log = true }, "data.batch_size" = [64, 128, 256] }
+
+    Each trial is an ordinary run folder in the study folder (`zoo run` with the trial's values as
+    overrides, KEY=VALUE overrides given here under them); trials worse than the median after an
+    epoch are pruned. The study is kept in STUDY/study.journal: running the same command again
+    continues it. At the end: a table of the trials, STUDY/best.toml (the best trial's recipe,
+    for `zoo run`) and STUDY/trials.png.
+    """
+    from ..tuning.study import tune as run_study
+
+    result = run_study(recipe, overrides, study_dir, trials, timeout, nproc)
+    rows = [
+        [str(t.number), t.state, "-" if t.value is None else f"{t.value:.4f}",
+         " ".join(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}" for key, value in t.params.items()),
+         str(t.folder)]
+        for t in result.trials
+    ]  # fmt: skip
+    print_table(rows, ["TRIAL", "STATE", result.metric.upper(), "VALUES", "RUN"])
+    click.echo(f"{result.ran} trial(s) run now, {len(result.trials)} in {result.folder}")
+    if result.best is not None:
+        click.echo(f"best: trial {result.best.number}, {result.metric} {result.best.value:.4f}")
+        click.echo(f"wrote {result.folder / 'best.toml'} (zoo run it) and {result.folder / 'trials.png'}")

@@ -25,6 +25,7 @@ from pydantic import (
 
 from . import sources
 from .sources import WeightSource
+from .tune import TuneConfig
 
 # model.pretrained: written as a bool or a string, held as a typed WeightSource (zoo/sources.py).
 Pretrained = Annotated[
@@ -340,6 +341,7 @@ class Recipe(_Section):
     train: TrainConfig = TrainConfig()
     output: OutputConfig = OutputConfig()
     log: LogConfig = LogConfig()
+    tune: TuneConfig | None = Field(None, description="what `zoo tune` searches; `zoo run` leaves it aside")
 
     @model_validator(mode="after")
     def _settings_agree(self) -> Recipe:
@@ -383,8 +385,8 @@ class Recipe(_Section):
 
     @property
     def hash(self) -> str:
-        """sha256 of what determines the trained weights (everything but the output folder and the loggers)."""
-        settings = {key: value for key, value in self.to_dict().items() if key not in ("output", "log")}
+        """sha256 of what determines the trained weights (all but the output folder, the loggers and the search)."""
+        settings = {key: value for key, value in self.to_dict().items() if key not in ("output", "log", "tune")}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
