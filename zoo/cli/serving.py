@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import click
 
+from ..errors import ZooError
 from .group import print_table
 
 
@@ -31,6 +33,7 @@ def serve(run_folder: str, backend: str, host: str, port: int, max_batch: int, m
     Requests arriving together go through the model as one batch. SIGTERM or Ctrl-C lets the
     requests in flight finish, then stops.
     """
+    _require("serve", "fastapi", "uvicorn", "multipart")
     from ..serving.app import Limits, create_app, load_served
     from ..serving.server import bind, run
 
@@ -73,6 +76,7 @@ def tune(
     continues it. At the end: a table of the trials, STUDY/best.toml (the best trial's recipe,
     for `zoo run`) and STUDY/trials.png.
     """
+    _require("tune", "optuna")
     from ..tuning.study import tune as run_study
 
     result = run_study(recipe, overrides, study_dir, trials, timeout, nproc)
@@ -87,3 +91,10 @@ def tune(
     if result.best is not None:
         click.echo(f"best: trial {result.best.number}, {result.metric} {result.best.value:.4f}")
         click.echo(f"wrote {result.folder / 'best.toml'} (zoo run it) and {result.folder / 'trials.png'}")
+
+
+def _require(extra: str, *modules: str) -> None:
+    """The optional libraries a command needs, or one line saying how to install them."""
+    missing = [module for module in modules if importlib.util.find_spec(module) is None]
+    if missing:
+        raise ZooError(f"zoo {extra} needs {', '.join(missing)}: pip install 'zoo[{extra}]'")

@@ -54,7 +54,7 @@ def check_space(path: Path, overrides: Sequence[str], tune: TuneConfig) -> None:
             try:
                 recipes.load(path, [*overrides, monitoring(tune), override(key, value)])
             except ZooError as exc:
-                reason = str(exc).removeprefix(f"override {key}: ")
+                reason = str(exc).removeprefix(f"override {key}: ").removeprefix(f"{path}: ")
                 raise ZooError(f"{path}: tune.space: {key} = {value!r}: {reason}") from None
 
 
