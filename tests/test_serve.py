@@ -28,10 +28,12 @@ from conftest import RECIPES, assert_user_error, zoo_command
 from fastapi.testclient import TestClient
 from PIL import Image
 
+import zoo
 from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.data.mnist import write_image_folder
 from zoo.inference.predict import predict_files
+from zoo.plugins import _registry as registry
 from zoo.serving.app import Limits, create_app, load_served
 from zoo.serving.batching import MicroBatcher
 from zoo.training.runner import run
@@ -155,6 +157,37 @@ def test_a_bad_image_among_good_ones_names_it(client: TestClient, digits: list[P
     assert answer.status_code == 422 and "broken.jpg is not a readable image" in answer.json()["error"]
     assert "BytesIO" not in answer.json()["error"]  # the upload's name, not PIL's buffer
     assert client.post("/predict", files=upload(digits[2], digits[3])).status_code == 200
+
+
+def bn_cnn(in_chans: int = 1) -> torch.nn.Module:
+    """A small CNN with BatchNorm, whose answers must not depend on the batch they are computed in."""
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(in_chans, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(2),
+        torch.nn.Flatten(),
+    )  # fmt: skip
+    model.num_features = 32
+    return model
+
+
+def test_a_batchnorm_model_answers_alike_batched_or_alone(tmp_path: Path, mnist_dir: Path, digits: list[Path]) -> None:
+    zoo.register_model("bn_cnn")(bn_cnn)
+    try:
+        overrides = ["model.backbone=bn_cnn", "data.classes=[3,7]", "data.per_class=30", "train.epochs=1"]
+        run(recipes.load(RECIPES / "mnist.toml", [*overrides, f"output.dir={tmp_path / 'bn'}"]), progress=False)
+        served = load_served(str(tmp_path / "bn"), "torch")
+    finally:
+        registry.unregister("model", "bn_cnn")
+    with TestClient(create_app(served, Limits(max_batch=8, max_wait_ms=300))) as client:
+
+        def answer(path: Path) -> dict:
+            return client.post("/predict", files=upload(path)).json()["predictions"][0]
+
+        alone = [answer(path) for path in digits[:6]]
+        assert client.get("/metadata").json()["batching"]["largest_batch"] == 1
+        with ThreadPoolExecutor(6) as pool:
+            together = list(pool.map(answer, digits[:6]))
+        assert client.get("/metadata").json()["batching"]["largest_batch"] > 1
+    assert_same_predictions(together, alone)
 
 
 def test_a_body_without_a_length_is_cut_at_the_limit(client: TestClient) -> None:
