@@ -150,3 +150,18 @@ def test_without_the_extra_installed_the_command_says_which(tmp_path: Path, monk
     assert_user_error(CliRunner().invoke(cli, ["tune", str(write_recipe(tmp_path))]), "pip install 'zoo[tune]'")
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
     assert_user_error(CliRunner().invoke(cli, ["serve", str(tmp_path)]), "needs uvicorn", "pip install 'zoo[serve]'")
+
+
+@pytest.mark.slow
+def test_nproc_runs_each_trial_under_torchrun_and_pruning_stops_every_rank(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, f'trials = 1\npruner = "none"\nspace = {SPACE}\n')
+    result = zoo_command("tune", str(path), "--study", str(tmp_path / "whole"), "--nproc", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "whole" / "trial-0000" / "results.json").read_text())
+    assert results["state"] == "finished" and results["world_size"] == 2 and results["ranks_agree"] is True
+
+    long = write_recipe(tmp_path, f"trials = 1\nspace = {SPACE}\n", epochs=30)
+    pruned = tune(long, study_dir=tmp_path / "pruned", nproc=2, pruner=AlwaysPrune())
+    assert [trial.state for trial in pruned.trials] == ["pruned"]
+    results = json.loads((tmp_path / "pruned" / "trial-0000" / "results.json").read_text())
+    assert results["state"] == "interrupted" and results["reason"].startswith("pruned by the study after epoch 1")

@@ -39,6 +39,7 @@ JOURNAL = "study.journal"
 BEST = "best.toml"
 PLOT = "trials.png"
 POLL_SECONDS = 0.2  # how often a running trial's metrics.jsonl is read
+STOP_SECONDS = 10.0  # after Ctrl-C, how long a trial has to stop by itself before it is asked to
 
 
 @dataclass
@@ -88,7 +89,7 @@ def tune(
             pruner=pruner or _pruner(tune_config),
         )  # fmt: skip
         _check_same_search(study, folder, tune_config)
-        _fail_abandoned(study, folder)
+        _fail_abandoned(study, storage, folder)
         # Seeded by the trials so far: a continued study draws new values, not the first trials' again.
         study.sampler = optuna.samplers.TPESampler(seed=recipe.train.seed + len(study.trials))
         target = trials or tune_config.trials
@@ -130,12 +131,12 @@ def _check_same_search(study: optuna.Study, folder: Path, tune: TuneConfig) -> N
         )
 
 
-def _fail_abandoned(study: optuna.Study, folder: Path) -> None:
+def _fail_abandoned(study: optuna.Study, storage: optuna.storages.BaseStorage, folder: Path) -> None:
     """Trials left running by a study that was killed (the folder is claimed: none runs now) failed."""
     from optuna.trial import TrialState
 
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         run = RunFolder(_trial_folder(folder, trial.number))
         results = run.results if run.file(RunFolder.RESULTS).is_file() else None
         if results is not None and results.state == "running":
@@ -177,9 +178,14 @@ def _run_trial(
                 break
             time.sleep(POLL_SECONDS)
         code = process.wait()
-    except BaseException:  # Ctrl-C or a failure of the study: the trial does not outlive it
-        process.send_signal(signal.SIGINT)
-        process.wait()
+    except BaseException as exc:  # Ctrl-C or a failure of the study: the trial does not outlive it
+        if not isinstance(exc, KeyboardInterrupt):  # a terminal's Ctrl-C reached the trial too: once is enough
+            process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=STOP_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGINT)
+            process.wait()
         raise
     if pruned_at is not None:
         epoch, value = pruned_at
