@@ -13,8 +13,10 @@ step on MNIST digits written as PNGs, so it is an ordinary run folder) is served
 For each, 1, 8 and 32 clients (asyncio tasks with an httpx client each, in this process) send one
 PNG per request, each in a loop, for --seconds after a warm-up; reported: requests/s and each
 request's latency (p50, p99). Beside them, `loop`: this process decoding each PNG and calling the
-model loaded by `zoo.load` on it, one image per call, with no HTTP. The clients share the machine's
-cores with the server, as they would on one host.
+model loaded by `zoo.load` on it, one image per call, with no HTTP, from the main thread and from
+a worker thread as `zoo serve` calls it (on a CPU shared with other work, torch's OpenMP threads
+in the main thread can be many times slower). The clients share the cores with the server, as
+they would on one host.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -97,17 +100,23 @@ def serve(run_folder: Path, mode: list[str], log: Path) -> tuple[subprocess.Pope
     return process, log.read_text().split(" on ")[1].split()[0]
 
 
-def loop(run_folder: Path, paths: list[Path], seconds: float) -> tuple[float, list[float]]:
-    """One image per call through `zoo.load`'s model, decoding included."""
+def loop(run_folder: Path, paths: list[Path], seconds: float, in_thread: bool) -> tuple[float, list[float]]:
+    """One image per call through `zoo.load`'s model, decoding included; the model called from this thread, or
+    (``in_thread``) from a worker thread, as `zoo serve` calls it."""
     model = zoo.load(run_folder)
     transform = build_transform(RunFolder(run_folder).preprocessing)
+
+    @torch.no_grad()
+    def predict(path: Path) -> torch.Tensor:
+        with image_file(path) as image:
+            return model(transform(image).unsqueeze(0))
+
     latencies: list[float] = []
-    with torch.no_grad():
+    with ThreadPoolExecutor(max_workers=1) as worker:
         until, n = time.perf_counter() + seconds + 1.0, 0
         while time.perf_counter() < until:
             started = time.perf_counter()
-            with image_file(paths[n % len(paths)]) as image:
-                model(transform(image).unsqueeze(0))
+            worker.submit(predict, paths[n % len(paths)]).result() if in_thread else predict(paths[n % len(paths)])
             if time.perf_counter() > until - seconds:
                 latencies.append(time.perf_counter() - started)
             n += 1
@@ -126,8 +135,9 @@ def main() -> None:
         run_folder, paths = make_run(Path(tmp), args.backbone, args.image_size)
         pngs = [path.read_bytes() for path in paths]
         rows = []
-        rate, latencies = loop(run_folder, paths, args.seconds)
-        rows.append(("loop (zoo.load, no HTTP)", 1, rate, latencies))
+        for where, in_thread in (("this thread", False), ("a worker thread", True)):
+            rate, latencies = loop(run_folder, paths, args.seconds, in_thread)
+            rows.append((f"loop over zoo.load, model in {where}, no HTTP", 1, rate, latencies))
         for name, mode in MODES.items():
             process, url = serve(run_folder, mode, Path(tmp) / f"{name}.log")
             try:
