@@ -10,6 +10,7 @@ import asyncio
 import hashlib
 import io
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +33,7 @@ import zoo
 from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.data.mnist import write_image_folder
+from zoo.inference.export import export_run
 from zoo.inference.predict import predict_files
 from zoo.plugins import _registry as registry
 from zoo.serving.app import Limits, create_app, load_served
@@ -318,3 +320,22 @@ def test_sigterm_lets_the_requests_in_flight_finish_then_exits_0(served_run: Pat
     assert server.process.wait(timeout=60) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)
+
+
+def test_the_onnxruntime_backend_serves_the_export_with_the_same_answers(
+    served_run: Path, tmp_path: Path, digits: list[Path]
+) -> None:
+    copy = tmp_path / "run"
+    shutil.copytree(served_run, copy, ignore=shutil.ignore_patterns("checkpoints", ".zoo.lock"))
+    export_run(copy, "onnx", dynamic_batch=True)
+    torch_app = create_app(load_served(str(copy), "torch"))
+    onnx_app = create_app(load_served(str(copy), "onnxruntime"), Limits(max_wait_ms=200))
+    with TestClient(torch_app) as torch_client, TestClient(onnx_app) as onnx_client:
+        expected = torch_client.post("/predict", files=upload(*digits[:5])).json()["predictions"]
+        with ThreadPoolExecutor(5) as pool:  # one request per image, batched together
+            answers = list(pool.map(lambda path: onnx_client.post("/predict", files=upload(path)), digits[:5]))
+        metadata = onnx_client.get("/metadata").json()
+    assert_same_predictions([answer.json()["predictions"][0] for answer in answers], expected)
+    assert metadata["backend"] == "onnxruntime" and metadata["weights"].endswith("model.onnx")
+    assert metadata["sha256"] == hashlib.sha256((copy / "model.onnx").read_bytes()).hexdigest()
+    assert metadata["batching"]["largest_batch"] > 1
