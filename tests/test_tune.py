@@ -17,7 +17,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, assert_user_error, zoo_command
+from conftest import REPO, assert_user_error, make_hostile, zoo_command
 
 from zoo.cli import cli
 from zoo.config import recipe as recipes
@@ -165,3 +165,16 @@ def test_nproc_runs_each_trial_under_torchrun_and_pruning_stops_every_rank(tmp_p
     assert [trial.state for trial in pruned.trials] == ["pruned"]
     results = json.loads((tmp_path / "pruned" / "trial-0000" / "results.json").read_text())
     assert results["state"] == "interrupted" and results["reason"].startswith("pruned by the study after epoch 1")
+
+
+@pytest.mark.parametrize("kind", ["link outside", "dangling link", "fifo", "folder"])
+def test_a_hostile_study_journal_is_refused_in_one_line(tmp_path: Path, kind: str) -> None:
+    study, outside = tmp_path / "study", tmp_path / "outside"
+    study.mkdir()
+    outside.mkdir()
+    (outside / "precious.json").write_text("{}")
+    make_hostile(study / "study.journal", kind, outside)
+    result = CliRunner().invoke(cli, ["tune", str(write_recipe(tmp_path)), "--study", str(study)])
+    assert_user_error(result, "study.journal")
+    assert (outside / "precious.json").read_text() == "{}" and not (outside / "made-by-zoo").exists()
+    assert not list(study.glob("trial-*"))

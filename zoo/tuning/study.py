@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import subprocess
 import sys
@@ -83,6 +84,9 @@ def tune(
     claim = locking.claim(folder)
     try:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # Optuna appends to the journal through its path: what is there is checked (and created) first, never a link.
+        fix = "remove it: zoo keeps the study there"
+        os.close(_files.open_regular(folder / JOURNAL, os.O_RDWR | os.O_CREAT, follow_symlinks=False, fix=fix))
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / JOURNAL)))
         study = optuna.create_study(
             study_name=recipe.name, storage=storage, direction=sense, load_if_exists=True,
