@@ -21,6 +21,7 @@ from conftest import REPO, assert_user_error, make_hostile, zoo_command
 
 from zoo.cli import cli
 from zoo.config import recipe as recipes
+from zoo.errors import ZooError
 from zoo.tuning.study import tune
 
 SPACE = '{ "optim.lr" = { low = 1e-3, high = 1e-1, log = true }, "model.args.hidden" = [8, 16] }'
@@ -84,6 +85,11 @@ def test_a_pruned_trial_stops_and_its_run_folder_says_pruned(tmp_path: Path) -> 
     epochs = (tmp_path / "study" / "trial-0000" / "metrics.jsonl").read_text().splitlines()
     assert len(epochs) < 30  # stopped, not run to the end
     assert not (tmp_path / "study" / "best.toml").exists()
+    other = write_recipe(tmp_path, 'trials = 2\nspace = { "optim.lr" = [0.01, 0.02] }\n')
+    with pytest.raises(ZooError, match="holds a study of another search"):  # continued only as it began
+        tune(other, study_dir=tmp_path / "study")
+    with pytest.raises(ZooError, match="overrides none"):
+        tune(path, ["optim.weight_decay=0.1"], study_dir=tmp_path / "study")
 
 
 def completed(study: Path) -> list[int]:

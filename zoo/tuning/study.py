@@ -92,7 +92,7 @@ def tune(
             study_name=recipe.name, storage=storage, direction=sense, load_if_exists=True,
             pruner=pruner or _pruner(tune_config),
         )  # fmt: skip
-        _check_same_search(study, folder, tune_config)
+        _check_same_search(study, folder, tune_config, overrides)
         _fail_abandoned(study, storage, folder)
         # Seeded by the trials so far: a continued study draws new values, not the first trials' again.
         study.sampler = optuna.samplers.TPESampler(seed=recipe.train.seed + len(study.trials))
@@ -122,15 +122,16 @@ def _pruner(tune: TuneConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
 
 
-def _check_same_search(study: optuna.Study, folder: Path, tune: TuneConfig) -> None:
-    """A study continues only the search it began: the same metric and space."""
-    search = tune.model_dump(include={"metric", "space"}, mode="json")
+def _check_same_search(study: optuna.Study, folder: Path, tune: TuneConfig, overrides: Sequence[str]) -> None:
+    """A study continues only the search it began: the same metric, space and command-line overrides."""
+    search = {**tune.model_dump(include={"metric", "space"}, mode="json"), "overrides": list(overrides)}
     began = study.user_attrs.get("search")
     if began is None:
         study.set_user_attr("search", search)
     elif began != search:
         raise ZooError(
-            f"{folder} holds a study of another search ({began['metric']} over {', '.join(began['space'])}): "
+            f"{folder} holds a study of another search ({began['metric']} over {', '.join(began['space'])}, "
+            f"overrides {' '.join(began.get('overrides', [])) or 'none'}): "
             "give this one another --study folder"
         )
 
