@@ -171,6 +171,7 @@ def bn_cnn(in_chans: int = 1) -> torch.nn.Module:
     return model
 
 
+@pytest.mark.slow
 def test_a_batchnorm_model_answers_alike_batched_or_alone(tmp_path: Path, mnist_dir: Path, digits: list[Path]) -> None:
     zoo.register_model("bn_cnn")(bn_cnn)
     try:
@@ -322,6 +323,7 @@ def test_sigterm_lets_the_requests_in_flight_finish_then_exits_0(served_run: Pat
         httpx.get(f"{server.url}/health", timeout=5)
 
 
+@pytest.mark.slow
 def test_the_onnxruntime_backend_serves_the_export_with_the_same_answers(
     served_run: Path, tmp_path: Path, digits: list[Path]
 ) -> None:
