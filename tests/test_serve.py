@@ -341,3 +341,15 @@ def test_the_onnxruntime_backend_serves_the_export_with_the_same_answers(
     assert metadata["backend"] == "onnxruntime" and metadata["weights"].endswith("model.onnx")
     assert metadata["sha256"] == hashlib.sha256((copy / "model.onnx").read_bytes()).hexdigest()
     assert metadata["batching"]["largest_batch"] > 1
+
+
+@pytest.mark.slow
+def test_the_serve_bench_runs_both_servers_and_the_loop(mnist_dir: Path) -> None:
+    arguments = ["--image-size", "32", "--seconds", "0.5", "--clients", "1", "2"]
+    bench = [sys.executable, str(RECIPES.parent / "bench" / "serve_bench.py"), *arguments]
+    result = subprocess.run(bench, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "requests/s" not in line]
+    assert len(rows) == 2 + 2 * 2, result.stdout  # the loop twice, each server at 1 and 2 clients
+    assert all(float(row.split("|")[3]) > 0 for row in rows)
+    assert "batched / unbatched at 2 clients" in result.stdout
