@@ -31,7 +31,9 @@ LAYERS = [
     ("tasks", ("zoo.tasks",)),
     ("sharing", ("zoo.sharing",)),
     ("inference", ("zoo.inference",)),
+    ("serving", ("zoo.serving",)),
     ("training", ("zoo.training",)),
+    ("tuning", ("zoo.tuning",)),
     ("interface", ("zoo.cli", "zoo.__main__", "zoo")),
 ]
 MAX_LINES = 400

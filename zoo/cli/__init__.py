@@ -10,7 +10,7 @@ import os
 import sys
 import traceback
 
-from . import inference, plugins, runs, sharing, training
+from . import inference, plugins, runs, serving, sharing, training
 from .group import cli
 
 for command in (
@@ -18,6 +18,7 @@ for command in (
     training.run, training.show, training.schema,
     inference.eval_command, inference.export_command, inference.predict,
     runs.runs,
+    serving.serve, serving.tune,
     sharing.push, sharing.publish, sharing.pull, sharing.registry_group,
 ):  # fmt: skip
     cli.add_command(command)

@@ -19,6 +19,7 @@ from pydantic import ConfigDict, Field, model_validator
 from . import sources
 from ._section import MAX_SIZE, NAME_PATTERN, Fraction, Section, Size
 from .model_section import ModelConfig
+from .tune import TuneConfig
 
 
 class DataConfig(Section):
@@ -271,6 +272,7 @@ class Recipe(Section):
     train: TrainConfig = TrainConfig()
     output: OutputConfig = OutputConfig()
     log: LogConfig = LogConfig()
+    tune: TuneConfig | None = Field(None, description="what `zoo tune` searches; `zoo run` leaves it aside")
 
     @model_validator(mode="after")
     def _settings_agree(self) -> Recipe:
@@ -319,8 +321,8 @@ class Recipe(Section):
 
     @property
     def hash(self) -> str:
-        """sha256 of what determines the trained weights (everything but the output folder and the loggers)."""
-        settings = {key: value for key, value in self.to_dict().items() if key not in ("output", "log")}
+        """sha256 of what determines the trained weights (all but the output folder, the loggers and the search)."""
+        settings = {key: value for key, value in self.to_dict().items() if key not in ("output", "log", "tune")}
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 

@@ -1,4 +1,4 @@
-"""Image files opened safely: for an image dataset, the decoded cache and `zoo predict`."""
+"""Images opened safely: files for an image dataset, the decoded cache and `zoo predict`; uploads for `zoo serve`."""
 
 from __future__ import annotations
 
@@ -29,21 +29,28 @@ def image_file(path: Path, decode: bool = True) -> Iterator[Image.Image]:
 
 
 @contextmanager
-def image_bytes(data: bytes, name: str, decode: bool = True) -> Iterator[Image.Image]:
-    """An image held in memory (a Hugging Face dataset's cell), opened as ``image_file`` opens files;
-    ``name`` says where it is in the one-line error."""
-    with _opened(io.BytesIO(data), name, decode) as image:
+def image_bytes(data: bytes, name: str, decode: bool = True, max_pixels: int | None = None) -> Iterator[Image.Image]:
+    """An image held in memory (a Hugging Face dataset's cell, an upload to `zoo serve`), opened as
+    ``image_file`` opens files; ``name`` says where it is in the one-line error. One of more than
+    ``max_pixels`` pixels is refused from its header, before any decoding."""
+    with _opened(io.BytesIO(data), name, decode, max_pixels) as image:
         yield image
 
 
 @contextmanager
-def _opened(source: Path | io.BytesIO, name: str, decode: bool) -> Iterator[Image.Image]:
+def _opened(source: Path | io.BytesIO, name: str, decode: bool, max_pixels: int | None = None) -> Iterator[Image.Image]:
     try:
         with Image.open(source) as image:
+            if max_pixels is not None and image.width * image.height > max_pixels:
+                raise ZooError(
+                    f"{name} is too large to decode safely ({image.width}x{image.height} pixels, "
+                    f"at most {max_pixels:,})"
+                )
             if decode:
                 image.load()
             yield image
     except Image.DecompressionBombError as exc:
         raise ZooError(f"{name} is too large to decode safely ({exc})") from None
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
-        raise ZooError(f"{name} is not a readable image ({type(exc).__name__}: {exc})") from None
+        detail = str(exc).replace(repr(source), repr(name))  # PIL names an upload's buffer, not its file
+        raise ZooError(f"{name} is not a readable image ({type(exc).__name__}: {detail})") from None

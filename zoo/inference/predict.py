@@ -30,8 +30,7 @@ def predict_files(
     run_folder: Path, paths: Sequence[Path], top_k: int, backend: Backend = "torch"
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Top-k predictions for each readable file, and a one-line error for each unreadable one."""
-    run = RunFolder.existing(run_folder)
-    classify, label_names, preprocessing = (_onnxruntime if backend == "onnxruntime" else _torch)(run)
+    classify, label_names, preprocessing = classifier(RunFolder.existing(run_folder), backend)
     transform = build_transform(preprocessing)
     predictions, errors = [], []
     for start in range(0, len(paths), BATCH):
@@ -44,8 +43,14 @@ def predict_files(
             except ZooError as exc:
                 errors.append(str(exc))
         if images:
-            predictions += _top(classify, torch.stack(images), readable, label_names, top_k)
+            with torch.no_grad():
+                predictions += ranked(classify(torch.stack(images)), readable, label_names, top_k)
     return predictions, errors
+
+
+def classifier(run: RunFolder, backend: Backend) -> tuple[Classify, list[str], Preprocessing]:
+    """The run's model as a function of a batch of images (to logits), its label names and preprocessing."""
+    return (_onnxruntime if backend == "onnxruntime" else _torch)(run)
 
 
 def _torch(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
@@ -86,16 +91,16 @@ def _labelled(classify: Classify, path: Path, labels: int) -> Classify:
     return run
 
 
-@torch.no_grad()
-def _top(
-    classify: Classify, images: torch.Tensor, paths: list[Path], label_names: list[str], top_k: int
+def ranked(
+    logits: torch.Tensor, files: Sequence[str | Path], label_names: list[str], top_k: int
 ) -> list[dict[str, Any]]:
-    probabilities = classify(images).float().softmax(dim=1)
+    """One prediction per image, as `zoo predict --json` (and `zoo serve`) give it: its file and top-k labels."""
+    probabilities = logits.float().softmax(dim=1)
     top = probabilities.topk(min(top_k, len(label_names)), dim=1)
     return [
         {
-            "file": str(path),
+            "file": str(file),
             "top": [{"label": label_names[i], "probability": float(p)} for p, i in zip(values, indices)],
         }
-        for path, values, indices in zip(paths, top.values, top.indices)
+        for file, values, indices in zip(files, top.values, top.indices)
     ]

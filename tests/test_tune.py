@@ -1,0 +1,186 @@
+"""`zoo tune`: the [tune] table checked, trials as run folders, pruning, a killed study continued, best.toml.
+
+Trials are tiny runs of the zoo-shapes plugin's synthetic dataset.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from click.testing import CliRunner
+from conftest import REPO, assert_user_error, make_hostile, zoo_command
+
+from zoo.cli import cli
+from zoo.config import recipe as recipes
+from zoo.errors import ZooError
+from zoo.tuning.study import tune
+
+SPACE = '{ "optim.lr" = { low = 1e-3, high = 1e-1, log = true }, "model.args.hidden" = [8, 16] }'
+
+
+def write_recipe(folder: Path, tune_table: str = f"trials = 3\nspace = {SPACE}\n", epochs: int = 2) -> Path:
+    path = folder / "tiny.toml"
+    path.write_text(
+        f'extends = "{REPO / "plugins" / "zoo-shapes" / "shapes.toml"}"\nname = "tiny"\n'
+        f"[data]\nbatch_size = 32\n[data.args]\nsamples = 150\n[train]\nepochs = {epochs}\n[tune]\n{tune_table}"
+    )
+    return path
+
+
+BAD_TABLES = {
+    "unknown space key": (
+        f"space = {SPACE.replace('optim.lr', 'optim.lrr')}",
+        ["tune.space", "did you mean 'optim.lr'"],
+    ),
+    "a value the schema refuses": ('space = { "optim.lr" = { low = 1e-3, high = 100.0 } }', ["optim.lr = 100.0", "10"]),
+    "a choice of the wrong type": ('space = { "data.batch_size" = [16, "big"] }', ["data.batch_size = 'big'"]),
+    "an unordered range": ('space = { "optim.lr" = { low = 0.1, high = 0.01 } }', ["low must be less than high"]),
+    "log from zero": ('space = { "optim.lr" = { low = 0.0, high = 0.1, log = true } }', ["log = true needs low > 0"]),
+    "the study's own key": ('space = { "output.dir" = ["a", "b"] }', ["output.dir is not searched"]),
+    "an empty space": ("space = {}", ["tune.space"]),
+    "a misspelt tune key": (f"trails = 3\nspace = {SPACE}", ["did you mean 'tune.trials'"]),
+    "a metric that is not monitored": (f'metric = "accuracy"\nspace = {SPACE}', ["tune.metric"]),
+    "a direction against the metric": (f'metric = "val_loss"\ndirection = "maximize"\nspace = {SPACE}', ["lower"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_TABLES))
+def test_a_bad_tune_table_is_one_line_and_runs_nothing(tmp_path: Path, case: str) -> None:
+    table, fragments = BAD_TABLES[case]
+    result = CliRunner().invoke(cli, ["tune", str(write_recipe(tmp_path, table + "\n"))])
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "studies").exists()
+
+
+def test_a_recipe_without_tune_is_refused_and_zoo_run_leaves_tune_aside(tmp_path: Path) -> None:
+    plain = tmp_path / "plain.toml"
+    plain.write_text(f'extends = "{REPO / "plugins" / "zoo-shapes" / "shapes.toml"}"\nname = "plain"\n')
+    assert_user_error(CliRunner().invoke(cli, ["tune", str(plain)]), "has no [tune] table")
+    with_tune = recipes.load(write_recipe(tmp_path))
+    assert with_tune.tune is not None and with_tune.tune.trials == 3
+    assert with_tune.hash == recipes.load(plain, ["name=tiny", "data.batch_size=32", "data.args.samples=150",
+                                                  "train.epochs=2"]).hash  # fmt: skip
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return True
+
+
+def test_a_pruned_trial_stops_and_its_run_folder_says_pruned(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, f"trials = 1\nspace = {SPACE}\n", epochs=30)
+    result = tune(path, study_dir=tmp_path / "study", pruner=AlwaysPrune())
+    assert [trial.state for trial in result.trials] == ["pruned"] and result.best is None
+    results = json.loads((tmp_path / "study" / "trial-0000" / "results.json").read_text())
+    assert results["state"] == "interrupted" and results["reason"].startswith("pruned by the study after epoch 1")
+    epochs = (tmp_path / "study" / "trial-0000" / "metrics.jsonl").read_text().splitlines()
+    assert len(epochs) < 30  # stopped, not run to the end
+    assert not (tmp_path / "study" / "best.toml").exists()
+    other = write_recipe(tmp_path, 'trials = 2\nspace = { "optim.lr" = [0.01, 0.02] }\n')
+    with pytest.raises(ZooError, match="holds a study of another search"):  # continued only as it began
+        tune(other, study_dir=tmp_path / "study")
+    with pytest.raises(ZooError, match="overrides none"):
+        tune(path, ["optim.weight_decay=0.1"], study_dir=tmp_path / "study")
+
+
+def completed(study: Path) -> list[int]:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(study / "study.journal")))
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    return [trial.number for trial in trials if trial.state == optuna.trial.TrialState.COMPLETE]
+
+
+@pytest.mark.slow
+def test_three_trials_give_run_folders_a_table_best_toml_and_a_plot(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, f'trials = 3\npruner = "none"\nspace = {SPACE}\n')
+    result = zoo_command("tune", str(path), "--study", str(tmp_path / "study"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = tmp_path / "study"
+    assert completed(study) == [0, 1, 2]
+    table = [line for line in result.stdout.splitlines() if line.split()[:1] in (["0"], ["1"], ["2"])]
+    assert len(table) == 3 and all("complete" in line for line in table)
+    values = {}
+    for number in range(3):
+        run = json.loads((study / f"trial-{number:04d}" / "results.json").read_text())
+        assert run["state"] == "finished" and run["monitor"] == "val_accuracy"
+        values[number] = run["kept_value"]
+    best = max(values, key=lambda number: values[number])
+    assert f"best: trial {best}" in result.stdout
+    best_recipe = recipes.load(study / "best.toml")
+    trial_recipe = recipes.load(study / f"trial-{best:04d}" / "recipe.toml")
+    assert best_recipe.optim.lr == trial_recipe.optim.lr and best_recipe.output.dir is None
+    assert best_recipe.model.args == trial_recipe.model.args
+    assert zoo_command("run", str(study / "best.toml"), "--dry-run", cwd=tmp_path).returncode == 0
+    assert (study / "trials.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = zoo_command("tune", str(path), "--study", str(study), cwd=tmp_path)  # the study is complete
+    assert again.returncode == 0 and "0 trial(s) run now, 3" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_killed_study_continues_and_loses_only_the_trial_in_flight(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, f'trials = 3\npruner = "none"\nspace = {SPACE}\n', epochs=3)
+    study = tmp_path / "study"
+    command = [str(Path(sys.executable).with_name("zoo")), "tune", str(path), "--study", str(study)]
+    process = subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.monotonic() + 300
+    while not (study / "trial-0001" / "metrics.jsonl").exists():  # trial 0 done, trial 1 training
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+    first = (study / "trial-0000" / "model.safetensors").stat().st_mtime_ns
+    assert completed(study) == [0]
+
+    result = zoo_command("tune", str(path), "--study", str(study), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "trial 1 was cut short" in result.stdout
+    assert completed(study) == [0, 2, 3]  # trial 0 kept as it was, trial 1 lost, two new ones
+    assert (study / "trial-0000" / "model.safetensors").stat().st_mtime_ns == first
+    lost = json.loads((study / "trial-0001" / "results.json").read_text())
+    assert lost["state"] == "failed" and "the study stopped during this trial" in lost["reason"]
+
+
+def test_without_the_extra_installed_the_command_says_which(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "optuna" else real(name, *a))
+    assert_user_error(CliRunner().invoke(cli, ["tune", str(write_recipe(tmp_path))]), "pip install 'zoo[tune]'")
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "uvicorn" else real(name, *a))
+    assert_user_error(CliRunner().invoke(cli, ["serve", str(tmp_path)]), "needs uvicorn", "pip install 'zoo[serve]'")
+
+
+@pytest.mark.slow
+def test_nproc_runs_each_trial_under_torchrun_and_pruning_stops_every_rank(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, f'trials = 1\npruner = "none"\nspace = {SPACE}\n')
+    result = zoo_command("tune", str(path), "--study", str(tmp_path / "whole"), "--nproc", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    results = json.loads((tmp_path / "whole" / "trial-0000" / "results.json").read_text())
+    assert results["state"] == "finished" and results["world_size"] == 2 and results["ranks_agree"] is True
+
+    long = write_recipe(tmp_path, f"trials = 1\nspace = {SPACE}\n", epochs=30)
+    pruned = tune(long, study_dir=tmp_path / "pruned", nproc=2, pruner=AlwaysPrune())
+    assert [trial.state for trial in pruned.trials] == ["pruned"]
+    results = json.loads((tmp_path / "pruned" / "trial-0000" / "results.json").read_text())
+    assert results["state"] == "interrupted" and results["reason"].startswith("pruned by the study after epoch 1")
+
+
+@pytest.mark.parametrize("kind", ["link outside", "dangling link", "fifo", "folder"])
+def test_a_hostile_study_journal_is_refused_in_one_line(tmp_path: Path, kind: str) -> None:
+    study, outside = tmp_path / "study", tmp_path / "outside"
+    study.mkdir()
+    outside.mkdir()
+    (outside / "precious.json").write_text("{}")
+    make_hostile(study / "study.journal", kind, outside)
+    result = CliRunner().invoke(cli, ["tune", str(write_recipe(tmp_path)), "--study", str(study)])
+    assert_user_error(result, "study.journal")
+    assert (outside / "precious.json").read_text() == "{}" and not (outside / "made-by-zoo").exists()
+    assert not list(study.glob("trial-*"))
