@@ -101,6 +101,9 @@ def run(
 
 
 def print_scores(metrics: dict[str, Any], split: str = "test") -> None:
+    if "mAP" in metrics:
+        _print_multi_label(metrics, split)
+        return
     click.echo(
         f"{split}: accuracy {100 * metrics['accuracy']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
         f"recall {100 * metrics['recall']:.2f}%, F1 {100 * metrics['f1']:.2f}%"
@@ -115,6 +118,20 @@ def print_scores(metrics: dict[str, Any], split: str = "test") -> None:
     print_table(
         [(label, *map(str, counts)) for label, counts in zip(labels, metrics["confusion_matrix"])], ("", *labels)
     )
+
+
+def _print_multi_label(metrics: dict[str, Any], split: str) -> None:
+    click.echo(
+        f"{split}: mAP {100 * metrics['mAP']:.2f}% (micro {100 * metrics['mAP_micro']:.2f}%), at the thresholds: "
+        f"F1 {100 * metrics['f1']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
+        f"recall {100 * metrics['recall']:.2f}%, all labels right {100 * metrics['accuracy']:.2f}%"
+    )
+    rows = [
+        (row["label"], "-" if row["ap"] is None else f"{row['ap']:.4f}", f"{row['threshold']:.3f}",
+         f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+        for row in metrics["per_class"]
+    ]  # fmt: skip
+    print_table(rows, ("LABEL", "AP", "THRESHOLD", "PRECISION", "RECALL", "F1", "SUPPORT"))
 
 
 @click.command()

@@ -18,7 +18,8 @@ from ..config.schema import Recipe
 from .folder import RunResults
 from .table import training_notes
 
-METRICS = ("accuracy", "precision", "recall", "f1")
+# A multi-label run's test results lead with mAP; its accuracy is the share of images with every label right.
+METRICS = ("mAP", "mAP_micro", "accuracy", "precision", "recall", "f1")
 EXPORTS_BEGIN, EXPORTS_END = "<!-- zoo:exports -->", "<!-- /zoo:exports -->"
 HOW_TO_RUN = {
     "model.onnx": """`model.onnx` (ONNX; label names and preprocessing in its metadata props):

@@ -21,6 +21,7 @@ from ..runs.card import model_card
 from ..runs.folder import RunFolder, RunResults
 from ..runs.plots import write_plots
 from ..sharing import registry as catalog
+from ..tasks.multi_label import DEFAULT_THRESHOLD
 from .loop import Trainer
 from .setup import describe_augmentation
 from .trainer_state import check_finite_weights
@@ -58,18 +59,38 @@ def finish_run(
         results.ranks_agree = distributed.ranks_agree(model)
         if not results.ranks_agree:
             raise RuntimeError("the ranks ended with different weights: DDP did not keep them in step")
+    thresholds = tuned_thresholds(setup, model) if setup.splits.multi_label else None
     if state == "finished":
         test = setup.batches(setup.splits.test)
-        results.test = evaluate(model, test, setup.loss_fn, setup.splits.label_names, setup.dtype)
+        results.test = evaluate(
+            model, test, setup.loss_fn, setup.splits.label_names, setup.dtype, thresholds=thresholds
+        )
     weights = fsdp.full_state_dict(model)  # a collective when sharded
     if distributed.is_main():
-        files = _write_run(folder, setup, results, trainer, weights)
+        files = _write_run(folder, setup, results, trainer, weights, thresholds)
         trainer.loggers.finish(results.model_dump(exclude_none=True), files)
     return results
 
 
+def tuned_thresholds(setup: RunSetup, model: nn.Module) -> list[float]:
+    """A multi-label model's threshold per class: each maximising its class's F1 on the validation
+    split (0.5 each without one)."""
+    if setup.splits.val is None:
+        log(f"thresholds: {DEFAULT_THRESHOLD} for every class (no validation split to tune them on)")
+        return [DEFAULT_THRESHOLD] * len(setup.splits.label_names)
+    val = evaluate(model, setup.batches(setup.splits.val), setup.loss_fn, setup.splits.label_names, setup.dtype,
+                   tune=True)  # fmt: skip
+    log(f"thresholds tuned on validation (F1 per class): {', '.join(f'{t:.3g}' for t in val['thresholds'])}")
+    return val["thresholds"]
+
+
 def _write_run(
-    folder: RunFolder, setup: RunSetup, results: RunResults, trainer: Trainer, weights: dict[str, torch.Tensor]
+    folder: RunFolder,
+    setup: RunSetup,
+    results: RunResults,
+    trainer: Trainer,
+    weights: dict[str, torch.Tensor],
+    thresholds: list[float] | None,
 ) -> list[Path]:
     """Write the run folder's final files; returns those worth keeping beside a tracker's run."""
     recipe, label_names = setup.recipe, setup.splits.label_names
@@ -78,6 +99,8 @@ def _write_run(
     config = exchange_config(setup.model, recipe.model.backbone, label_names, setup.preprocessing)
     # Files that may be shared hold the recipe without this machine's paths; recipe.toml keeps them.
     config["zoo"] = {"version": __version__, "recipe_hash": recipe.hash, "recipe": recipe.shareable().to_dict()}
+    if thresholds is not None:  # a multi-label model: sigmoid scores, a label where its score reaches its threshold
+        config["thresholds"] = thresholds
     folder.write_config(config)
     plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.test)
     timm_architecture = config["architecture"] if hasattr(setup.model, "pretrained_cfg") else None
