@@ -265,9 +265,7 @@ class TrainConfig(_Section):
         description="under DDP on GPUs, BatchNorm statistics across all ranks (SyncBatchNorm): for small per-GPU batches",
     )
     monitor: Literal["val_accuracy", "val_f1", "val_mAP", "val_loss", "train_loss"] | None = Field(
-        None,
-        description="picks the best epoch and drives early_stop; default val_accuracy (val_mAP for multi_label), "
-        "train_loss without val",
+        None, description="picks the best epoch, drives early_stop; default val_accuracy (val_mAP), else train_loss"
     )
     keep: Literal["best", "last"] | None = Field(
         None, description="the weights the run keeps: the best epoch's by monitor, or the last; default best with val"
@@ -334,11 +332,7 @@ class Recipe(_Section):
     description: str = Field("", description="what the recipe does, for the model card")
     license: str | None = Field(None, description="the trained weights' license for the model card, e.g. 'apache-2.0'")
     extends: str | None = Field(None, description="a base recipe to merge underneath, relative to this file")
-    task: Literal["single_label", "multi_label"] | None = Field(
-        None,
-        description="single_label (one class an image) or multi_label (a set of labels an image: sigmoid scores, "
-        "per-class thresholds); default: multi_label when the dataset yields label sets, else single_label",
-    )
+    task: Literal["single_label", "multi_label"] | None = Field(None, description="default: multi_label for label sets")
     model: ModelConfig
     data: DataConfig
     loss: LossConfig = LossConfig()
