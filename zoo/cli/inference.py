@@ -117,7 +117,8 @@ def predict(run_folder: str, files: tuple[str, ...], top_k: int, backend: str, a
     else:
         for prediction in predictions:
             ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in prediction["top"])
-            click.echo(f"{prediction['file']}: {ranked}")
+            labels = f" -> labels: {' '.join(prediction['labels']) or '(none)'}" if "labels" in prediction else ""
+            click.echo(f"{prediction['file']}: {ranked}{labels}")
     for error in errors:
         click.echo(f"zoo: error: {error}", err=True)
     if errors:

@@ -27,7 +27,7 @@ from .._version import __version__
 from ..data.preprocessing import Preprocessing
 from ..errors import ZooError
 from ..runs.exports import FILES, FORMATS, METADATA, card_lists_exports, not_json
-from ..runs.folder import RunFolder
+from ..runs.folder import RunFolder, check_thresholds
 
 Format = Literal["onnx", "exported-program", "torchscript"]
 INPUT, OUTPUT = "input", "logits"
@@ -82,6 +82,8 @@ def export_run(
         "architecture": run.config.get("architecture"),
         "zoo_version": __version__,
     }
+    if run.thresholds is not None:  # a multi-label model: its labels are the sigmoid scores over these
+        metadata["thresholds"] = run.thresholds
     model = setup.model.to("cpu", torch.float32).eval()
     exported = export_model(
         model, inputs, format, output or run.file(FILES[format]), metadata, dynamic_batch, opset, atol
@@ -257,8 +259,9 @@ def onnx_session(model: Path | bytes, what: str) -> Any:
         raise ZooError(f"{what} is not an ONNX model onnxruntime can run: {str(exc).splitlines()[0]}") from None
 
 
-def onnx_metadata(session: Any, path: Path) -> tuple[list[str], Preprocessing]:
-    """The label names and preprocessing zoo wrote into an ONNX file, checked against the graph they travel with."""
+def onnx_metadata(session: Any, path: Path) -> tuple[list[str], Preprocessing, list[float] | None]:
+    """The label names, preprocessing and (multi-label) thresholds zoo wrote into an ONNX file,
+    checked against the graph they travel with."""
     props = session.get_modelmeta().custom_metadata_map
     try:
         labels, preprocessing = (
@@ -278,7 +281,12 @@ def onnx_metadata(session: Any, path: Path) -> tuple[list[str], Preprocessing]:
         )
     if len(gives) != 2 or (isinstance(gives[1], int) and gives[1] != len(labels)):
         raise ZooError(f"{path}: the model gives outputs {gives}, but its metadata names {len(labels)} labels")
-    return labels, preprocessing
+    try:
+        thresholds = json.loads(props["thresholds"], parse_constant=not_json) if "thresholds" in props else None
+    except (ValueError, RecursionError):
+        thresholds = "damaged"
+    check_thresholds(thresholds, len(labels), f"{path} metadata")
+    return labels, preprocessing, thresholds
 
 
 def _program(

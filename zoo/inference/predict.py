@@ -1,5 +1,8 @@
 """Prediction: image files through a run's own preprocessing, top-k labels with probabilities.
 
+A multi-label run scores each label with a sigmoid, and its predicted ``labels`` are those whose
+score reaches the label's threshold (tuned on validation, in config.json and in every export).
+
 Two backends: ``torch`` loads the run's model.safetensors; ``onnxruntime`` runs the run's
 exported model.onnx (`zoo export`) with nothing but what that file holds: its graph, its label
 names and its preprocessing. Beside the run's weights, it must be the export of those weights.
@@ -29,9 +32,10 @@ Classify = Callable[[torch.Tensor], torch.Tensor]  # a batch of images to logits
 def predict_files(
     run_folder: Path, paths: Sequence[Path], top_k: int, backend: Backend = "torch"
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Top-k predictions for each readable file, and a one-line error for each unreadable one."""
+    """Top-k predictions for each readable file (and a multi-label run's labels over their
+    thresholds), and a one-line error for each unreadable one."""
     run = RunFolder.existing(run_folder)
-    classify, label_names, preprocessing = (_onnxruntime if backend == "onnxruntime" else _torch)(run)
+    classify, label_names, preprocessing, thresholds = (_onnxruntime if backend == "onnxruntime" else _torch)(run)
     transform = build_transform(preprocessing)
     predictions, errors = [], []
     for start in range(0, len(paths), BATCH):
@@ -44,18 +48,21 @@ def predict_files(
             except ZooError as exc:
                 errors.append(str(exc))
         if images:
-            predictions += _top(classify, torch.stack(images), readable, label_names, top_k)
+            predictions += _top(classify, torch.stack(images), readable, label_names, top_k, thresholds)
     return predictions, errors
 
 
-def _torch(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
+Model = tuple[Classify, list[str], Preprocessing, list[float] | None]  # ..., thresholds (multi-label)
+
+
+def _torch(run: RunFolder) -> Model:
     from ..models.build import load_run
 
     model = load_run(run)
-    return model, model.label_names, run.preprocessing
+    return model, model.label_names, run.preprocessing, run.thresholds
 
 
-def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
+def _onnxruntime(run: RunFolder) -> Model:
     from ..runs.exports import FILES, check_made_from
     from .export import onnx_metadata, onnx_runner, onnx_session
 
@@ -64,11 +71,11 @@ def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
     if data is None:
         raise ZooError(f"{run} has no {path.name}: `zoo export {run} --format onnx` first")
     session = onnx_session(path, str(path))  # from the file: a graph's external data lies beside it
-    label_names, preprocessing = onnx_metadata(session, path)
+    label_names, preprocessing, thresholds = onnx_metadata(session, path)
     weights = read_file(run.file(RunFolder.WEIGHTS), limit=None)
     if weights is not None:  # an export alone in a folder is served as what it holds; beside weights, as theirs
         check_made_from(path, data, hashlib.sha256(weights).hexdigest())
-    return _labelled(onnx_runner(session, str(path)), path, len(label_names)), label_names, preprocessing
+    return _labelled(onnx_runner(session, str(path)), path, len(label_names)), label_names, preprocessing, thresholds
 
 
 def _labelled(classify: Classify, path: Path, labels: int) -> Classify:
@@ -88,14 +95,25 @@ def _labelled(classify: Classify, path: Path, labels: int) -> Classify:
 
 @torch.no_grad()
 def _top(
-    classify: Classify, images: torch.Tensor, paths: list[Path], label_names: list[str], top_k: int
+    classify: Classify,
+    images: torch.Tensor,
+    paths: list[Path],
+    label_names: list[str],
+    top_k: int,
+    thresholds: list[float] | None,
 ) -> list[dict[str, Any]]:
-    probabilities = classify(images).float().softmax(dim=1)
+    logits = classify(images).float()
+    probabilities = logits.sigmoid() if thresholds is not None else logits.softmax(dim=1)
     top = probabilities.topk(min(top_k, len(label_names)), dim=1)
-    return [
+    predictions = [
         {
             "file": str(path),
             "top": [{"label": label_names[i], "probability": float(p)} for p, i in zip(values, indices)],
         }
         for path, values, indices in zip(paths, top.values, top.indices)
     ]
+    if thresholds is not None:
+        over = probabilities >= torch.tensor(thresholds)
+        for prediction, row in zip(predictions, over):
+            prediction["labels"] = [label_names[i] for i in row.nonzero().flatten().tolist()]
+    return predictions
