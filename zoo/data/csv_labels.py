@@ -1,8 +1,8 @@
 """Images listed in CSV files with their labels, as a zoo dataset: single-label or multi-label data.
 
 ``root/train.csv`` and ``root/test.csv`` each have a column of image paths (relative to ``root``)
-and a column of labels separated by ``separator``. A row with several labels (or none) makes
-the data multi-label: the dataset then yields label sets (``targets`` holds a tuple of class
+and a column of labels separated by ``separator``. A row with several labels makes the data
+multi-label (an empty cell is then an image of none of them): the dataset then yields label sets (``targets`` holds a tuple of class
 indices per image), which selects the ``multi_label`` task by itself. Label names are the sorted
 set of labels in train.csv. Every row is checked when the dataset is made, and a bad one is named
 by its file and line: a missing image, a label the training rows never use, an image listed
@@ -29,8 +29,8 @@ CSV_LIMIT = 1 << 30  # bytes of one CSV file
 class CsvLabels(Dataset):
     """Images listed in root/train.csv and root/test.csv, a column of paths and one of labels (space-separated).
 
-    A row with one label is single-label data; rows with several labels, or none, make it
-    multi-label (``multi_label = true`` says so even when every row has one). ``image_column``,
+    Rows with one label each are single-label data; a row with several makes it multi-label, where
+    an empty cell is an image of no label (``multi_label = true`` says so even when no row has several). ``image_column``,
     ``label_column`` and ``separator`` name the columns and what separates labels.
     """
 
@@ -53,8 +53,8 @@ class CsvLabels(Dataset):
         self.classes = sorted({label for _, labels, _ in training for label in labels})
         if not self.classes:
             raise ZooError(f"data.root: {self.root / 'train.csv'} has no labels in column '{label_column}'")
-        many = next((line for _, labels, line in training if len(labels) != 1), None)
-        self.multi_label = many is not None if multi_label is None else multi_label
+        several = any(len(labels) > 1 for _, labels, _ in training)
+        self.multi_label = several if multi_label is None else multi_label
         rows = training if split == "train" else _rows(self.root / "test.csv", *columns)
         index = {name: number for number, name in enumerate(self.classes)}
         where = self.root / f"{split}.csv"
@@ -66,8 +66,8 @@ class CsvLabels(Dataset):
                 raise ZooError(f"data: {where} line {line}: label {unknown[0]!r} is never used in train.csv "
                                f"(labels: {', '.join(self.classes)}); fix the row or add training images of it")  # fmt: skip
             if not self.multi_label and len(labels) != 1:
-                raise ZooError(f"data: {where} line {line}: {len(labels)} labels in single-label data; give "
-                               "one label a row, or set data.args.multi_label = true")  # fmt: skip
+                raise ZooError(f"data: {where} line {line}: {len(labels)} labels in single-label data; give one "
+                               "label a row, or set data.args.multi_label = true for label sets")  # fmt: skip
             earlier = seen.setdefault(image, (tuple(sorted(labels)), line))
             if earlier[0] != tuple(sorted(labels)):
                 raise ZooError(f"data: {where} line {line}: {image} is listed on line {earlier[1]} with other "
