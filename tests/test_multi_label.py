@@ -117,7 +117,7 @@ def test_csv_dataset_reads_label_sets_and_single_labels(tmp_path: Path) -> None:
                                 "data": {"dataset": "csv", "root": str(root), "val_split": 0.25}}, "test")  # fmt: skip
     splits = load_splits(config.data, seed=0)
     assert splits.multi_label and splits.train.labels.shape == (9, 4) and len(splits.val) == 3
-    rows = list(csv.DictReader(open(root / "train.csv")))
+    rows = list(csv.DictReader((root / "train.csv").read_text().splitlines()))
     first = int(splits.train.indices[0])
     assert [SHAPES[i] for i in splits.train.labels[0].nonzero().flatten()] == rows[first]["labels"].split()
     single = tmp_path / "single"
