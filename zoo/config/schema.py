@@ -285,6 +285,7 @@ class TrainConfig(_Section):
     tensorboard: bool = Field(
         False, description="also log to RUN/tensorboard, as log.to = ['tensorboard'] (needs zoo[tensorboard])"
     )
+    calibrate: bool = Field(False, description="fit a temperature on val: probabilities as sure as the model is right")
     layer_decay: float | None = Field(
         None,
         gt=0.0,

@@ -19,6 +19,7 @@ from ..parallel.device import autocast_dtype, resolve_device
 from ..parallel.device import configure as configure_backends
 from ..runs.folder import RunFolder
 from ..tasks import multi_label
+from ..tasks.calibration import ECE_BINS, calibration_error, confidence_bins
 from ..tasks.recipe_loss import build_loss
 from ..tasks.single_label import confusion_matrix, scores
 from .prepared import RunSetup, prepare_data
@@ -37,8 +38,11 @@ def evaluate(
     between_batches: Callable[[], None] | None = None,
     thresholds: list[float] | None = None,
     tune: bool = False,
+    temperature: float = 1.0,
 ) -> dict[str, Any]:
-    """Loss, accuracy, macro precision/recall/F1, per-class rows and confusion matrix on a split.
+    """Loss, accuracy, macro precision/recall/F1, per-class rows, confusion matrix and expected
+    calibration error on a split; the logits divided by ``temperature`` (``ece_uncalibrated``: the
+    error without it, when it is not 1).
 
     Multi-label data (multi-hot labels) gets multi-label metrics instead (``multi_label.metrics``):
     at ``thresholds``, or with ``tune`` at the thresholds that maximise each class's F1 here, which
@@ -52,11 +56,15 @@ def evaluate(
     predictions, targets = [], []
     loss_sum = torch.zeros((), device=batches.device)
     top5 = torch.zeros((), dtype=torch.long, device=batches.device)
+    no_bins = torch.zeros(3, ECE_BINS, dtype=torch.double, device=batches.device)
+    bins = dict.fromkeys({1.0, temperature}, no_bins)  # confidence bins of the logits divided by each
     common = -int(distributed.max_across_ranks(torch.tensor(-len(batches)))) if between_batches else 0
     for number, (inputs, labels) in enumerate(batches.epoch()):
         with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(inputs)
-        loss_sum += loss_fn(logits.float(), labels) * len(labels)
+        if not multi_label:
+            bins = {scale: found + confidence_bins(logits.float() / scale, labels) for scale, found in bins.items()}
+        loss_sum += loss_fn(logits.float() / temperature, labels) * len(labels)
         if len(label_names) >= TOP5_CLASSES:
             top5 += (logits.topk(5, dim=1).indices == labels[:, None]).any(1).sum()
         predictions.append(logits.float().sigmoid() if multi_label else logits.argmax(1))
@@ -76,6 +84,10 @@ def evaluate(
     matrix = distributed.sum_across_ranks(matrix)  # each rank evaluated its share of the split
     seen = max(1, int(matrix.sum()))
     metrics = {"loss": float(loss_sum) / seen, **scores(matrix, label_names)}
+    errors = {scale: calibration_error(distributed.sum_across_ranks(found)) for scale, found in bins.items()}
+    metrics["ece"] = errors[temperature]
+    if temperature != 1.0:
+        metrics["ece_uncalibrated"] = errors[1.0]
     if len(label_names) >= TOP5_CLASSES:
         metrics["top5_accuracy"] = int(distributed.sum_across_ranks(top5)) / seen
     return metrics
@@ -99,6 +111,21 @@ def _multi_label(
     return metrics | ({"thresholds": thresholds} if tune else {})
 
 
+@torch.no_grad()
+def split_logits(
+    model: nn.Module, batches: Batches, classes: int, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float logits and labels of a whole split, every rank's share, on the CPU (to fit a temperature)."""
+    model.eval()
+    logits, labels = [torch.empty(0, classes)], [torch.empty(0, dtype=torch.long)]
+    for inputs, targets in batches.epoch():
+        with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
+            logits.append(model(inputs).float().cpu())
+        labels.append(targets.cpu())
+    shares = distributed.all_gathered((torch.cat(logits), torch.cat(labels)))
+    return torch.cat([share[0] for share in shares]), torch.cat([share[1] for share in shares])
+
+
 def evaluate_run(path: Path, split: str = "test", data_overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Evaluate the model of a run folder on ``split`` of its own data (``data.*`` overrides allowed)."""
     run = RunFolder.existing(path)
@@ -107,7 +134,7 @@ def evaluate_run(path: Path, split: str = "test", data_overrides: Sequence[str] 
     if chosen is None:
         raise ZooError(f"{path} has no validation split (its data.val_split is 0); use --split test")
     return evaluate(setup.model, setup.batches(chosen), setup.loss_fn, setup.splits.label_names, setup.dtype,
-                    thresholds=run.thresholds)  # fmt: skip
+                    thresholds=run.thresholds, temperature=run.temperature)  # fmt: skip
 
 
 def run_setup(run: RunFolder, data_overrides: Sequence[str] = ()) -> RunSetup:

@@ -35,7 +35,9 @@ def predict_files(
     """Top-k predictions for each readable file (and a multi-label run's labels over their
     thresholds), and a one-line error for each unreadable one."""
     run = RunFolder.existing(run_folder)
-    classify, label_names, preprocessing, thresholds = (_onnxruntime if backend == "onnxruntime" else _torch)(run)
+    classify, label_names, preprocessing, thresholds, temperature = (
+        _onnxruntime if backend == "onnxruntime" else _torch
+    )(run)
     transform = build_transform(preprocessing)
     predictions, errors = [], []
     for start in range(0, len(paths), BATCH):
@@ -48,18 +50,21 @@ def predict_files(
             except ZooError as exc:
                 errors.append(str(exc))
         if images:
-            predictions += _top(classify, torch.stack(images), readable, label_names, top_k, thresholds)
+            with torch.no_grad():
+                logits = classify(torch.stack(images)).float() / temperature
+            predictions += _top(logits, readable, label_names, top_k, thresholds)
     return predictions, errors
 
 
-Model = tuple[Classify, list[str], Preprocessing, list[float] | None]  # ..., thresholds (multi-label)
+# The model, its label names, preprocessing, thresholds (multi-label) and temperature (1: not calibrated).
+Model = tuple[Classify, list[str], Preprocessing, list[float] | None, float]
 
 
 def _torch(run: RunFolder) -> Model:
     from ..models.build import load_run
 
     model = load_run(run)
-    return model, model.label_names, run.preprocessing, run.thresholds
+    return model, model.label_names, run.preprocessing, run.thresholds, run.temperature
 
 
 def _onnxruntime(run: RunFolder) -> Model:
@@ -71,11 +76,12 @@ def _onnxruntime(run: RunFolder) -> Model:
     if data is None:
         raise ZooError(f"{run} has no {path.name}: `zoo export {run} --format onnx` first")
     session = onnx_session(path, str(path))  # from the file: a graph's external data lies beside it
-    label_names, preprocessing, thresholds = onnx_metadata(session, path)
+    label_names, preprocessing, thresholds, temperature = onnx_metadata(session, path)
     weights = read_file(run.file(RunFolder.WEIGHTS), limit=None)
     if weights is not None:  # an export alone in a folder is served as what it holds; beside weights, as theirs
         check_made_from(path, data, hashlib.sha256(weights).hexdigest())
-    return _labelled(onnx_runner(session, str(path)), path, len(label_names)), label_names, preprocessing, thresholds
+    classify = _labelled(onnx_runner(session, str(path)), path, len(label_names))
+    return classify, label_names, preprocessing, thresholds, temperature
 
 
 def _labelled(classify: Classify, path: Path, labels: int) -> Classify:
@@ -93,16 +99,13 @@ def _labelled(classify: Classify, path: Path, labels: int) -> Classify:
     return run
 
 
-@torch.no_grad()
 def _top(
-    classify: Classify,
-    images: torch.Tensor,
+    logits: torch.Tensor,
     paths: list[Path],
     label_names: list[str],
     top_k: int,
     thresholds: list[float] | None,
 ) -> list[dict[str, Any]]:
-    logits = classify(images).float()
     probabilities = logits.sigmoid() if thresholds is not None else logits.softmax(dim=1)
     top = probabilities.topk(min(top_k, len(label_names)), dim=1)
     predictions = [

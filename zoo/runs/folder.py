@@ -54,6 +54,7 @@ class RunResults(BaseModel):
     augmentation: str | None = None  # the training augmentation, in words ("none" when off)
     world_size: int | None = None
     ranks_agree: bool | None = None
+    calibration: dict[str, float] | None = None  # train.calibrate: temperature, ECE before and after
     test: dict[str, Any] | None = None  # evaluate()'s metrics: accuracy, precision, recall, f1, per_class, ...
 
 
@@ -170,6 +171,7 @@ class RunFolder:
         if not isinstance(config.get("model_args", {}), dict):
             raise ZooError(f"{path}: model_args must be a table")
         check_thresholds(config.get("thresholds"), len(labels), str(path))
+        check_temperature(config.get("temperature", 1.0), str(path))
         return config
 
     @property
@@ -177,6 +179,11 @@ class RunFolder:
         """A multi-label run's score threshold per label (config.json's ``thresholds``); None for single-label."""
         thresholds = self.config.get("thresholds")
         return [float(t) for t in thresholds] if thresholds is not None else None
+
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before softmax (train.calibrate; 1 when not calibrated)."""
+        return float(self.config.get("temperature", 1.0))
 
     @property
     def label_names(self) -> list[str]:
@@ -268,6 +275,13 @@ def check_thresholds(thresholds: object, classes: int, where: str) -> None:
         or not all(isinstance(t, int | float) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thresholds)
     ):
         raise ZooError(f"{where}: `thresholds` must list {classes} numbers in [0, 1], one per label; the file is "
+                       "damaged: write it again from the run (or train it again)")  # fmt: skip
+
+
+def check_temperature(temperature: object, where: str) -> None:
+    """A calibrated model's ``temperature`` as a file holds it: a positive finite number."""
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < 1e6:
+        raise ZooError(f"{where}: `temperature` must be a positive number, not {temperature!r}; the file is "
                        "damaged: write it again from the run (or train it again)")  # fmt: skip
 
 

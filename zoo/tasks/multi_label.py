@@ -27,6 +27,10 @@ def resolve_task(recipe: Recipe, splits: Splits) -> str:
     if task == "single_label" and splits.multi_label:
         raise ZooError(f"task = \"single_label\", but dataset '{recipe.data.dataset}' yields label sets (several "
                        "labels an image): set task = \"multi_label\" or remove task")  # fmt: skip
+    if recipe.train.calibrate and (task == "multi_label" or splits.val is None):
+        raise ZooError("train.calibrate fits a temperature on the validation split of a single_label run: "
+                       + ("set data.val_split" if splits.val is None else "multi_label runs tune thresholds instead")
+                       + ", or remove train.calibrate")  # fmt: skip
     if task == "multi_label":
         if recipe.data.sampler == "balanced":
             raise ZooError("data.sampler = \"balanced\" draws images by their one class; multi-label images hold "
