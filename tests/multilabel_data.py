@@ -11,10 +11,12 @@ from PIL import Image, ImageDraw
 SHAPES = ("bar", "cross", "disc", "square")
 
 
-def shapes_canvas(root: Path, train: int = 240, test: int = 80, val: int = 0, size: int = 28, seed: int = 0) -> Path:
+def shapes_canvas(
+    root: Path, train: int = 240, test: int = 80, val: int = 0, size: int = 28, seed: int = 0, single: bool = False
+) -> Path:
     """``root`` with train.csv, test.csv (and val.csv with ``val`` rows) listing grayscale PNGs:
     each shape of ``SHAPES`` is on a canvas with probability 0.4, in its own random place, so an
-    image holds none, one or several; its labels are the shapes drawn."""
+    image holds none, one or several; its labels are the shapes drawn. ``single``: one shape an image."""
     generator = np.random.default_rng(seed)
     (root / "images").mkdir(parents=True, exist_ok=True)
     counts = {"train": train, "test": test, "val": val}
@@ -26,6 +28,8 @@ def shapes_canvas(root: Path, train: int = 240, test: int = 80, val: int = 0, si
             image = Image.new("L", (size, size), 0)
             draw = ImageDraw.Draw(image)
             drawn = [shape for shape in SHAPES if generator.random() < 0.4]
+            if single:
+                drawn = [SHAPES[int(generator.integers(len(SHAPES)))]]
             for shape in drawn:
                 x, y = (int(v) for v in generator.integers(0, size - 9, 2))
                 if shape == "bar":

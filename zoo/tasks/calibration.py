@@ -52,4 +52,4 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
     optimizer.step(closure)
     low, high = TEMPERATURE_RANGE
-    return min(max(float(log_t.exp()), low), high)
+    return min(max(float(log_t.detach().exp()), low), high)
