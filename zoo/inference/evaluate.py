@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._files import write_text
 from ..config import recipe as recipes
 from ..data.batches import Batches
 from ..data.splits import load_splits
@@ -22,6 +23,7 @@ from ..tasks import multi_label
 from ..tasks.calibration import ECE_BINS, calibration_error, confidence_bins
 from ..tasks.recipe_loss import build_loss
 from ..tasks.single_label import confusion_matrix, scores
+from .error_analysis import errors_csv
 from .prepared import RunSetup, prepare_data
 
 # Top-5 accuracy is reported from this many classes on (with fewer it says little).
@@ -111,30 +113,22 @@ def _multi_label(
     return metrics | ({"thresholds": thresholds} if tune else {})
 
 
-@torch.no_grad()
-def split_logits(
-    model: nn.Module, batches: Batches, classes: int, dtype: torch.dtype | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The float logits and labels of a whole split, every rank's share, on the CPU (to fit a temperature)."""
-    model.eval()
-    logits, labels = [torch.empty(0, classes)], [torch.empty(0, dtype=torch.long)]
-    for inputs, targets in batches.epoch():
-        with torch.autocast(batches.device.type, dtype=dtype, enabled=dtype is not None):
-            logits.append(model(inputs).float().cpu())
-        labels.append(targets.cpu())
-    shares = distributed.all_gathered((torch.cat(logits), torch.cat(labels)))
-    return torch.cat([share[0] for share in shares]), torch.cat([share[1] for share in shares])
-
-
-def evaluate_run(path: Path, split: str = "test", data_overrides: Sequence[str] = ()) -> dict[str, Any]:
-    """Evaluate the model of a run folder on ``split`` of its own data (``data.*`` overrides allowed)."""
+def evaluate_run(
+    path: Path, split: str = "test", data_overrides: Sequence[str] = (), errors: Path | None = None
+) -> dict[str, Any]:
+    """Evaluate the model of a run folder on ``split`` of its own data (``data.*`` overrides allowed);
+    ``errors``: write the misclassified items there as CSV (``metrics["errors"]``: how many)."""
     run = RunFolder.existing(path)
     setup = run_setup(run, data_overrides)
     chosen = {"train": setup.splits.train, "val": setup.splits.val, "test": setup.splits.test}[split]
     if chosen is None:
         raise ZooError(f"{path} has no validation split (its data.val_split is 0); use --split test")
-    return evaluate(setup.model, setup.batches(chosen), setup.loss_fn, setup.splits.label_names, setup.dtype,
+    if errors is not None:
+        text, count = errors_csv(setup, chosen, run.thresholds, run.temperature)
+        write_text(errors, text)
+    metrics = evaluate(setup.model, setup.batches(chosen), setup.loss_fn, setup.splits.label_names, setup.dtype,
                     thresholds=run.thresholds, temperature=run.temperature)  # fmt: skip
+    return metrics | ({"errors": count} if errors is not None else {})
 
 
 def run_setup(run: RunFolder, data_overrides: Sequence[str] = ()) -> RunSetup:

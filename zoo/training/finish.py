@@ -12,7 +12,8 @@ from torch import nn
 from .._version import __version__
 from ..config.sources import HubRepo, PluginWeights, RegistryName, WeightSource
 from ..data.contract import facts
-from ..inference.evaluate import evaluate, split_logits
+from ..inference.error_analysis import split_logits
+from ..inference.evaluate import evaluate
 from ..inference.prepared import RunSetup
 from ..models.build import exchange_config
 from ..parallel import distributed, fsdp
