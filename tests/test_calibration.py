@@ -3,6 +3,7 @@ temperature carried by the run folder into predict, eval and exports."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -114,6 +115,24 @@ def test_a_calibrated_run_records_and_applies_its_temperature(calibrated: Path, 
         refused = runner.invoke(cli, ["predict", str(calibrated), str(image)])
         assert refused.exit_code == 2 and "`temperature` must be a positive number" in refused.stderr
     (calibrated / RunFolder.CONFIG).write_text(json.dumps(config))
+
+
+def test_errors_csv_and_the_cards_confusions(calibrated: Path, tmp_path: Path) -> None:
+    answer = CliRunner().invoke(cli, ["eval", str(calibrated), "--json", "--errors", str(tmp_path / "errors.csv")])
+    assert answer.exit_code == 0, answer.output
+    test = json.loads(answer.stdout)
+    matrix = test["confusion_matrix"]
+    rows = list(csv.DictReader((tmp_path / "errors.csv").read_text().splitlines()))
+    wrong = sum(n for t, row in enumerate(matrix) for p, n in enumerate(row) if t != p)
+    assert len(rows) == test["errors"] == wrong > 0
+    truth = {str(calibrated.parent / "canvas" / row["image"]): row["labels"] for row in
+             csv.DictReader((calibrated.parent / "canvas/test.csv").read_text().splitlines())}  # fmt: skip
+    assert all(row["true"] == truth[row["item"]] != row["predicted"] for row in rows)
+    assert all(0.25 <= float(row["confidence"]) <= 1.0 for row in rows)  # the top of 4 calibrated probabilities
+    labels = [row["label"] for row in test["per_class"]]
+    t, p = max(((t, p) for t in range(4) for p in range(4) if t != p), key=lambda pair: matrix[pair[0]][pair[1]])
+    card = (calibrated / RunFolder.MODEL_CARD).read_text()
+    assert f"| {labels[t]} | {labels[p]} | {matrix[t][p]} |" in card.split("Most frequent confusions")[1]
 
 
 def test_calibrate_needs_validation_and_a_single_label_run(tmp_path: Path) -> None:

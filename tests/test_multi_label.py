@@ -201,10 +201,18 @@ def test_a_multi_label_set_trains_well_above_chance(trained: Path) -> None:
 
 def test_zoo_eval_uses_the_runs_thresholds_and_a_damaged_one_is_one_line(trained: Path, tmp_path: Path) -> None:
     runner = CliRunner()
-    evaluated = runner.invoke(cli, ["eval", str(trained), "--json"])
+    evaluated = runner.invoke(cli, ["eval", str(trained), "--json", "--errors", str(tmp_path / "errors.csv")])
     assert evaluated.exit_code == 0, evaluated.output
     stored = json.loads((trained / RunFolder.RESULTS).read_text())["test"]
-    assert json.loads(evaluated.stdout)["mAP"] == pytest.approx(stored["mAP"], abs=1e-6)
+    metrics = json.loads(evaluated.stdout)
+    assert metrics["mAP"] == pytest.approx(stored["mAP"], abs=1e-6)
+    errors = list(csv.DictReader((tmp_path / "errors.csv").read_text().splitlines()))
+    assert len(errors) == metrics["errors"] == round((1 - stored["accuracy"]) * 120)  # every image not all right
+    truth = {str(trained.parent / "canvas" / row["image"]): row["labels"] for row in
+             csv.DictReader((trained.parent / "canvas/test.csv").read_text().splitlines())}  # fmt: skip
+    for row in errors:
+        assert row["true"] == truth[row["item"]] and row["predicted"] != row["true"]
+        assert 0.0 <= float(row["confidence"]) <= 1.0
     damaged = tmp_path / "damaged"
     damaged.mkdir()
     for path in trained.iterdir():
