@@ -143,7 +143,7 @@ def run_setup(run: RunFolder, data_overrides: Sequence[str] = ()) -> RunSetup:
     device = distributed.setup(resolve_device(recipe.train.device))
     configure_backends(device, recipe.train.deterministic)
     splits = distributed.agreed(lambda: load_splits(recipe.data, recipe.train.seed))
-    multi_label.resolve_task(recipe, splits)
+    multi_label.resolve_task(recipe, splits, training=False)
     model, preprocessing = load_run(run), run.preprocessing
     if splits.label_names != model.label_names:
         raise ZooError(f"data.classes select {splits.label_names}, but the run was trained on {model.label_names}")

@@ -20,19 +20,20 @@ from ..errors import ZooError
 DEFAULT_THRESHOLD = 0.5
 
 
-def resolve_task(recipe: Recipe, splits: Splits) -> str:
+def resolve_task(recipe: Recipe, splits: Splits, training: bool = True) -> str:
     """The recipe's task: ``task`` as written, else multi_label when the data gives label sets.
-    Single-label data trained as multi_label gets one-hot rows as its label sets."""
+    Single-label data trained as multi_label gets one-hot rows as its label sets. ``training``:
+    check the settings that only training uses, too."""
     task = recipe.task or ("multi_label" if splits.multi_label else "single_label")
     if task == "single_label" and splits.multi_label:
         raise ZooError(f"task = \"single_label\", but dataset '{recipe.data.dataset}' yields label sets (several "
                        "labels an image): set task = \"multi_label\" or remove task")  # fmt: skip
-    if recipe.train.calibrate and (task == "multi_label" or splits.val is None):
+    if training and recipe.train.calibrate and (task == "multi_label" or splits.val is None):
         raise ZooError("train.calibrate fits a temperature on the validation split of a single_label run: "
                        + ("set data.val_split" if splits.val is None else "multi_label runs tune thresholds instead")
                        + ", or remove train.calibrate")  # fmt: skip
     if task == "multi_label":
-        if recipe.data.sampler == "balanced":
+        if training and recipe.data.sampler == "balanced":
             raise ZooError("data.sampler = \"balanced\" draws images by their one class; multi-label images hold "
                            "several: remove data.sampler (loss.class_weights = \"balanced\" weighs rare labels)")  # fmt: skip
         if not splits.multi_label:
