@@ -16,9 +16,11 @@ from multilabel_data import SHAPES, shapes_canvas
 
 from zoo.cli import cli
 from zoo.config import recipe as recipes
+from zoo.data.contract import check_dataset
 from zoo.data.csv_labels import CsvLabels
 from zoo.data.splits import load_splits
 from zoo.errors import ZooError
+from zoo.plugins.contracts import ContractError
 from zoo.runs.folder import RunFolder
 from zoo.tasks import multi_label
 from zoo.tasks.losses import asl, bce
@@ -270,3 +272,29 @@ def test_task_and_loss_mismatches_are_one_line(tmp_path: Path) -> None:
         setup("data.sampler=balanced")
     with pytest.raises(ZooError, match="data.per_class counts the images of each class"):
         setup("data.per_class=2")
+
+
+class LabelSets:
+    """A dataset plugin's object yielding label sets: ``targets`` a tuple of class indices per sample."""
+
+    classes = ["a", "b", "c"]
+
+    def __init__(self, targets: list, first_label: object = None) -> None:
+        self.targets = targets
+        self.first_label = targets[0] if first_label is None else first_label
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, object]:
+        return torch.zeros(1, 4, 4), self.first_label if index == 0 else self.targets[index]
+
+
+def test_the_dataset_contract_takes_label_sets_and_names_bad_ones() -> None:
+    assert check_dataset("sets", LabelSets([(0, 2), (), (1,)])).label_sets
+    with pytest.raises(ContractError, match=r"`targets` must hold one set of labels in 0..2 per sample \(2\)"):
+        check_dataset("sets", LabelSets([(0, 3), (1,)]))
+    with pytest.raises(ContractError, match=r"`targets` must hold one set of labels"):
+        check_dataset("sets", LabelSets([(0,), ("b",)]))
+    with pytest.raises(ContractError, match=r"dataset\[0\]'s label must be a set of ints in 0..2, not 1"):
+        check_dataset("sets", LabelSets([(0,), (1,)], first_label=1))
