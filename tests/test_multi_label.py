@@ -298,3 +298,17 @@ def test_the_dataset_contract_takes_label_sets_and_names_bad_ones() -> None:
         check_dataset("sets", LabelSets([(0,), ("b",)]))
     with pytest.raises(ContractError, match=r"dataset\[0\]'s label must be a set of ints in 0..2, not 1"):
         check_dataset("sets", LabelSets([(0,), (1,)], first_label=1))
+
+
+def test_mixup_and_cutmix_mix_multi_hot_rows() -> None:
+    from zoo.config.schema import DataConfig
+    from zoo.training.loop import _mixing
+
+    targets = torch.tensor([[1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 1], [1, 1, 0, 0]], dtype=torch.float32)
+    for alphas in ({"mixup": 0.8}, {"cutmix": 1.0}):
+        images = torch.rand(4, 1, 8, 8)
+        mix = _mixing(DataConfig(dataset="csv", **alphas), 4, multi_hot=True)
+        _, mixed = mix(images.clone(), targets)
+        share = float(mixed[0, 2])  # label 2 is row 0's alone, not its partner's (row 3): the mixing share
+        assert mixed.shape == (4, 4) and 0.0 < share < 1.0 and mixed[0, 0] == pytest.approx(1.0)  # both hold 0
+        assert torch.allclose(mixed, share * targets + (1 - share) * targets.flip(0))
