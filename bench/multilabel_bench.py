@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -108,7 +109,9 @@ precision = "fp32"
 dir = "{work / "run"}"
 """
     )
-    subprocess.run([sys.executable, "-m", "zoo", "run", str(recipe), "--no-progress"], check=True, cwd=work)
+    environment = {**os.environ, "ZOO_CACHE_DIR": str(work / "cache")}  # a fresh image cache, not the user's
+    subprocess.run([sys.executable, "-m", "zoo", "run", str(recipe), "--no-progress"], check=True, cwd=work,
+                   env=environment)  # fmt: skip
     results = json.loads((work / "run" / "results.json").read_text())
     return {"mAP": results["test"]["mAP"], "seconds": results["train_seconds"]}
 
