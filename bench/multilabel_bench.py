@@ -45,10 +45,14 @@ def plain(root: Path, epochs: int) -> dict:
     from zoo.tasks.multi_label import average_precision
 
     torch.manual_seed(0)
-    names = sorted({label for row in csv.DictReader(open(root / "train.csv")) for label in row["labels"].split()})
+
+    def rows_of(split: str) -> list[dict[str, str]]:
+        return list(csv.DictReader((root / f"{split}.csv").read_text().splitlines()))
+
+    names = sorted({label for row in rows_of("train") for label in row["labels"].split()})
 
     def read(split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        rows = list(csv.DictReader(open(root / f"{split}.csv")))
+        rows = rows_of(split)
         images = np.stack([np.asarray(Image.open(root / row["image"]).convert("L")) for row in rows])
         labels = torch.tensor([[float(name in row["labels"].split()) for name in names] for row in rows])
         return (torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.5, labels
