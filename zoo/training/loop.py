@@ -66,7 +66,8 @@ class Trainer(TrainerState):
         self.multi_label = setup.splits.multi_label  # multi-hot labels: sigmoid scores, mAP
         early_stop = self.config.early_stop
         self.monitor = Monitor(
-            self.config.monitor or ((("val_accuracy", "val_mAP")[self.multi_label]) if validating else "train_loss"),
+            self.config.monitor
+            or (("val_mAP" if self.multi_label else "val_accuracy") if validating else "train_loss"),
             early_stop.min_delta if early_stop else 0.0,
             early_stop.patience if early_stop else None,
         )
