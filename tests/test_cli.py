@@ -61,7 +61,7 @@ def test_list_shows_builtins_with_provider() -> None:
 def test_list_kind_pattern_and_json() -> None:
     result = zoo_command("list", "losses", "*e*", "--json")
     entries = json.loads(result.stdout)
-    assert {e["name"] for e in entries} == {"cross_entropy", "mse"}
+    assert {e["name"] for e in entries} == {"bce", "cross_entropy", "mse"}
     assert {e["kind"] for e in entries} == {"loss"}
 
 

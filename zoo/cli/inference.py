@@ -17,9 +17,14 @@ from .training import print_scores
 @click.argument("run_folder", metavar="RUN")
 @click.option("--split", type=click.Choice(["test", "val", "train"]), default="test", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@click.option(
+    "--errors", default="errors.csv", show_default=True, type=click.Path(path_type=Path),
+    help="Where to write the misclassified items (file or index, true and predicted labels, confidence) as CSV.",
+)  # fmt: skip
 @click.pass_context
-def eval_command(ctx: click.Context, run_folder: str, split: str, as_json: bool) -> None:
-    """Evaluate a saved run again: accuracy, macro precision/recall/F1, per-class table.
+def eval_command(ctx: click.Context, run_folder: str, split: str, as_json: bool, errors: Path) -> None:
+    """Evaluate a saved run again: accuracy, macro precision/recall/F1, per-class table (a multi-label
+    run: mAP, and F1 at its thresholds); the misclassified items go to errors.csv.
 
     RUN is a run folder, or 'registry:NAME' or 'hf-hub:ORG/NAME[@REVISION]' (pulled first).
 
@@ -30,11 +35,13 @@ def eval_command(ctx: click.Context, run_folder: str, split: str, as_json: bool)
     from ..inference.evaluate import evaluate_run
     from ..sharing.resolve import local_run_folder
 
-    metrics = evaluate_run(local_run_folder(run_folder), split, _data_overrides(ctx, "RUN, --split, --json"))
+    overrides = _data_overrides(ctx, "RUN, --split, --json, --errors")
+    metrics = evaluate_run(local_run_folder(run_folder), split, overrides, errors)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
         print_scores(metrics, split)
+        click.echo(f"{metrics['errors']} misclassified {split} items: {errors}")
 
 
 def _data_overrides(ctx: click.Context, takes: str) -> list[str]:
@@ -117,7 +124,8 @@ def predict(run_folder: str, files: tuple[str, ...], top_k: int, backend: str, a
     else:
         for prediction in predictions:
             ranked = ", ".join(f"{t['label']} {100 * t['probability']:.1f}%" for t in prediction["top"])
-            click.echo(f"{prediction['file']}: {ranked}")
+            labels = f" -> labels: {' '.join(prediction['labels']) or '(none)'}" if "labels" in prediction else ""
+            click.echo(f"{prediction['file']}: {ranked}{labels}")
     for error in errors:
         click.echo(f"zoo: error: {error}", err=True)
     if errors:

@@ -131,6 +131,12 @@ def choose_output(quiet: bool, log_format: str) -> None:
 
 
 def score_line(metrics: dict[str, Any]) -> str:
+    if "mAP" in metrics:  # a multi-label run's
+        return (
+            f"mAP {100 * metrics['mAP']:.2f}% (micro {100 * metrics['mAP_micro']:.2f}%), at the thresholds: "
+            f"F1 {100 * metrics['f1']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
+            f"recall {100 * metrics['recall']:.2f}%, all labels right {100 * metrics['accuracy']:.2f}%"
+        )
     return (
         f"accuracy {100 * metrics['accuracy']:.2f}%, precision {100 * metrics['precision']:.2f}%, "
         f"recall {100 * metrics['recall']:.2f}%, F1 {100 * metrics['f1']:.2f}%"
@@ -138,8 +144,11 @@ def score_line(metrics: dict[str, Any]) -> str:
 
 
 def print_scores(metrics: dict[str, Any], split: str = "test") -> None:
-    """The scores of ``split`` in full: overall, per class, and the confusion matrix."""
+    """The scores of ``split`` in full: overall, per class, and (single-label) the confusion matrix."""
     click.echo(f"{split}: {score_line(metrics)}")
+    if "mAP" in metrics:
+        _print_multi_label(metrics)
+        return
     rows = [
         (row["label"], f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
         for row in metrics["per_class"]
@@ -150,6 +159,15 @@ def print_scores(metrics: dict[str, Any], split: str = "test") -> None:
     print_table(
         [(label, *map(str, counts)) for label, counts in zip(labels, metrics["confusion_matrix"])], ("", *labels)
     )
+
+
+def _print_multi_label(metrics: dict[str, Any]) -> None:
+    rows = [
+        (row["label"], "-" if row["ap"] is None else f"{row['ap']:.4f}", f"{row['threshold']:.3f}",
+         f"{row['precision']:.4f}", f"{row['recall']:.4f}", f"{row['f1']:.4f}", str(row["support"]))
+        for row in metrics["per_class"]
+    ]  # fmt: skip
+    print_table(rows, ("LABEL", "AP", "THRESHOLD", "PRECISION", "RECALL", "F1", "SUPPORT"))
 
 
 @click.command()

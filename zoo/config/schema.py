@@ -193,8 +193,8 @@ class TrainConfig(Section):
         False,
         description="under DDP on GPUs, BatchNorm statistics across all ranks (SyncBatchNorm): for small per-GPU batches",
     )
-    monitor: Literal["val_accuracy", "val_f1", "val_loss", "train_loss"] | None = Field(
-        None, description="picks the best epoch and drives early_stop; default val_accuracy, train_loss without val"
+    monitor: Literal["val_accuracy", "val_f1", "val_mAP", "val_loss", "train_loss"] | None = Field(
+        None, description="picks the best epoch, drives early_stop; default val_accuracy (val_mAP), else train_loss"
     )
     keep: Literal["best", "last"] | None = Field(
         None, description="the weights the run keeps: the best epoch's by monitor, or the last; default best with val"
@@ -214,6 +214,7 @@ class TrainConfig(Section):
     tensorboard: bool = Field(
         False, description="also log to RUN/tensorboard, as log.to = ['tensorboard'] (needs zoo[tensorboard])"
     )
+    calibrate: bool = Field(False, description="fit a temperature on val: probabilities as sure as the model is right")
     layer_decay: float | None = Field(
         None,
         gt=0.0,
@@ -264,6 +265,7 @@ class Recipe(Section):
     description: str = Field("", description="what the recipe does, for the model card")
     license: str | None = Field(None, description="the trained weights' license for the model card, e.g. 'apache-2.0'")
     extends: str | None = Field(None, description="a base recipe to merge underneath, relative to this file")
+    task: Literal["single_label", "multi_label"] | None = Field(None, description="default: multi_label for label sets")
     model: ModelConfig
     data: DataConfig
     loss: LossConfig = LossConfig()

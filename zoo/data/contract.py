@@ -39,6 +39,7 @@ class DatasetFacts:
     fingerprint: str | None = None
     pinned_args: dict[str, Any] | None = None
     validation: Any = None  # a dataset
+    label_sets: bool = False  # targets hold a set of class indices per sample: multi-label data
 
     @property
     def in_memory(self) -> bool:
@@ -102,7 +103,13 @@ def facts(dataset: object, name: str | None = None) -> DatasetFacts:
         fingerprint=fingerprint,
         pinned_args=dict(pinned_args) if pinned_args is not None else None,
         validation=validation,
+        label_sets=_label_sets(targets),
     )
+
+
+def _label_sets(targets: object) -> bool:
+    """Whether ``targets`` give each sample a set of labels (tuples, lists or sets of class indices)."""
+    return isinstance(targets, Sequence) and len(targets) > 0 and isinstance(targets[0], tuple | list | set | frozenset)
 
 
 def check_dataset(name: str, dataset: object) -> DatasetFacts:
@@ -120,7 +127,10 @@ def check_dataset(name: str, dataset: object) -> DatasetFacts:
     except ValueError:  # Python's own check of __len__'s value: negative, or beyond an index
         raise broken("its len() is not a count of samples") from None
     found = facts(dataset, name)
-    if found.targets is not None:
+    if found.label_sets:
+        if len(found.targets) != length or not all(_is_label_set(labels, len(classes)) for labels in found.targets):
+            raise broken(f"`targets` must hold one set of labels in 0..{len(classes) - 1} per sample ({length})")
+    elif found.targets is not None:
         try:
             targets = torch.as_tensor(np.asarray(found.targets))
         except (TypeError, ValueError):
@@ -148,12 +158,21 @@ def _check_sample(dataset: Any, found: DatasetFacts, classes: int, broken: Calla
     if not (isinstance(item, tuple | list) and len(item) == 2):
         raise broken(f"dataset[0] must be a (sample, label) pair, not {type(item).__name__}")
     sample, label = item
-    if isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < classes:
+    if found.label_sets:
+        if not _is_label_set(label, classes):
+            raise broken(f"dataset[0]'s label must be a set of ints in 0..{classes - 1}, not {label!r}")
+    elif isinstance(label, bool) or not isinstance(label, numbers.Integral) or not 0 <= label < classes:
         raise broken(f"dataset[0]'s label must be an int in 0..{classes - 1}, not {label!r}")
     wanted = (Image.Image,) if found.gives_images else (torch.Tensor,)
     if not isinstance(sample, wanted):
         form = "a PIL image (it takes a `transform`)" if found.gives_images else "a C x H x W tensor"
         raise broken(f"dataset[0]'s sample must be {form}, not {type(sample).__name__}")
+
+
+def _is_label_set(labels: object, classes: int) -> bool:
+    return isinstance(labels, tuple | list | set | frozenset) and all(
+        isinstance(label, numbers.Integral) and not isinstance(label, bool) and 0 <= label < classes for label in labels
+    )
 
 
 def _statistics(

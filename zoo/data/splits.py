@@ -25,6 +25,7 @@ from ..parallel import distributed
 from ..plugins import _registry as registry
 from .cache import DecodedImages
 from .contract import check_dataset, facts
+from .label_sets import label_set_splits
 
 # data.image_size applies to every dataset (a tensor dataset is resized on the device); these to image files only.
 IMAGE_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode", "auto_augment")
@@ -64,11 +65,12 @@ class Split(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, position: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, position: int) -> tuple[torch.Tensor, int | torch.Tensor]:
         sample, _ = self.dataset[int(self.indices[position])]
         if self.transform is not None:
             sample = self.transform(sample)
-        return sample, int(self.labels[position])
+        label = self.labels[position]
+        return sample, int(label) if label.dim() == 0 else label  # a multi-hot row for multi-label data
 
 
 @dataclass
@@ -81,6 +83,11 @@ class Splits:
     @property
     def splits(self) -> list[Split]:
         return [split for split in (self.train, self.val, self.test) if split is not None]
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether the labels are multi-hot rows (N x classes), each sample a set of labels."""
+        return self.train.labels.dim() == 2
 
     @property
     def images(self) -> bool:
@@ -113,6 +120,16 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
             )
     names = [str(name) for name in train_set.classes]  # the contract allows names of any type
     selected = select_classes(config.classes, names)
+    if facts(train_set).label_sets:
+        if config.per_class is not None:
+            raise ZooError("data.per_class counts the images of each class, but multi-label images hold several "
+                           "classes: remove data.per_class")  # fmt: skip
+        parts = label_set_splits(train_set, test_set, len(names), selected, config.val_split, seed)
+        datasets = (train_set, train_set, test_set)
+        train, val, test = (Split(data, *part) if part else None for data, part in zip(datasets, parts))
+        if len(test) == 0:
+            raise ZooError(f"dataset '{config.dataset}' has no test examples")
+        return Splits(train, val, test, [names[i] for i in selected])
     relabel = torch.full((len(names),), -1, dtype=torch.long)
     relabel[torch.tensor(selected)] = torch.arange(len(selected))
 

@@ -27,7 +27,7 @@ from .._version import __version__
 from ..data.preprocessing import Preprocessing
 from ..errors import ZooError
 from ..runs.exports import FILES, FORMATS, METADATA, card_lists_exports, not_json
-from ..runs.folder import RunFolder
+from ..runs.folder import RunFolder, check_temperature, check_thresholds
 
 Format = Literal["onnx", "exported-program", "torchscript"]
 INPUT, OUTPUT = "input", "logits"
@@ -82,6 +82,10 @@ def export_run(
         "architecture": run.config.get("architecture"),
         "zoo_version": __version__,
     }
+    if run.thresholds is not None:  # a multi-label model: its labels are the sigmoid scores over these
+        metadata["thresholds"] = run.thresholds
+    if run.temperature != 1.0:  # a calibrated model: softmax(logits / temperature)
+        metadata["temperature"] = run.temperature
     model = setup.model.to("cpu", torch.float32).eval()
     exported = export_model(
         model, inputs, format, output or run.file(FILES[format]), metadata, dynamic_batch, opset, atol
@@ -257,8 +261,9 @@ def onnx_session(model: Path | bytes, what: str) -> Any:
         raise ZooError(f"{what} is not an ONNX model onnxruntime can run: {str(exc).splitlines()[0]}") from None
 
 
-def onnx_metadata(session: Any, path: Path) -> tuple[list[str], Preprocessing]:
-    """The label names and preprocessing zoo wrote into an ONNX file, checked against the graph they travel with."""
+def onnx_metadata(session: Any, path: Path) -> tuple[list[str], Preprocessing, list[float] | None, float]:
+    """The label names, preprocessing, (multi-label) thresholds and temperature zoo wrote into an
+    ONNX file, checked against the graph they travel with."""
     props = session.get_modelmeta().custom_metadata_map
     try:
         labels, preprocessing = (
@@ -278,7 +283,14 @@ def onnx_metadata(session: Any, path: Path) -> tuple[list[str], Preprocessing]:
         )
     if len(gives) != 2 or (isinstance(gives[1], int) and gives[1] != len(labels)):
         raise ZooError(f"{path}: the model gives outputs {gives}, but its metadata names {len(labels)} labels")
-    return labels, preprocessing
+    try:
+        thresholds, temperature = (json.loads(props[key], parse_constant=not_json) if key in props else default
+                                   for key, default in (("thresholds", None), ("temperature", 1.0)))  # fmt: skip
+    except (ValueError, RecursionError):
+        thresholds = temperature = "damaged"
+    check_thresholds(thresholds, len(labels), f"{path} metadata")
+    check_temperature(temperature, f"{path} metadata")
+    return labels, preprocessing, thresholds, float(temperature)
 
 
 def _program(

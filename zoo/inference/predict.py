@@ -1,5 +1,8 @@
 """Prediction: image files through a run's own preprocessing, top-k labels with probabilities.
 
+A multi-label run scores each label with a sigmoid, and its predicted ``labels`` are those whose
+score reaches the label's threshold (tuned on validation, in config.json and in every export).
+
 Two backends: ``torch`` loads the run's model.safetensors; ``onnxruntime`` runs the run's
 exported model.onnx (`zoo export`) with nothing but what that file holds: its graph, its label
 names and its preprocessing. Beside the run's weights, it must be the export of those weights.
@@ -29,8 +32,9 @@ Classify = Callable[[torch.Tensor], torch.Tensor]  # a batch of images to logits
 def predict_files(
     run_folder: Path, paths: Sequence[Path], top_k: int, backend: Backend = "torch"
 ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Top-k predictions for each readable file, and a one-line error for each unreadable one."""
-    classify, label_names, preprocessing = classifier(RunFolder.existing(run_folder), backend)
+    """Top-k predictions for each readable file (and a multi-label run's labels over their
+    thresholds), and a one-line error for each unreadable one."""
+    classify, label_names, preprocessing, thresholds, temperature = classifier(RunFolder.existing(run_folder), backend)
     transform = build_transform(preprocessing)
     predictions, errors = [], []
     for start in range(0, len(paths), BATCH):
@@ -44,23 +48,28 @@ def predict_files(
                 errors.append(str(exc))
         if images:
             with torch.no_grad():
-                predictions += ranked(classify(torch.stack(images)), readable, label_names, top_k)
+                logits = classify(torch.stack(images))
+            predictions += ranked(logits, readable, label_names, top_k, thresholds, temperature)
     return predictions, errors
 
 
-def classifier(run: RunFolder, backend: Backend) -> tuple[Classify, list[str], Preprocessing]:
-    """The run's model as a function of a batch of images (to logits), its label names and preprocessing."""
+# The model, its label names, preprocessing, thresholds (multi-label) and temperature (1: not calibrated).
+Model = tuple[Classify, list[str], Preprocessing, list[float] | None, float]
+
+
+def classifier(run: RunFolder, backend: Backend) -> Model:
+    """The run's model as a function of a batch of images (to logits), and what reads its logits."""
     return (_onnxruntime if backend == "onnxruntime" else _torch)(run)
 
 
-def _torch(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
+def _torch(run: RunFolder) -> Model:
     from ..models.build import load_run
 
     model = load_run(run)
-    return model, model.label_names, run.preprocessing
+    return model, model.label_names, run.preprocessing, run.thresholds, run.temperature
 
 
-def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
+def _onnxruntime(run: RunFolder) -> Model:
     from ..runs.exports import FILES, check_made_from
     from .export import onnx_metadata, onnx_runner, onnx_session
 
@@ -69,11 +78,12 @@ def _onnxruntime(run: RunFolder) -> tuple[Classify, list[str], Preprocessing]:
     if data is None:
         raise ZooError(f"{run} has no {path.name}: `zoo export {run} --format onnx` first")
     session = onnx_session(path, str(path))  # from the file: a graph's external data lies beside it
-    label_names, preprocessing = onnx_metadata(session, path)
+    label_names, preprocessing, thresholds, temperature = onnx_metadata(session, path)
     weights = read_file(run.file(RunFolder.WEIGHTS), limit=None)
     if weights is not None:  # an export alone in a folder is served as what it holds; beside weights, as theirs
         check_made_from(path, data, hashlib.sha256(weights).hexdigest())
-    return _labelled(onnx_runner(session, str(path)), path, len(label_names)), label_names, preprocessing
+    classify = _labelled(onnx_runner(session, str(path)), path, len(label_names))
+    return classify, label_names, preprocessing, thresholds, temperature
 
 
 def _labelled(classify: Classify, path: Path, labels: int) -> Classify:
@@ -92,15 +102,27 @@ def _labelled(classify: Classify, path: Path, labels: int) -> Classify:
 
 
 def ranked(
-    logits: torch.Tensor, files: Sequence[str | Path], label_names: list[str], top_k: int
+    logits: torch.Tensor,
+    files: Sequence[str | Path],
+    label_names: list[str],
+    top_k: int,
+    thresholds: list[float] | None = None,
+    temperature: float = 1.0,
 ) -> list[dict[str, Any]]:
-    """One prediction per image, as `zoo predict --json` (and `zoo serve`) give it: its file and top-k labels."""
-    probabilities = logits.float().softmax(dim=1)
+    """One prediction per image, as `zoo predict --json` (and `zoo serve`) give it: its file, the top-k
+    labels and, for a multi-label run, the labels over their thresholds."""
+    logits = logits.float() / temperature
+    probabilities = logits.sigmoid() if thresholds is not None else logits.softmax(dim=1)
     top = probabilities.topk(min(top_k, len(label_names)), dim=1)
-    return [
+    predictions = [
         {
             "file": str(file),
             "top": [{"label": label_names[i], "probability": float(p)} for p, i in zip(values, indices)],
         }
         for file, values, indices in zip(files, top.values, top.indices)
     ]
+    if thresholds is not None:
+        over = probabilities >= torch.tensor(thresholds)
+        for prediction, row in zip(predictions, over):
+            prediction["labels"] = [label_names[i] for i in row.nonzero().flatten().tolist()]
+    return predictions

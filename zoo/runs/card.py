@@ -18,7 +18,9 @@ from ..config.schema import Recipe
 from .folder import RunResults
 from .table import training_notes
 
-METRICS = ("accuracy", "precision", "recall", "f1")
+# A multi-label run's test results lead with mAP; its accuracy is the share of images with every label right.
+METRICS = ("mAP", "mAP_micro", "accuracy", "precision", "recall", "f1")
+CONFUSIONS = 5  # the most frequent confusions the card lists
 EXPORTS_BEGIN, EXPORTS_END = "<!-- zoo:exports -->", "<!-- /zoo:exports -->"
 HOW_TO_RUN = {
     "model.onnx": """`model.onnx` (ONNX; label names and preprocessing in its metadata props):
@@ -80,6 +82,7 @@ def model_card(
         pipeline_tag="image-classification",
     )
     rows = "\n".join(f"| {metric} | {test[metric]:.4f} |" for metric in METRICS if metric in test)
+    rows += most_confused(test)
     training = "How these weights were chosen and trained:\n\n" + "".join(
         f"- {note}\n" for note in training_notes(recipe, results)
     )
@@ -129,6 +132,20 @@ model = zoo.load("path/to/this/folder")   # `zoo pull ORG/NAME` prints the folde
 ```toml
 {recipe.to_toml()}```
 """
+
+
+def most_confused(test: dict, count: int = CONFUSIONS) -> str:
+    """The most frequent confusions of a single-label test split (true -> predicted, how many), as a
+    section of the card; empty without errors or without a confusion matrix (multi-label)."""
+    matrix, labels = test.get("confusion_matrix"), [row["label"] for row in test.get("per_class", [])]
+    if not matrix:
+        return ""
+    pairs = sorted(((n, t, p) for t, row in enumerate(matrix) for p, n in enumerate(row) if t != p and n),
+                   key=lambda pair: (-pair[0], pair[1], pair[2]))[:count]  # fmt: skip
+    if not pairs:
+        return ""
+    lines = "".join(f"| {labels[t]} | {labels[p]} | {n} |\n" for n, t, p in pairs)
+    return f"\n\nMost frequent confusions (`zoo eval` lists every error in errors.csv):\n\n| true | predicted | images |\n|---|---|---|\n{lines}"
 
 
 def with_exports(card: str, files: list[str]) -> str:

@@ -55,6 +55,7 @@ class RunResults(BaseModel):
     dataset: dict[str, str] | None = None  # a Hub dataset's repo ("hub") and the args that pin it ("revision")
     world_size: int | None = None
     ranks_agree: bool | None = None
+    calibration: dict[str, float] | None = None  # train.calibrate: temperature, ECE before and after
     test: dict[str, Any] | None = None  # evaluate()'s metrics: accuracy, precision, recall, f1, per_class, ...
 
 
@@ -174,7 +175,20 @@ class RunFolder:
             raise ZooError(f"{path}: label_names must be a non-empty list of strings")
         if not isinstance(config.get("model_args", {}), dict):
             raise ZooError(f"{path}: model_args must be a table")
+        check_thresholds(config.get("thresholds"), len(labels), str(path))
+        check_temperature(config.get("temperature", 1.0), str(path))
         return config
+
+    @property
+    def thresholds(self) -> list[float] | None:
+        """A multi-label run's score threshold per label (config.json's ``thresholds``); None for single-label."""
+        thresholds = self.config.get("thresholds")
+        return [float(t) for t in thresholds] if thresholds is not None else None
+
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before softmax (train.calibrate; 1 when not calibrated)."""
+        return float(self.config.get("temperature", 1.0))
 
     @property
     def label_names(self) -> list[str]:
@@ -271,6 +285,24 @@ class RunFolder:
 
     def write_hub_record(self, record: HubRecord) -> None:
         write_json(self.file(self.HUB_RECORD), record.model_dump())
+
+
+def check_thresholds(thresholds: object, classes: int, where: str) -> None:
+    """A multi-label model's ``thresholds`` (None for single-label) as a file holds them: one per label, in [0, 1]."""
+    if thresholds is not None and (
+        not isinstance(thresholds, list)
+        or len(thresholds) != classes
+        or not all(isinstance(t, int | float) and not isinstance(t, bool) and 0.0 <= t <= 1.0 for t in thresholds)
+    ):
+        raise ZooError(f"{where}: `thresholds` must list {classes} numbers in [0, 1], one per label; the file is "
+                       "damaged: write it again from the run (or train it again)")  # fmt: skip
+
+
+def check_temperature(temperature: object, where: str) -> None:
+    """A calibrated model's ``temperature`` as a file holds it: a positive finite number."""
+    if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not 0 < temperature < 1e6:
+        raise ZooError(f"{where}: `temperature` must be a positive number, not {temperature!r}; the file is "
+                       "damaged: write it again from the run (or train it again)")  # fmt: skip
 
 
 def _read_json(path: Path, required: bool) -> Any:

@@ -67,7 +67,7 @@ def write_plots(
             folder.file(LEARNING_RATE), "Learning rate (head)", "learning rate", {"lr": (steps, learning_rates)}, "step"
         )
         written.append(LEARNING_RATE)
-    if test:
+    if test and "confusion_matrix" in test:  # single-label runs: multi-label runs have none
         _confusion(folder.file(CONFUSION), test["confusion_matrix"], [row["label"] for row in test["per_class"]])
         written.append(CONFUSION)
     return written

@@ -55,6 +55,8 @@ class Served:
     classify: Classify
     label_names: list[str]
     preprocessing: Preprocessing
+    thresholds: list[float] | None  # a multi-label run's, one per label
+    temperature: float  # a calibrated run's (1: not calibrated)
     source: str  # RUN as given
     backend: Backend
     weights: str  # the file the model was read from
@@ -64,13 +66,13 @@ class Served:
 def load_served(run: str, backend: Backend) -> Served:
     """RUN (a run folder, 'registry:NAME' or 'hf-hub:ORG/NAME[@REV]', pulled and checked) loaded for serving."""
     folder = RunFolder.existing(local_run_folder(run))
-    classify, label_names, preprocessing = classifier(folder, backend)
+    classify, label_names, preprocessing, thresholds, temperature = classifier(folder, backend)
     weights = folder.file(FILES["onnx"] if backend == "onnxruntime" else RunFolder.WEIGHTS)
     data = read_file(weights, limit=None)
     if data is None:  # removed between loading and now
         raise ZooError(f"{weights} disappeared while the model loaded")
     sha256 = hashlib.sha256(data).hexdigest()
-    return Served(classify, label_names, preprocessing, run, backend, str(weights), sha256)
+    return Served(classify, label_names, preprocessing, thresholds, temperature, run, backend, str(weights), sha256)
 
 
 def create_app(served: Served, limits: Limits = Limits()) -> ASGIApp:
@@ -107,6 +109,8 @@ def create_app(served: Served, limits: Limits = Limits()) -> ASGIApp:
         return {
             "labels": served.label_names,
             "preprocessing": served.preprocessing.to_config(),
+            "thresholds": served.thresholds,
+            "temperature": served.temperature,
             "source": served.source,
             "weights": served.weights,
             "sha256": served.sha256,
@@ -123,7 +127,8 @@ def create_app(served: Served, limits: Limits = Limits()) -> ASGIApp:
         uploads = await _uploads(request, limits.max_files)
         images = await run_in_threadpool(_decoded, uploads, transform, limits.max_pixels)
         logits = await batcher.logits(images)
-        return {"predictions": ranked(logits, [name for name, _ in uploads], served.label_names, top_k)}
+        names = [name for name, _ in uploads]
+        return {"predictions": ranked(logits, names, served.label_names, top_k, served.thresholds, served.temperature)}
 
     return BodyLimit(app, limits.max_body)
 

@@ -1,1 +1,1 @@
-"""What a model is trained to do: the losses and the metrics of single-label classification."""
+"""What a model is trained to do: the losses and metrics of single-label and of multi-label classification."""

@@ -59,3 +59,47 @@ def focal(gamma: float = 2.0, alpha: float | None = None) -> nn.Module:
     if gamma < 0:
         raise ValueError(f"gamma must be >= 0, got {gamma}")
     return FocalLoss(gamma, alpha)
+
+
+class _BCEWithLogits(nn.BCEWithLogitsLoss):
+    """Binary cross-entropy on logits of multi-hot targets; ``weight`` (the class weights) is its ``pos_weight``."""
+
+    multi_label = True
+    soft_targets = True
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits.float(), targets.float())
+
+
+def bce(weight: torch.Tensor | None = None) -> nn.Module:
+    """Binary cross-entropy with logits, one sigmoid per class, for multi-label data (`weight`: pos_weight)."""
+    return _BCEWithLogits(pos_weight=weight)
+
+
+class AsymmetricLoss(nn.Module):
+    """ASL (Ridnik et al. 2021): easy negatives down-weighted by ``gamma_neg``, and negatives whose
+    probability is under ``clip`` ignored; positives weighted by ``gamma_pos``."""
+
+    multi_label = True
+    soft_targets = True
+
+    def __init__(self, gamma_neg: float, gamma_pos: float, clip: float, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.float()
+        p = torch.sigmoid(logits.float())
+        p_neg = (p - self.clip).clamp(min=0) if self.clip else p  # probability shifting of the negatives
+        positive = targets * (1 - p) ** self.gamma_pos * torch.log(p.clamp(min=self.eps))
+        negative = (1 - targets) * p_neg**self.gamma_neg * torch.log((1 - p_neg).clamp(min=self.eps))
+        return -(positive + negative).sum(1).mean()
+
+
+def asl(gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05) -> nn.Module:
+    """Asymmetric loss (Ridnik et al. 2021) for multi-label data: easy negatives down-weighted and clipped."""
+    if gamma_neg < 0 or gamma_pos < 0:
+        raise ValueError(f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}")
+    if not 0.0 <= clip < 1.0:
+        raise ValueError(f"clip must be in [0, 1), got {clip}")
+    return AsymmetricLoss(gamma_neg, gamma_pos, clip)

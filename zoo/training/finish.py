@@ -13,6 +13,7 @@ from .._files import atomic_write
 from .._version import __version__
 from ..config.sources import HubRepo, PluginWeights, RegistryName, WeightSource
 from ..data.contract import facts
+from ..inference.error_analysis import split_logits
 from ..inference.evaluate import evaluate
 from ..inference.prepared import RunSetup
 from ..models import adapters
@@ -23,6 +24,8 @@ from ..runs.card import model_card
 from ..runs.folder import RunFolder, RunResults
 from ..runs.plots import write_plots
 from ..sharing import registry as catalog
+from ..tasks.calibration import expected_calibration_error, fit_temperature
+from ..tasks.multi_label import DEFAULT_THRESHOLD
 from .loop import Trainer
 from .setup import describe_augmentation
 from .trainer_state import check_finite_weights
@@ -61,23 +64,65 @@ def finish_run(
         results.ranks_agree = distributed.ranks_agree(model)
         if not results.ranks_agree:
             raise RuntimeError("the ranks ended with different weights: DDP did not keep them in step")
+    thresholds = tuned_thresholds(setup, model) if setup.splits.multi_label else None
+    temperature = 1.0
+    if setup.recipe.train.calibrate:
+        results.calibration = calibrate(setup, model)
+        temperature = results.calibration["temperature"]
     if state == "finished":
         test = setup.batches(setup.splits.test)
-        results.test = evaluate(model, test, setup.loss_fn, setup.splits.label_names, setup.dtype)
+        results.test = evaluate(model, test, setup.loss_fn, setup.splits.label_names, setup.dtype,
+                                thresholds=thresholds, temperature=temperature)  # fmt: skip
+        if results.calibration is not None:
+            results.calibration |= {"test_ece_before": results.test.get("ece_uncalibrated", results.test["ece"]),
+                                    "test_ece_after": results.test["ece"]}  # fmt: skip
     # An adapter run keeps its weights merged, as the base model names them; a sharded one is gathered (a collective).
     weights = adapters.merged_state_dict(model) if adapters.is_adapted(model) else fsdp.full_state_dict(model)
     if distributed.is_main():
-        files = _write_run(folder, setup, results, trainer, weights)
+        files = _write_run(folder, setup, results, trainer, weights, thresholds, temperature)
         trainer.loggers.finish(results.model_dump(exclude_none=True), files)
     return results
 
 
+def tuned_thresholds(setup: RunSetup, model: nn.Module) -> list[float]:
+    """A multi-label model's threshold per class: each maximising its class's F1 on the validation
+    split (0.5 each without one)."""
+    if setup.splits.val is None:
+        log(f"thresholds: {DEFAULT_THRESHOLD} for every class (no validation split to tune them on)")
+        return [DEFAULT_THRESHOLD] * len(setup.splits.label_names)
+    val = evaluate(model, setup.batches(setup.splits.val), setup.loss_fn, setup.splits.label_names, setup.dtype,
+                   tune=True)  # fmt: skip
+    log(f"thresholds tuned on validation (F1 per class): {', '.join(f'{t:.3g}' for t in val['thresholds'])}")
+    return val["thresholds"]
+
+
+def calibrate(setup: RunSetup, model: nn.Module) -> dict[str, float]:
+    """train.calibrate: the temperature fitted on the validation split, and its ECE before and after."""
+    assert setup.splits.val is not None, "resolve_task refuses train.calibrate without a validation split"
+    classes = len(setup.splits.label_names)
+    logits, labels = split_logits(model, setup.batches(setup.splits.val), classes, setup.dtype)
+    temperature = fit_temperature(logits, labels)
+    before, after = expected_calibration_error(logits, labels), expected_calibration_error(logits / temperature, labels)
+    log(
+        f"calibration: temperature {temperature:.3f} fitted on validation, ECE {100 * before:.2f}% -> {100 * after:.2f}%"
+    )
+    return {"temperature": temperature, "val_ece_before": before, "val_ece_after": after}
+
+
 def _write_run(
-    folder: RunFolder, setup: RunSetup, results: RunResults, trainer: Trainer, weights: dict[str, torch.Tensor]
+    folder: RunFolder,
+    setup: RunSetup,
+    results: RunResults,
+    trainer: Trainer,
+    weights: dict[str, torch.Tensor],
+    thresholds: list[float] | None,
+    temperature: float,
 ) -> list[Path]:
     """Write the run folder's final files; returns those worth keeping beside a tracker's run."""
     recipe, label_names = setup.recipe, setup.splits.label_names
     metadata = {"label_names": json.dumps(label_names), "recipe_hash": recipe.hash, "format": "pt"}
+    if temperature != 1.0:  # stored with the weights: what the logits are divided by before softmax
+        metadata["temperature"] = json.dumps(temperature)
     folder.write_weights(weights, metadata)
     if adapters.is_adapted(setup.model):
         base = base_model(recipe.model.pretrained, setup.model) or recipe.model.backbone
@@ -86,6 +131,10 @@ def _write_run(
     config = exchange_config(setup.model, recipe.model.backbone, label_names, setup.preprocessing)
     # Files that may be shared hold the recipe without this machine's paths; recipe.toml keeps them.
     config["zoo"] = {"version": __version__, "recipe_hash": recipe.hash, "recipe": recipe.shareable().to_dict()}
+    if thresholds is not None:  # a multi-label model: sigmoid scores, a label where its score reaches its threshold
+        config["thresholds"] = thresholds
+    if temperature != 1.0:
+        config["temperature"] = temperature
     folder.write_config(config)
     plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.test)
     timm_architecture = config["architecture"] if hasattr(setup.model, "pretrained_cfg") else None

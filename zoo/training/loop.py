@@ -19,6 +19,7 @@ from ..models import freeze
 from ..parallel import distributed, fsdp
 from ..parallel.distributed import log
 from ..runs.folder import RunFolder, State
+from ..tasks.multi_label import exact_matches
 from .loggers.fan_out import Loggers, create_loggers
 from .monitor import Monitor
 from .optim import lr_factor, set_lr
@@ -62,14 +63,16 @@ class Trainer(TrainerState):
         # is always a collective: evaluate pads the ranks instead.)
         self.evaluator = self.ema.module if self.ema is not None else self.model
         validating = self.val_batches is not None
+        self.multi_label = setup.splits.multi_label  # multi-hot labels: sigmoid scores, mAP
         early_stop = self.config.early_stop
         self.monitor = Monitor(
-            self.config.monitor or ("val_accuracy" if validating else "train_loss"),
+            self.config.monitor
+            or (("val_mAP" if self.multi_label else "val_accuracy") if validating else "train_loss"),
             early_stop.min_delta if early_stop else 0.0,
             early_stop.patience if early_stop else None,
         )
         self.keep = self.config.keep or ("best" if validating else "last")
-        self.mix = _mixing(setup.recipe.data, len(self.label_names))
+        self.mix = _mixing(setup.recipe.data, len(self.label_names), self.multi_label)
         self.stopped_early = False
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype is torch.float16)
         self.steps_per_epoch = math.ceil(len(self.batches) / self.config.grad_accum)
@@ -175,6 +178,8 @@ class Trainer(TrainerState):
         val = evaluate(self.evaluator, self.val_batches, self.loss_fn, self.label_names, self.dtype,
                        between_batches=self.stops.batch_done)  # fmt: skip
         record = {"val_loss": val["loss"], "val_accuracy": val["accuracy"], "val_f1": val["f1"]}
+        if "mAP" in val:
+            record["val_mAP"] = val["mAP"]
         if "top5_accuracy" in val:
             record["val_top5_accuracy"] = val["top5_accuracy"]
         return record
@@ -203,7 +208,11 @@ class Trainer(TrainerState):
                     logits = self.forward(inputs)
                     loss = self.loss_fn(logits, targets)
                 self.scaler.scale(loss / group_size).backward()
-            self.correct += (logits.detach().argmax(1) == labels).sum()
+            self.correct += (
+                exact_matches(logits.detach(), labels)
+                if self.multi_label
+                else (logits.detach().argmax(1) == labels).sum()
+            )
             loss = loss.detach()
             self.first_nonfinite = torch.where(
                 (self.first_nonfinite < 0) & ~torch.isfinite(loss), self.step + 1, self.first_nonfinite
@@ -267,7 +276,9 @@ class Trainer(TrainerState):
         return [self.recipe.optim.lr * lr_factor(schedule, step, total, per_epoch) for step in range(total)]
 
 
-def _mixing(data: DataConfig, num_classes: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
+def _mixing(
+    data: DataConfig, num_classes: int, multi_hot: bool
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]] | None:
     """timm's MixUp/CutMix for ``data.mixup``/``data.cutmix`` (None when both are off).
 
     No label smoothing here: the loss's own ``label_smoothing`` applies to the mixed targets.
@@ -283,6 +294,7 @@ def _mixing(data: DataConfig, num_classes: int) -> Callable[..., tuple[torch.Ten
         switch_prob=data.mix_switch_prob,
         label_smoothing=0.0,
         num_classes=num_classes,
+        multi_label=multi_hot,
     )
 
 
@@ -299,4 +311,6 @@ def _epoch_line(record: dict[str, Any], epochs: int) -> str:
     )
     if "val_accuracy" in record:
         line += f", val loss {record['val_loss']:.4f}, val acc {100 * record['val_accuracy']:.2f}%"
+    if "val_mAP" in record:
+        line += f", val mAP {100 * record['val_mAP']:.2f}%"
     return line

@@ -29,6 +29,7 @@ from ..parallel import distributed, fsdp
 from ..parallel.device import autocast_dtype, resolve_device
 from ..parallel.device import configure as configure_backends
 from ..parallel.distributed import log
+from ..tasks.multi_label import resolve_task
 from ..tasks.recipe_loss import build_loss
 from .optim import build_optimizer, default_weight_decay
 
@@ -49,6 +50,7 @@ def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None
     configure_backends(device, recipe.train.deterministic)
     splits = distributed.agreed(lambda: load_splits(recipe.data, recipe.train.seed))
     recipe = pinned(recipe, splits)
+    resolve_task(recipe, splits)
     model, preprocessing = distributed.agreed(lambda: _new_model(recipe, splits, source))
     augmentation = augment.resolve(recipe.data, model, splits.train.dataset, on_tensors=not splits.images)
     if recipe.train.sync_bn and distributed.world_size() > 1:
@@ -134,6 +136,9 @@ def print_setup(setup: RunSetup) -> None:
     own = None if splits.images else tensor_shape(splits.train.dataset)
     why = "data.image_size" if recipe.data.image_size else f"the size {recipe.model.backbone} is built for"
     resized = f", resized from {own} ({why})" if own and own != size else ""
+    if splits.multi_label:
+        why = "as the recipe's task says" if recipe.task else f"dataset '{recipe.data.dataset}' yields label sets"
+        log(f"task: multi_label ({why}): a sigmoid score and a threshold per class")
     log(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {size}{resized}")
     precision = str(setup.dtype).removeprefix("torch.") if setup.dtype else "fp32"
     ranks = distributed.world_size()
