@@ -20,6 +20,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from conftest import RECIPES, assert_user_error
+from multilabel_data import shapes_canvas
 from PIL import Image
 from torch import nn
 
@@ -83,7 +84,9 @@ def test_every_model_plugin_keeps_the_model_contract(name: str) -> None:
         assert model(torch.randn(2, channels, size, size)).shape == (2, model.num_features)
 
 
-def dataset_root(name: str, mnist_png: Path) -> Path:
+def dataset_root(name: str, mnist_png: Path, tmp_path: Path) -> Path:
+    if name == "csv":  # image paths and label sets in train.csv and test.csv
+        return shapes_canvas(tmp_path / "canvas", train=40, test=20)
     return mnist_png if name in ("image_folder", "hf") else default_data_dir()  # hf reads it as an imagefolder
 
 
@@ -92,15 +95,18 @@ def test_the_reader_covers_every_optional_part_of_the_dataset_contract() -> None
 
 
 @pytest.mark.parametrize("name", names("dataset"))
-def test_every_dataset_plugin_keeps_the_dataset_contract(name: str, mnist_png: Path, mnist_dir: Path) -> None:
-    root = dataset_root(name, mnist_png)
+def test_every_dataset_plugin_keeps_the_dataset_contract(
+    name: str, mnist_png: Path, mnist_dir: Path, tmp_path: Path
+) -> None:
+    root = dataset_root(name, mnist_png, tmp_path)
     for split in ("train", "test"):
         dataset = registry.instantiate("dataset", name, {}, "", root, split)
         found = check_dataset(name, dataset)
         assert isinstance(dataset, DatasetPlugin)
         assert len(dataset) > 0 and dataset.classes and all(isinstance(c, str) for c in dataset.classes)
         sample, label = dataset[len(dataset) - 1]
-        assert isinstance(label, int) and 0 <= label < len(dataset.classes)
+        labels = set(label) if found.label_sets else {label}  # multi-label data: a set of class indices
+        assert all(isinstance(one, int) and 0 <= one < len(dataset.classes) for one in labels)
         if found.gives_images:
             assert isinstance(sample, Image.Image)
         else:
@@ -108,7 +114,8 @@ def test_every_dataset_plugin_keeps_the_dataset_contract(name: str, mnist_png: P
             for statistics in (found.mean, found.std):
                 assert statistics is None or len(statistics) == sample.shape[0]
         if found.targets is not None:
-            assert len(found.targets) == len(dataset) and int(found.targets[len(dataset) - 1]) == label
+            last = found.targets[len(dataset) - 1]
+            assert len(found.targets) == len(dataset) and (set(last) if found.label_sets else {int(last)}) == labels
         if found.images is not None:  # the in-memory fast path: uint8 N x C x H x W, the samples before normalising
             assert found.images.dtype == torch.uint8 and found.images.dim() == 4 and len(found.images) == len(dataset)
             assert found.images.shape[1:] == sample.shape
@@ -123,16 +130,19 @@ def test_every_dataset_plugin_keeps_the_dataset_contract(name: str, mnist_png: P
 def test_every_loss_plugin_keeps_the_loss_contract(name: str) -> None:
     loss_fn = registry.instantiate("loss", name, {})
     assert isinstance(loss_fn, Loss) and isinstance(getattr(loss_fn, "soft_targets", False), bool)
-    targets = torch.tensor([0, 1, 2, 1])
+    assert isinstance(getattr(loss_fn, "multi_label", False), bool)
+    classes = torch.tensor([0, 1, 2, 1])
+    hot = torch.nn.functional.one_hot(classes, 3).float()
+    targets = hot if getattr(loss_fn, "multi_label", False) else classes  # multi-hot rows, or class indices
     logits = torch.randn(4, 3, requires_grad=True)
     loss = loss_fn(logits, targets)
     assert loss.dim() == 0 and math.isfinite(loss.item())
     loss.backward()
     assert torch.isfinite(logits.grad).all() and logits.grad.abs().sum() > 0
-    confident = torch.nn.functional.one_hot(targets, 3).float() * 8
+    confident = (2 * hot - 1) * 8  # the right classes high, the others low
     assert loss_fn(confident, targets) < loss_fn(-confident, targets), "right answers must cost less than wrong ones"
     if getattr(loss_fn, "soft_targets", False):  # class probabilities as targets, as MixUp gives them
-        soft = loss_fn(logits.detach(), torch.nn.functional.one_hot(targets, 3).float())
+        soft = loss_fn(logits.detach(), hot * 0.8 + 0.1)
         assert soft.dim() == 0 and math.isfinite(soft.item())
 
 
@@ -177,7 +187,8 @@ def broken(**parts: Any) -> Tiny:
         (broken(targets=[0, 1, 0]), "`targets` must hold one label in 0..1 per sample (4)"),
         (broken(targets=3), "`targets` must be a sequence or tensor of int labels"),
         (broken(targets=["a", "b", "a", "b"]), "`targets` must be int labels, one per sample"),
-        (broken(targets=[[0, 1]] * 4), "`targets` must hold one label in 0..1 per sample (4)"),  # 2-D
+        (broken(targets=[[0, 2]] * 4), "`targets` must hold one set of labels in 0..1 per sample (4)"),  # label sets
+        (broken(targets=[[0.5, 1]] * 4), "`targets` must hold one set of labels in 0..1 per sample (4)"),
         (broken(targets=[0.0, 1.0, 0.0, 1.0]), "`targets` must hold one label in 0..1 per sample (4)"),
         (broken(images=torch.zeros(4, 1, 2, 2)), "`images` must be a uint8 N x C x H x W tensor, not a torch.float32"),
         (broken(images=torch.zeros(3, 1, 2, 2, dtype=torch.uint8)), "`images` holds 3 images for 4 samples"),

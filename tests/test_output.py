@@ -57,7 +57,9 @@ def test_output_that_is_not_a_terminal_has_plain_lines_and_no_carriage_return(mn
     lines = stdout.splitlines()
     metrics = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     steps = json.loads(metrics[0])["step"]
-    closing = [line for line in lines if re.match(r"epoch 1/2: (\d+)/\1 img, ", line)]  # the epoch's last progress
+    closing = [
+        line for line in stderr.splitlines() if re.match(r"epoch 1/2: (\d+)/\1 img, ", line)
+    ]  # on stderr, as bars
     assert len(closing) == 1 and f"step {steps}, loss " in closing[0] and "img/s" in closing[0]
     assert any(line.startswith("epoch 2/2: train loss") for line in lines)
     assert "CLASS" in stdout and lines[-1].startswith("run folder: ")

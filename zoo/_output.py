@@ -4,7 +4,7 @@ Four forms, chosen once per process (``set_format``; the command line's --quiet 
 
 - ``bars``: on a terminal, tqdm's progress bars, and messages as lines;
 - ``lines``: output that is not a terminal (CI, a cluster's log files): no carriage return, a plain
-  progress line at most every ``LINE_SECONDS`` and when the work ends;
+  progress line on stderr (as bars are) at most every ``LINE_SECONDS`` and when the work ends;
 - ``quiet``: neither progress nor messages; the command prints its result only;
 - ``json``: one JSON object a line on stdout, ``{"event": ..., ...}``, for a machine to read.
 
@@ -108,7 +108,7 @@ class Progress:
         parts.append(f"{rate:,.0f} {self.unit}/s")
         if left is not None:
             parts.append(f"ETA {_duration(left)}")
-        print(", ".join(parts), flush=True)
+        print(", ".join(parts), file=sys.stderr, flush=True)  # where bars are drawn: stdout stays the command's
 
 
 def _shown(value: Any) -> str:

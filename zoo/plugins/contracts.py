@@ -119,7 +119,8 @@ class LossFactory(Protocol):
 @runtime_checkable
 class Loss(Protocol):
     """What a loss factory returns. Optional: ``soft_targets = True`` where it takes class
-    probabilities (B x classes) as targets too, which data.mixup and data.cutmix give."""
+    probabilities (B x classes) as targets too, which data.mixup and data.cutmix give;
+    ``multi_label = True`` for a loss of multi-label data, whose targets are B x classes multi-hot rows."""
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """B x classes logits and B class indices to a scalar loss."""
