@@ -17,6 +17,7 @@ import torch
 import yaml
 from conftest import RECIPES, TOKEN, assert_user_error, zoo_command
 from hub_server import FakeHub
+from multilabel_data import SHAPES, shapes_canvas
 from PIL import Image
 
 from zoo.config.schema import DataConfig
@@ -449,3 +450,51 @@ def test_two_ranks_train_on_an_hf_dataset(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["state"] == "finished" and results["world_size"] == 2 and results["ranks_agree"] is True
+
+
+def label_set_dataset(canvas: Path) -> datasets.DatasetDict:
+    """The shapes canvases of tests/multilabel_data.py as a DatasetDict with a Sequence(ClassLabel) column."""
+    import csv
+
+    features = datasets.Features(
+        {"image": datasets.Image(), "shapes": datasets.Sequence(datasets.ClassLabel(names=list(SHAPES)))}
+    )
+    parts = {}
+    for split in ("train", "test"):
+        rows = list(csv.DictReader((canvas / f"{split}.csv").read_text().splitlines()))
+        rows = [row for row in rows if row["labels"]]  # a canvas with no shape has no label set
+        parts[split] = datasets.Dataset.from_dict(
+            {
+                "image": [{"bytes": (canvas / row["image"]).read_bytes(), "path": None} for row in rows],
+                "shapes": [[SHAPES.index(shape) for shape in row["labels"].split()] for row in rows],
+            },
+            features=features,
+        )
+    return datasets.DatasetDict(parts)
+
+
+def test_a_sequence_of_class_labels_is_multi_label_data(tmp_path: Path) -> None:
+    folder = saved(label_set_dataset(shapes_canvas(tmp_path / "canvas", train=120, test=40)), tmp_path / "sets")
+    train = HuggingFaceDataset(tmp_path, "train", path=str(folder))
+    assert train.classes == list(SHAPES) and all(isinstance(labels, tuple) for labels in train.targets)
+    assert check_dataset("hf", train).label_sets
+    result = zoo_command(
+        "run", str(RECIPES / "mnist.toml"), "data.dataset=hf", f"data.args={{path = '{folder}'}}", "data.image_size=28",
+        "train.epochs=2", "data.batch_size=16", "train.precision=fp32", "loss.name=bce", "loss.args={}",
+        f"output.dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "task: multi_label (dataset 'hf' yields label sets)" in result.stdout
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {"mAP", "mAP_micro"} <= results["test"].keys()
+    assert len(json.loads((tmp_path / "run" / "config.json").read_text())["thresholds"]) == len(SHAPES)
+
+
+def test_an_empty_or_out_of_range_label_set_is_named_by_its_row(tmp_path: Path) -> None:
+    sets = label_set_dataset(shapes_canvas(tmp_path / "canvas", train=20, test=10))
+    damaged = sets["train"].to_dict()
+    damaged["shapes"][3] = []
+    sets["train"] = datasets.Dataset.from_dict(damaged, features=sets["train"].features)
+    folder = saved(sets, tmp_path / "sets")
+    with pytest.raises(ZooError, match=r"split 'train', row 3: labels \[\] must be one or more of the 4 classes"):
+        HuggingFaceDataset(tmp_path, "train", path=str(folder))

@@ -104,7 +104,7 @@ def _columns(features: dict[str, Any], image: str | None, label: str | None, whe
                                f"its columns: {columns}")  # fmt: skip
             found.append(given)
             continue
-        matches = [column for column, feature in features.items() if isinstance(feature, kind)]
+        matches = [column for column, feature in features.items() if isinstance(_inner(feature), kind)]
         if not matches and kind is ClassLabel:  # integers or strings, in the column named so by convention
             matches = [column for column in features if column in ("label", "labels")]
         if len(matches) != 1:
@@ -137,8 +137,8 @@ def _classes(source: hf_source.Source, train_split: str, label: str) -> list[str
         table = source.split(train_split, "train_split")
         feature = table.features.get(label)
         where = f"{source.where}, split '{train_split}'"
-        if isinstance(feature, ClassLabel):
-            names = [str(name) for name in feature.names]
+        if isinstance(_inner(feature), ClassLabel):  # a ClassLabel, or a Sequence of them (label sets)
+            names = [str(name) for name in _inner(feature).names]
         elif _dtype(feature) in INTEGERS:
             values = _column(table, label, where)
             names = [str(value) for value in range(max(values, default=-1) + 1)]
@@ -153,9 +153,21 @@ def _classes(source: hf_source.Source, train_split: str, label: str) -> list[str
     return source.classes[key]
 
 
-def _labels(table: Any, label: str, classes: Sequence[str], where: str) -> list[int]:
-    """Every row's label as an index into ``classes``; one out of range (or unknown) is named by its row."""
+def _inner(feature: Any) -> Any:
+    """A Sequence's (a List's) feature, else ``feature`` itself: a Sequence(ClassLabel) holds label sets."""
+    return feature.feature if type(feature).__name__ in ("List", "Sequence", "LargeList") else feature
+
+
+def _labels(table: Any, label: str, classes: Sequence[str], where: str) -> list[int] | list[tuple[int, ...]]:
+    """Every row's label as an index into ``classes`` (a tuple of them for label sets); one out of range
+    (or unknown) is named by its row."""
     values = _column(table, label, where)
+    if _inner(table.features[label]) is not table.features[label]:  # a Sequence(ClassLabel): multi-label data
+        for row, labels in enumerate(values):
+            if not labels or not all(0 <= number < len(classes) for number in labels):
+                raise ZooError(f"data: {where}, row {row}: labels {labels!r} must be one or more of the "
+                               f"{len(classes)} classes ({_shown(classes)}) of column {label!r}")  # fmt: skip
+        return [tuple(labels) for labels in values]
     if values and isinstance(values[0], str):
         index = {name: number for number, name in enumerate(classes)}
         numbers = [index.get(value, -1) for value in values]
