@@ -164,6 +164,22 @@ def test_csv_dataset_refuses_a_fifo_image_and_missing_columns(tmp_path: Path) ->
         CsvLabels(root, "train", image_column="path")
 
 
+@pytest.mark.parametrize("single", [False, True], ids=["label-sets", "one-label"])
+def test_a_val_csv_is_the_validation_split_instead_of_a_held_out_part(single: bool, tmp_path: Path) -> None:
+    root = shapes_canvas(tmp_path / "canvas", train=60, test=20, val=15, single=single)
+    config = recipes.from_dict({"name": "v", "model": {"backbone": "mnist_cnn"},
+                                "data": {"dataset": "csv", "root": str(root), "val_split": 0.2}}).data  # fmt: skip
+    splits = load_splits(config, seed=0)
+    assert splits.multi_label is not single
+    val_files = {row["image"] for row in csv.DictReader((root / "val.csv").read_text().splitlines())}
+    assert len(splits.val) == len(val_files) == 15 and len(splits.train) == 60  # nothing held out of train.csv
+    dataset = splits.val.dataset
+    assert {Path(dataset.samples[int(i)][0]).relative_to(root).as_posix() for i in splits.val.indices} == val_files
+    (root / "val.csv").unlink()
+    held_out = load_splits(config, seed=0)  # without val.csv: about 0.2 of train.csv (per class, one-label data)
+    assert 10 <= len(held_out.val) <= 13 and len(held_out.train) + len(held_out.val) == 60
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A narrow mnist_cnn trained on 400 shape canvases for 6 epochs (multi-label, chosen by the data)."""

@@ -1,6 +1,7 @@
 """Images listed in CSV files with their labels, as a zoo dataset: single-label or multi-label data.
 
-``root/train.csv`` and ``root/test.csv`` each have a column of image paths (relative to ``root``)
+``root/train.csv`` and ``root/test.csv`` (and ``root/val.csv``, if there is one: the validation split,
+instead of a part held out of training) each have a column of image paths (relative to ``root``)
 and a column of labels separated by ``separator``. A row with several labels makes the data
 multi-label (an empty cell is then an image of none of them): the dataset then yields label sets (``targets`` holds a tuple of class
 indices per image), which selects the ``multi_label`` task by itself. Label names are the sorted
@@ -43,8 +44,8 @@ class CsvLabels(Dataset):
         separator: str = " ",
         multi_label: bool | None = None,
     ) -> None:
-        if split not in ("train", "test"):
-            raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        if split not in ("train", "test", "val"):
+            raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
         if not separator:
             raise ValueError("separator must not be empty")
         self.root = Path(root)
@@ -55,7 +56,7 @@ class CsvLabels(Dataset):
             raise ZooError(f"data.root: {self.root / 'train.csv'} has no labels in column '{label_column}'")
         several = any(len(labels) > 1 for _, labels, _ in training)
         self.multi_label = several if multi_label is None else multi_label
-        rows = training if split == "train" else _rows(self.root / "test.csv", *columns)
+        rows = training if split == "train" else _rows(self.root / f"{split}.csv", *columns)
         index = {name: number for number, name in enumerate(self.classes)}
         where = self.root / f"{split}.csv"
         seen: dict[str, tuple[tuple[str, ...], int]] = {}
@@ -77,6 +78,8 @@ class CsvLabels(Dataset):
             self.samples.append((str(path), codes if self.multi_label else codes[0]))
         self.targets = [label for _, label in self.samples]
         self.transform: Any = None
+        if split == "train" and read_file(self.root / "val.csv", limit=CSV_LIMIT) is not None:
+            self.validation = CsvLabels(self.root, "val", image_column, label_column, separator, self.multi_label)
 
     def __len__(self) -> int:
         return len(self.samples)

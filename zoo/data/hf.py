@@ -155,14 +155,18 @@ def _classes(source: hf_source.Source, train_split: str, label: str) -> list[str
 
 def _inner(feature: Any) -> Any:
     """A Sequence's (a List's) feature, else ``feature`` itself: a Sequence(ClassLabel) holds label sets."""
-    return feature.feature if type(feature).__name__ in ("List", "Sequence", "LargeList") else feature
+    return feature.feature if _is_sequence(feature) else feature
+
+
+def _is_sequence(feature: Any) -> bool:
+    return type(feature).__name__ in ("List", "Sequence", "LargeList")
 
 
 def _labels(table: Any, label: str, classes: Sequence[str], where: str) -> list[int] | list[tuple[int, ...]]:
     """Every row's label as an index into ``classes`` (a tuple of them for label sets); one out of range
     (or unknown) is named by its row."""
     values = _column(table, label, where)
-    if _inner(table.features[label]) is not table.features[label]:  # a Sequence(ClassLabel): multi-label data
+    if _is_sequence(table.features[label]):  # a Sequence(ClassLabel): multi-label data
         for row, labels in enumerate(values):
             if not labels or not all(0 <= number < len(classes) for number in labels):
                 raise ZooError(f"data: {where}, row {row}: labels {labels!r} must be one or more of the "

@@ -23,19 +23,30 @@ Part = tuple[torch.Tensor, torch.Tensor]  # a split's sample indices and their m
 
 
 def label_set_splits(
-    train_set: Dataset, test_set: Dataset, classes: int, selected: list[int], val_split: float, seed: int
+    train_set: Dataset,
+    test_set: Dataset,
+    classes: int,
+    selected: list[int],
+    val_split: float,
+    seed: int,
+    own_val: Dataset | None = None,
 ) -> tuple[Part, Part | None, Part]:
-    """The training, validation (a seeded ``val_split`` of the training samples; None without) and
-    test samples with their labels, over the ``selected`` of ``classes`` classes, in that order."""
+    """The training, validation (``own_val``'s samples, else a seeded ``val_split`` of the training
+    samples; None without) and test samples with their labels, over the ``selected`` of ``classes``
+    classes, in that order."""
     train_labels = _label_rows(train_set, classes, selected)
+    test_labels = _label_rows(test_set, classes, selected)
+    test = (torch.arange(len(test_labels)), test_labels)
+    if own_val is not None:
+        val_labels = _label_rows(own_val, classes, selected)
+        return (torch.arange(len(train_labels)), train_labels), (torch.arange(len(val_labels)), val_labels), test
     order = torch.randperm(len(train_labels), generator=torch.Generator().manual_seed(seed))
     n_val = round(len(order) * val_split)
     val_indices, train_indices = order[:n_val].sort().values, order[n_val:].sort().values
     if len(train_indices) == 0:
         raise ZooError(f"data.val_split = {val_split} leaves no training images; lower it")
-    test_labels = _label_rows(test_set, classes, selected)
     val = (val_indices, train_labels[val_indices]) if val_split > 0 else None
-    return (train_indices, train_labels[train_indices]), val, (torch.arange(len(test_labels)), test_labels)
+    return (train_indices, train_labels[train_indices]), val, test
 
 
 def _label_rows(dataset: Dataset, classes: int, selected: list[int]) -> torch.Tensor:

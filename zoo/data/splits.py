@@ -124,8 +124,8 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         if config.per_class is not None:
             raise ZooError("data.per_class counts the images of each class, but multi-label images hold several "
                            "classes: remove data.per_class")  # fmt: skip
-        parts = label_set_splits(train_set, test_set, len(names), selected, config.val_split, seed)
-        datasets = (train_set, train_set, test_set)
+        parts = label_set_splits(train_set, test_set, len(names), selected, config.val_split, seed, own_val)
+        datasets = (train_set, own_val if own_val is not None else train_set, test_set)
         train, val, test = (Split(data, *part) if part else None for data, part in zip(datasets, parts))
         if len(test) == 0:
             raise ZooError(f"dataset '{config.dataset}' has no test examples")
