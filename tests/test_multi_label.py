@@ -270,6 +270,26 @@ def test_exported_thresholds_give_predict_the_same_label_sets_on_both_backends(t
     assert [entry["labels"] for entry in json.loads(again.stdout)] == labels["torch"]
 
 
+def test_zoo_serve_answers_a_multi_label_run_with_the_labels_zoo_predict_gives(trained: Path) -> None:
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from zoo.serving.app import create_app, load_served
+
+    images = sorted((trained.parent / "canvas/images").glob("test*.png"))[:12]
+    predicted = CliRunner().invoke(cli, ["predict", str(trained), *map(str, images), "--json"])
+    assert predicted.exit_code == 0, predicted.output
+    with TestClient(create_app(load_served(str(trained), "torch"))) as client:
+        metadata = client.get("/metadata").json()
+        files = [("files", (path.name, path.read_bytes(), "image/png")) for path in images]
+        answer = client.post("/predict", files=files)
+    assert answer.status_code == 200, answer.text
+    assert metadata["thresholds"] == json.loads((trained / RunFolder.CONFIG).read_text())["thresholds"]
+    served = [entry["labels"] for entry in answer.json()["predictions"]]
+    assert served == [entry["labels"] for entry in json.loads(predicted.stdout)]
+    assert len({tuple(labels) for labels in served}) > 1
+
+
 def test_task_and_loss_mismatches_are_one_line(tmp_path: Path) -> None:
     root = shapes_canvas(tmp_path / "canvas", train=16, test=4)
     base = ["data.dataset=csv", f"data.root={root}", "model.backbone=mnist_cnn"]
