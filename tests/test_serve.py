@@ -161,6 +161,22 @@ def test_a_bad_image_among_good_ones_names_it(client: TestClient, digits: list[P
     assert client.post("/predict", files=upload(digits[2], digits[3])).status_code == 200
 
 
+def test_an_image_too_elongated_to_resize_is_refused_before_decoding(
+    client: TestClient, served_run: Path, digits: list[Path], tmp_path: Path
+) -> None:
+    """A 2 KB PNG of 1 x 2,000,000 pixels passes the pixel limit, but scaled to the model's size its
+    shorter side would make it 28 x 56,000,000: refused from its header, by serve and by predict."""
+    strip = tmp_path / "strip.png"
+    Image.new("L", (2_000_000, 1), 128).save(strip)
+    assert strip.stat().st_size < 10_000
+    answer = client.post("/predict", files=upload(strip))
+    assert answer.status_code == 422 and "strip.png is 2000000x1 pixels: too elongated" in answer.json()["error"]
+    assert client.post("/predict", files=upload(digits[2])).status_code == 200
+    predicted = zoo_command("predict", str(served_run), str(strip), str(digits[2]))
+    assert predicted.returncode != 0 and "too elongated to resize" in predicted.stderr
+    assert predicted.stdout.count(":") == 1  # the good image is still predicted
+
+
 def bn_cnn(in_chans: int = 1) -> torch.nn.Module:
     """A small CNN with BatchNorm, whose answers must not depend on the batch they are computed in."""
     model = torch.nn.Sequential(

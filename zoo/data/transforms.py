@@ -11,6 +11,7 @@ normalised with its own ``mean`` and ``std``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -145,6 +146,23 @@ def build_transform(
         shift = (augmentation.translate, augmentation.translate)
         transform = Compose([RandomAffine(augmentation.degrees, translate=shift), transform])
     return ConvertThen("L" if preprocessing.channels == 1 else "RGB", transform)
+
+
+# Pixels an image may have once resized for the model: the evaluation transform scales the shorter
+# side to the model's size, so a 1 x 2,000,000 strip (a 2 KB PNG) would become 28 x 56,000,000.
+MAX_RESIZED_PIXELS = 24_000_000
+
+
+def check_resizable(size: tuple[int, int], preprocessing: Preprocessing, name: str) -> None:
+    """Refuse, in one line, an image of ``size`` (width, height) whose shape would blow up in the resize."""
+    short, long = sorted(size)
+    target = math.ceil(max(preprocessing.input_size[1:]) / preprocessing.crop_pct)  # the shorter side, resized
+    if short < 1 or target * target * long / short > MAX_RESIZED_PIXELS:
+        raise ZooError(
+            f"{name} is {size[0]}x{size[1]} pixels: too elongated to resize to the model's "
+            f"{preprocessing.input_size[2]}x{preprocessing.input_size[1]} (at most {MAX_RESIZED_PIXELS:,} pixels "
+            "after scaling its shorter side); crop it first"
+        )
 
 
 class ConvertThen:

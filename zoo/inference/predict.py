@@ -20,7 +20,7 @@ import torch
 from .._files import read_file
 from ..data.images import image_file
 from ..data.preprocessing import Preprocessing
-from ..data.transforms import build_transform
+from ..data.transforms import build_transform, check_resizable
 from ..errors import ZooError
 from ..runs.folder import RunFolder
 
@@ -41,7 +41,9 @@ def predict_files(
         images, readable = [], []
         for path in paths[start : start + BATCH]:
             try:
-                with image_file(path) as image:
+                with image_file(path, decode=False) as image:
+                    check_resizable(image.size, preprocessing, str(path))  # from the header, before decoding
+                    image.load()
                     images.append(transform(image))
                 readable.append(path)
             except ZooError as exc:

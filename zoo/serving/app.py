@@ -28,7 +28,7 @@ from .._files import read_file
 from .._version import __version__
 from ..data.images import image_bytes
 from ..data.preprocessing import Preprocessing
-from ..data.transforms import build_transform
+from ..data.transforms import build_transform, check_resizable
 from ..errors import ZooError
 from ..inference.predict import Backend, Classify, classifier, ranked
 from ..runs.exports import FILES
@@ -125,7 +125,7 @@ def create_app(served: Served, limits: Limits = Limits()) -> ASGIApp:
     async def predict(request: Request, top_k: int = Query(3, ge=1, description="labels per image")) -> dict:
         """Top-k labels of each image in the multipart form field `files`, in order."""
         uploads = await _uploads(request, limits.max_files)
-        images = await run_in_threadpool(_decoded, uploads, transform, limits.max_pixels)
+        images = await run_in_threadpool(_decoded, uploads, transform, served.preprocessing, limits.max_pixels)
         logits = await batcher.logits(images)
         names = [name for name, _ in uploads]
         return {"predictions": ranked(logits, names, served.label_names, top_k, served.thresholds, served.temperature)}
@@ -160,12 +160,17 @@ async def _uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
         await form.close()
 
 
-def _decoded(uploads: list[tuple[str, bytes]], transform: Callable[[Any], Any], max_pixels: int) -> torch.Tensor:
-    """The uploads as one batch of the model's inputs; an image that does not decode fails the request (422)."""
+def _decoded(
+    uploads: list[tuple[str, bytes]], transform: Callable[[Any], Any], preprocessing: Preprocessing, max_pixels: int
+) -> torch.Tensor:
+    """The uploads as one batch of the model's inputs; an image that does not decode, or would not
+    resize within bounds, fails the request (422)."""
     images = []
     for name, data in uploads:
         try:
-            with image_bytes(data, name, max_pixels=max_pixels) as image:
+            with image_bytes(data, name, decode=False, max_pixels=max_pixels) as image:
+                check_resizable(image.size, preprocessing, name)  # from the header, before decoding
+                image.load()
                 images.append(transform(image))
         except ZooError as exc:
             raise HTTPException(422, str(exc)) from None
