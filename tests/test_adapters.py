@@ -108,6 +108,23 @@ def test_a_lora_run_folder_works_with_eval_and_predict_unchanged(lora_runs: tupl
     assert predicted.returncode == 0, predicted.stderr
 
 
+def test_a_bf16_adapter_run_is_tested_as_kept_so_zoo_eval_repeats_it(mnist_dir: Path, tmp_path: Path) -> None:
+    """The test pass evaluates the merged weights model.safetensors holds: in bf16, the adapter applied
+    on the fly rounds differently from the same adapter merged."""
+    from click.testing import CliRunner
+
+    from zoo.cli import cli
+
+    overrides = ["data.classes=[0,1]", "data.per_class=40", "data.batch_size=16", "train.precision=bf16",
+                 'model.adapter={target = "conv", r = 2}', f"output.dir={tmp_path / 'run'}"]  # fmt: skip
+    result = run(recipes.load(RECIPES / "mnist.toml", overrides), progress=False)
+    evaluated = CliRunner().invoke(cli, ["eval", str(result.folder), "--json"])
+    assert evaluated.exit_code == 0, evaluated.output
+    again = json.loads(evaluated.stdout)
+    assert again["confusion_matrix"] == result.results.test["confusion_matrix"]
+    assert again["accuracy"] == result.results.test["accuracy"]
+
+
 @pytest.mark.parametrize(
     ("override", "fragments"),
     [

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import RECIPES, make_hostile, zoo_command
+from conftest import RECIPES, assert_user_error, make_hostile, zoo_command
 
 from zoo.config import recipe as recipes
 from zoo.runs.folder import RunFolder
 from zoo.training.loggers import tracking
+from zoo.training.loggers.fan_out import Loggers
 from zoo.training.loggers.mlflow import MlflowLogger
 from zoo.training.loggers.wandb import WandbLogger
 from zoo.training.runner import run as run_recipe
@@ -66,6 +67,7 @@ def test_mlflow_gets_parameters_tags_metrics_and_files_of_a_run(mnist_dir: Path,
     params = run.data.params
     assert params["optim.lr"] == str(RECIPE["optim"]["lr"]) and params["data.batch_size"] == "8"
     assert params["data.classes"] == "[0, 1]" and params["model.backbone"] == "mnist_cnn"
+    assert not [key for key in params if key.startswith("log.")]  # where it reports (a URI may hold a password)
     results = json.loads((run_folder / RunFolder.RESULTS).read_text())
     assert run.data.tags["zoo.recipe_hash"] == results["recipe_hash"]
     assert run.data.tags["zoo.backbone"] == "mnist_cnn" and run.data.tags["zoo.dataset"] == "mnist"
@@ -252,3 +254,55 @@ def test_under_nproc_rank_0_alone_logs_to_mlflow(mnist_dir: Path, tmp_path: Path
     run = only_run()
     steps = [step for step, _ in history(run.info.run_id, "step/train_loss")]
     assert steps and len(steps) == len(set(steps))  # one rank's records: a second would repeat every step
+
+
+def test_without_a_store_named_mlflow_keeps_runs_in_zoo_cache_and_says_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / RunFolder.RESULTS).write_text('{"state": "finished"}')
+    before = {path for path in tmp_path.rglob("*") if path.is_file()}
+    logger = MlflowLogger()
+    logger.start(RECIPE, run, 0, [])
+    logger.log({"train_loss": 0.5, "val_accuracy": 0.5}, 10, 1)
+    logger.finish({"state": "finished", "steps": 10}, [run / RunFolder.RESULTS])
+    written = {path for path in tmp_path.rglob("*") if path.is_file()} - before
+    cache = tmp_path / "cache" / "mlflow"  # conftest's ZOO_CACHE_DIR
+    assert (cache / "mlflow.db") in written
+    assert all(path.is_relative_to(cache) or path.is_relative_to(run) for path in written), sorted(written)
+    assert any(path.is_relative_to(cache / "mlartifacts") and path.name == "results.json" for path in written)
+    assert "mlflow" not in capsys.readouterr().err  # MLflow's own log lines show with zoo --verbose only
+
+
+def test_a_failing_tracker_line_hides_passwords_and_stays_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    class Refused:
+        def start(self, recipe: Any, run: Path, step: int, history: Any) -> None:
+            raise ConnectionError("API request to http://user:s3cret@127.0.0.1:9/api failed\nTraceback: ...")
+
+        def log(self, metrics: Any, step: int, epoch: int | None = None) -> None: ...
+
+        def finish(self, results: Any, files: Any) -> None: ...
+
+    Loggers({"mlflow": Refused()}, required=()).start(RECIPE, tmp_path, 0, [])
+    err = capsys.readouterr().err
+    assert "s3cret" not in err and "http://***@127.0.0.1:9/api" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("log.mlflow={tracking_uri = 5}", ("log.mlflow.tracking_uri", "expected str", "5")),
+        ('log.mlflow={experiment = ["a"]}', ("log.mlflow.experiment", "expected str")),
+    ],
+)
+def test_a_tracker_argument_of_the_wrong_type_is_one_line_before_anything_runs(
+    override: str, fragments: tuple[str, ...], tmp_path: Path
+) -> None:
+    result = zoo_command("run", str(RECIPES / "mnist.toml"), 'log.to=["mlflow"]', override,
+                         f"output.dir={tmp_path / 'run'}")  # fmt: skip
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "run").exists()

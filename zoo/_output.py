@@ -14,6 +14,7 @@ Errors and warnings go to stderr whatever the form.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from typing import Any, Literal
@@ -34,6 +35,16 @@ def current_format() -> Format:
     if _format == "auto":
         return "bars" if sys.stderr.isatty() else "lines"
     return _format
+
+
+def library_logs_to_root(*names: str) -> None:
+    """Loggers that a library gave a stderr handler of its own (MLflow's) log through the root logger
+    instead, which shows them with ``zoo --verbose`` only (zoo.cli.group.route_library_output)."""
+    for name in names:
+        library = logging.getLogger(name)
+        for handler in list(library.handlers):
+            library.removeHandler(handler)
+        library.propagate = True
 
 
 def message(text: str, event: str = "message", **fields: Any) -> None:

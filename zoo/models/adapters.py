@@ -18,7 +18,6 @@ import re
 import weakref
 from typing import Any
 
-import torch
 from torch import nn
 
 from .._safetensors import safetensors_bytes
@@ -84,10 +83,10 @@ def is_adapted(model: nn.Module) -> bool:
     return model in _wrappers
 
 
-def merged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The weights with every adapter merged in, under the base model's own names."""
-    merged = copy.deepcopy(_wrappers[model]).merge_and_unload()
-    return {name: tensor.detach() for name, tensor in merged.state_dict().items()}
+def merged(model: nn.Module) -> nn.Module:
+    """A copy of the base model with every adapter merged in, under the base model's own names: what
+    the run keeps, and so what its test pass evaluates (in bf16 merged weights round otherwise)."""
+    return copy.deepcopy(_wrappers[model]).merge_and_unload()
 
 
 def peft_files(model: nn.Module, base: str) -> dict[str, bytes]:

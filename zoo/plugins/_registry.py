@@ -285,6 +285,9 @@ def check_args(factory: Callable, args: Mapping[str, Any], key: str, positional:
             raise ZooError(
                 f"{key}.{name}: expected {type(default).__name__} (like the default {default!r}), got {value!r}"
             )
+        optional = _optional_simple_type(parameter.annotation) if default is None else None
+        if optional is not None and not _fits(value, optional):
+            raise ZooError(f"{key}.{name}: expected {optional.__name__}, got {value!r}")
     missing = [
         n
         for n, p in parameters.items()
@@ -310,6 +313,16 @@ def _finite(value: Any) -> bool:
     if isinstance(value, list | tuple):
         return all(_finite(item) for item in value)
     return True
+
+
+def _optional_simple_type(annotation: Any) -> type | None:
+    """``str`` for ``str | None`` (a string under ``from __future__ import annotations``, or the type
+    itself): the type an argument that defaults to None must have; None for any other annotation."""
+    parts = {part.strip() for part in str(annotation).split("|")}
+    others = parts - {"None"}
+    if len(parts) != 2 or len(others) != 1:
+        return None
+    return {"str": str, "int": int, "float": float, "bool": bool}.get(others.pop())
 
 
 def _fits(value: Any, expected: type) -> bool:

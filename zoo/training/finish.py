@@ -64,6 +64,8 @@ def finish_run(
         results.ranks_agree = distributed.ranks_agree(model)
         if not results.ranks_agree:
             raise RuntimeError("the ranks ended with different weights: DDP did not keep them in step")
+    if adapters.is_adapted(model):  # kept merged into the base model's weights, and tested as kept
+        model = adapters.merged(model)
     thresholds = tuned_thresholds(setup, model) if setup.splits.multi_label else None
     temperature = 1.0
     if setup.recipe.train.calibrate:
@@ -76,8 +78,7 @@ def finish_run(
         if results.calibration is not None:
             results.calibration |= {"test_ece_before": results.test.get("ece_uncalibrated", results.test["ece"]),
                                     "test_ece_after": results.test["ece"]}  # fmt: skip
-    # An adapter run keeps its weights merged, as the base model names them; a sharded one is gathered (a collective).
-    weights = adapters.merged_state_dict(model) if adapters.is_adapted(model) else fsdp.full_state_dict(model)
+    weights = fsdp.full_state_dict(model)  # a collective when sharded
     if distributed.is_main():
         files = _write_run(folder, setup, results, trainer, weights, thresholds, temperature)
         trainer.loggers.finish(results.model_dump(exclude_none=True), files)

@@ -8,6 +8,7 @@ the rest of the run: a tracker whose server is down must not cost a day of train
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -52,7 +53,7 @@ class Loggers:
                     raise
                 del self.active[name]
                 print(
-                    f"zoo: the {name} logger failed in {method} ({type(exc).__name__}: {exc}); "
+                    f"zoo: the {name} logger failed in {method} ({type(exc).__name__}: {_shown(exc)}); "
                     "the run goes on without it",
                     file=sys.stderr,
                     flush=True,
@@ -74,3 +75,9 @@ def create_loggers(names: Sequence[str], args: Mapping[str, Mapping[str, Any]], 
                 "which lacks start, log or finish (zoo/training/loggers/base.py)"
             )
     return Loggers(loggers)
+
+
+def _shown(exc: Exception) -> str:
+    """An exception's first line, with any password in a URL (``https://user:secret@host``) hidden."""
+    first = (str(exc).strip().splitlines() or [""])[0]
+    return re.sub(r"(\w[\w+.-]*://)[^/\s@]*@", r"\1***@", first)

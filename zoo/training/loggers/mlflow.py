@@ -1,8 +1,10 @@
 """The built-in ``mlflow`` logger: one MLflow run per run folder, continued by ``--resume``.
 
-``[log.mlflow]`` takes ``tracking_uri`` (else MLFLOW_TRACKING_URI, else MLflow's default),
-``experiment`` (else MLFLOW_EXPERIMENT_NAME, else the recipe's name) and ``artifact_location``, where
-a new experiment keeps its files (else the store's default: ./mlruns for a local database). It talks to the store through
+``[log.mlflow]`` takes ``tracking_uri`` (else MLFLOW_TRACKING_URI, else a database in zoo's cache:
+``ZOO_CACHE_DIR/mlflow/mlflow.db``), ``experiment`` (else MLFLOW_EXPERIMENT_NAME, else the recipe's
+name) and ``artifact_location``, where a new experiment keeps its files (for a ``sqlite:///`` store,
+by default ``mlartifacts/`` beside the database, never the working folder). A server that does not
+answer costs at most a few retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _TIMEOUT, unless set). It talks to the store through
 ``MlflowClient`` rather than MLflow's process-wide active run, so that nothing outside this logger
 sees or changes its run.
 """
@@ -16,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..._output import library_logs_to_root
+from ...config.recipe import cache_dir
 from ...errors import ZooError
 from . import tracking
 
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 BATCH = 100
 MAX_VALUE = 6000
 STATUS = {"finished": "FINISHED", "interrupted": "KILLED", "failed": "FAILED"}
+RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
 
 
 class MlflowLogger:
@@ -42,10 +47,14 @@ class MlflowLogger:
         self.run_id = ""
 
     def start(self, recipe: Mapping[str, Any], run: Path, step: int, history: Sequence[Mapping[str, Any]]) -> None:
+        for variable, value in RETRIES.items():  # MLflow's defaults retry a dead server for minutes
+            os.environ.setdefault(variable, value)
         from mlflow import MlflowClient
         from mlflow.entities import Param, RunTag
 
-        client = self._client = MlflowClient(self.tracking_uri)
+        library_logs_to_root("mlflow", "alembic")
+        uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _cached_store()
+        client = self._client = MlflowClient(uri)
         known = tracking.remembered_run(run, "mlflow") if step else None
         logged: dict[str, str] = {}
         if known and _exists(client, known):
@@ -55,7 +64,9 @@ class MlflowLogger:
         else:
             name = self.experiment or recipe["name"]
             found = client.get_experiment_by_name(name)
-            experiment_id = found.experiment_id if found else client.create_experiment(name, self.artifact_location)
+            experiment_id = (
+                found.experiment_id if found else client.create_experiment(name, self.artifact_location or _beside(uri))
+            )
             self.run_id = client.create_run(experiment_id, run_name=run.name).info.run_id
             tracking.remember_run(run, "mlflow", self.run_id)
         values = {key: str(value)[:MAX_VALUE] for key, value in tracking.parameters(recipe).items()}
@@ -87,6 +98,20 @@ class MlflowLogger:
         entries = [Metric(key, value, now, step) for key, value in metrics.items()]
         for start in range(0, len(entries), BATCH):
             self._client.log_batch(self.run_id, metrics=entries[start : start + BATCH])
+
+
+def _cached_store() -> str:
+    """A database in zoo's cache: where runs go when the user names no MLflow store."""
+    folder = cache_dir() / "mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _beside(uri: str) -> str | None:
+    """A ``sqlite:///`` store's artifacts beside its database (MLflow's default is the working folder)."""
+    if not uri.startswith("sqlite:///"):
+        return None  # a server or another store decides itself
+    return str(Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts")
 
 
 def _exists(client: MlflowClient, run_id: str) -> bool:

@@ -24,10 +24,16 @@ from ...runs.folder import RunFolder
 STEP_PREFIX = "step/"
 
 
+# Not the run's settings but where it reports: a tracker's URI may hold a password, which no tracker gets.
+NOT_PARAMETERS = ("log",)
+
+
 def parameters(recipe: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``recipe``'s values under dotted keys; a list stays one value."""
+    """``recipe``'s values under dotted keys (``[log]`` left out); a list stays one value."""
     flat: dict[str, Any] = {}
     for key, value in recipe.items():
+        if not prefix and key in NOT_PARAMETERS:
+            continue
         if isinstance(value, Mapping) and value:
             flat |= parameters(value, f"{prefix}{key}.")
         else:
