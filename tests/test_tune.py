@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -17,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, assert_user_error, make_hostile, zoo_command
+from conftest import REPO, assert_user_error, make_hostile, write_finished_run, zoo_command
 
 from zoo.cli import cli
 from zoo.config import recipe as recipes
@@ -184,3 +185,55 @@ def test_a_hostile_study_journal_is_refused_in_one_line(tmp_path: Path, kind: st
     assert_user_error(result, "study.journal")
     assert (outside / "precious.json").read_text() == "{}" and not (outside / "made-by-zoo").exists()
     assert not list(study.glob("trial-*"))
+
+
+def test_a_fractional_step_between_integer_bounds_is_refused_up_front(tmp_path: Path) -> None:
+    table = 'space = { "data.batch_size" = { low = 8, high = 16, step = 0.5 } }\n'
+    result = zoo_command("tune", str(write_recipe(tmp_path, table)), "--study", str(tmp_path / "s1"), cwd=tmp_path)
+    assert_user_error(result, "tune.space: data.batch_size", "step = 0.5", "integer step")
+    assert not (tmp_path / "s1").exists()
+
+
+def test_a_value_a_trial_draws_that_the_recipe_refuses_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import zoo.tuning.study as study_module
+
+    monkeypatch.setattr(study_module, "check_space", lambda *args: None)  # a space whose bounds pass, its inside not
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        table = 'space = { "data.batch_size" = { low = 8, high = 16, step = 0.5 } }\n'
+        result = CliRunner().invoke(cli, ["tune", str(write_recipe(tmp_path, table)), "--study", str(tmp_path / "s1"),
+                                          "--trials", "2"])  # fmt: skip
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
+    line = assert_user_error(result, "trial 0 drew data.batch_size=", "Input should be a valid integer")
+    assert "Traceback" not in line and not [record for record in records if record.levelno >= logging.WARNING]
+    assert not list((tmp_path / "s1").glob("trial-*"))  # refused before its run started
+
+
+@pytest.mark.parametrize("holding", ["a finished run", "an unrelated file"])
+def test_a_study_is_not_written_into_a_folder_that_holds_something_else(tmp_path: Path, holding: str) -> None:
+    folder = tmp_path / "taken"
+    if holding == "a finished run":
+        write_finished_run(folder)
+    else:
+        folder.mkdir()
+        (folder / "notes.txt").write_text("mine")
+    before = {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    result = CliRunner().invoke(cli, ["tune", str(write_recipe(tmp_path)), "--study", str(folder)])
+    assert_user_error(result, str(folder), "run folder" if holding == "a finished run" else "notes.txt")
+    assert {path: path.read_bytes() for path in folder.rglob("*") if path.is_file()} == before
+
+
+def test_a_timeout_that_runs_out_first_reports_no_trial_run(tmp_path: Path) -> None:
+    study = tmp_path / "new" / "study"
+    arguments = ["tune", str(write_recipe(tmp_path)), "--study", str(study), "--trials", "2", "--timeout", "0"]
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 0, result.output
+    assert f"0 trial(s) run now, 0 in {study}" in result.stdout
+    again = CliRunner().invoke(cli, arguments)  # the study it began is continued, not refused
+    assert again.exit_code == 0 and "0 trial(s) run now" in again.stdout

@@ -49,6 +49,12 @@ def check_space(path: Path, overrides: Sequence[str], tune: TuneConfig) -> None:
         reserved = next((name for name in NOT_SEARCHED if key == name or key.startswith(name + ".")), None)
         if reserved:
             raise ZooError(f"{path}: tune.space: {key} is not searched ({reserved} is the study's own or no setting)")
+        if isinstance(spec, Range) and spec.step is not None and not spec.integers and _whole(spec.low, spec.high):
+            raise ZooError(
+                f"{path}: tune.space: {key}: step = {spec.step} between the integers {spec.low} and {spec.high} draws "
+                f"fractions such as {spec.low + spec.step}: give an integer step, or float bounds "
+                f"(low = {float(spec.low)}) for a float key"
+            )
         values: list[Any] = [spec.low, spec.high] if isinstance(spec, Range) else list(spec)
         for value in values:
             try:
@@ -56,6 +62,10 @@ def check_space(path: Path, overrides: Sequence[str], tune: TuneConfig) -> None:
             except ZooError as exc:
                 reason = str(exc).removeprefix(f"override {key}: ").removeprefix(f"{path}: ")
                 raise ZooError(f"{path}: tune.space: {key} = {value!r}: {reason}") from None
+
+
+def _whole(*values: Any) -> bool:
+    return all(type(value) is int for value in values)
 
 
 def suggest(trial: optuna.Trial, key: str, spec: Range | list[Choice]) -> Any:

@@ -81,9 +81,11 @@ def tune(
     sense = direction(tune_config)
     check_space(path, overrides, tune_config)
     folder = study_dir or Path("studies") / recipe.name
+    _check_study_folder(folder)
     claim = locking.claim(folder)
     try:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        # A failed trial is zoo's one line: Optuna would log it again, as a warning with its traceback.
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
         # Optuna appends to the journal through its path: what is there is checked (and created) first, never a link.
         fix = "remove it: zoo keeps the study there"
         os.close(_files.open_regular(folder / JOURNAL, os.O_RDWR | os.O_CREAT, follow_symlinks=False, fix=fix))
@@ -98,20 +100,34 @@ def tune(
         study.sampler = optuna.samplers.TPESampler(seed=recipe.train.seed + len(study.trials))
         target = trials or tune_config.trials
         done = sum(trial.state.is_finished() for trial in study.trials if trial.state.name != "FAIL")
-        ran = max(0, target - done)
-        if ran:
+        before = len(study.trials)
+        if target > done:
 
             def objective(trial: optuna.Trial) -> float:
                 return _run_trial(trial, path, overrides, tune_config, folder, nproc)
 
-            study.optimize(objective, n_trials=ran, timeout=timeout)
-        result = _summary(study, folder, tune_config, ran)
+            study.optimize(objective, n_trials=target - done, timeout=timeout)
+        result = _summary(study, folder, tune_config, len(study.trials) - before)  # none when --timeout ran out
         if result.best is not None:
             _write_best(result.best.folder, folder / BEST)
         _plot(result, folder / PLOT)
         return result
     finally:
         claim.release()
+
+
+def _check_study_folder(folder: Path) -> None:
+    """A study goes into a new or empty folder, or continues the one it finds: never into a run or other files."""
+    run = RunFolder.holding(folder.resolve())
+    if run is not None or RunFolder(folder).is_run:
+        raise ZooError(f"--study {folder} is (in) the run folder {run or folder}: give the study a folder of its own")
+    if folder.is_dir() and not (folder / JOURNAL).exists():
+        others = sorted(entry.name for entry in folder.iterdir() if entry.name != locking.LOCK_NAME)
+        if others:
+            raise ZooError(
+                f"--study {folder} holds {', '.join(others[:3])}{', ...' if len(others) > 3 else ''} but no {JOURNAL}: "
+                "give the study an empty or new folder"
+            )
 
 
 def _pruner(tune: TuneConfig) -> optuna.pruners.BasePruner:
@@ -162,6 +178,14 @@ def _run_trial(
 
     params = {key: suggest(trial, key, spec) for key, spec in tune.space.items()}
     run = RunFolder(_trial_folder(folder, trial.number))
+    try:  # a value drawn between bounds that check_space took can still be refused: said here, not by the trial
+        recipes.load(path, trial_overrides(overrides, tune, params, run.path))
+    except ZooError as exc:
+        drawn = " ".join(override(key, value) for key, value in params.items())
+        reason = str(exc)
+        for key in params:  # the override that failed is named by the message itself
+            reason = reason.removeprefix(f"override {key}: ")
+        raise ZooError(f"{path}: tune.space: trial {trial.number} drew {drawn}: {reason}") from None
     print(f"trial {trial.number}: {' '.join(override(k, v) for k, v in params.items())} -> {run}", flush=True)
     launch = ["--nproc", str(nproc)] if nproc > 1 else []
     command = [sys.executable, "-m", "zoo", "run", str(path), *trial_overrides(overrides, tune, params, run.path)]
