@@ -132,6 +132,16 @@ def broken_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return site
 
 
+def dataset_root(name: str, mnist_png: Path, folder: Path) -> Path:
+    """Where each built-in dataset finds a little data: MNIST's files, its digits as PNGs (image_folder, and hf
+    reading them as an imagefolder), a canvas of shapes listed in CSV files, one shape each (csv)."""
+    if name == "csv":
+        from multilabel_data import shapes_canvas
+
+        return shapes_canvas(folder / "canvas", train=48, test=12, single=True)
+    return mnist_png if name in ("image_folder", "hf") else default_data_dir()
+
+
 def zoo_command(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run the installed `zoo` as a user would, in a subprocess."""
     return subprocess.run(

@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error
+from conftest import RECIPES, assert_user_error, dataset_root
 from torch import nn
 
 import zoo
 from zoo.cli import cli
 from zoo.config import recipe as recipes
-from zoo.config.recipe import default_data_dir
 from zoo.data.contract import facts
 from zoo.data.splits import tensor_shape
 from zoo.plugins import _registry as registry
@@ -35,7 +34,7 @@ NAMESPACE_MEMBERS = {"timm/*": ["timm/test_resnet", "timm/test_vit"]}
 MODEL_OPTIONS = {"timm/test_vit": ["model.args.img_size=32"]}
 DATASET_ARGS = {"shapes": {"samples": 60}}  # 48 training and 12 test images
 # A few images of a few classes; image_folder reads MNIST's digits as PNG files (conftest's mnist_png).
-CLASSES = {"mnist": "[0,1,2]", "image_folder": "[0,1,2]"}
+CLASSES = {"mnist": "[0,1,2]", "image_folder": "[0,1,2]", "hf": "[0,1,2]"}
 
 
 def installed(kind: registry.Kind) -> list[str]:
@@ -45,7 +44,7 @@ def installed(kind: registry.Kind) -> list[str]:
 
 def small_run(folder: Path, model: str, dataset: str, mnist_png: Path, *overrides: str) -> list[str]:
     """Overrides of recipes/mnist.toml for two steps of ``model`` on a few images of ``dataset``."""
-    root = [f"data.root={mnist_png}"] if dataset == "image_folder" else []
+    root = [f"data.root={dataset_root(dataset, mnist_png, folder.parent)}"]
     args = [f"data.args.{key}={value}" for key, value in DATASET_ARGS.get(dataset, {}).items()]
     classes = [f"data.classes={CLASSES[dataset]}"] if dataset in CLASSES else []
     return [
@@ -73,7 +72,7 @@ def test_every_model_trains_on_every_dataset(model: str, dataset: str, mnist_png
     folder = tmp_path / "run"
     config = trained(folder, small_run(folder, model, dataset, mnist_png, *MODEL_OPTIONS.get(model, [])))
     test_split = registry.instantiate("dataset", dataset, DATASET_ARGS.get(dataset, {}), "",
-                                      mnist_png if dataset == "image_folder" else default_data_dir(), "test")  # fmt: skip
+                                      dataset_root(dataset, mnist_png, tmp_path), "test")  # fmt: skip
     if not facts(test_split).gives_images:  # tensors: the model is built for their channels (image files are converted)
         channels = tensor_shape(test_split)[0]
         assert config["pretrained_cfg"]["input_size"][0] == channels

@@ -19,14 +19,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error
-from multilabel_data import shapes_canvas
+from conftest import RECIPES, assert_user_error, dataset_root
 from PIL import Image
 from torch import nn
 
 import zoo
 from zoo.cli import cli
-from zoo.config.recipe import default_data_dir
 from zoo.data.contract import DatasetFacts, check_dataset, facts
 from zoo.plugins import _registry as registry
 from zoo.plugins.contracts import Backbone, ContractError, DatasetOptions, DatasetPlugin, Loss, OwnHeadModel
@@ -82,12 +80,6 @@ def test_every_model_plugin_keeps_the_model_contract(name: str) -> None:
         model = registry.instantiate("model", name, {})
         assert isinstance(model, Backbone) and isinstance(model.num_features, int)
         assert model(torch.randn(2, channels, size, size)).shape == (2, model.num_features)
-
-
-def dataset_root(name: str, mnist_png: Path, tmp_path: Path) -> Path:
-    if name == "csv":  # image paths and label sets in train.csv and test.csv
-        return shapes_canvas(tmp_path / "canvas", train=40, test=20)
-    return mnist_png if name in ("image_folder", "hf") else default_data_dir()  # hf reads it as an imagefolder
 
 
 def test_the_reader_covers_every_optional_part_of_the_dataset_contract() -> None:
