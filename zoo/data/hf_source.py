@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .._hub import hub_errors
+from .._output import library_logs_to_root
 from ..config.sources import HUB_REPO
 from ..errors import ZooError
 
@@ -122,10 +123,7 @@ def _quiet(datasets: Any) -> None:
     ``zoo --verbose`` only; its progress bars follow huggingface_hub's (HF_HUB_DISABLE_PROGRESS_BARS)."""
     from huggingface_hub.utils import are_progress_bars_disabled
 
-    library = datasets.logging.get_logger("datasets")  # as zoo.cli.group does for huggingface_hub's own handler
-    for handler in list(library.handlers):
-        library.removeHandler(handler)
-    datasets.logging.enable_propagation()
+    library_logs_to_root("datasets")
     if are_progress_bars_disabled():
         datasets.disable_progress_bars()
 
