@@ -178,6 +178,28 @@ def test_a_damaged_tracking_file_starts_a_new_tracker_run_and_says_so(
         assert "the mlflow logger starts a new run" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder", "dangling link", "/dev/zero"])
+def test_a_hostile_tracking_file_is_never_read_through_and_is_replaced(
+    kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run, outside = tmp_path / "run", tmp_path / "outside"
+    run.mkdir()
+    outside.mkdir()
+    make_hostile(run / RunFolder.TRACKING, kind, outside)
+    logger = MlflowLogger()
+    logger.start(RECIPE, run, 10, [])  # a resume: tracking.json is read
+    path = run / RunFolder.TRACKING
+    assert not any(outside.iterdir()) and logger.run_id
+    err = capsys.readouterr().err
+    if kind == "folder":  # never removed: the run id is not kept, and the run goes on
+        assert path.is_dir() and "a --resume will start a new mlflow run" in err
+        return
+    assert path.is_file() and not path.is_symlink()
+    assert json.loads(path.read_text()) == {"mlflow": logger.run_id}
+    if kind != "dangling link":  # a link to a missing file reads as no file: nothing to warn about
+        assert "the mlflow logger starts a new run" in err
+
+
 def test_a_tracker_failing_mid_run_leaves_a_finished_run(
     mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

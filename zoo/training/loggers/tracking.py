@@ -86,4 +86,9 @@ def remembered_run(run: Path, tracker: str) -> str | None:
 
 
 def remember_run(run: Path, tracker: str, run_id: str) -> None:
-    RunFolder(run).write_tracker_run(tracker, run_id)
+    """Keep the tracker's run id for --resume; a tracking.json that cannot be written (a folder there)
+    costs only that, said once: the run and its tracker go on."""
+    try:
+        RunFolder(run).write_tracker_run(tracker, run_id)
+    except ZooError as exc:
+        print(f"zoo: warning: {exc}; a --resume will start a new {tracker} run", file=sys.stderr, flush=True)
