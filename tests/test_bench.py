@@ -163,3 +163,20 @@ def _importable(module: object, name: str) -> bool:
     except ModuleNotFoundError:
         return False
     return True
+
+
+def test_the_step_bench_contenders_train_exactly_the_steps_asked(mnist_dir: Path) -> None:
+    """bench/step_bench.py times chunks of steps: each contender must train that many, on full batches,
+    and zoo's through its own Trainer (its step count and weights move)."""
+    spec = importlib.util.spec_from_file_location("step_bench", REPO / "bench" / "step_bench.py")
+    step_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_bench)
+    zoo_steps = step_bench.ZooSteps(step_bench.CLASSIC)
+    before = [p.detach().clone() for p in zoo_steps.trainer.model.parameters()]
+    contenders = {"zoo": zoo_steps, "classic": step_bench.ClassicSteps(step_bench.CLASSIC)}
+    result = step_bench.interleaved(contenders, chunk=2, rounds=1)
+    assert zoo_steps.trainer.step == 4  # a warm-up round and a timed one, 2 steps each
+    assert all(not torch.equal(a, b) for a, b in zip(before, zoo_steps.trainer.model.parameters()))
+    assert result["zoo"] > 0 and result["classic"] > 0 and result["ratio"] == result["zoo"] / result["classic"]
+    hand = step_bench.HandSteps(["data.batch_size=8"])
+    assert hand.run(3) == 24 and hand.step == 3

@@ -145,7 +145,9 @@ class Batches:
             self.labels = split.labels.to(device)
         if self.in_memory and self.decoded is None:  # the split's images on the device, whole
             images = split.decoded.memory if split.decoded is not None else facts(split.dataset).images
-            self.images = images[split.indices].to(device)
+            whole = len(split.indices) == len(images) and bool((split.indices == torch.arange(len(images))).all())
+            # A split of the whole dataset in order (MNIST's test split) is used as it is, not copied.
+            self.images = (images if whole else images[split.indices]).to(device)
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""

@@ -48,7 +48,10 @@ def configure(device: torch.device, deterministic: bool) -> None:
     Deterministic runs warn, rather than stop, at an op without a deterministic kernel. Otherwise
     CUDA matmuls and convolutions use TF32 tensor cores and cuDNN picks its fastest algorithms.
     """
-    torch.use_deterministic_algorithms(deterministic, warn_only=True)
+    warning_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    if torch.are_deterministic_algorithms_enabled() != deterministic or (deterministic and not warning_only):
+        # Only when it changes something: the call imports torch._inductor's config, seconds of start-up.
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
     if device.type == "cuda":
         fast = not deterministic
         torch.backends.cuda.matmul.allow_tf32 = fast

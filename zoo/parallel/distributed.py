@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import DTensor
 
 from .. import _output
 from ..errors import ZooError
@@ -274,13 +273,20 @@ def barrier() -> None:
         dist.barrier()
 
 
+def is_dtensor(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a DTensor (a shard of FSDP's), without importing torch.distributed.tensor
+    (a second of start-up): none exists before something, such as FSDP, has imported it."""
+    imported = sys.modules.get("torch.distributed.tensor")
+    return imported is not None and isinstance(tensor, imported.DTensor)
+
+
 def ranks_agree(model: torch.nn.Module) -> bool:
     """Whether every rank holds the same weights and buffers (compared through per-tensor float64 sums)."""
     if world_size() == 1:
         return True
     # On NCCL the tensors of a collective must be on the GPU: gather there, compare there.
     # A sharded parameter (FSDP) is held once, by one rank: only what every rank holds is compared.
-    replicated = [t for t in model.state_dict().values() if not isinstance(t, DTensor)]
+    replicated = [t for t in model.state_dict().values() if not is_dtensor(t)]
     if not replicated:
         return True
     fingerprint = torch.stack([t.detach().double().sum() for t in replicated])

@@ -15,9 +15,12 @@ the rest of zoo, and where it is handled:
 
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
-from torch.distributed.tensor import DTensor
+
+from .distributed import is_dtensor
 
 # A unit is gathered whole while it runs: units of about 1/32 of the model keep a few in memory at
 # once, without one collective per tiny layer.
@@ -46,14 +49,15 @@ def shard(model: nn.Module) -> None:
 
 
 def is_sharded(model: nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
+    # No model is sharded before torch.distributed.fsdp is imported: a run that never shards never
+    # imports it (nor DTensor, a second of start-up).
+    imported = sys.modules.get("torch.distributed.fsdp")
+    return imported is not None and isinstance(model, imported.FSDPModule)
 
 
 def local(tensor: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a sharded tensor; any other tensor as it is."""
-    return tensor.to_local() if isinstance(tensor, DTensor) else tensor
+    return tensor.to_local() if is_dtensor(tensor) else tensor
 
 
 def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -84,6 +88,8 @@ def sharded_optimizer_tensors(
     optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
     """Saved optimiser tensors (``optim.INDEX.NAME``, local shards) as DTensors laid out like their parameters."""
+    from torch.distributed.tensor import DTensor
+
     params = [param for group in optimizer.param_groups for param in group["params"]]  # torch's state indices
     result = dict(tensors)
     for key, value in tensors.items():

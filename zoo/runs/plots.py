@@ -1,19 +1,21 @@
 """Plots for the run folder, as PNG: loss and accuracy per epoch, learning rate, confusion matrix.
 
-matplotlib's object API (Figure, no pyplot) renders with Agg and keeps no global state.
+matplotlib's object API (Figure, no pyplot) renders with Agg and keeps no global state, so that the
+curves can be drawn in a thread while the test split is evaluated (``training.finish``); it is
+imported on first use (a second of start-up that commands without plots never pay).
 """
 
 from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
-
-from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from typing import TYPE_CHECKING, Any
 
 from .. import _files
 from .folder import RunFolder
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 DPI = 100
 CURVE_SIZE = (800, 500)  # pixels
@@ -22,6 +24,8 @@ LOSS, ACCURACY, LEARNING_RATE, CONFUSION = RunFolder.PLOTS
 
 
 def _figure(size: tuple[int, int]) -> Figure:
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
 
 
@@ -31,9 +35,12 @@ def _save(figure: Figure, path: Path) -> None:
     _files.atomic_write(path, buffer.getvalue())
 
 
-def _curves(
+def curves(
     path: Path, title: str, ylabel: str, series: dict[str, tuple[list[float], list[float]]], xlabel: str
 ) -> None:
+    """A line plot of each named series (xs, ys) at ``path``."""
+    from matplotlib.ticker import MaxNLocator
+
     figure = _figure(CURVE_SIZE)
     axes = figure.add_subplot()
     for label, (xs, ys) in series.items():
@@ -46,10 +53,8 @@ def _curves(
     _save(figure, path)
 
 
-def write_plots(
-    folder: RunFolder, history: list[dict[str, Any]], learning_rates: list[float], test: dict[str, Any] | None
-) -> list[str]:
-    """Write the run's plots into ``folder``; returns the file names written."""
+def write_curves(folder: RunFolder, history: list[dict[str, Any]], learning_rates: list[float]) -> list[str]:
+    """Write the run's curves (loss and accuracy per epoch, learning rate) into ``folder``; the file names written."""
     written = []
     epochs = [record["epoch"] for record in history]
     if history:
@@ -59,18 +64,23 @@ def write_plots(
                 for split in ("train", "val")
                 if f"{split}_{metric}" in history[0]
             }
-            _curves(folder.file(name), f"{title} per epoch", metric, series, "epoch")
+            curves(folder.file(name), f"{title} per epoch", metric, series, "epoch")
             written.append(name)
     if learning_rates:
         steps = list(range(1, len(learning_rates) + 1))
-        _curves(
+        curves(
             folder.file(LEARNING_RATE), "Learning rate (head)", "learning rate", {"lr": (steps, learning_rates)}, "step"
         )
         written.append(LEARNING_RATE)
-    if test and "confusion_matrix" in test:  # single-label runs: multi-label runs have none
-        _confusion(folder.file(CONFUSION), test["confusion_matrix"], [row["label"] for row in test["per_class"]])
-        written.append(CONFUSION)
     return written
+
+
+def write_confusion(folder: RunFolder, test: dict[str, Any] | None) -> list[str]:
+    """Write the test split's confusion matrix into ``folder`` (single-label runs with a test pass); the names written."""
+    if not test or "confusion_matrix" not in test:  # multi-label runs have none
+        return []
+    _confusion(folder.file(CONFUSION), test["confusion_matrix"], [row["label"] for row in test["per_class"]])
+    return [CONFUSION]
 
 
 def _confusion(path: Path, matrix: list[list[int]], labels: list[str]) -> None:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from huggingface_hub import snapshot_download
-
 from .._hub import hub_errors
 from ..config.sources import HUB_PREFIX, HUB_REPO, HubRepo
 from ..errors import ZooError
@@ -20,6 +18,8 @@ from ..errors import ZooError
 def pull_registry(source: HubRepo) -> Path:
     """A team's registry.json from a Hub model repo, at ``source``'s revision (default: the latest), with the
     recipes beside it (a registry entry's recipe source is relative to its registry.json)."""
+    from huggingface_hub import snapshot_download  # its HTTP stack only when a registry is pulled
+
     with hub_errors(f"registry {HUB_PREFIX}{source.spec}"):
         check_repo_id(source.repo)
         folder = Path(

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ from ..parallel import distributed, fsdp
 from ..parallel.distributed import log
 from ..runs.card import model_card
 from ..runs.folder import RunFolder, RunResults
-from ..runs.plots import write_plots
+from ..runs.plots import write_confusion, write_curves
 from ..sharing import registry as catalog
 from ..tasks.calibration import expected_calibration_error, fit_temperature
 from ..tasks.multi_label import DEFAULT_THRESHOLD
@@ -35,6 +36,24 @@ def finish_run(
     setup: RunSetup, trainer: Trainer, folder: RunFolder, state: str, reason: str, seconds: float
 ) -> RunResults:
     """The run's results (test metrics once finished), and on rank 0 the run folder's final files."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots") as painter:
+        # The curves need the history alone: rank 0, which writes the folder, draws them while the
+        # test split is evaluated.
+        curves = None
+        if distributed.is_main():
+            curves = painter.submit(write_curves, folder, trainer.history, trainer.learning_rates())
+        return _finish(setup, trainer, folder, state, reason, seconds, curves)
+
+
+def _finish(
+    setup: RunSetup,
+    trainer: Trainer,
+    folder: RunFolder,
+    state: str,
+    reason: str,
+    seconds: float,
+    curves: Future[list[str]] | None,
+) -> RunResults:
     kept = trainer.keep_best()
     log(f"keeping {kept}")
     model = trainer.evaluator  # the weights the run keeps (the EMA's, if there is one)
@@ -79,8 +98,9 @@ def finish_run(
             results.calibration |= {"test_ece_before": results.test.get("ece_uncalibrated", results.test["ece"]),
                                     "test_ece_after": results.test["ece"]}  # fmt: skip
     weights = fsdp.full_state_dict(model)  # a collective when sharded
-    if distributed.is_main():
-        files = _write_run(folder, setup, results, trainer, weights, thresholds, temperature)
+    if curves is not None:
+        plots = curves.result() + write_confusion(folder, results.test)
+        files = _write_run(folder, setup, results, weights, thresholds, temperature, plots)
         trainer.loggers.finish(results.model_dump(exclude_none=True), files)
     return results
 
@@ -114,10 +134,10 @@ def _write_run(
     folder: RunFolder,
     setup: RunSetup,
     results: RunResults,
-    trainer: Trainer,
     weights: dict[str, torch.Tensor],
     thresholds: list[float] | None,
     temperature: float,
+    plots: list[str],
 ) -> list[Path]:
     """Write the run folder's final files; returns those worth keeping beside a tracker's run."""
     recipe, label_names = setup.recipe, setup.splits.label_names
@@ -137,7 +157,6 @@ def _write_run(
     if temperature != 1.0:
         config["temperature"] = temperature
     folder.write_config(config)
-    plots = write_plots(folder, trainer.history, trainer.learning_rates(), results.test)
     timm_architecture = config["architecture"] if hasattr(setup.model, "pretrained_cfg") else None
     hub_dataset = facts(setup.splits.train.dataset).hub_dataset
     card = model_card(

@@ -197,7 +197,6 @@ class Trainer(TrainerState):
                        enabled=progress and distributed.is_main())  # fmt: skip
         for inputs, labels in self.batches.epoch(epoch, start=self.position):
             stepping = (self.position + 1) % self.config.grad_accum == 0 or self.position + 1 == len(self.batches)
-            # The epoch's last group can be short: its gradient is the mean over its own micro-batches.
             group_start = self.position - self.position % self.config.grad_accum
             group_size = min(self.config.grad_accum, len(self.batches) - group_start)
             targets = labels
@@ -207,7 +206,8 @@ class Trainer(TrainerState):
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                     logits = self.forward(inputs)
                     loss = self.loss_fn(logits, targets)
-                self.scaler.scale(loss / group_size).backward()
+                # The epoch's last group can be short: its gradient is the mean over its own micro-batches.
+                self.scaler.scale(loss / group_size if group_size > 1 else loss).backward()
             self.correct += (
                 exact_matches(logits.detach(), labels)
                 if self.multi_label
@@ -217,7 +217,7 @@ class Trainer(TrainerState):
             self.first_nonfinite = torch.where(
                 (self.first_nonfinite < 0) & ~torch.isfinite(loss), self.step + 1, self.first_nonfinite
             )
-            self.loss_sum += loss * len(labels)
+            self.loss_sum.add_(loss, alpha=len(labels))
             self.seen += len(labels)
             self.position += 1
             bar.update(len(labels))

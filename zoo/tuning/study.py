@@ -29,7 +29,7 @@ from ..config.schema import OutputConfig
 from ..config.tune import TuneConfig
 from ..errors import ZooError
 from ..runs.folder import RunFolder
-from ..runs.plots import _curves
+from ..runs.plots import curves
 from ..training.monitor import LOWER_IS_BETTER
 from .space import check_space, direction, override, suggest, trial_overrides
 
@@ -281,4 +281,4 @@ def _plot(result: StudyResult, path: Path) -> None:
             best = trial.value if best is None else better(best, trial.value)
         best_so_far.append(best if best is not None else math.nan)
     series = {"trial": (numbers, [trial.value for trial in scored]), "best so far": (numbers, best_so_far)}
-    _curves(path, f"{result.metric} over trials", result.metric, series, "trial")
+    curves(path, f"{result.metric} over trials", result.metric, series, "trial")
