@@ -2,6 +2,7 @@
 
     ZOO_DATA_DIR=../shared/data python bench/step_bench.py             # every setting, 3-4 minutes on 2 cores
     ZOO_DATA_DIR=../shared/data python bench/step_bench.py --rounds 3  # a quicker, noisier look
+    ZOO_DATA_DIR=../shared/data python bench/step_bench.py --write     # and into bench/RESULTS.md
 
 Each setting trains two contenders on MNIST in one interpreter, in alternating chunks of
 ``--chunk`` optimiser steps (their order swapped every round), and reports the median images/s of
@@ -40,6 +41,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "mnist.toml"
+SECTION = "## What zoo adds to a step, and to start-up"  # this bench's section of bench/RESULTS.md
 # The classic example's settings as recipe overrides: zoo at the user's settings, not at its own.
 CLASSIC = [
     "data.batch_size=64",
@@ -296,12 +298,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunk", type=int, default=40, help="optimiser steps of each contender per round")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of alternating chunks (one more warms up)")
+    parser.add_argument("--write", action="store_true", help=f"put the tables in bench/RESULTS.md under '{SECTION}'")
     args = parser.parse_args()
     from zoo.parallel.device import configure
 
     configure(torch.device("cpu"), deterministic=False)
     header = [
-        f"Command: `python bench/step_bench.py {' '.join(sys.argv[1:])}`".replace(" `", " `", 1),
+        f"Command: `python bench/step_bench.py {' '.join(sys.argv[1:])}`",
         f"Date: {date.today().isoformat()}; CPU: {machine()}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; chunks of {args.chunk} steps, {args.rounds} rounds",
         "",
@@ -313,7 +316,23 @@ def main() -> None:
         "",
         *startup_table(),
     ]
-    print("\n".join(header + body))
+    table = "\n".join(header + body) + "\n"
+    print(table)
+    if args.write:
+        write_section(REPO / "bench" / "RESULTS.md", SECTION, table)
+
+
+def write_section(results: Path, heading: str, body: str) -> None:
+    """Replace the section under ``heading`` in ``results`` (or add it at the end); the others are kept."""
+    text = results.read_text() if results.exists() else ""
+    start = text.find(f"\n{heading}\n")
+    section = f"\n{heading}\n\n{body}"
+    if start < 0:
+        text = text.rstrip("\n") + "\n" + section
+    else:
+        end = text.find("\n## ", start + 1)
+        text = text[:start] + section + (text[end:] if end >= 0 else "")
+    results.write_text(text)
 
 
 if __name__ == "__main__":
