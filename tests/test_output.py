@@ -14,7 +14,13 @@ from hypothesis import strategies as st
 from zoo import _output
 from zoo._output import LINE_SECONDS, Progress
 
-TINY = ["data.classes=[0,1]", "data.per_class=24", "data.val_split=0.2", "data.batch_size=8", "train.precision=fp32"]
+TINY = [
+    "data.classes=[0,1]",
+    "data.per_class=24",
+    "data.val_split=0.2",
+    "data.batch_size=10",
+    "train.precision=fp32",
+]  # 48 images: batches of 10, the last filled up
 
 
 @given(gaps=st.lists(st.floats(min_value=0.0, max_value=25.0), min_size=1, max_size=60))

@@ -154,6 +154,11 @@ class Batches:
         return -(-self.shard_size // self.batch_size)
 
     @property
+    def images_per_epoch(self) -> int:
+        """Images this rank's batches hold per epoch: training fills its last batch up (``epoch``)."""
+        return len(self) * self.batch_size if self.shuffle else self.shard_size
+
+    @property
     def shard_size(self) -> int:
         """Samples per epoch on this rank: training shards are padded to the same size on every rank."""
         ranks, size = distributed.world_size(), len(self.split)

@@ -193,7 +193,7 @@ class Trainer(TrainerState):
         started = time.perf_counter()
         seen_before = self.seen
         self.stops.restart()
-        bar = Progress(self.batches.shard_size, f"epoch {epoch}/{self.config.epochs}", initial=self.seen,
+        bar = Progress(self.batches.images_per_epoch, f"epoch {epoch}/{self.config.epochs}", initial=self.seen,
                        enabled=progress and distributed.is_main())  # fmt: skip
         for inputs, labels in self.batches.epoch(epoch, start=self.position):
             stepping = (self.position + 1) % self.config.grad_accum == 0 or self.position + 1 == len(self.batches)
