@@ -11,8 +11,8 @@ work slows both sides of a round alike, which a run-after-run comparison cannot 
 
   zoo     zoo's own ``Trainer`` (zoo/training/loop.py) on recipes/mnist.toml with the setting's overrides,
           its epochs cut into chunks by ``max_steps``: the step `zoo run` takes, with its bookkeeping
-  hand    the same model, recipe and in-memory uint8 tensors in a plain loop (zoo's own lr schedule
-          function; nothing else of zoo's)
+  hand    the same model, recipe and in-memory uint8 tensors in the best plain loop (one parameter group,
+          foreach optimiser, zoo's own lr schedule function; nothing else of zoo's)
   classic the classic PyTorch example's loop at its own settings: torchvision MNIST with per-item
           ToTensor + Normalize, DataLoader(batch 64, shuffle), Adadelta(lr 1.0), StepLR(gamma 0.7), fp32;
           zoo runs the same settings (``CLASSIC`` below)
@@ -92,7 +92,9 @@ class HandSteps:
         self.model = nn.Sequential(backbone, nn.Linear(backbone.num_features, 10))
         name = recipe.optim.name
         optimizer = {"adamw": torch.optim.AdamW, "adadelta": torch.optim.Adadelta}[name]
-        self.optimizer = optimizer(self.model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay)
+        self.optimizer = optimizer(
+            self.model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, foreach=True
+        )
         self.batch = recipe.data.batch_size
         self.per_epoch = math.ceil(len(self.train) / self.batch)
         self.smoothing = recipe.loss.args.get("label_smoothing", 0.0)
