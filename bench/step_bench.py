@@ -246,24 +246,24 @@ def startup_table() -> list[str]:
     print("start-up ...", file=sys.stderr, flush=True)
     zoo = str(Path(sys.executable).with_name("zoo"))
     torch_import, _ = best_of([sys.executable, "-c", "import torch"])
+    # torch.optim's first optimiser imports torch._dynamo (its methods are wrapped to be skipped by
+    # torch.compile): a cost of every training loop, hand-written or not.
+    optimiser = "import torch; torch.optim.AdamW([torch.zeros(1, requires_grad=True)])"
+    with_optimiser, _ = best_of([sys.executable, "-c", optimiser])
     with tempfile.TemporaryDirectory() as scratch:
-        folders = iter(range(3))
-        one_step = min(
-            best_of(
-                [zoo, "run", str(RECIPE), "train.max_steps=1", f"output.dir={scratch}/{next(folders)}", "--quiet"], 1
-            )[0]
-            for _ in range(3)
-        )
+        run = [zoo, "run", str(RECIPE), "train.max_steps=1", "--quiet"]
+        one_step = min(best_of([*run, f"output.dir={scratch}/{number}"], 1)[0] for number in range(3))
     test_seconds = test_pass_seconds()
-    budget = torch_import + test_seconds + 1.5
+    over = one_step - torch_import - test_seconds
     return [
         "| | seconds |",
         "|---|---|",
         f'| `python -c "import torch"` | {torch_import:.2f} |',
+        f"| ... and create one torch.optim optimiser (imports torch._dynamo) | {with_optimiser:.2f} |",
         f"| the run's test pass (zoo's evaluate on the 10,000 test images) | {test_seconds:.2f} |",
-        f"| one-step `zoo run recipes/mnist.toml train.max_steps=1` | {one_step:.2f} |",
-        f"| over import + test pass (goal: at most 1.5) | {one_step - torch_import - test_seconds:.2f} "
-        f"({'met' if one_step <= budget else 'NOT met'}) |",
+        f"| one-step `zoo run recipes/mnist.toml train.max_steps=1 --quiet` | {one_step:.2f} |",
+        f"| over import + test pass (goal: at most 1.5) | {over:.2f} ({'met' if over <= 1.5 else 'NOT met'}) |",
+        f"| over import with an optimiser + test pass | {one_step - with_optimiser - test_seconds:.2f} |",
     ]
 
 
