@@ -159,7 +159,8 @@ class HuggingFaceStream(Stream):
     def shard(self, rank: int, ranks: int) -> Any:
         from datasets.distributed import split_dataset_by_node
 
-        return split_dataset_by_node(self.stream, rank, ranks) if ranks > 1 else self.stream
+        # A new IterableDataset each time, one rank or more: a state loaded into it stays in it.
+        return split_dataset_by_node(self.stream, rank, ranks)
 
     def item(self, row: dict[str, Any], where: str) -> tuple[Any, int]:
         image, label = self.columns
