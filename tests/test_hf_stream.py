@@ -222,13 +222,15 @@ def test_a_streamed_hub_dataset_trains_and_records_its_commit(
     hub: tuple[FakeHub, dict[str, str]], tmp_path: Path
 ) -> None:
     server, env = hub
-    commit = server.add_dataset("zoo-test/colours", parquet_files(make_dataset(splits={"train": 8, "test": 4})))
+    dataset = make_dataset(splits={"train": 8, "test": 4, "validation": 2})
+    commit = server.add_dataset("zoo-test/colours", parquet_files(dataset))
     run = zoo_command("run", *STREAM_RUN, "data.args={path = 'zoo-test/colours', streaming = true}",
-                      "train.max_steps=4", "train.epochs=2", "data.batch_size=8", f"output.dir={tmp_path / 'a'}",
-                      "--no-progress", env=env)  # fmt: skip
+                      "data.val_split=0.1", "train.max_steps=4", "train.epochs=2", "data.batch_size=8",
+                      f"output.dir={tmp_path / 'a'}", "--no-progress", env=env)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "data: a stream of train, 0 val, 12 test images" in run.stdout
-    assert "epoch 2/2" in run.stdout
+    assert "data: a stream of train, 6 val, 12 test images" in run.stdout  # the dataset's validation split
+    epochs = [line for line in run.stdout.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all("val acc" in line for line in epochs)  # 4 steps cut into 2 epochs
     recipe = tomllib.loads((tmp_path / "a" / "recipe.toml").read_text())
     assert recipe["data"]["args"] == {"path": "zoo-test/colours", "streaming": True, "revision": commit}
     results = json.loads((tmp_path / "a" / "results.json").read_text())
@@ -237,6 +239,8 @@ def test_a_streamed_hub_dataset_trains_and_records_its_commit(
     assert front["datasets"] == ["zoo-test/colours"]
     checkpoint = json.loads(next((tmp_path / "a" / "checkpoints").glob("*/state.json")).read_text())
     assert checkpoint["stream"]["row"] > 0  # where the stream was, saved with the run
+    refused = zoo_command("eval", str(tmp_path / "a"), "--split", "train", env=env)
+    assert_user_error(refused, "trained on a stream", "--split test")
 
 
 @pytest.mark.slow

@@ -43,15 +43,6 @@ def hf_dataset(
     val_split: str | None = None,
     streaming: bool = False,
 ) -> HuggingFaceDataset | HuggingFaceStream:
-    """The ``hf`` dataset plugin: a ``HuggingFaceDataset``; with ``streaming`` (a dataset too big to
-    download) the training split a ``HuggingFaceStream``, which needs ``train.max_steps``."""
-    args = (path, revision, name, image_column, label_column, train_split, test_split, val_split, streaming)
-    if streaming and split == "train":
-        return HuggingFaceStream(root, *args)
-    return HuggingFaceDataset(root, split, *args)
-
-
-class HuggingFaceDataset(Dataset):
     """A Hugging Face dataset: a Hub dataset repo id, a save_to_disk folder or a folder load_dataset reads.
 
     ``revision`` (Hub only): a branch, tag or commit, resolved to the commit the run records.
@@ -60,9 +51,21 @@ class HuggingFaceDataset(Dataset):
     be a ClassLabel (its names), integers (0..max of the training split) or strings (sorted).
     ``train_split`` / ``test_split`` name the splits read; ``val_split`` the one validated on (default:
     ``validation`` where there is one; without one, data.val_split holds out part of the training split).
-    ``path`` defaults to ``root`` (data.root). ``streaming``: the dataset is streamed (``hf_dataset``),
-    this split read whole.
+    ``path`` defaults to ``root`` (data.root). ``streaming``: the training split is read as a stream
+    (a dataset too big to download; it needs train.max_steps), label names that are no ClassLabel's
+    from the test split.
+
+    The split a ``HuggingFaceDataset``; the training split streamed a ``HuggingFaceStream``.
     """
+    args = (path, revision, name, image_column, label_column, train_split, test_split, val_split, streaming)
+    if streaming and split == "train":
+        return HuggingFaceStream(root, *args)
+    return HuggingFaceDataset(root, split, *args)
+
+
+class HuggingFaceDataset(Dataset):
+    """A split of a Hugging Face dataset, read whole (``hf_dataset`` describes the arguments; streamed,
+    the validation and test splits are read whole too)."""
 
     def __init__(
         self,
