@@ -59,7 +59,7 @@ def stream_of(folder: Path, **args: object) -> HuggingFaceStream:
 
 def noisy(image: object) -> torch.Tensor:
     """A transform that draws from the global RNG, as random augmentation does: seeded per sample."""
-    pixels = torch.as_tensor(np.asarray(image), dtype=torch.float32).permute(2, 0, 1)[:, :8, :8]
+    pixels = torch.as_tensor(np.array(image), dtype=torch.float32).permute(2, 0, 1)[:, :8, :8]
     return pixels + torch.rand(())
 
 
@@ -144,6 +144,21 @@ def test_an_undecodable_image_names_the_split_and_row(tmp_path: Path, workers: i
     with pytest.raises(ZooError, match=r"split 'train', row 6 is not a readable image") as raised:
         list(batches.epoch(1))
     assert "\n" not in str(raised.value)
+
+
+def test_a_shard_cut_short_is_one_line_naming_the_split(tmp_path: Path) -> None:
+    """Read as the stream reaches it: the first shard trains, the second (cut short) stops the run in one line."""
+    folder = parquet_folder(tmp_path / "pq", make_dataset(splits={"train": 4, "test": 2}))
+    second = folder / "data" / "train-00001-of-00002.parquet"
+    second.write_bytes(second.read_bytes()[:-40])
+    batches = stream_batches(stream_of(folder), per_epoch=3)
+    taken = []
+    with pytest.raises(
+        ZooError, match=r"split 'train': datasets cannot read it \(ArrowInvalid: .*[Pp]arquet"
+    ) as raised:
+        for batch in batches.epoch(1):
+            taken.append(batch)
+    assert len(taken) == 1 and "\n" not in str(raised.value)  # 6 rows in the first shard: one batch of 4
 
 
 def test_a_label_outside_the_test_splits_classes_names_its_row(tmp_path: Path) -> None:

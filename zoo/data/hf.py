@@ -14,7 +14,7 @@ are no ClassLabel's come from the test split then (the training split is never r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +163,10 @@ class HuggingFaceStream(Stream):
         from datasets.distributed import split_dataset_by_node
 
         # A new IterableDataset each time, one rank or more: a state loaded into it stays in it.
-        return split_dataset_by_node(self.stream, rank, ranks)
+        share = f" (rank {rank}'s share)" if ranks > 1 else ""
+        return _Share(
+            split_dataset_by_node(self.stream, rank, ranks), f"data: {self.origin}, split '{self.split}'{share}"
+        )
 
     def item(self, row: dict[str, Any], where: str) -> tuple[Any, int]:
         image, label = self.columns
@@ -179,6 +182,30 @@ class HuggingFaceStream(Stream):
     def where(self, row: int, rank: int, ranks: int) -> str:
         share = f" of rank {rank}'s share ({ranks} ranks)" if ranks > 1 else ""
         return f"data: {self.origin}, split '{self.split}', row {row}{share}"
+
+
+class _Share:
+    """A rank's share of a stream (a ``datasets.IterableDataset``), a file it cannot read one line."""
+
+    def __init__(self, dataset: Any, where: str) -> None:
+        self.dataset = dataset
+        self.where = where
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import httpx2
+        from pyarrow import ArrowException
+
+        try:
+            yield from self.dataset
+        except (ArrowException, OSError, httpx2.TransportError) as exc:  # a damaged file; the Hub gone mid-stream
+            raise ZooError(f"{self.where}: datasets cannot read it ({type(exc).__name__}: "
+                           f"{hf_source.first_line(exc)})") from None  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
 
 
 def _opened(cell: dict[str, Any] | None, where: str, decode: bool = True) -> Any:

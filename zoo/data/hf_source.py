@@ -108,7 +108,7 @@ def _local(datasets: Any, folder: Path, name: str | None, streaming: bool) -> An
             return saved
         return datasets.load_dataset(str(folder), name, streaming=streaming)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
-        raise ZooError(f"data.args.path: datasets cannot read {folder}: {_first_line(exc)}") from None
+        raise ZooError(f"data.args.path: datasets cannot read {folder}: {first_line(exc)}") from None
 
 
 def _hub(datasets: Any, repo: str, revision: str | None, name: str | None, streaming: bool) -> Source:
@@ -130,7 +130,7 @@ def _hub(datasets: Any, repo: str, revision: str | None, name: str | None, strea
                 raise _not_cached(what) from None
             raise
         except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:  # a config that does not exist, ...
-            raise ZooError(f"{what}: {_first_line(exc)}") from None
+            raise ZooError(f"{what}: {first_line(exc)}") from None
     if streaming:
         return Source(loaded, f"{repo}@{commit}", repo, commit, streaming=True)
     cached = _cached_commit(loaded)
@@ -169,5 +169,5 @@ def _quiet(datasets: Any) -> None:
         datasets.disable_progress_bars()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
