@@ -243,7 +243,7 @@ def test_a_streamed_hub_dataset_trains_and_records_its_commit(
                       "data.val_split=0.1", "train.max_steps=4", "train.epochs=2", "data.batch_size=8",
                       f"output.dir={tmp_path / 'a'}", "--no-progress", env=env)  # fmt: skip
     assert run.returncode == 0, run.stderr
-    assert "data: a stream of train, 6 val, 12 test images" in run.stdout  # the dataset's validation split
+    assert "data: streamed train, 6 val, 12 test images" in run.stdout  # the dataset's validation split
     epochs = [line for line in run.stdout.splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2 and all("val acc" in line for line in epochs)  # 4 steps cut into 2 epochs
     recipe = tomllib.loads((tmp_path / "a" / "recipe.toml").read_text())

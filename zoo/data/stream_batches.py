@@ -43,11 +43,13 @@ class StreamBatches(Batches):
         super().__init__(split, batch_size, device, preprocessing, shuffle=True, seed=seed, num_workers=num_workers,
                          channels_last=channels_last)  # fmt: skip
         self.per_epoch = per_epoch
-        self.rows: Iterator[tuple[Row, int]] | None = None
+        self.rows: Iterator[tuple[Row, int]] | None = None  # the share's rows, once open
         self.shard: Any = None
-        # Where the share is: the next row's number (from the share's start), the shard's state_dict.
+        self.row = 0  # the number of the share's next row
+        # Where the share was after the last whole batch: the next row's number, the shard's state_dict.
         self.position: dict[str, Any] = {"row": 0, "shard": None}
-        self.after: dict[int, dict[str, Any]] = {0: dict(self.position)}  # after each batch of this epoch's
+        self.start: dict[str, Any] | None = None  # where to open the share (a checkpoint's position); None: its start
+        self.after: dict[int, dict[str, Any]] = {0: self.position}  # the position after each batch of the epoch
         self.taken = 0  # batches of this epoch's the trainer took
 
     def __len__(self) -> int:
@@ -61,8 +63,9 @@ class StreamBatches(Batches):
         """The batches of ``epoch`` from batch ``start``: the stream's next ones (from a checkpoint's
         position, after ``load_state``)."""
         keys = self._keys(epoch, start * self.batch_size, (len(self) - start) * self.batch_size)
-        self.after, self.taken = {0: dict(self.position)}, 0
+        self.after, self.taken = {0: self.position}, 0
         for batch in self._loaded(keys):
+            self.after.pop(self.taken)  # only the batches the workers were sent ahead are kept
             self.taken += 1
             yield batch
 
@@ -71,8 +74,8 @@ class StreamBatches(Batches):
 
     def load_state(self, state: dict[str, Any]) -> None:
         saved = state["stream"]
-        self.position = {"row": int(saved["row"]), "shard": saved["shard"]}
-        self.after, self.taken, self.rows = {0: dict(self.position)}, 0, None
+        self.position = self.start = {"row": int(saved["row"]), "shard": saved["shard"]}
+        self.after, self.taken, self.rows = {0: self.position}, 0, None
 
     def _keys(self, epoch: int, first: int, count: int) -> Iterator[tuple[Row, int]]:
         """The next ``count`` rows, each with its transform's seed (``first``: the epoch's position of
@@ -80,7 +83,8 @@ class StreamBatches(Batches):
         for number in range(count):
             row = self._next()
             if (number + 1) % self.batch_size == 0:  # before it is sent: the trainer may checkpoint right after
-                self.after[(number + 1) // self.batch_size] = dict(self.position)
+                self.position = {"row": self.row, "shard": self.shard.state_dict()}
+                self.after[(number + 1) // self.batch_size] = self.position
             yield row, self._seed(epoch, first + number)
 
     def _next(self) -> Row:
@@ -91,19 +95,20 @@ class StreamBatches(Batches):
             found = next(self.rows, None)
             if found is not None:
                 row, number = found
-                self.position = {"row": number + 1, "shard": self.shard.state_dict()}
+                self.row = number + 1
                 return row
-            if self.position["row"] == 0:  # read from its start, and nothing in it
+            if self.row == 0:  # read from its start, and nothing in it
                 rank, ranks = distributed.rank(), distributed.world_size()
                 share = f"rank {rank}'s share of the stream" if ranks > 1 else "the stream"
                 raise ZooError(f"data: {share} holds no rows of the selected classes; choose other classes "
                                "(data.classes), or fewer ranks")  # fmt: skip
-            self.position = {"row": 0, "shard": None}
-            self.rows = None
+            self.rows = None  # again from its start
 
     def _open(self) -> Iterator[tuple[Row, int]]:
         rank, ranks = distributed.rank(), distributed.world_size()
         self.shard = self.split.dataset.shard(rank, ranks)
-        if self.position["shard"] is not None:
-            self.shard.load_state_dict(self.position["shard"])
-        return self.split.rows(self.shard, self.position["row"], rank, ranks)
+        self.row = 0
+        if self.start is not None:
+            self.shard.load_state_dict(self.start["shard"])
+            self.row, self.start = self.start["row"], None
+        return self.split.rows(self.shard, self.row, rank, ranks)

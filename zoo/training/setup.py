@@ -152,7 +152,7 @@ def print_setup(setup: RunSetup) -> None:
     if splits.multi_label:
         why = "as the recipe's task says" if recipe.task else f"dataset '{recipe.data.dataset}' yields label sets"
         log(f"task: multi_label ({why}): a sigmoid score and a threshold per class")
-    train = "a stream of" if splits.streaming else f"{len(splits.train):,}"
+    train = "streamed" if splits.streaming else f"{len(splits.train):,}"
     log(f"data: {train} train, {val:,} val, {len(splits.test):,} test images of {size}{resized}")
     precision = str(setup.dtype).removeprefix("torch.") if setup.dtype else "fp32"
     ranks = distributed.world_size()
