@@ -16,7 +16,7 @@ import torch
 import yaml
 from conftest import assert_user_error, kill_then_resume, zoo_command
 from hub_server import FakeHub
-from test_hf_dataset import COLOURS, TINY_RUN, make_dataset
+from test_hf_dataset import COLOURS, TINY_RUN, make_dataset, png
 
 from zoo.config.schema import DataConfig
 from zoo.data.hf import HuggingFaceStream, hf_dataset
@@ -170,6 +170,24 @@ def test_a_label_outside_the_test_splits_classes_names_its_row(tmp_path: Path) -
     batches = stream_batches(stream_of(parquet_folder(tmp_path / "pq", dataset)), per_epoch=3)
     with pytest.raises(ZooError, match=r"split 'train', row 5: label 7 is outside the 3 classes \(0, 1, 2\)"):
         list(batches.epoch(1))
+
+
+def test_a_row_without_a_label_is_named_and_label_sets_are_not_streamed(tmp_path: Path) -> None:
+    dataset = make_dataset(splits={"train": 4, "test": 2})
+    rows = dataset["train"].to_dict()
+    rows["label"][4] = None
+    dataset["train"] = datasets.Dataset.from_dict(rows, features=dataset["train"].features)
+    batches = stream_batches(stream_of(parquet_folder(tmp_path / "pq", dataset)), per_epoch=3)
+    with pytest.raises(ZooError, match=r"split 'train', row 4: no label in column 'label'"):
+        list(batches.epoch(1))
+    features = datasets.Features(
+        {"image": datasets.Image(), "tags": datasets.Sequence(datasets.ClassLabel(names=["a", "b"]))}
+    )
+    part = datasets.Dataset.from_dict({"image": [{"bytes": png(COLOURS["red"], 0), "path": None}], "tags": [[0, 1]]},
+                                      features=features)  # fmt: skip
+    folder = parquet_folder(tmp_path / "sets", datasets.DatasetDict(train=part, test=part), train_shards=1)
+    with pytest.raises(ZooError, match="column 'tags' holds label sets"):
+        stream_of(folder)
 
 
 def test_data_classes_select_rows_of_a_stream(tmp_path: Path) -> None:
