@@ -5,7 +5,8 @@ and upload, NDJSON commits, branches, repo info and tree, and HEAD/GET of resolv
 the headers the client caches by (X-Repo-Commit, ETag, X-Linked-Etag, X-Linked-Size).
 Dataset repos too, as the ``datasets`` library reads them: repo info, a tree listed one folder at
 a time (directories included, as the Hub lists without ``recursive``), and files through
-``resolve``; tests lay them out with ``FakeHub.add_dataset``, and a private one answers only a token.
+``resolve`` (byte ranges too, as a stream reads them); tests lay them out with ``FakeHub.add_dataset``,
+and a private one answers only a token.
 Every request body is read, whatever the answer, so that the client never sees a reset.
 """
 
@@ -320,6 +321,11 @@ def _handler(state: HubState) -> type[BaseHTTPRequestHandler]:
             headers = {"X-Repo-Commit": sha, "ETag": f'"{blob.git_oid}"'}
             if blob.lfs:
                 headers |= {"X-Linked-Etag": f'"{blob.sha256}"', "X-Linked-Size": str(len(blob.data))}
+            wanted = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range", ""))
+            if wanted and self.command == "GET":  # a streamed file is read in byte ranges (HfFileSystem)
+                start, end = int(wanted[1]), min(int(wanted[2] or len(blob.data) - 1), len(blob.data) - 1)
+                headers["Content-Range"] = f"bytes {start}-{end}/{len(blob.data)}"
+                return self.reply(206, headers=headers, raw=blob.data[start : end + 1])
             self.reply(200, headers=headers, raw=blob.data)
 
     repo_id = r"([\w.-]+/[\w.-]+)"

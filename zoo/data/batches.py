@@ -11,8 +11,9 @@ alone, so that a resumed run repeats it.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import torch
@@ -51,14 +52,14 @@ def resized(images: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(images.float(), size=tuple(size), mode="bilinear", align_corners=False, antialias=True)
 
 
-class EpochOrder(Sampler[tuple[int, int]]):
+class EpochOrder(Sampler[tuple[Any, int]]):
     """The samples of the current epoch, in order, each with the seed of its random transform; set
     before each pass over a persistent DataLoader."""
 
     def __init__(self) -> None:
-        self.keys: list[tuple[int, int]] = []
+        self.keys: Iterable[tuple[Any, int]] = []  # a stream's are read as the DataLoader asks for them
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
         return iter(self.keys)
 
     def __len__(self) -> int:
@@ -76,8 +77,8 @@ class SeededSamples(Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, key: tuple[int, int]) -> tuple[torch.Tensor, int]:
-        position, seed = key
+    def __getitem__(self, key: tuple[Any, int]) -> tuple[torch.Tensor, int]:
+        position, seed = key  # a stream's position is the row itself
         with seeded_rngs(seed):
             return self.split[position]
 
@@ -218,9 +219,22 @@ class Batches:
             inputs = inputs.mul_(self.scale).sub_(self.shift)
             yield inputs.contiguous(memory_format=self.memory_format), labels
 
+    def state(self) -> dict[str, Any]:
+        """What a checkpoint must hold to go on with these batches: nothing, the order being a
+        function of (seed, epoch) (a stream's batches hold where the stream is)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Go on from a checkpoint's ``state`` (what ``state`` gave)."""
+
     def _from_loader(self, order: torch.Tensor, epoch: int, first: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches read by the DataLoader's workers; ``first``: the position of ``order[0]`` in the epoch."""
-        self.order.keys = [(index, self._seed(epoch, first + i)) for i, index in enumerate(order.tolist())]
+        yield from self._loaded([(index, self._seed(epoch, first + i)) for i, index in enumerate(order.tolist())])
+
+    def _loaded(self, keys: Iterable[tuple[Any, int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``keys`` (what ``self.split[key]`` reads, and its transform's seed), read by the
+        DataLoader's workers."""
+        self.order.keys = keys
         if self.loader is None:  # one loader for the whole run: its workers persist from epoch to epoch
             self.loader = DataLoader(
                 SeededSamples(self.split),

@@ -5,11 +5,16 @@ A Hub dataset repo (at a commit, which the run records), a ``save_to_disk`` fold
 features, the labels checked and numbered once, and every image's header read up front, so that bad
 data is one line naming the split and row before any training. Samples are PIL images through a
 transform, as ``image_folder``'s; ``fingerprint`` keys the decoded cache (``data.cache``).
+
+With ``streaming = true`` the training split is a ``HuggingFaceStream`` (``zoo.data.streams``): read
+in order as its files are fetched, each rank its own shard; its rows are checked as they are read.
+The validation and test splits are read whole, as they are without streaming; label names that
+are no ClassLabel's come from the test split then (the training split is never read whole).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +23,26 @@ from torch.utils.data import Dataset
 from ..errors import ZooError
 from . import hf_source
 from .images import image_bytes, image_file
+from .streams import Stream
 
 # Label columns zoo numbers itself: integers as they are, strings in sorted order.
 INTEGERS = ("int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64")
 STRINGS = ("string", "large_string")
 
 
-class HuggingFaceDataset(Dataset):
+def hf_dataset(
+    root: Path,
+    split: str,
+    path: str | None = None,
+    revision: str | None = None,
+    name: str | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    train_split: str = "train",
+    test_split: str = "test",
+    val_split: str | None = None,
+    streaming: bool = False,
+) -> HuggingFaceDataset | HuggingFaceStream:
     """A Hugging Face dataset: a Hub dataset repo id, a save_to_disk folder or a folder load_dataset reads.
 
     ``revision`` (Hub only): a branch, tag or commit, resolved to the commit the run records.
@@ -33,8 +51,21 @@ class HuggingFaceDataset(Dataset):
     be a ClassLabel (its names), integers (0..max of the training split) or strings (sorted).
     ``train_split`` / ``test_split`` name the splits read; ``val_split`` the one validated on (default:
     ``validation`` where there is one; without one, data.val_split holds out part of the training split).
-    ``path`` defaults to ``root`` (data.root).
+    ``path`` defaults to ``root`` (data.root). ``streaming``: the training split is read as a stream
+    (a dataset too big to download; it needs train.max_steps), label names that are no ClassLabel's
+    from the test split.
+
+    The split a ``HuggingFaceDataset``; the training split streamed a ``HuggingFaceStream``.
     """
+    args = (path, revision, name, image_column, label_column, train_split, test_split, val_split, streaming)
+    if streaming and split == "train":
+        return HuggingFaceStream(root, *args)
+    return HuggingFaceDataset(root, split, *args)
+
+
+class HuggingFaceDataset(Dataset):
+    """A split of a Hugging Face dataset, read whole (``hf_dataset`` describes the arguments; streamed,
+    the validation and test splits are read whole too)."""
 
     def __init__(
         self,
@@ -48,15 +79,17 @@ class HuggingFaceDataset(Dataset):
         train_split: str = "train",
         test_split: str = "test",
         val_split: str | None = None,
+        streaming: bool = False,
     ) -> None:
         if split not in ("train", "test", "val"):
             raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
         path = str(root) if path is None else path
-        source = hf_source.load(path, revision, name)
+        source = hf_source.load(path, revision, name, streaming)
         self.split = {"train": train_split, "test": test_split, "val": val_split or "validation"}[split]
         table = source.split(self.split, f"{split}_split")
         image, label = _columns(table.features, image_column, label_column, source.where, self.split)
-        self.classes = _classes(source, train_split, label)
+        self.classes = _classes(source, *((test_split, "test_split") if streaming else (train_split, "train_split")),
+                                label)  # fmt: skip
         self.targets = _labels(table, label, self.classes, f"{source.where}, split '{self.split}'")
         if split == "train" and (val_split is not None or "validation" in source.splits):
             args = (path, revision, name, image_column, label_column, train_split, test_split, val_split)
@@ -82,13 +115,106 @@ class HuggingFaceDataset(Dataset):
         return (self.transform(image) if self.transform is not None else image), self.targets[index]
 
     def _image(self, row: int, decode: bool = True) -> Any:
-        cell = self.data[row][self.image_column]
-        where = f"data: {self.where}, split '{self.split}', row {row}"
-        if cell is None or (cell.get("bytes") is None and cell.get("path") is None):
-            raise ZooError(f"{where} has no image; drop the row or fill it in")
-        if cell.get("bytes") is not None:
-            return image_bytes(cell["bytes"], where, decode)
-        return image_file(Path(cell["path"]), decode)
+        return _opened(
+            self.data[row][self.image_column], f"data: {self.where}, split '{self.split}', row {row}", decode
+        )
+
+
+class HuggingFaceStream(Stream):
+    """The training split of an ``hf`` dataset streamed (``hf_dataset``'s arguments): rows in order,
+    each rank its own shard (``datasets.distributed.split_dataset_by_node``), checked as read."""
+
+    def __init__(
+        self,
+        root: Path,
+        path: str | None,
+        revision: str | None,
+        name: str | None,
+        image_column: str | None,
+        label_column: str | None,
+        train_split: str,
+        test_split: str,
+        val_split: str | None,
+        streaming: bool = True,
+    ) -> None:
+        path = str(root) if path is None else path
+        source = hf_source.load(path, revision, name, streaming)
+        self.split = train_split
+        stream = source.stream(train_split, "train_split")
+        features = source.features(stream, train_split)
+        image, label = _columns(features, image_column, label_column, source.where, train_split)
+        if _is_sequence(features[label]):
+            raise ZooError(f"data.args.streaming: column {label!r} holds label sets (multi-label data), which zoo "
+                           "reads whole only: remove data.args.streaming")  # fmt: skip
+        self.classes = _classes(source, test_split, "test_split", label)
+        self.numbers = {name: number for number, name in enumerate(self.classes)} if _strings(features[label]) else None
+        self.columns = (image, label)
+        self.stream = _image_cells(stream.select_columns([image, label]), image)
+        if val_split is not None or "validation" in source.splits:
+            args = (path, revision, name, image_column, label_column, train_split, test_split, val_split, streaming)
+            self.validation = HuggingFaceDataset(root, "val", *args)
+        self.origin = source.where
+        self.hub_dataset = source.repo
+        if source.commit is not None:
+            self.pinned_args = {"revision": source.commit}
+        self.transform: Any = None
+
+    def shard(self, rank: int, ranks: int) -> Any:
+        from datasets.distributed import split_dataset_by_node
+
+        # A new IterableDataset each time, one rank or more: a state loaded into it stays in it.
+        share = f" (rank {rank}'s share)" if ranks > 1 else ""
+        return _Share(
+            split_dataset_by_node(self.stream, rank, ranks), f"data: {self.origin}, split '{self.split}'{share}"
+        )
+
+    def item(self, row: dict[str, Any], where: str) -> tuple[Any, int]:
+        image, label = self.columns
+        value = row[label]
+        if value is None:
+            raise ZooError(f"{where}: no label in column {label!r}; fill it in or drop the row")
+        return row[image], _number(value, self.numbers, self.classes, label, where)
+
+    def image(self, stored: Any, where: str) -> Any:
+        with _opened(stored, where) as image:
+            return image
+
+    def where(self, row: int, rank: int, ranks: int) -> str:
+        share = f" of rank {rank}'s share ({ranks} ranks)" if ranks > 1 else ""
+        return f"data: {self.origin}, split '{self.split}', row {row}{share}"
+
+
+class _Share:
+    """A rank's share of a stream (a ``datasets.IterableDataset``), a file it cannot read one line."""
+
+    def __init__(self, dataset: Any, where: str) -> None:
+        self.dataset = dataset
+        self.where = where
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        import httpx2
+        from pyarrow import ArrowException
+
+        try:
+            yield from self.dataset
+        except (ArrowException, OSError, httpx2.TransportError) as exc:  # a damaged file; the Hub gone mid-stream
+            raise ZooError(f"{self.where}: datasets cannot read it ({type(exc).__name__}: "
+                           f"{hf_source.first_line(exc)})") from None  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.dataset.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.dataset.load_state_dict(state)
+
+
+def _opened(cell: dict[str, Any] | None, where: str, decode: bool = True) -> Any:
+    """The image of a cell as stored ({"bytes", "path"}), opened safely (``zoo.data.images``)."""
+    if cell is None or (cell.get("bytes") is None and cell.get("path") is None):
+        raise ZooError(f"{where} has no image; drop the row or fill it in")
+    if cell.get("bytes") is not None:
+        return image_bytes(cell["bytes"], where, decode)
+    return image_file(Path(cell["path"]), decode)
 
 
 def _columns(features: dict[str, Any], image: str | None, label: str | None, where: str, split: str) -> tuple[str, str]:
@@ -122,21 +248,22 @@ def _columns(features: dict[str, Any], image: str | None, label: str | None, whe
 
 
 def _image_cells(table: Any, column: str) -> Any:
-    """``table`` with ``column`` as undecoded image cells ({"bytes", "path"}): zoo opens them itself, safely."""
+    """``table`` (a Dataset or a stream) with ``column`` (images, or image paths) as undecoded image
+    cells ({"bytes", "path"}): zoo opens them itself, safely."""
     from datasets import Image
 
     return table.cast_column(column, Image(decode=False))
 
 
-def _classes(source: hf_source.Source, train_split: str, label: str) -> list[str]:
-    """The label names, from the training split: a ClassLabel's names, 0..max of integers, sorted strings."""
-    key = (train_split, label)
-    if key not in source.classes:
+def _classes(source: hf_source.Source, split: str, key: str, label: str) -> list[str]:
+    """The label names, from ``split`` (the training split; the test split of a stream), which
+    ``data.args.<key>`` names: a ClassLabel's names, 0..max of integers, sorted strings."""
+    if (split, label) not in source.classes:
         from datasets import ClassLabel
 
-        table = source.split(train_split, "train_split")
+        table = source.split(split, key)
         feature = table.features.get(label)
-        where = f"{source.where}, split '{train_split}'"
+        where = f"{source.where}, split '{split}'"
         if isinstance(_inner(feature), ClassLabel):  # a ClassLabel, or a Sequence of them (label sets)
             names = [str(name) for name in _inner(feature).names]
         elif _dtype(feature) in INTEGERS:
@@ -149,8 +276,8 @@ def _classes(source: hf_source.Source, train_split: str, label: str) -> list[str
                            f"ClassLabel, integers or strings: name another column in data.args.label_column")  # fmt: skip
         if not names:
             raise ZooError(f"data: {where} has no labelled rows")
-        source.classes[key] = names
-    return source.classes[key]
+        source.classes[split, label] = names
+    return source.classes[split, label]
 
 
 def _inner(feature: Any) -> Any:
@@ -172,16 +299,21 @@ def _labels(table: Any, label: str, classes: Sequence[str], where: str) -> list[
                 raise ZooError(f"data: {where}, row {row}: labels {labels!r} must be one or more of the "
                                f"{len(classes)} classes ({_shown(classes)}) of column {label!r}")  # fmt: skip
         return [tuple(labels) for labels in values]
-    if values and isinstance(values[0], str):
-        index = {name: number for number, name in enumerate(classes)}
-        numbers = [index.get(value, -1) for value in values]
-    else:
-        numbers = values
-    for row, number in enumerate(numbers):
-        if not 0 <= number < len(classes):
-            raise ZooError(f"data: {where}, row {row}: label {values[row]!r} is outside the {len(classes)} classes "
-                           f"({_shown(classes)}) of column {label!r}; fix the row or drop it")  # fmt: skip
-    return numbers
+    numbers = {name: number for number, name in enumerate(classes)} if _strings(table.features[label]) else None
+    return [_number(value, numbers, classes, label, f"data: {where}, row {row}") for row, value in enumerate(values)]
+
+
+def _number(value: Any, numbers: dict[str, int] | None, classes: Sequence[str], column: str, where: str) -> int:
+    """A label as an index into ``classes``: ``numbers`` maps strings; one out of range (or unknown) is named."""
+    number = numbers.get(value, -1) if numbers is not None else value
+    if not 0 <= number < len(classes):
+        raise ZooError(f"{where}: label {value!r} is outside the {len(classes)} classes ({_shown(classes)}) of "
+                       f"column {column!r}; fix the row or drop it")  # fmt: skip
+    return number
+
+
+def _strings(feature: Any) -> bool:
+    return _dtype(feature) in STRINGS
 
 
 def _column(table: Any, label: str, where: str) -> list[Any]:

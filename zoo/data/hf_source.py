@@ -6,6 +6,12 @@ its commit (``HfApi.dataset_info``) and loads that commit, so a branch that move
 change what a run recorded. Offline (``HF_HUB_OFFLINE=1``) the ``datasets`` cache answers: a
 revision that is a commit must be the cached one (``datasets`` itself would fall back to any cached
 copy), a branch or tag is the cached commit. Every failure is one line naming the dataset.
+
+Streamed (``streaming=True``) the splits are ``datasets`` IterableDatasets, read as the files are
+fetched; ``Source.split`` then reads a split whole into memory (a validation or test split, which
+zoo reads whole anyway), ``Source.stream`` gives it as a stream (the training split). A Hub
+dataset streams from the Hub, so offline a stream is refused in one line: the cached copy is read
+without ``streaming``.
 """
 
 from __future__ import annotations
@@ -32,20 +38,44 @@ class Source:
     where: str  # in messages and cache keys: ORG/NAME@COMMIT, or the folder
     repo: str | None = None  # the Hub dataset repo; None for a local folder
     commit: str | None = None
-    classes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (train split, label column): names
+    classes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (split, label column): names
+    streaming: bool = False
+    read: dict[str, Any] = field(default_factory=dict)  # streamed splits read whole, by name
 
     def split(self, name: str, key: str) -> Any:
-        """The split ``name``, which ``data.args.<key>`` chose."""
+        """The split ``name``, which ``data.args.<key>`` chose, as a ``datasets.Dataset`` (a streamed one
+        read whole, its images as they are stored)."""
+        split = self.stream(name, key)
+        if not self.streaming:
+            return split
+        if name not in self.read:
+            from datasets import Dataset, Features, Image
+
+            features = self.features(split, name)
+            stored = Features({k: Image(decode=False) if isinstance(v, Image) else v for k, v in features.items()})
+            self.read[name] = Dataset.from_list(list(split.cast(stored)), features=stored)
+        return self.read[name]
+
+    def stream(self, name: str, key: str) -> Any:
+        """The split ``name`` as loaded: a ``datasets.IterableDataset`` when streaming."""
         if name not in self.splits:
             raise ZooError(
                 f"data.args.{key} = {name!r}: {self.where} has no such split; its splits: {', '.join(self.splits)}"
             )
         return self.splits[name]
 
+    def features(self, split: Any, name: str) -> Any:
+        """``split``'s features; a stream of a format that does not declare them (json, csv) is refused."""
+        if split.features is None:
+            raise ZooError(f"data.args.streaming: {self.where}, split '{name}', does not declare its features "
+                           "(columns and types) up front, as parquet and save_to_disk do; remove streaming")  # fmt: skip
+        return split.features
+
 
 @functools.cache
-def load(path: str, revision: str | None, name: str | None) -> Source:
-    """The dataset ``path`` (a folder here, else a Hub dataset id) at ``revision``, config ``name``."""
+def load(path: str, revision: str | None, name: str | None, streaming: bool = False) -> Source:
+    """The dataset ``path`` (a folder here, else a Hub dataset id) at ``revision``, config ``name``;
+    ``streaming``: its splits as streams."""
     try:
         import datasets
     except ImportError:
@@ -55,13 +85,13 @@ def load(path: str, revision: str | None, name: str | None) -> Source:
     if folder.is_dir():
         if revision is not None:
             raise ZooError(f"data.args.revision applies to Hub datasets, and {folder} is a folder here: remove it")
-        return Source(_local(datasets, folder, name), str(folder.resolve()))
+        return Source(_local(datasets, folder, name, streaming), str(folder.resolve()), streaming=streaming)
     if not HUB_REPO.fullmatch(path) or ".." in path:
         raise ZooError(f"data.args.path = {path!r} is neither a folder here nor a Hub dataset id (ORG/NAME)")
-    return _hub(datasets, path, revision, name)
+    return _hub(datasets, path, revision, name, streaming)
 
 
-def _local(datasets: Any, folder: Path, name: str | None) -> Any:
+def _local(datasets: Any, folder: Path, name: str | None, streaming: bool) -> Any:
     if (folder / "state.json").is_file():
         raise ZooError(
             f"data.args.path: {folder} holds one split written by save_to_disk; save a DatasetDict "
@@ -69,29 +99,40 @@ def _local(datasets: Any, folder: Path, name: str | None) -> Any:
         )
     try:
         if (folder / "dataset_dict.json").is_file():
-            return datasets.load_from_disk(str(folder))
-        return datasets.load_dataset(str(folder), name)
+            saved = datasets.load_from_disk(str(folder))
+            if streaming:  # memory-mapped already: streamed, it is read in order, a shard a file
+                shards = {split: len(part.cache_files) or 1 for split, part in saved.items()}
+                return datasets.IterableDatasetDict(
+                    {split: part.to_iterable_dataset(num_shards=shards[split]) for split, part in saved.items()}
+                )
+            return saved
+        return datasets.load_dataset(str(folder), name, streaming=streaming)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
-        raise ZooError(f"data.args.path: datasets cannot read {folder}: {_first_line(exc)}") from None
+        raise ZooError(f"data.args.path: datasets cannot read {folder}: {first_line(exc)}") from None
 
 
-def _hub(datasets: Any, repo: str, revision: str | None, name: str | None) -> Source:
+def _hub(datasets: Any, repo: str, revision: str | None, name: str | None, streaming: bool) -> Source:
     from huggingface_hub import HfApi, constants
 
     what = f"dataset {repo}" + (f"@{revision}" if revision else "")
+    if streaming and constants.HF_HUB_OFFLINE:
+        raise ZooError(f"{what}: data.args.streaming reads from the Hub, and HF_HUB_OFFLINE is set; unset it, or "
+                       "remove data.args.streaming to read the copy in the datasets cache")  # fmt: skip
     commit = revision if revision and COMMIT.fullmatch(revision) else None
     if not constants.HF_HUB_OFFLINE:
         with hub_errors(what):
             commit = HfApi().dataset_info(repo, revision=revision).sha
     with hub_errors(what):
         try:
-            loaded = datasets.load_dataset(repo, name, revision=commit or revision)
+            loaded = datasets.load_dataset(repo, name, revision=commit or revision, streaming=streaming)
         except ConnectionError:  # datasets' own offline miss (an OSError, which hub_errors reads as a cache's)
             if constants.HF_HUB_OFFLINE:
                 raise _not_cached(what) from None
             raise
         except (ValueError, datasets.exceptions.DatasetGenerationError) as exc:  # a config that does not exist, ...
-            raise ZooError(f"{what}: {_first_line(exc)}") from None
+            raise ZooError(f"{what}: {first_line(exc)}") from None
+    if streaming:
+        return Source(loaded, f"{repo}@{commit}", repo, commit, streaming=True)
     cached = _cached_commit(loaded)
     if constants.HF_HUB_OFFLINE:
         if cached is None or (commit is not None and cached != commit):
@@ -128,5 +169,5 @@ def _quiet(datasets: Any) -> None:
         datasets.disable_progress_bars()
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

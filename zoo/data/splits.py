@@ -1,7 +1,8 @@
 """The recipe's data as splits: its class subset relabelled, training/validation/test samples.
 
 ``load_splits`` loads the dataset plugin (checked against its contract, ``data.contract``),
-selects ``data.classes``, and draws a stratified validation split and ``data.per_class``.
+selects ``data.classes``, and draws a stratified validation split and ``data.per_class``. A
+training split that is a stream (``data.streams``) is a ``StreamSplit``, its other splits read whole.
 
 The model is built for the data (``DataInput``): a tensor dataset fixes its channels, and its
 size unless ``data.image_size`` resizes it; image files are converted and resized to the model.
@@ -26,6 +27,7 @@ from ..plugins import _registry as registry
 from .cache import DecodedImages
 from .contract import check_dataset, facts
 from .label_sets import label_set_splits
+from .streams import Stream, StreamSplit, check_stream_settings
 
 # data.image_size applies to every dataset (a tensor dataset is resized on the device); these to image files only.
 IMAGE_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode", "auto_augment")
@@ -34,12 +36,16 @@ IMAGE_KEYS = ("mean", "std", "interpolation", "crop_pct", "crop_mode", "auto_aug
 def class_weights(setting: str | list[float], splits: Splits) -> list[float]:
     """``loss.class_weights``: as listed, or for "balanced" n / (classes x n_c) over the training
     split (rarer classes weigh more; an image's weight averages 1)."""
-    names, labels = splits.label_names, splits.train.labels
+    names = splits.label_names
     if setting != "balanced":
         if len(setting) != len(names):
             raise ZooError(f"loss.class_weights lists {len(setting)} weights for {len(names)} classes "
                            f"({', '.join(names)}); give one per class, in data.classes order")  # fmt: skip
         return list(setting)
+    if splits.streaming:
+        raise ZooError('loss.class_weights = "balanced" counts the training split\'s classes, which a stream '
+                       "(data.args.streaming) cannot tell up front: list one weight per class instead")  # fmt: skip
+    labels = splits.train.labels
     counts = torch.bincount(labels, minlength=len(names))
     if not counts.all():
         missing = names[int((counts == 0).nonzero()[0])]
@@ -75,7 +81,7 @@ class Split(Dataset):
 
 @dataclass
 class Splits:
-    train: Split
+    train: Split | StreamSplit
     val: Split | None
     test: Split
     label_names: list[str]
@@ -87,7 +93,12 @@ class Splits:
     @property
     def multi_label(self) -> bool:
         """Whether the labels are multi-hot rows (N x classes), each sample a set of labels."""
-        return self.train.labels.dim() == 2
+        return self.test.labels.dim() == 2
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the training split is a stream: no length, no random access, no labels up front."""
+        return isinstance(self.train, StreamSplit)
 
     @property
     def images(self) -> bool:
@@ -105,7 +116,10 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     )  # fmt: skip
     found = facts(train_set, config.dataset)
     own_val = found.validation if config.val_split > 0 else None  # the dataset's own, else held out of train
-    given = [train_set, test_set, *([own_val] if own_val is not None else [])]
+    streaming = isinstance(train_set, Stream)
+    if streaming:
+        check_stream_settings(config, own_val is not None)
+    given = [*([] if streaming else [train_set]), test_set, *([own_val] if own_val is not None else [])]
     for dataset in given:  # a dataset with a transform of its own is checked without it
         if found.gives_images:
             dataset.transform = None  # each split gets its own (attach_transforms)
@@ -133,6 +147,17 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     relabel = torch.full((len(names),), -1, dtype=torch.long)
     relabel[torch.tensor(selected)] = torch.arange(len(selected))
 
+    def split_of(dataset: Dataset, parts: Sequence[torch.Tensor] | None, targets: torch.Tensor) -> Split:
+        indices = torch.cat(list(parts)).sort().values if parts else (relabel[targets] >= 0).nonzero().flatten()
+        return Split(dataset, indices, relabel[targets[indices]])
+
+    test = split_of(test_set, None, targets_of(test_set))
+    if len(test) == 0:
+        raise ZooError(f"dataset '{config.dataset}' has no test examples of the selected classes")
+    if streaming:
+        val = split_of(own_val, None, targets_of(own_val)) if own_val is not None else None
+        return Splits(StreamSplit(train_set, relabel), val, test, [names[i] for i in selected])
+
     generator = torch.Generator().manual_seed(seed)
     train_targets = targets_of(train_set)
     train_parts, val_parts = [], []
@@ -157,10 +182,6 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
             raise ZooError(f"data.classes: class '{names[class_index]}' has no training examples in {root}")
         train_parts.append(rest)
 
-    def split_of(dataset: Dataset, parts: Sequence[torch.Tensor] | None, targets: torch.Tensor) -> Split:
-        indices = torch.cat(list(parts)).sort().values if parts else (relabel[targets] >= 0).nonzero().flatten()
-        return Split(dataset, indices, relabel[targets[indices]])
-
     train = split_of(train_set, train_parts, train_targets)
     val = (
         split_of(own_val, None, targets_of(own_val))
@@ -169,9 +190,6 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         if config.val_split > 0
         else None
     )
-    test = split_of(test_set, None, targets_of(test_set))
-    if len(test) == 0:
-        raise ZooError(f"dataset '{config.dataset}' has no test examples of the selected classes")
     return Splits(train, val, test, [names[i] for i in selected])
 
 

@@ -32,7 +32,9 @@ def resolve_preprocessing(config: DataConfig, model: nn.Module, splits: Splits) 
     """The run's preprocessing: for image datasets timm's, following the model and ``[data]``; else the
     dataset's, at ``data.image_size`` or the size the model is built for (its tensors are resized to it)."""
     if splits.images:
-        return Preprocessing.from_config(image_config(config, model, splits.train), "data")
+        # A model without a pretrained config takes the images' own size: a stream's, from its test split.
+        sized_by = splits.test if splits.streaming else splits.train
+        return Preprocessing.from_config(image_config(config, model, sized_by), "data")
     dataset = splits.train.dataset
     channels, *own_size = tensor_shape(dataset)
     height, width = parse_image_size(config.image_size) or built_for_size(model) or own_size

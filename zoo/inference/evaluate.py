@@ -120,6 +120,9 @@ def evaluate_run(
     ``errors``: write the misclassified items there as CSV (``metrics["errors"]``: how many)."""
     run = RunFolder.existing(path)
     setup = run_setup(run, data_overrides)
+    if split == "train" and setup.splits.streaming:
+        raise ZooError(f"{path} trained on a stream (data.args.streaming), which zoo does not read to its end: "
+                       "use --split test or --split val")  # fmt: skip
     chosen = {"train": setup.splits.train, "val": setup.splits.val, "test": setup.splits.test}[split]
     if chosen is None:
         raise ZooError(f"{path} has no validation split (its data.val_split is 0); use --split test")

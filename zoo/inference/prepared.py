@@ -17,6 +17,8 @@ from ..data.augment import Augmentation
 from ..data.batches import Batches, sample_batch
 from ..data.preprocessing import Preprocessing
 from ..data.splits import Split, Splits
+from ..data.stream_batches import StreamBatches
+from ..data.streams import StreamSplit
 from ..data.transforms import attach_cache, attach_transforms
 from ..models.build import check_input
 from ..parallel import distributed
@@ -39,8 +41,14 @@ class RunSetup:
     augmentation: Augmentation | None = None  # training's, resolved from data.augment and the model
     cache: str = "none"  # the image cache in use (data.cache), in words
 
-    def batches(self, split: Split, training: bool = False) -> Batches:
+    def batches(self, split: Split | StreamSplit, training: bool = False) -> Batches:
         data = self.recipe.data
+        if isinstance(split, StreamSplit):  # an "epoch" of a stream: train.max_steps cut into train.epochs
+            train = self.recipe.train
+            assert train.max_steps is not None, "build_run refuses a stream without train.max_steps"
+            per_epoch = -(-train.max_steps // train.epochs) * train.grad_accum
+            return StreamBatches(split, per_epoch, data.batch_size, self.device, self.preprocessing,
+                                 seed=train.seed, num_workers=data_workers(data), channels_last=train.channels_last)  # fmt: skip
         return Batches(
             split,
             data.batch_size if training else data.eval_batch_size,
@@ -78,7 +86,8 @@ def prepare_data(
     memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
     model.to(device, memory_format=memory_format)
     # Before an image cache is built, and before the first step: a model that cannot take the data is one line.
-    inputs = sample_batch(splits.train, preprocessing, device, augmentation, recipe.train.channels_last)
+    sampled = splits.test if splits.streaming else splits.train  # a stream has no samples to pick: the test split's
+    inputs = sample_batch(sampled, preprocessing, device, augmentation, recipe.train.channels_last)
     check_input(model, inputs, len(splits.label_names), recipe.model.backbone, recipe.data.dataset)
     workers = data_workers(recipe.data)
     return attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())

@@ -49,6 +49,7 @@ def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None
     device = distributed.setup(resolve_device(recipe.train.device))
     configure_backends(device, recipe.train.deterministic)
     splits = distributed.agreed(lambda: load_splits(recipe.data, recipe.train.seed))
+    _refuse_stream_settings(recipe, splits)
     recipe = pinned(recipe, splits)
     resolve_task(recipe, splits)
     model, preprocessing = distributed.agreed(lambda: _new_model(recipe, splits, source))
@@ -88,6 +89,18 @@ def _refuse_adapter_settings(recipe: Recipe) -> None:
         raise ZooError('model.adapter with train.strategy = "fsdp": FSDP of adapters is not supported; use "ddp"')
     if recipe.train.ema:
         raise ZooError("model.adapter with train.ema: an EMA of adapters is not supported; leave train.ema out")
+
+
+def _refuse_stream_settings(recipe: Recipe, splits: Splits) -> None:
+    """What training on a stream needs, and cannot do (the data settings: ``data.streams``)."""
+    if not splits.streaming:
+        return
+    if recipe.train.max_steps is None:
+        raise ZooError("data.args.streaming: a stream has no length to count epochs by; set train.max_steps (the "
+                       "run's length; train.epochs cuts it into epochs)")  # fmt: skip
+    if recipe.task == "multi_label" and not splits.multi_label:
+        raise ZooError('task = "multi_label" on single-label data turns every label into a set up front, which a '
+                       "stream (data.args.streaming) cannot: remove task, or data.args.streaming")  # fmt: skip
 
 
 def pinned(recipe: Recipe, splits: Splits) -> Recipe:
@@ -139,7 +152,8 @@ def print_setup(setup: RunSetup) -> None:
     if splits.multi_label:
         why = "as the recipe's task says" if recipe.task else f"dataset '{recipe.data.dataset}' yields label sets"
         log(f"task: multi_label ({why}): a sigmoid score and a threshold per class")
-    log(f"data: {len(splits.train):,} train, {val:,} val, {len(splits.test):,} test images of {size}{resized}")
+    train = "streamed" if splits.streaming else f"{len(splits.train):,}"
+    log(f"data: {train} train, {val:,} val, {len(splits.test):,} test images of {size}{resized}")
     precision = str(setup.dtype).removeprefix("torch.") if setup.dtype else "fp32"
     ranks = distributed.world_size()
     batch = f"batch {recipe.data.batch_size}" + (

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..config.schema import Recipe, TrainConfig
+from ..data.batches import Batches
 from ..errors import ZooError
 from ..models.build import nonfinite_tensors, prefixed
 from ..parallel import distributed, fsdp
@@ -51,6 +52,7 @@ class TrainerState:
     config: TrainConfig
     folder: RunFolder
     model: nn.Module
+    batches: Batches  # training's: a stream's hold where the stream is
     ema: Any  # timm's ModelEmaV3, or None
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler
@@ -107,7 +109,7 @@ class TrainerState:
         }
         best = self.monitor.best.step if self.keep == "best" and self.monitor.best else None
         shared, own = ({}, own | weights) if self.sharded else (weights, own)
-        own_state = {"rng": rng, "seen": self.seen}
+        own_state = {"rng": rng, "seen": self.seen, **self.batches.state()}
         checkpoint.save(
             self.folder.checkpoint_root,
             self.step,
@@ -138,6 +140,7 @@ class TrainerState:
             if state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             checkpoint.set_rng_state(tensors, state["rng"])
+            self.batches.load_state(state)
             self.loss_sum.copy_(tensors["loss_sum"])
             self.correct.copy_(tensors["correct"])
             self.monitor.restore(state.get("monitor", {}))
