@@ -117,6 +117,19 @@ def test_a_parquet_folder_is_read_through_load_dataset(tmp_path: Path) -> None:
     assert splits.images  # PIL images, through transforms
 
 
+@pytest.mark.parametrize("hostile", ["fifo", "dangling link"])
+def test_a_shard_that_is_not_a_regular_file_is_one_line_not_rows_lost(tmp_path: Path, hostile: str) -> None:
+    folder = tmp_path / "parquet"
+    for name, data in parquet_files(make_dataset()).items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_bytes(data)
+    shard = next(folder.rglob("train*.parquet"))
+    stray = shard.with_name(shard.stem + "-1" + shard.suffix)
+    os.mkfifo(stray) if hostile == "fifo" else stray.symlink_to(tmp_path / "gone.parquet")
+    with pytest.raises(ZooError, match=f"{stray.name} is not a regular file .*which datasets would skip"):
+        load_splits(DataConfig(dataset="hf", args={"path": str(folder)}, val_split=0.25), seed=0)
+
+
 def test_classes_per_class_and_named_splits(tmp_path: Path) -> None:
     folder = saved(make_dataset(splits={"fit": 10, "holdout": 3}), tmp_path / "saved")
     args = {"path": str(folder), "train_split": "fit", "test_split": "holdout"}

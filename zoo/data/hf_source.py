@@ -106,9 +106,21 @@ def _local(datasets: Any, folder: Path, name: str | None, streaming: bool) -> An
                     {split: part.to_iterable_dataset(num_shards=shards[split]) for split, part in saved.items()}
                 )
             return saved
+        _refuse_special_files(folder)
         return datasets.load_dataset(str(folder), name, streaming=streaming)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
         raise ZooError(f"data.args.path: datasets cannot read {folder}: {first_line(exc)}") from None
+
+
+def _refuse_special_files(folder: Path) -> None:
+    """datasets lists a folder's regular files only: a FIFO, socket or dangling link named like a shard
+    would be skipped without a word, and its rows missing from the run."""
+    for path in folder.rglob("*"):
+        if not (path.is_file() or path.is_dir()):
+            raise ZooError(
+                f"data.args.path: {path} is not a regular file (a FIFO, socket, device or dangling link), which "
+                "datasets would skip with its rows: remove it or put the file itself there"
+            )
 
 
 def _hub(datasets: Any, repo: str, revision: str | None, name: str | None, streaming: bool) -> Source:
