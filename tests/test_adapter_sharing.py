@@ -296,3 +296,23 @@ def test_a_batchnorm_backbone_s_adapter_alone_gives_the_run_s_weights(mnist_dir:
     merged, kept = load_file(whole / RunFolder.WEIGHTS), load_file(Path(lora.folder) / RunFolder.WEIGHTS)
     assert any("running_mean" in name for name in kept)
     assert merged.keys() == kept.keys() and all(merged[name].equal(kept[name]) for name in kept)
+
+
+@pytest.mark.slow
+def test_two_processes_pulling_one_adapter_merge_it_once(shared: dict, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    ok(zoo_command("push", str(shared["lora"]), "--repo", "zoo-test/vit-lora", "--adapter-only", env=shared["env"]))
+    env = {**os.environ, **empty_caches(shared["env"], tmp_path)}
+    zoo = str(Path(sys.executable).with_name("zoo"))
+    pulls = [subprocess.Popen([zoo, "pull", "zoo-test/vit-lora"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]  # fmt: skip
+    outputs = [pull.communicate(timeout=600) for pull in pulls]
+    assert [pull.returncode for pull in pulls] == [0, 0], [err for _, err in outputs]
+    folders = {Path(out.strip()) for out, _ in outputs}
+    merged_folders = [path for path in (tmp_path / "empty-zoo" / "adapted").iterdir() if not path.name.startswith(".")]
+    assert len(folders) == 1 and merged_folders == [*folders]  # no staging folder left behind
+    merged, kept = load_file(folders.pop() / RunFolder.WEIGHTS), load_file(shared["lora"] / RunFolder.WEIGHTS)
+    assert all(merged[name].equal(kept[name]) for name in kept)

@@ -185,7 +185,8 @@ def pull(source: HubRepo | RegistryName) -> Path:
     """The local folder of a Hub repo (at its revision), or of a registry name at its pinned commit.
 
     A registry name, and a repo at a commit that a registry name pins, fetch exactly the pinned
-    files and check the sha256 of every one.
+    files and check the sha256 of every one. An adapter pushed alone comes back as it is, without
+    model.safetensors: the resolver (zoo/sharing/resolve.py) applies it to its pinned base.
     """
     if isinstance(source, RegistryName):
         label, entry = source.name, catalog.entry(source.name)
