@@ -67,7 +67,7 @@ def tensor_count(path: Path) -> int:
     from safetensors import safe_open
 
     with safe_open(str(path), "pt") as weights:
-        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights)
+        return sum(math.prod(weights.get_slice(name).get_shape()) for name in weights.keys())  # noqa: SIM118
 
 
 def cpu_model() -> str:
