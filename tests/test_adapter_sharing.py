@@ -221,6 +221,16 @@ def test_an_adapter_only_push_pulled_into_empty_caches_predicts_as_the_run(
     assert {RunFolder.ADAPTER_CONFIG, RunFolder.ADAPTER_WEIGHTS, RunFolder.CONFIG, RunFolder.MODEL_CARD,
             RunFolder.RESULTS, RunFolder.RECIPE} <= set(served)  # fmt: skip
     assert sum(len(blob.data) for blob in served.values()) < (lora / RunFolder.WEIGHTS).stat().st_size
+    (tmp_path / "registry.json").write_text('{"schema": 2, "weights": {}}')
+    named = {**shared["env"], "ZOO_REGISTRY": str(tmp_path / "registry.json")}
+    added = ok(zoo_command("registry", "add", str(lora), "--name", "vit-lora-added", env=named))  # what was pushed
+    assert f"adapter_model.safetensors sha256 {sha256(lora / RunFolder.ADAPTER_WEIGHTS)}" in added
+    assert f"base hf-hub:zoo-test/vit-base@{shared['commit']}" in added
+    entry = json.loads((tmp_path / "registry.json").read_text())["weights"]["vit-lora-added"]["sources"]["hub"]
+    assert (
+        RunFolder.WEIGHTS not in entry["files"]
+        and entry["base"] == json.loads((lora / RunFolder.CONFIG).read_text())["zoo"][adapters.BASE_KEY]
+    )
 
     env = empty_caches(shared["env"], tmp_path)
     folder = Path(ok(zoo_command("pull", "zoo-test/vit-lora", env=env)).strip())

@@ -146,8 +146,11 @@ def registry_add(run_folder: Path, name: str, recipe_path: Path | None) -> None:
 
     entry = catalog.add(run_folder, name, recipe_path)
     hub = entry.sources.hub
-    weights = hub.files[RunFolder.WEIGHTS].sha256 if hub else ""
-    pinned = f"{hub.repo}@{hub.revision}, {len(hub.files)} files, weights sha256 {weights}" if hub else ""
+    pinned = ""
+    if hub is not None:  # an adapter pushed alone: its weights are the adapter's, on the base it pins
+        shared = RunFolder.WEIGHTS if RunFolder.WEIGHTS in hub.files else RunFolder.ADAPTER_WEIGHTS
+        pinned = f"{hub.repo}@{hub.revision}, {len(hub.files)} files, {shared} sha256 {hub.files[shared].sha256}"
+        pinned += f", base {hub.base.source}" if hub.base is not None else ""
     pinned = pinned or f"recipe:{entry.sources.recipe}"
     click.echo(f"{catalog.path()}: {name} -> {pinned}")
 
