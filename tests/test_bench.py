@@ -180,3 +180,27 @@ def test_the_step_bench_contenders_train_exactly_the_steps_asked(mnist_dir: Path
     assert result["zoo"] > 0 and result["classic"] > 0 and result["ratio"] == result["zoo"] / result["classic"]
     hand = step_bench.HandSteps(["data.batch_size=8"])
     assert hand.run(3) == 24 and hand.step == 3
+
+
+@pytest.mark.slow
+def test_the_adapter_bench_counts_what_trains_and_what_is_shared(mnist_dir: Path) -> None:
+    """The adapter bench at a tiny size: both runs finish, and its LoRA row counts exactly the adapter and head."""
+    import math
+    import re
+
+    import timm
+
+    arguments = ["--backbone", "timm/test_vit", "--pretrain-per-class", "10", "--per-class", "6",
+                 "--pretrain-epochs", "1", "--epochs", "1", "--rank", "2", "--target", "qkv"]  # fmt: skip
+    bench = REPO / "bench" / "adapter_bench.py"
+    result = subprocess.run([sys.executable, str(bench), *arguments], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split("|")[1:-1] for line in result.stdout.splitlines() if line.startswith(("| full", "| LoRA"))]
+    assert len(rows) == 2
+    counted = [int(re.match(r"\s*([\d,]+)", row[1]).group(1).replace(",", "")) for row in rows]
+    vit = timm.create_model("test_vit", img_size=32, in_chans=1, num_classes=5)
+    qkv = [module for name, module in vit.named_modules() if name.endswith("attn.qkv")]
+    adapter = sum(2 * (layer.in_features + layer.out_features) for layer in qkv)  # r = 2: A is 2 x in, B out x 2
+    head = sum(math.prod(parameter.shape) for parameter in vit.head.parameters())
+    assert counted == [sum(p.numel() for p in vit.parameters()), adapter + head]
+    assert "targets: trainable" in result.stdout and "; CPU: " in result.stdout

@@ -9,6 +9,11 @@ import click
 
 from .group import print_table
 
+ADAPTER_ONLY = (
+    "An adapter run (model.adapter) without its merged model.safetensors and exports: a pull fetches the base "
+    "its config.json pins, checks every file's sha256 and applies the adapter."
+)
+
 
 @click.command()
 @click.argument("run_folder", metavar="RUN", type=click.Path(path_type=Path))
@@ -16,18 +21,22 @@ from .group import print_table
 @click.option("--private", is_flag=True, help="Create the repo private.")
 @click.option("--revision", metavar="BRANCH", help="Push to this branch (created from main if needed); default main.")
 @click.option("--message", metavar="TEXT", help="The commit message.")
-def push(run_folder: Path, repo: str, private: bool, revision: str | None, message: str | None) -> None:
+@click.option("--adapter-only", is_flag=True, help=ADAPTER_ONLY)
+def push(
+    run_folder: Path, repo: str, private: bool, revision: str | None, message: str | None, adapter_only: bool
+) -> None:
     """Upload a finished run folder to the Hugging Face Hub.
 
     Pushes model.safetensors, config.json, the README.md model card, recipe.toml, results.json
-    and the plots; prints the repo URL and the commit. Weights holding NaN or infinity, and an
-    export made from other weights, are refused before anything is sent. The token comes from
-    HF_TOKEN or `hf auth login`; zoo never prints or stores it. Afterwards `zoo registry add RUN
-    --name NAME` pins this commit in registry.json.
+    and the plots (and an adapter run's adapter_config.json and adapter_model.safetensors); prints
+    the repo URL and the commit. Weights holding NaN or infinity, and an export made from other
+    weights, are refused before anything is sent. The token comes from HF_TOKEN or `hf auth
+    login`; zoo never prints or stores it. Afterwards `zoo registry add RUN --name NAME` pins this
+    commit in registry.json.
     """
     from ..sharing.hub import push as push_run
 
-    pushed = push_run(run_folder, repo, private=private, revision=revision, message=message)
+    pushed = push_run(run_folder, repo, private=private, revision=revision, message=message, adapter_only=adapter_only)
     click.echo(f"pushed {run_folder} to {pushed.url}")
     click.echo(f"commit {pushed.commit}")
 
@@ -41,17 +50,22 @@ def push(run_folder: Path, repo: str, private: bool, revision: str | None, messa
 @click.option(
     "--recipe", "recipe_path", type=click.Path(path_type=Path), help="The recipe that produces them (a second source)."
 )
-def publish(run_folder: Path, repo: str, name: str, replace: bool, private: bool, recipe_path: Path | None) -> None:
+@click.option("--adapter-only", is_flag=True, help=ADAPTER_ONLY)
+def publish(
+    run_folder: Path, repo: str, name: str, replace: bool, private: bool, recipe_path: Path | None, adapter_only: bool
+) -> None:
     """Push a finished run and pin it in registry.json under NAME, in one step.
 
     The pin (commit, sha256 and size of every file) is read back from the Hub after the push:
-    the commit's files are downloaded afresh and must be exactly what was pushed. A NAME that
-    registry.json already has is refused before anything is pushed, unless --replace.
+    the commit's files are downloaded afresh and must be exactly what was pushed; an adapter
+    run's pin holds its base's too (source, sha256 of every file). A NAME that registry.json
+    already has is refused before anything is pushed, unless --replace.
     """
     from ..sharing import registry as catalog
     from ..sharing.hub import publish as publish_run
 
-    pushed, hub = publish_run(run_folder, repo, name, replace=replace, private=private, recipe=recipe_path)
+    pushed, hub = publish_run(run_folder, repo, name, replace=replace, private=private, recipe=recipe_path,
+                              adapter_only=adapter_only)  # fmt: skip
     click.echo(f"pushed {run_folder} to {pushed.url}")
     click.echo(f"{catalog.path()}: {name} -> {hub.repo}@{hub.revision}, {len(hub.files)} files read back and pinned")
 
@@ -63,7 +77,9 @@ def pull(spec: str) -> None:
 
     A registry NAME (or 'registry:NAME') resolves to its pinned commit, and every pinned file
     must match its sha256. The folder works as `model.pretrained` in a recipe (as does
-    'hf-hub:ORG/NAME[@REVISION]' directly); with HF_HUB_OFFLINE=1 it comes from the cache.
+    'hf-hub:ORG/NAME[@REVISION]' directly); with HF_HUB_OFFLINE=1 it comes from the cache. An
+    adapter pushed alone is applied to the base it pins (fetched and checked): the folder printed
+    is then the merged run, under $ZOO_CACHE_DIR/adapted.
     """
     from ..config.sources import HUB_PREFIX, REGISTRY_PREFIX, names_remote
     from ..sharing.resolve import local_run_folder
@@ -130,8 +146,11 @@ def registry_add(run_folder: Path, name: str, recipe_path: Path | None) -> None:
 
     entry = catalog.add(run_folder, name, recipe_path)
     hub = entry.sources.hub
-    weights = hub.files[RunFolder.WEIGHTS].sha256 if hub else ""
-    pinned = f"{hub.repo}@{hub.revision}, {len(hub.files)} files, weights sha256 {weights}" if hub else ""
+    pinned = ""
+    if hub is not None:  # an adapter pushed alone: its weights are the adapter's, on the base it pins
+        shared = RunFolder.WEIGHTS if RunFolder.WEIGHTS in hub.files else RunFolder.ADAPTER_WEIGHTS
+        pinned = f"{hub.repo}@{hub.revision}, {len(hub.files)} files, {shared} sha256 {hub.files[shared].sha256}"
+        pinned += f", base {hub.base.source}" if hub.base is not None else ""
     pinned = pinned or f"recipe:{entry.sources.recipe}"
     click.echo(f"{catalog.path()}: {name} -> {pinned}")
 

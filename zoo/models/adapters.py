@@ -8,6 +8,9 @@ DDP and checkpoints see an ordinary module; the wrapper is kept aside for what o
 A finished run keeps both forms: peft's own files (``adapter_config.json``,
 ``adapter_model.safetensors``, which ``peft.PeftModel.from_pretrained`` loads onto the base model)
 and the merged weights under the base model's names, which everything that reads a run folder takes.
+Its config.json pins the base (``zoo.adapter_base``: where it came from and the sha256 of every file
+it was built from), so that the adapter alone can be shared and applied again elsewhere
+(``merged_weights``) to exactly those weights.
 """
 
 from __future__ import annotations
@@ -16,26 +19,55 @@ import copy
 import json
 import re
 import weakref
+from pathlib import Path
 from typing import Any
 
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from .. import _files
 from .._safetensors import safetensors_bytes
 from ..config.model_section import AdapterConfig
+from ..config.sources import HUB_PREFIX, LocalFolder, PluginWeights, WeightSource
 from ..errors import ZooError
-from ..runs.folder import RunFolder
+from ..runs.folder import FilePin, RunFolder
 from .freeze import head_prefixes
 
 # The layers peft's LoRA and DoRA wrap.
 ADAPTABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Embedding)
 
+# The files of a base model that building on it reads (timm's local-dir: and zoo's run folders alike).
+BASE_FILES = (RunFolder.WEIGHTS, RunFolder.CONFIG)
+# Where config.json keeps the pin of an adapter run's base, in its "zoo" section.
+BASE_KEY = "adapter_base"
+
+
+class BasePin(BaseModel):
+    """The weights an adapter adapts: their source and the sha256 of every file the base was built from."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    source: str = Field(description="hf-hub:ORG/NAME@COMMIT, or the local folder the base was read from")
+    files: dict[str, FilePin] = Field(description="model.safetensors (and config.json) of the base")
+
+    @model_validator(mode="after")
+    def _pins_the_base_files(self) -> BasePin:
+        if RunFolder.WEIGHTS not in self.files or not set(self.files) <= set(BASE_FILES):
+            raise ValueError(f"files must pin {RunFolder.WEIGHTS} (and {RunFolder.CONFIG}, if any) and nothing else")
+        return self
+
+
 _wrappers: weakref.WeakKeyDictionary[nn.Module, Any] = weakref.WeakKeyDictionary()
+_bases: weakref.WeakKeyDictionary[nn.Module, BasePin | None] = weakref.WeakKeyDictionary()
 
 
-def attach(model: nn.Module, config: AdapterConfig, backbone: str) -> nn.Module:
-    """``model`` with adapters on the layers ``config.target`` names, and only they and the head trainable."""
+def attach(model: nn.Module, config: AdapterConfig, backbone: str, base: WeightSource | None = None) -> nn.Module:
+    """``model`` with adapters on the layers ``config.target`` names, and only they and the head trainable;
+    ``base`` is the resolved source of its weights, which the run pins."""
     from peft import LoraConfig, get_peft_model
 
+    pin = pin_base(base, model) if base is not None else None
     heads = head_prefixes(model)
     targets = target_layers(model, config.target, heads, backbone)
     peft_config = LoraConfig(
@@ -53,7 +85,87 @@ def attach(model: nn.Module, config: AdapterConfig, backbone: str) -> nn.Module:
         raise ZooError(f"model.adapter: peft cannot adapt {backbone}: {reason}") from None
     inner = wrapper.base_model.model
     _wrappers[inner] = wrapper
+    _bases[inner] = pin
     return inner
+
+
+def pin_base(source: WeightSource, model: nn.Module) -> BasePin | None:
+    """The pin of the weights ``model`` was built from (``source`` resolved to local files): a folder, or
+    timm's own Hub weights (``true``) from the Hugging Face cache; None for random or a plugin's other weights."""
+    folder = None
+    if isinstance(source, LocalFolder):
+        folder = source.path
+    elif isinstance(source, PluginWeights) and getattr(model, "pretrained_cfg", {}).get("hf_hub_id"):
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(model.pretrained_cfg["hf_hub_id"], RunFolder.WEIGHTS)
+        folder = Path(cached).parent if isinstance(cached, str) else None
+    if folder is None or not (folder / RunFolder.WEIGHTS).is_file():
+        return None
+    files = {name: _pin(folder / name) for name in BASE_FILES if (folder / name).is_file()}
+    return BasePin(source=hub_snapshot(folder) or str(folder.resolve()), files=files)
+
+
+def hub_snapshot(folder: Path) -> str | None:
+    """``hf-hub:ORG/NAME@COMMIT`` for a snapshot in the Hugging Face cache (``models--ORG--NAME/snapshots/COMMIT``)."""
+    repo, snapshots = folder.parent.parent.name, folder.parent.name
+    if snapshots != "snapshots" or not repo.startswith("models--") or not re.fullmatch(r"[0-9a-f]{40}", folder.name):
+        return None
+    return f"{HUB_PREFIX}{repo.removeprefix('models--').replace('--', '/')}@{folder.name}"
+
+
+def _pin(path: Path) -> FilePin:
+    return FilePin(sha256=_files.sha256_of(path), size=path.stat().st_size)
+
+
+def config_record(model: nn.Module) -> dict[str, Any]:
+    """What config.json's "zoo" section records of an adapted ``model``: the pin of its base (nothing otherwise)."""
+    pin = _bases.get(model)
+    return {BASE_KEY: pin.model_dump()} if pin is not None else {}
+
+
+def base_pin_of(run: RunFolder) -> BasePin | None:
+    """The pin of the base an adapter run adapts (config.json), None for a run without one."""
+    found = run.config["zoo"].get(BASE_KEY)
+    if found is None:
+        return None
+    try:
+        return BasePin.model_validate(found)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ZooError(
+            f"{run.file(RunFolder.CONFIG)}: zoo.{BASE_KEY}{'.' + where if where else ''}: "
+            f"{str(error['msg']).removeprefix('Value error, ')}"
+        ) from None
+
+
+def check_base(folder: Path, pin: BasePin, label: str) -> None:
+    """Every file of the base in ``folder`` is the one the adapter was trained on; else a ZooError naming it."""
+    for name, expected in pin.files.items():
+        path = folder / name
+        found = _files.sha256_of(path) if path.is_file() else "(missing)"
+        if found != expected.sha256:
+            raise ZooError(
+                f"{label}: the base weights' {path} has sha256 {found}, but the adapter was trained on "
+                f"{pin.source} whose {name} has sha256 {expected.sha256}; refusing to apply the adapter to other weights"
+            )
+
+
+def merged_weights(run: RunFolder, base: Path) -> dict[str, torch.Tensor]:
+    """The weights of an adapter run rebuilt from its base (a folder of the pinned files) and its peft files:
+    the base model built as the run built it, peft's adapter loaded onto it and merged in."""
+    from peft import PeftModel
+
+    from .build import build_model, run_model_config
+
+    model, _ = build_model(run_model_config(run, LocalFolder(base)), run.label_names)
+    try:
+        adapted = PeftModel.from_pretrained(model, str(run.path))
+    except (ValueError, KeyError, RuntimeError) as exc:  # peft's word on files that do not fit the model
+        reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise ZooError(f"{run.path}: peft cannot apply {RunFolder.ADAPTER_WEIGHTS} to its base: {reason}") from None
+    return adapted.merge_and_unload().state_dict()
 
 
 def target_layers(model: nn.Module, target: str | list[str], heads: tuple[str, ...], backbone: str) -> list[str]:

@@ -304,21 +304,8 @@ def _check_same_tensors(
 
 def load_run(run: RunFolder) -> nn.Module:
     """The model of a run folder, in eval mode, its label names as ``label_names`` (and where timm keeps them)."""
-    recipe = run.recipe
+    model_config = run_model_config(run, Scratch())
     label_names = run.label_names
-    # timm records the arguments the weights were built with, including any its source set (in_chans).
-    # Only arguments that shape the architecture are taken from a run folder: any other could make
-    # timm read a file (checkpoint_path) or change where weights come from.
-    built_with = {key: value for key, value in run.model_args.items() if key != "num_classes"}
-    refused = sorted(key for key in built_with if key not in ARCHITECTURE_ARGS)
-    if refused:
-        raise ZooError(
-            f"{run.file(RunFolder.CONFIG)}: model_args.{refused[0]} is not an architecture argument zoo accepts "
-            f"from a run folder (it accepts {', '.join(sorted(ARCHITECTURE_ARGS))})"
-        )
-    model_config = recipe.model.model_copy(
-        update={"pretrained": Scratch(), "args": {**built_with, **recipe.model.args}}
-    )
     model, _ = build_model(model_config, label_names)
     state = run.weights()
     hint = f"the weights do not fit the model that {RunFolder.CONFIG} and {RunFolder.RECIPE} describe"
@@ -333,3 +320,20 @@ def load_run(run: RunFolder) -> nn.Module:
     if isinstance(getattr(model, "pretrained_cfg", None), dict):
         model.pretrained_cfg = {**model.pretrained_cfg, "label_names": label_names}
     return model.eval()
+
+
+def run_model_config(run: RunFolder, pretrained: WeightSource) -> ModelConfig:
+    """The recipe's model section of a run folder, with the architecture arguments its config.json
+    records, its weights from ``pretrained`` (resolved): what builds the run's model again."""
+    recipe = run.recipe
+    # timm records the arguments the weights were built with, including any its source set (in_chans).
+    # Only arguments that shape the architecture are taken from a run folder: any other could make
+    # timm read a file (checkpoint_path) or change where weights come from.
+    built_with = {key: value for key, value in run.model_args.items() if key != "num_classes"}
+    refused = sorted(key for key in built_with if key not in ARCHITECTURE_ARGS)
+    if refused:
+        raise ZooError(
+            f"{run.file(RunFolder.CONFIG)}: model_args.{refused[0]} is not an architecture argument zoo accepts "
+            f"from a run folder (it accepts {', '.join(sorted(ARCHITECTURE_ARGS))})"
+        )
+    return recipe.model.model_copy(update={"pretrained": pretrained, "args": {**built_with, **recipe.model.args}})

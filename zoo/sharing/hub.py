@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,12 @@ from huggingface_hub import HfApi, constants, snapshot_download
 from .. import _files
 from .._hub import hub_errors
 from .._safetensors import tensors_of
-from ..config.sources import HubRepo, RegistryName
+from ..config.sources import HUB_PREFIX, HubRepo, RegistryName
 from ..errors import ZooError
+from ..models import adapters
 from ..runs.exports import check_made_from
 from ..runs.folder import FilePin, HubRecord, RunFolder
+from . import adapted
 from . import registry as catalog
 from .hub_api import check_repo_id
 
@@ -34,13 +37,19 @@ class Pushed:
 
 
 def push(
-    folder: Path, repo: str, private: bool = False, revision: str | None = None, message: str | None = None
+    folder: Path,
+    repo: str,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    adapter_only: bool = False,
 ) -> Pushed:
     """Upload a finished run folder to ``repo`` (created if needed), on ``revision`` (default main).
 
     What goes up is a staged copy: the run folder's own regular files only (never a symbolic link
     or anything outside it), and a recipe.toml without this machine's paths. Their hashes go into
-    hub.json, which `zoo registry add` pins.
+    hub.json, which `zoo registry add` pins. ``adapter_only``: an adapter run without its merged
+    weights (and the exports made from them); a pull applies the adapter to the base its config.json pins.
     """
     check_repo_id(repo)
     run = RunFolder.existing(folder)
@@ -48,9 +57,11 @@ def push(
         raise ZooError(
             f"{folder} is not a finished zoo run (see its {RunFolder.RESULTS}): only finished runs are pushed"
         )
+    if adapter_only:
+        _check_adapter_only(run)
     api = HfApi()
     with tempfile.TemporaryDirectory(prefix="zoo-push-") as staging:
-        files = _stage(run, Path(staging))
+        files = _stage(run, Path(staging), adapter_only)
         with hub_errors(repo):
             url = api.create_repo(repo, private=private, exist_ok=True)
             if revision:
@@ -70,20 +81,27 @@ def push(
 
 
 def publish(
-    folder: Path, repo: str, name: str, replace: bool = False, private: bool = False, recipe: Path | None = None
+    folder: Path,
+    repo: str,
+    name: str,
+    replace: bool = False,
+    private: bool = False,
+    recipe: Path | None = None,
+    adapter_only: bool = False,
 ) -> tuple[Pushed, catalog.HubSource]:
     """Push a finished run, then pin ``name`` in registry.json to what the Hub now holds.
 
     The pins are read back: the pushed commit's files downloaded afresh (not from the cache) and
-    hashed, and each must be the file that was pushed. An existing name is refused before anything
-    is pushed, unless ``replace``.
+    hashed, and each must be the file that was pushed. An adapter run's entry pins its base too.
+    An existing name is refused before anything is pushed, unless ``replace``.
     """
     catalog.check_name(name, replace)
-    pushed = push(folder, repo, private=private, message=f"zoo publish {name}")
+    pushed = push(folder, repo, private=private, message=f"zoo publish {name}", adapter_only=adapter_only)
     record = RunFolder(folder).hub_record
     assert record is not None, "push writes hub.json"
     pins = _read_back(repo, pushed.commit, record.files)
-    hub = catalog.HubSource(repo=repo, revision=pushed.commit, files=pins)
+    base = adapters.base_pin_of(RunFolder(folder))
+    hub = catalog.HubSource(repo=repo, revision=pushed.commit, files=pins, base=base)
     try:
         catalog.add(folder, name, recipe, hub=hub, replace=replace)
     except ZooError as exc:  # the commit exists on the Hub all the same: say which
@@ -109,18 +127,41 @@ def _read_back(repo: str, commit: str, pushed: dict[str, FilePin]) -> dict[str, 
     return pins
 
 
-def _stage(run: RunFolder, staging: Path) -> dict[str, FilePin]:
+def _check_adapter_only(run: RunFolder) -> None:
+    """An adapter-only push needs peft's files and a base that another machine can fetch by its pin."""
+    if not run.file(RunFolder.ADAPTER_WEIGHTS).is_file() or not run.file(RunFolder.ADAPTER_CONFIG).is_file():
+        raise ZooError(
+            f"--adapter-only: {run} has no {RunFolder.ADAPTER_WEIGHTS} and {RunFolder.ADAPTER_CONFIG}: it was "
+            "not trained with model.adapter; push it without --adapter-only"
+        )
+    pin = adapters.base_pin_of(run)
+    if pin is None:
+        raise ZooError(
+            f"--adapter-only: {run} pins no base weights (model.pretrained = {run.recipe.model.pretrained!r} are "
+            "random or a plugin's own): nobody could apply the adapter; push it without --adapter-only"
+        )
+    if not pin.source.startswith(HUB_PREFIX):
+        print(f"zoo: warning: the base of {run} is the local folder {pin.source}: only a machine that holds it "
+              "can apply the adapter (train on 'hf-hub:' or 'registry:' weights to share it further)",
+              file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _stage(run: RunFolder, staging: Path, adapter_only: bool = False) -> dict[str, FilePin]:
     """Copy the run folder's shared files into ``staging``; their pins. Refused before anything is sent:
-    symbolic links and non-files, weights that are not finite, and exports not made from these weights."""
+    symbolic links and non-files, weights that are not finite, and exports not made from these weights.
+    ``adapter_only``: without the merged weights and their exports."""
     files = {}
+    left_out = (RunFolder.WEIGHTS, *RunFolder.EXPORTS) if adapter_only else ()
     for name in RunFolder.SHARED:  # the weights first: the exports are checked against them
+        if name in left_out:
+            continue
         if name == RunFolder.RECIPE:
             data = run.recipe.shareable().to_toml().encode()
         else:
             data = _files.read_file(run.file(name), limit=None, follow_symlinks=False)
             if data is None:
                 continue  # plots and exports are optional
-        if name == RunFolder.WEIGHTS:
+        if name in (RunFolder.WEIGHTS, RunFolder.ADAPTER_WEIGHTS):
             _check_finite(run.file(name), data)
         elif name in RunFolder.EXPORTS:
             check_made_from(run.file(name), data, files[RunFolder.WEIGHTS].sha256)
@@ -144,7 +185,8 @@ def pull(source: HubRepo | RegistryName) -> Path:
     """The local folder of a Hub repo (at its revision), or of a registry name at its pinned commit.
 
     A registry name, and a repo at a commit that a registry name pins, fetch exactly the pinned
-    files and check the sha256 of every one.
+    files and check the sha256 of every one. An adapter pushed alone comes back as it is, without
+    model.safetensors: the resolver (zoo/sharing/resolve.py) applies it to its pinned base.
     """
     if isinstance(source, RegistryName):
         label, entry = source.name, catalog.entry(source.name)
@@ -161,7 +203,8 @@ def pull(source: HubRepo | RegistryName) -> Path:
     with hub_errors(source.spec):
         check_repo_id(source.repo)
         folder = Path(snapshot_download(source.repo, revision=source.revision, allow_patterns=wanted))
-    if not (folder / RunFolder.WEIGHTS).is_file():
+    adapter_only = adapted.is_adapter_only(folder)  # made whole by the resolver, from its pinned base
+    if not (folder / RunFolder.WEIGHTS).is_file() and not adapter_only:
         raise ZooError(
             f"{source.spec} has no {RunFolder.WEIGHTS}: it is not a zoo or timm model repo with safetensors weights "
             "(zoo never loads pickled weights)"
@@ -174,7 +217,8 @@ def pull(source: HubRepo | RegistryName) -> Path:
                 f"{label}: {path} has sha256 {found}, but registry.json pins {pin.sha256}; refusing to load it "
                 f"(delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
             )
-    _check_exports(folder, label)
+    if not adapter_only:
+        _check_exports(folder, label)
     return folder
 
 

@@ -2,7 +2,8 @@
 
 A name resolves to an exact commit (never a moving branch) and the hash and size of each file
 a pull fetches (weights, config.json, recipe, card, results, plots), and/or to the recipe that
-produces the weights. Changes are read-modify-write under a lock, so concurrent ``zoo registry add``
+produces the weights. An adapter run's entry pins its base as well (``base``: source and the sha256
+of every base file), and one shared without merged weights pins peft's files in their place. Changes are read-modify-write under a lock, so concurrent ``zoo registry add``
 and ``zoo publish`` lose nothing.
 
 Where zoo looks: ``$ZOO_REGISTRY``, a comma-separated list of registries searched in order (the
@@ -28,10 +29,12 @@ from .. import _files
 from .. import _locking as locking
 from ..config.sources import HUB_PREFIX, HUB_REPO, REGISTRY_NAME, HubRepo, parse_hub_spec
 from ..errors import ZooError, did_you_mean
+from ..models.adapters import BasePin, base_pin_of
 from ..runs.folder import FilePin, HubRecord, RunFolder
 from .hub_api import pull_registry
 
 SCHEMA_VERSION = 2  # 2: every pulled file pinned (1 pinned model.safetensors only)
+ADAPTER_FILES = (RunFolder.ADAPTER_CONFIG, RunFolder.ADAPTER_WEIGHTS)
 NAME_PATTERN = f"^{REGISTRY_NAME.pattern}$"
 
 
@@ -43,6 +46,7 @@ class HubSource(_Strict):
     repo: str = Field(pattern=f"^{HUB_REPO.pattern}$", description="ORG/NAME on the Hub")
     revision: str = Field(pattern=r"^[0-9a-f]{40}$", description="the full commit hash the name is pinned to")
     files: dict[str, FilePin] = Field(description="every file a pull fetches, with its sha256 and size")
+    base: BasePin | None = Field(None, description="an adapter run's base weights: their source and every file's pin")
 
     @model_validator(mode="after")
     def _pins_the_run_files(self) -> HubSource:
@@ -51,7 +55,9 @@ class HubSource(_Strict):
         unknown = sorted(set(self.files) - set(RunFolder.SHARED))
         if unknown:
             raise ValueError(f"files: {unknown[0]!r} is not a run-folder file zoo pulls")
-        missing = [name for name in (RunFolder.WEIGHTS, RunFolder.CONFIG) if name not in self.files]
+        # An adapter shared alone (zoo push --adapter-only) is pinned with its base instead of merged weights.
+        weights = (RunFolder.WEIGHTS,) if self.base is None or RunFolder.WEIGHTS in self.files else ADAPTER_FILES
+        missing = [name for name in (*weights, RunFolder.CONFIG) if name not in self.files]
         if missing:
             raise ValueError(f"files must pin {missing[0]}")
         return self
@@ -270,7 +276,7 @@ def _hub_source(folder: RunFolder, pushed: HubRecord) -> HubSource:
                 f"{local} is not what commit {pushed.commit[:12]} of {pushed.repo} holds (the run changed after "
                 f"`zoo push`): push it again, then add it"
             )
-    return HubSource(repo=pushed.repo, revision=pushed.commit, files=pushed.files)
+    return HubSource(repo=pushed.repo, revision=pushed.commit, files=pushed.files, base=base_pin_of(folder))
 
 
 def pins_of(source: HubRepo) -> dict[str, FilePin] | None:

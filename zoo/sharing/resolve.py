@@ -7,6 +7,8 @@ in several ways; this module turns each into files on this machine before anythi
   where a registry.json name pins that commit);
 - ``registry:NAME``: its pinned Hub commit pulled and every file's sha256 checked, or, for a name
   with only a recipe, that recipe's output;
+- either of those holding an adapter alone (``zoo push --adapter-only``): its pinned base resolved
+  here too, checked, and the adapter merged into it (zoo/sharing/adapted.py);
 - ``recipe:FILE.toml``: the folder the recipe trains. Training is a higher layer than sharing,
   so the caller passes it in (``train_recipe``); a caller that cannot train refuses the source;
 - a folder, ``true`` and ``false``: unchanged (the model builder checks a folder's files).
@@ -21,7 +23,9 @@ from functools import partial
 from pathlib import Path
 
 from ..config.sources import (
+    HUB_PREFIX,
     RECIPE_PREFIX,
+    REGISTRY_PREFIX,
     HubRepo,
     LocalFolder,
     PluginWeights,
@@ -33,7 +37,9 @@ from ..config.sources import (
     parse,
 )
 from ..errors import ZooError
+from ..models.adapters import BasePin
 from ..parallel import distributed
+from . import adapted
 
 # A recipe file -> the folder of the run it trains, or None where it is not trained (a dry run).
 RecipeTrainer = Callable[[Path], Path | None]
@@ -56,7 +62,11 @@ def resolve(source: WeightSource, *, train_recipe: RecipeTrainer | None = None) 
     if isinstance(source, HubRepo | RegistryName):
         from .hub import pull
 
-        return LocalFolder(distributed.agreed(partial(pull, source)))  # each node pulls and checks
+        folder = distributed.agreed(partial(pull, source))  # each node pulls and checks
+        if adapted.is_adapter_only(folder):  # the adapter alone: its pinned base fetched, checked, merged
+            whole = partial(adapted.made_whole, folder, _label(source), _base_folder, _registry_base(source))
+            folder = distributed.agreed(whole)
+        return LocalFolder(folder)
     if isinstance(source, RecipeOutput):
         if train_recipe is None:
             raise ZooError(
@@ -80,4 +90,34 @@ def local_run_folder(run: str | Path) -> Path:
         raise ZooError(f"{run}: {exc}") from None
     resolved = resolve(source)
     assert isinstance(resolved, LocalFolder), "a Hub repo or registry name resolves to a pulled folder"
+    return resolved.path
+
+
+def _label(source: HubRepo | RegistryName) -> str:
+    return f"{REGISTRY_PREFIX}{source.name}" if isinstance(source, RegistryName) else f"{HUB_PREFIX}{source.spec}"
+
+
+def _registry_base(source: HubRepo | RegistryName) -> BasePin | None:
+    """A registry name's pin of the base its adapter adapts, if it has one."""
+    if not isinstance(source, RegistryName):
+        return None
+    from . import registry as catalog
+
+    hub = catalog.entry(source.name).sources.hub
+    return hub.base if hub is not None else None
+
+
+def _base_folder(pinned: str) -> Path:
+    """The local folder of an adapter's base as its pin names it: a Hub commit pulled (and checked, where
+    registry.json pins it), or a folder on this machine."""
+    try:
+        source = parse(pinned, Path.cwd())
+    except ValueError as exc:
+        raise ZooError(f"the adapter's base {pinned}: {exc}") from None
+    resolved = resolve(source)
+    if not isinstance(resolved, LocalFolder) or not resolved.path.is_dir():
+        raise ZooError(
+            f"the adapter's base {pinned} is not on this machine: copy that folder here, or train the adapter on "
+            "weights from the Hub (model.pretrained = 'hf-hub:ORG/NAME' or 'registry:NAME') and push it again"
+        )
     return resolved.path

@@ -151,7 +151,8 @@ def _write_run(
             atomic_write(folder.file(name), data)
     config = exchange_config(setup.model, recipe.model.backbone, label_names, setup.preprocessing)
     # Files that may be shared hold the recipe without this machine's paths; recipe.toml keeps them.
-    config["zoo"] = {"version": __version__, "recipe_hash": recipe.hash, "recipe": recipe.shareable().to_dict()}
+    config["zoo"] = {"version": __version__, "recipe_hash": recipe.hash, "recipe": recipe.shareable().to_dict(),
+                     **adapters.config_record(setup.model)}  # fmt: skip
     if thresholds is not None:  # a multi-label model: sigmoid scores, a label where its score reaches its threshold
         config["thresholds"] = thresholds
     if temperature != 1.0:

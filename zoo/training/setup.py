@@ -128,7 +128,7 @@ def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn
     preprocessing = resolve_preprocessing(recipe.data, model, splits)
     freeze.apply(model, recipe.model.freeze)
     if recipe.model.adapter is not None:
-        model = adapters.attach(model, recipe.model.adapter, recipe.model.backbone)
+        model = adapters.attach(model, recipe.model.adapter, recipe.model.backbone, base=source)
     return model, preprocessing
 
 
