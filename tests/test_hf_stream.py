@@ -285,3 +285,50 @@ def test_sigkill_then_resume_of_a_stream_is_bit_identical(tmp_path: Path, nproc:
             "train.max_steps=8", "train.epochs=2", "train.checkpoint_every=3",
             f"data.num_workers={2 if nproc == 1 else 0}"]  # fmt: skip
     kill_then_resume(tmp_path, args, "step-00000003", nproc=nproc)  # 4 steps an epoch: mid-epoch 1
+
+
+SEEN_MODULE = {
+    "seen_plugin.py": """
+    import os
+
+    import torch
+    from torch import nn
+
+    class Seen(nn.Module):
+        '''Pools its input; notes a fingerprint of every image it trains on, in a file per rank.'''
+
+        num_features = 4
+
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(3, 4)
+
+        def forward(self, x):
+            if self.training:
+                with open(f"{os.environ['ZOO_TEST_SEEN']}.{os.environ.get('RANK', '0')}", "a") as log:
+                    log.writelines(f"{float(image.double().sum()):.6f}\\n" for image in x.detach())
+            return self.fc(x.mean((2, 3)))
+
+    def seen():
+        return Seen()
+    """
+}
+
+
+@pytest.mark.slow
+def test_two_ranks_of_zoo_run_train_on_disjoint_rows_that_cover_the_split(tmp_path: Path) -> None:
+    """End to end under `--nproc 2`: a model that notes what each rank trains on; 18 rows in 2 shards, 3 steps
+    of 3 images a rank: each rank its own 9 rows, none twice, none shared."""
+    from conftest import make_distribution
+
+    site = make_distribution(tmp_path / "site", "seen", {"zoo.models": {"seen": "seen_plugin:seen"}}, SEEN_MODULE)
+    folder = parquet_folder(tmp_path / "pq", make_dataset(splits={"train": 6, "test": 2}))
+    seen = tmp_path / "seen"
+    run = zoo_command("run", "--nproc", "2", *STREAM_RUN, "model.backbone=seen", "data.augment=none",
+                      f"data.args={{path = '{folder}', streaming = true}}", "data.batch_size=3", "train.max_steps=3",
+                      f"output.dir={tmp_path / 'run'}", "--no-progress",
+                      env={"PYTHONPATH": str(site), "ZOO_TEST_SEEN": str(seen)})  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    ranks = [seen.with_name(f"seen.{rank}").read_text().split() for rank in (0, 1)]
+    assert [len(rows) for rows in ranks] == [9, 9] and [len(set(rows)) for rows in ranks] == [9, 9]
+    assert not set(ranks[0]) & set(ranks[1])

@@ -436,13 +436,21 @@ def test_nan_weights_with_a_finite_loss_never_finish(mnist_dir: Path, tmp_path: 
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("failing", ["weights", "a plot, drawn in a thread"])
 def test_a_failed_final_write_is_recorded_as_failed(
-    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
-    def disk_full(self: RunFolder, *args: object) -> None:
-        raise ZooError(f"cannot write {self.file(RunFolder.WEIGHTS)}: No space left on device")
+    def disk_full(*args: object) -> None:
+        raise ZooError(
+            f"cannot write {args[-1] if failing != 'weights' else 'model.safetensors'}: No space left on device"
+        )
 
-    monkeypatch.setattr(RunFolder, "write_weights", disk_full)
+    if failing == "weights":
+        monkeypatch.setattr(RunFolder, "write_weights", disk_full)
+    else:
+        from zoo.runs import plots
+
+        monkeypatch.setattr(plots, "_save", disk_full)
     result = CliRunner().invoke(
         cli, ["run", str(RECIPES / "mnist.toml"), *TINY, f"output.dir={tmp_path / 'run'}", "--no-progress"]
     )

@@ -37,12 +37,9 @@ def finish_run(
 ) -> RunResults:
     """The run's results (test metrics once finished), and on rank 0 the run folder's final files."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots") as painter:
-        # The curves need the history alone: rank 0, which writes the folder, draws them while the
-        # test split is evaluated.
-        curves = None
-        if distributed.is_main():
-            curves = painter.submit(write_curves, folder, trainer.history, trainer.learning_rates())
-        return _finish(setup, trainer, folder, state, reason, seconds, curves)
+        # Rank 0, which writes the folder, draws the plots in a thread: the curves while the test split
+        # is evaluated, the confusion matrix while the weights and config are written.
+        return _finish(setup, trainer, folder, state, reason, seconds, painter if distributed.is_main() else None)
 
 
 def _finish(
@@ -52,8 +49,9 @@ def _finish(
     state: str,
     reason: str,
     seconds: float,
-    curves: Future[list[str]] | None,
+    painter: ThreadPoolExecutor | None,
 ) -> RunResults:
+    plots = [painter.submit(write_curves, folder, trainer.history, trainer.learning_rates())] if painter else []
     kept = trainer.keep_best()
     log(f"keeping {kept}")
     model = trainer.evaluator  # the weights the run keeps (the EMA's, if there is one)
@@ -98,8 +96,8 @@ def _finish(
             results.calibration |= {"test_ece_before": results.test.get("ece_uncalibrated", results.test["ece"]),
                                     "test_ece_after": results.test["ece"]}  # fmt: skip
     weights = fsdp.full_state_dict(model)  # a collective when sharded
-    if curves is not None:
-        plots = curves.result() + write_confusion(folder, results.test)
+    if painter is not None:
+        plots.append(painter.submit(write_confusion, folder, results.test))
         files = _write_run(folder, setup, results, weights, thresholds, temperature, plots)
         trainer.loggers.finish(results.model_dump(exclude_none=True), files)
     return results
@@ -137,7 +135,7 @@ def _write_run(
     weights: dict[str, torch.Tensor],
     thresholds: list[float] | None,
     temperature: float,
-    plots: list[str],
+    plots: list[Future[list[str]]],
 ) -> list[Path]:
     """Write the run folder's final files; returns those worth keeping beside a tracker's run."""
     recipe, label_names = setup.recipe, setup.splits.label_names
@@ -158,15 +156,16 @@ def _write_run(
     if temperature != 1.0:
         config["temperature"] = temperature
     folder.write_config(config)
+    drawn = [name for plot in plots for name in plot.result()]  # the thread's plots, which the card shows
     timm_architecture = config["architecture"] if hasattr(setup.model, "pretrained_cfg") else None
     hub_dataset = facts(setup.splits.train.dataset).hub_dataset
     card = model_card(
-        recipe.shareable(), results, plots, base_model(recipe.model.pretrained, setup.model), timm_architecture,
+        recipe.shareable(), results, drawn, base_model(recipe.model.pretrained, setup.model), timm_architecture,
         hub_dataset,
     )  # fmt: skip
     folder.write_model_card(card)
     folder.write_results(results)  # last: its state marks the folder complete
-    kept = (RunFolder.RESULTS, RunFolder.MODEL_CARD, *plots, *([RunFolder.WEIGHTS] if recipe.log.weights else []))
+    kept = (RunFolder.RESULTS, RunFolder.MODEL_CARD, *drawn, *([RunFolder.WEIGHTS] if recipe.log.weights else []))
     return [folder.file(name) for name in kept]
 
 
