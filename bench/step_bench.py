@@ -200,22 +200,25 @@ def interleaved(contenders: dict[str, object], chunk: int, rounds: int) -> dict[
     }
 
 
-def steps_table(chunk: int, rounds: int) -> list[str]:
+def steps_table(chunk: int, rounds: int, only: list[str] | None = None) -> list[str]:
+    """zoo against the hand loop at every batch size and precision (``only``: just those, as BATCH:PRECISION)."""
     lines = [
         "| batch | precision | zoo images/s | hand loop images/s | zoo / hand (median, range over rounds) |",
         "|---|---|---|---|---|",
     ]
     precisions = ["fp32", "bf16"] if _native_bf16() else ["fp32"]
-    for batch in (32, 64, 256):
-        for precision in precisions:
-            overrides = [f"data.batch_size={batch}", f"train.precision={precision}"]
-            print(f"batch {batch}, {precision} ...", file=sys.stderr, flush=True)
-            result = interleaved({"zoo": ZooSteps(overrides), "hand": HandSteps(overrides)}, chunk, rounds)
-            low, high = result["ratio_range"]
-            lines.append(
-                f"| {batch} | {precision} | {result['zoo']:.0f} | {result['hand']:.0f} | "
-                f"{result['ratio']:.3f}x ({low:.2f}-{high:.2f}) |"
-            )
+    settings = [(batch, precision) for batch in (32, 64, 256) for precision in precisions]
+    if only:
+        settings = [(int(batch), precision) for batch, precision in (setting.split(":") for setting in only)]
+    for batch, precision in settings:
+        overrides = [f"data.batch_size={batch}", f"train.precision={precision}"]
+        print(f"batch {batch}, {precision} ...", file=sys.stderr, flush=True)
+        result = interleaved({"zoo": ZooSteps(overrides), "hand": HandSteps(overrides)}, chunk, rounds)
+        low, high = result["ratio_range"]
+        lines.append(
+            f"| {batch} | {precision} | {result['zoo']:.0f} | {result['hand']:.0f} | "
+            f"{result['ratio']:.3f}x ({low:.2f}-{high:.2f}) |"
+        )
     return lines
 
 
@@ -300,6 +303,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--chunk", type=int, default=40, help="optimiser steps of each contender per round")
     parser.add_argument("--rounds", type=int, default=7, help="rounds of alternating chunks (one more warms up)")
+    parser.add_argument("--only", nargs="+", metavar="BATCH:PRECISION", help="just these steps (e.g. 32:fp32)")
     parser.add_argument("--write", action="store_true", help=f"put the tables in bench/RESULTS.md under '{SECTION}'")
     args = parser.parse_args()
     from zoo.parallel.device import configure
@@ -311,6 +315,9 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; chunks of {args.chunk} steps, {args.rounds} rounds",
         "",
     ]
+    if args.only:  # a second look at some settings: printed, not written
+        print("\n".join(header + steps_table(args.chunk, args.rounds, args.only)))
+        return
     body = [
         *steps_table(args.chunk, args.rounds),
         "",
