@@ -161,6 +161,13 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def unpinned_sha256(path: Path, pinned: str) -> str | None:
+    """The sha256 of the file at ``path`` ("(missing)" when there is none) where it is not ``pinned``;
+    None when the file is the one pinned."""
+    found = sha256_of(path) if path.is_file() else "(missing)"
+    return None if found == pinned else found
+
+
 def write_json(path: Path, data: Any) -> None:
     """Strict JSON: a NaN or infinity is a bug to surface, never a file other tools cannot read."""
     atomic_write(path, (json.dumps(data, indent=2, allow_nan=False) + "\n").encode())

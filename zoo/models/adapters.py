@@ -144,8 +144,8 @@ def check_base(folder: Path, pin: BasePin, label: str) -> None:
     """Every file of the base in ``folder`` is the one the adapter was trained on; else a ZooError naming it."""
     for name, expected in pin.files.items():
         path = folder / name
-        found = _files.sha256_of(path) if path.is_file() else "(missing)"
-        if found != expected.sha256:
+        found = _files.unpinned_sha256(path, expected.sha256)
+        if found:
             raise ZooError(
                 f"{label}: the base weights' {path} has sha256 {found}, but the adapter was trained on "
                 f"{pin.source} whose {name} has sha256 {expected.sha256}; refusing to apply the adapter to other weights"

@@ -211,8 +211,8 @@ def pull(source: HubRepo | RegistryName) -> Path:
         )
     for name, pin in (pins or {}).items():
         path = folder / name
-        found = _files.sha256_of(path) if path.is_file() else "(missing)"
-        if found != pin.sha256:
+        found = _files.unpinned_sha256(path, pin.sha256)
+        if found:
             raise ZooError(
                 f"{label}: {path} has sha256 {found}, but registry.json pins {pin.sha256}; refusing to load it "
                 f"(delete the cached copy under {constants.HF_HUB_CACHE} and pull again)"
