@@ -326,3 +326,25 @@ def test_two_processes_pulling_one_adapter_merge_it_once(shared: dict, tmp_path:
     assert len(folders) == 1 and merged_folders == [*folders]  # no staging folder left behind
     merged, kept = load_file(folders.pop() / RunFolder.WEIGHTS), load_file(shared["lora"] / RunFolder.WEIGHTS)
     assert all(merged[name].equal(kept[name]) for name in kept)
+
+
+def test_a_resumed_adapter_run_pins_the_base_it_trained_on_not_what_its_source_holds_now(
+    cnn_runs: tuple[Path, Path], mnist_dir: Path, tmp_path: Path
+) -> None:
+    base, _ = cnn_runs
+    source = tmp_path / "base"
+    shutil.copytree(base, source)
+    first = [*CNN, *CNN_LORA, f"model.pretrained={source}", f"output.dir={tmp_path / 'lora'}"]
+    run(recipes.load(RECIPES / "mnist.toml", first), progress=False)
+    trained_on = adapters.base_pin_of(RunFolder(tmp_path / "lora"))
+    other = run(recipes.load(RECIPES / "mnist.toml", [*CNN, "train.seed=7", f"output.dir={tmp_path / 'other'}"]),
+                progress=False)  # fmt: skip
+    shutil.copy(other.folder / RunFolder.WEIGHTS, source / RunFolder.WEIGHTS)  # the folder's weights replaced
+    run(recipes.load(RECIPES / "mnist.toml", [*first, "train.epochs=2"]), progress=False, resume=tmp_path / "lora")
+    resumed = adapters.base_pin_of(RunFolder(tmp_path / "lora"))
+    assert trained_on is not None and resumed == trained_on
+    assert (
+        resumed.files[RunFolder.WEIGHTS].sha256
+        == sha256(base / RunFolder.WEIGHTS)
+        != sha256(source / RunFolder.WEIGHTS)
+    )

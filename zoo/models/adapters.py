@@ -124,6 +124,13 @@ def config_record(model: nn.Module) -> dict[str, Any]:
     return {BASE_KEY: pin.model_dump()} if pin is not None else {}
 
 
+def restore_base(model: nn.Module, record: dict[str, Any] | None) -> None:
+    """A resumed run's pin: the base it was first built from (its checkpoint's record), not the weights
+    its source names now (a Hub branch moves on, a folder is replaced), which the checkpoint's overwrite."""
+    if model in _bases:
+        _bases[model] = BasePin.model_validate(record) if record is not None else None
+
+
 def base_pin_of(run: RunFolder) -> BasePin | None:
     """The pin of the base an adapter run adapts (config.json), None for a run without one."""
     found = run.config["zoo"].get(BASE_KEY)

@@ -12,6 +12,7 @@ from torch import nn
 from ..config.schema import Recipe, TrainConfig
 from ..data.batches import Batches
 from ..errors import ZooError
+from ..models import adapters
 from ..models.build import nonfinite_tensors, prefixed
 from ..parallel import distributed, fsdp
 from ..runs.folder import RunFolder
@@ -106,6 +107,7 @@ class TrainerState:
             "scaler": self.scaler.state_dict(),
             "world_size": distributed.world_size(),
             "monitor": self.monitor.state(),
+            "adapter_base": adapters.config_record(self.model).get(adapters.BASE_KEY),  # the base it started from
         }
         best = self.monitor.best.step if self.keep == "best" and self.monitor.best else None
         shared, own = ({}, own | weights) if self.sharded else (weights, own)
@@ -144,6 +146,8 @@ class TrainerState:
             self.loss_sum.copy_(tensors["loss_sum"])
             self.correct.copy_(tensors["correct"])
             self.monitor.restore(state.get("monitor", {}))
+            if "adapter_base" in state:
+                adapters.restore_base(self.model, state["adapter_base"])
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ZooError(
