@@ -348,3 +348,17 @@ def test_a_resumed_adapter_run_pins_the_base_it_trained_on_not_what_its_source_h
         == sha256(base / RunFolder.WEIGHTS)
         != sha256(source / RunFolder.WEIGHTS)
     )
+
+
+def test_an_adapter_only_push_over_a_full_one_leaves_no_merged_weights_on_the_branch(
+    cnn_runs: tuple[Path, Path], hub: tuple[FakeHub, dict[str, str]]
+) -> None:
+    """The branch then holds only this push's files: an earlier push's weights would answer for this run."""
+    server, env = hub
+    _, lora = cnn_runs
+    ok(zoo_command("push", str(lora), "--repo", "zoo-test/lora", env=env))
+    repo = server.state.repos["zoo-test/lora"]
+    assert RunFolder.WEIGHTS in repo.commits[repo.branches["main"]]
+    ok(zoo_command("push", str(lora), "--repo", "zoo-test/lora", "--adapter-only", env=env))
+    served = repo.commits[repo.branches["main"]]
+    assert RunFolder.WEIGHTS not in served and RunFolder.ADAPTER_WEIGHTS in served

@@ -332,3 +332,14 @@ def test_two_ranks_of_zoo_run_train_on_disjoint_rows_that_cover_the_split(tmp_pa
     ranks = [seen.with_name(f"seen.{rank}").read_text().split() for rank in (0, 1)]
     assert [len(rows) for rows in ranks] == [9, 9] and [len(set(rows)) for rows in ranks] == [9, 9]
     assert not set(ranks[0]) & set(ranks[1])
+
+
+def test_a_stream_run_resumed_with_other_epochs_or_steps_is_one_line(tmp_path: Path) -> None:
+    """Its epochs are cut from train.max_steps: a resume that changed either would stop short of both."""
+    folder = parquet_folder(tmp_path / "pq", make_dataset(splits={"train": 6, "test": 2}))
+    args = [*STREAM_RUN, f"data.args={{path = '{folder}', streaming = true}}", "data.batch_size=4",
+            "train.max_steps=2", f"output.dir={tmp_path / 'run'}", "--no-progress"]  # fmt: skip
+    assert zoo_command("run", *args).returncode == 0
+    for longer in ("train.max_steps=4", "train.epochs=2"):
+        refused = zoo_command("run", *args, longer, "--resume", str(tmp_path / "run"))
+        assert_user_error(refused, "reads a stream", "neither may change on resume")

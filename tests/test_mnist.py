@@ -70,6 +70,22 @@ def test_a_truncated_wrong_or_mismatched_file_is_one_line_naming_it(raw_copy: Pa
         MNIST(raw_copy.parents[1], "test", download=False)
 
 
+def test_a_huge_file_is_refused_from_its_size_before_it_is_read(raw_copy: Path) -> None:
+    images = raw_copy / FILES["test"][0]
+    os.truncate(images, 8 << 30)  # sparse: 8 GiB that would fill the memory if read
+    with pytest.raises(ZooError, match=r"is 8,589,934,592 bytes, not the 7,840,016 its header says"):
+        MNIST(raw_copy.parents[1], "test", download=False)
+
+
+def test_a_label_that_is_not_a_digit_names_the_labels_file(raw_copy: Path) -> None:
+    labels = raw_copy / FILES["test"][1]
+    data = bytearray(labels.read_bytes())
+    data[-1] = 11
+    labels.write_bytes(bytes(data))
+    with pytest.raises(ZooError, match=r"t10k-labels-idx1-ubyte holds the label 11, not a digit"):
+        MNIST(raw_copy.parents[1], "test", download=False)
+
+
 @pytest.mark.parametrize("hostile", ["fifo", "folder"])
 def test_a_fifo_or_folder_in_place_of_a_file_is_one_line_and_never_blocks(raw_copy: Path, hostile: str) -> None:
     images = raw_copy / FILES["test"][0]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 import urllib.error
 from pathlib import Path
 
 import torch
 from torch.utils.data import Dataset
 
-from .._files import read_file
+from .._files import open_regular
 from ..errors import ZooError
 from .augment import DIGITS
 
@@ -38,6 +39,9 @@ class MNIST(Dataset):
             _download(Path(root), split, download)
         self.images = read_idx(images, dimensions=3).unsqueeze(1)  # uint8, N x 1 x 28 x 28
         self.targets = read_idx(labels, dimensions=1).long()
+        if len(self.targets) and int(self.targets.max()) > 9:
+            raise ZooError(f"{labels} holds the label {int(self.targets.max())}, not a digit: it is damaged; "
+                           "download MNIST again")  # fmt: skip
         if len(self.images) != len(self.targets):
             raise ZooError(f"{images} holds {len(self.images):,} images but {labels} {len(self.targets):,} labels")
         self.classes = [str(digit) for digit in range(10)]
@@ -56,17 +60,21 @@ def read_idx(path: Path, dimensions: int) -> torch.Tensor:
     Read here rather than through torchvision, whose import (its models and ops) would cost a run
     on MNIST two seconds of start-up; a damaged file is one line, not an assertion.
     """
-    data = read_file(path, limit=None)
-    if data is None:
+    descriptor = open_regular(path, os.O_RDONLY)
+    if descriptor is None:
         raise ZooError(f"{path} does not exist: set ZOO_DATA_DIR (or data.root) to a folder that holds MNIST/raw/")
-    header = 4 * (dimensions + 1)
-    if len(data) < header or data[:4] != bytes([0, 0, 0x08, dimensions]):
-        raise ZooError(f"{path} is not an IDX file of {dimensions}-dimensional uint8 data: download MNIST again")
-    shape = [int.from_bytes(data[4 * i : 4 * i + 4], "big") for i in range(1, dimensions + 1)]
-    if len(data) != header + math.prod(shape):
-        raise ZooError(f"{path} is {len(data):,} bytes, not the {header + math.prod(shape):,} its header says: "
-                       "it is damaged or truncated; download MNIST again")  # fmt: skip
-    body = bytearray(memoryview(data)[header:])  # writable: torch's tensors may be changed in place
+    with os.fdopen(descriptor, "rb") as file:
+        size, header = os.fstat(descriptor).st_size, 4 * (dimensions + 1)
+        head = file.read(header)
+        if len(head) < header or head[:4] != bytes([0, 0, 0x08, dimensions]):
+            raise ZooError(f"{path} is not an IDX file of {dimensions}-dimensional uint8 data: download MNIST again")
+        shape = [int.from_bytes(head[4 * i : 4 * i + 4], "big") for i in range(1, dimensions + 1)]
+        if size != header + math.prod(shape):  # checked before reading: a huge file is never read
+            raise ZooError(f"{path} is {size:,} bytes, not the {header + math.prod(shape):,} its header says: "
+                           "it is damaged or truncated; download MNIST again")  # fmt: skip
+        body = bytearray(size - header)  # writable: torch's tensors may be changed in place
+        if file.readinto(body) != len(body):
+            raise ZooError(f"{path} changed while it was read; read it again")
     return (torch.frombuffer(body, dtype=torch.uint8) if body else torch.empty(0, dtype=torch.uint8)).view(*shape)
 
 

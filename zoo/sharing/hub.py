@@ -71,6 +71,9 @@ def push(
                 folder_path=staging,
                 revision=revision,
                 commit_message=message or f"zoo push {run.path.name}",
+                # A run folder's files left out of this push go from the branch too: an earlier push's
+                # weights or exports would otherwise answer for this run (an adapter alone, say).
+                delete_patterns=[name for name in RunFolder.SHARED if name not in files],
             )
     branch = revision or constants.DEFAULT_REVISION
     try:

@@ -222,11 +222,15 @@ def check_resumable(folder: RunFolder, recipe: Recipe) -> Path:
         saved = folder.recipe
     except ZooError as exc:
         raise ZooError(f"--resume: {exc}") from None
-    differing = [
-        key
-        for key in recipes.differing_keys([saved.to_dict(), recipe.to_dict()])
-        if key not in RESUMABLE_KEYS and not key.startswith("log.")
-    ]
+    changed = recipes.differing_keys([saved.to_dict(), recipe.to_dict()])
+    differing = [key for key in changed if key not in RESUMABLE_KEYS and not key.startswith("log.")]
+    streamed = recipe.data.dataset == "hf" and recipe.data.args.get("streaming") is True
+    if streamed and {"train.epochs", "train.max_steps"} & set(changed):
+        # A stream's epochs are cut from train.max_steps: the epochs already trained keep their length.
+        raise ZooError(
+            f"--resume: {folder} reads a stream, whose epochs are train.max_steps cut in train.epochs parts: "
+            "neither may change on resume; start a new run to train longer"
+        )
     if differing:
         raise ZooError(
             f"--resume: the recipe differs from the run in {folder} in {', '.join(differing)}; "
