@@ -133,6 +133,24 @@ def test_batches_resumed_from_their_state_go_on_exactly(tmp_path: Path, workers:
     assert torch.equal(epochs[0][0][1], epochs[0][3][1])
 
 
+@pytest.mark.parametrize("damage", ["junk", "a list", "no shard state"])
+def test_a_damaged_or_foreign_stream_position_does_not_fit(tmp_path: Path, damage: str) -> None:
+    """Refused when the checkpoint is read (one line there), never a traceback or a silent restart mid-run."""
+    stream = stream_of(parquet_folder(tmp_path / "pq", make_dataset(splits={"train": 4, "test": 2})))
+    batches = stream_batches(stream, per_epoch=5)
+    next(iter(batches.epoch(1)))
+    state = json.loads(json.dumps(batches.state()))
+    stream_batches(stream, per_epoch=5).load_state(state)  # as saved, it fits
+    if damage == "one more shard":
+        stream = stream_of(parquet_folder(tmp_path / "pq3", make_dataset(splits={"train": 4, "test": 2}), 3))
+    else:
+        state["stream"]["shard"] = (
+            {"junk": {"examples_iterable": 1}} if damage == "junk" else [1, 2] if damage == "a list" else None
+        )
+    with pytest.raises(ValueError, match="not one of this dataset's shards"):
+        stream_batches(stream, per_epoch=5).load_state(state)
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_an_undecodable_image_names_the_split_and_row(tmp_path: Path, workers: int) -> None:
     dataset = make_dataset(splits={"train": 4, "test": 2})

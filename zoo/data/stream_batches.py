@@ -74,6 +74,11 @@ class StreamBatches(Batches):
 
     def load_state(self, state: dict[str, Any]) -> None:
         saved = state["stream"]
+        fresh = self.split.dataset.shard(distributed.rank(), distributed.world_size()).state_dict()
+        at_start = saved["shard"] is None and saved["row"] == 0  # no row read yet
+        if not at_start and not _same_layout(fresh, saved["shard"]):  # datasets would fail mid-run, or start again
+            raise ValueError("the stream's saved position is not one of this dataset's shards (damaged, or the "
+                             "dataset's files changed)")  # fmt: skip
         self.position = self.start = {"row": int(saved["row"]), "shard": saved["shard"]}
         self.after, self.taken, self.rows = {0: self.position}, 0, None
 
@@ -112,3 +117,17 @@ class StreamBatches(Batches):
             self.shard.load_state_dict(self.start["shard"])
             self.row, self.start = self.start["row"], None
         return self.split.rows(self.shard, self.row, rank, ranks)
+
+
+def _same_layout(fresh: Any, saved: Any) -> bool:
+    """Whether ``saved`` is laid out as the ``fresh`` state of the same shard is: the same keys and list
+    lengths, values of the same types (None, where a state has nothing yet, matches anything)."""
+    if isinstance(fresh, dict):
+        return (
+            isinstance(saved, dict)
+            and fresh.keys() == saved.keys()
+            and all(_same_layout(fresh[key], saved[key]) for key in fresh)
+        )
+    if isinstance(fresh, list):
+        return isinstance(saved, list) and len(fresh) == len(saved) and all(map(_same_layout, fresh, saved))
+    return fresh is None or saved is None or type(fresh) is type(saved)
