@@ -533,3 +533,21 @@ def test_class_weights_reach_the_loss_and_results(mnist_dir: Path, tmp_path: Pat
     assert setup.loss_fn.weight.tolist() == pytest.approx([40 / 60, 40 / 20])
     result = run(recipe, progress=False)
     assert result.results.class_weights == pytest.approx([40 / 60, 40 / 20])
+
+
+def test_a_plot_that_fails_while_the_run_fails_too_is_said_not_lost(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from zoo.runs import plots
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("the plot broke")
+
+    def disk_full(self: RunFolder, *args: object) -> None:
+        raise ZooError("cannot write model.safetensors: No space left on device")
+
+    monkeypatch.setattr(plots, "_save", broken)
+    monkeypatch.setattr(RunFolder, "write_weights", disk_full)
+    with pytest.raises(ZooError, match="No space left") as raised:
+        run(recipes.load(RECIPES / "mnist.toml", [*TINY, f"output.dir={tmp_path / 'run'}"]), progress=False)
+    assert "(drawing a plot failed too: RuntimeError: the plot broke)" in raised.value.__notes__

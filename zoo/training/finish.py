@@ -39,7 +39,15 @@ def finish_run(
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="plots") as painter:
         # Rank 0, which writes the folder, draws the plots in a thread: the curves while the test split
         # is evaluated, the confusion matrix while the weights and config are written.
-        return _finish(setup, trainer, folder, state, reason, seconds, painter if distributed.is_main() else None)
+        plots: list[Future[list[str]]] = []
+        try:
+            return _finish(setup, trainer, folder, state, reason, seconds, painter if distributed.is_main() else None,
+                           plots)  # fmt: skip
+        except BaseException as exc:  # a plot that failed meanwhile is said too, never lost
+            for failed in (plot.exception() for plot in plots):
+                if failed is not None and failed is not exc:
+                    exc.add_note(f"(drawing a plot failed too: {type(failed).__name__}: {failed})")
+            raise
 
 
 def _finish(
@@ -50,8 +58,10 @@ def _finish(
     reason: str,
     seconds: float,
     painter: ThreadPoolExecutor | None,
+    plots: list[Future[list[str]]],
 ) -> RunResults:
-    plots = [painter.submit(write_curves, folder, trainer.history, trainer.learning_rates())] if painter else []
+    if painter is not None:
+        plots.append(painter.submit(write_curves, folder, trainer.history, trainer.learning_rates()))
     kept = trainer.keep_best()
     log(f"keeping {kept}")
     model = trainer.evaluator  # the weights the run keeps (the EMA's, if there is one)
