@@ -48,7 +48,7 @@ class BasePin(BaseModel):
 
     model_config = ConfigDict(extra="forbid", strict=True)
 
-    source: str = Field(description="hf-hub:ORG/NAME@COMMIT, or the local folder the base was read from")
+    source: str = Field(description="hf-hub:ORG/NAME@COMMIT, or the name of the local folder the base was read from")
     files: dict[str, FilePin] = Field(description="model.safetensors (and config.json) of the base")
 
     @model_validator(mode="after")
@@ -103,7 +103,8 @@ def pin_base(source: WeightSource, model: nn.Module) -> BasePin | None:
     if folder is None or not (folder / RunFolder.WEIGHTS).is_file():
         return None
     files = {name: _pin(folder / name) for name in BASE_FILES if (folder / name).is_file()}
-    return BasePin(source=hub_snapshot(folder) or str(folder.resolve()), files=files)
+    # A local folder by its name alone: config.json is shared, and holds no path of this machine (recipe.toml does).
+    return BasePin(source=hub_snapshot(folder) or folder.resolve().name, files=files)
 
 
 def hub_snapshot(folder: Path) -> str | None:
