@@ -363,3 +363,23 @@ def test_an_adapter_only_push_over_a_full_one_leaves_no_merged_weights_on_the_br
     ok(zoo_command("push", str(lora), "--repo", "zoo-test/lora", "--adapter-only", env=env))
     served = repo.commits[repo.branches["main"]]
     assert RunFolder.WEIGHTS not in served and RunFolder.ADAPTER_WEIGHTS in served
+
+
+@pytest.mark.parametrize("damage", ["a tensor missing", "DoRA claimed for LoRA weights"])
+def test_adapter_files_that_do_not_hold_what_their_config_asks_for_are_one_line(
+    cnn_runs: tuple[Path, Path], tmp_path: Path, damage: str
+) -> None:
+    """peft itself only warns, and merges fresh weights where a tensor is missing."""
+    from safetensors.torch import save_file
+
+    base, lora = cnn_runs
+    only = adapter_only_copy(lora, tmp_path / "only")
+    if damage == "a tensor missing":
+        tensors = load_file(only / RunFolder.ADAPTER_WEIGHTS)
+        save_file({name: t for name, t in tensors.items() if "lora_B" not in name}, only / RunFolder.ADAPTER_WEIGHTS)
+    else:
+        config = json.loads((only / RunFolder.ADAPTER_CONFIG).read_text())
+        (only / RunFolder.ADAPTER_CONFIG).write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(ZooError, match="adapter_model.safetensors lacks .* it is damaged or belongs to other settings"):
+        adapted.made_whole(only, "test", lambda source: base)
+    assert not list((adapted.cache_dir() / "adapted").glob(f"*/{RunFolder.WEIGHTS}"))  # nothing merged is kept

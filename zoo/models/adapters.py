@@ -163,16 +163,25 @@ def check_base(folder: Path, pin: BasePin, label: str) -> None:
 def merged_weights(run: RunFolder, base: Path) -> dict[str, torch.Tensor]:
     """The weights of an adapter run rebuilt from its base (a folder of the pinned files) and its peft files:
     the base model built as the run built it, peft's adapter loaded onto it and merged in."""
-    from peft import PeftModel
+    from peft import PeftModel, get_peft_model_state_dict
+    from safetensors import safe_open
 
     from .build import build_model, run_model_config
 
     model, _ = build_model(run_model_config(run, LocalFolder(base)), run.label_names)
     try:
         adapted = PeftModel.from_pretrained(model, str(run.path))
-    except (ValueError, KeyError, RuntimeError) as exc:  # peft's word on files that do not fit the model
+    except (ValueError, KeyError, RuntimeError, AttributeError) as exc:  # peft's word on files that do not fit
         reason = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ZooError(f"{run.path}: peft cannot apply {RunFolder.ADAPTER_WEIGHTS} to its base: {reason}") from None
+    # peft only warns about an adapter tensor the file lacks, and merges the layer's fresh weights instead.
+    with safe_open(run.file(RunFolder.ADAPTER_WEIGHTS), "pt") as saved:
+        missing = sorted(set(get_peft_model_state_dict(adapted)) - set(saved.keys()))
+    if missing:
+        raise ZooError(
+            f"{run.file(RunFolder.ADAPTER_WEIGHTS)} lacks {len(missing)} of the tensors {RunFolder.ADAPTER_CONFIG} "
+            f"asks for (first '{missing[0]}'): it is damaged or belongs to other settings; push the run again"
+        )
     return adapted.merge_and_unload().state_dict()
 
 
