@@ -383,3 +383,18 @@ def test_adapter_files_that_do_not_hold_what_their_config_asks_for_are_one_line(
     with pytest.raises(ZooError, match="adapter_model.safetensors lacks .* it is damaged or belongs to other settings"):
         adapted.made_whole(only, "test", lambda source: base)
     assert not list((adapted.cache_dir() / "adapted").glob(f"*/{RunFolder.WEIGHTS}"))  # nothing merged is kept
+
+
+def test_a_base_that_cannot_be_fetched_is_named_as_the_adapter_s_base(
+    cnn_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    _, lora = cnn_runs
+    only = adapter_only_copy(lora, tmp_path / "only")
+
+    def gone(source: str) -> Path:
+        raise ZooError(f"{source}: no such revision on the Hub")
+
+    with pytest.raises(
+        ZooError, match=r"^hf-hub:zoo-test/lora adapts the base \S+, which cannot be fetched: .*no such revision"
+    ):
+        adapted.made_whole(only, "hf-hub:zoo-test/lora", gone)

@@ -55,7 +55,10 @@ def made_whole(folder: Path, label: str, fetch: FetchBase, expected: adapters.Ba
     with locking.locked(target):
         if (target / RunFolder.WEIGHTS).is_file():  # written whole (a staged folder renamed) or not at all
             return target
-        base = fetch(pin.source)
+        try:
+            base = fetch(pin.source)
+        except ZooError as exc:  # say whose base it is: the user asked for the adapter, not for it
+            raise ZooError(f"{label} adapts the base {pin.source}, which cannot be fetched: {exc}") from None
         adapters.check_base(base, pin, label)
         weights = adapters.merged_weights(run, base)
         with _files.staged_folder(target) as staging:
