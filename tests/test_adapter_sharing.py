@@ -398,3 +398,19 @@ def test_a_base_that_cannot_be_fetched_is_named_as_the_adapter_s_base(
         ZooError, match=r"^hf-hub:zoo-test/lora adapts the base \S+, which cannot be fetched: .*no such revision"
     ):
         adapted.made_whole(only, "hf-hub:zoo-test/lora", gone)
+
+
+def test_a_local_adapter_only_folder_is_made_whole_from_the_base_named_here(
+    cnn_runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`zoo predict FOLDER` and the other readers of a run folder merge an adapter copied alone too; the pin
+    names a local base by its folder's name, found from here."""
+    from zoo.sharing.resolve import local_run_folder
+
+    base, lora = cnn_runs
+    only = adapter_only_copy(lora, tmp_path / "only")
+    with pytest.raises(ZooError, match="adapts the base base, which cannot be fetched"):
+        local_run_folder(str(only))
+    shutil.copytree(base, tmp_path / "base")  # the tests run in tmp_path
+    merged, kept = load_file(local_run_folder(str(only)) / RunFolder.WEIGHTS), load_file(lora / RunFolder.WEIGHTS)
+    assert merged.keys() == kept.keys() and all(merged[name].equal(kept[name]) for name in kept)

@@ -79,11 +79,15 @@ def resolve(source: WeightSource, *, train_recipe: RecipeTrainer | None = None) 
 
 
 def local_run_folder(run: str | Path) -> Path:
-    """A RUN argument (of a command, or of ``zoo.load``) as a folder: a run folder as given, or
+    """A RUN argument (of a command, or of ``zoo.load``) as a folder: a run folder as given (an adapter-only
+    one made whole from its pinned base), or
     'registry:NAME' / 'hf-hub:ORG/NAME[@REVISION]' pulled (a registry name at its pinned commit,
     every pinned file checked). A ``recipe:`` source is refused: reading a run never trains one."""
     if isinstance(run, Path) or not (names_remote(run) or run.startswith(RECIPE_PREFIX)):
-        return Path(run)
+        folder = Path(run)
+        if adapted.is_adapter_only(folder):  # an adapter pulled or copied alone: merged onto its pinned base
+            return adapted.made_whole(folder, str(folder), _base_folder)
+        return folder
     try:
         source = parse(run, Path.cwd())
     except ValueError as exc:
