@@ -195,3 +195,17 @@ def test_tensorboard_logs_every_epoch(mnist_dir: Path, tmp_path: Path) -> None:
     events.Reload()
     assert {"train/loss", "train/accuracy", "val/accuracy", "val/loss", "lr"} <= set(events.Tags()["scalars"])
     assert [event.step for event in events.Scalars("val/accuracy")] == [1, 2]
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7])
+def test_a_curve_per_epoch_ticks_whole_epochs_only(
+    epochs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: drawn.append(figure))
+    xs = list(range(1, epochs + 1))
+    plots.curves(tmp_path / "loss.png", "Loss per epoch", "loss", {"train": (xs, [1.0 / x for x in xs])}, "epoch")
+    (axes,) = drawn[0].axes
+    drawn[0].canvas.draw()  # the locator picks the ticks when the figure is drawn
+    shown = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
+    assert shown and all(float(tick).is_integer() for tick in shown), shown
