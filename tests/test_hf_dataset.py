@@ -24,7 +24,7 @@ from zoo.config.schema import DataConfig
 from zoo.data.batches import Batches
 from zoo.data.cache import Layout, decoded
 from zoo.data.contract import check_dataset
-from zoo.data.hf import HuggingFaceDataset
+from zoo.data.hf import hf_dataset
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.splits import load_splits
 from zoo.data.transforms import attach_transforms
@@ -92,8 +92,8 @@ def saved(dataset: datasets.DatasetDict, folder: Path) -> Path:
 @pytest.mark.parametrize("labels", ["class", "int", "str"])
 def test_a_saved_dataset_gives_pil_images_and_its_labels(tmp_path: Path, labels: str) -> None:
     folder = saved(make_dataset(labels, names=["red", "blue", "green"]), tmp_path / "saved")
-    train = HuggingFaceDataset(tmp_path, "train", str(folder))
-    test = HuggingFaceDataset(tmp_path, "test", str(folder))
+    train = hf_dataset(tmp_path, "train", str(folder))
+    test = hf_dataset(tmp_path, "test", str(folder))
     check_dataset("hf", train)
     expected = {"class": ["red", "blue", "green"], "int": ["0", "1", "2"], "str": ["blue", "green", "red"]}[labels]
     assert train.classes == test.classes == expected
@@ -212,6 +212,7 @@ def zoo_run_hf(args: dict[str, object], *overrides: str) -> object:
 TINY_RUN = [
     str(RECIPES / "timm_finetune.toml"), "model.backbone=timm/test_resnet", "model.pretrained=false",
     "model.freeze.freeze=[]", "data.dataset=hf", "data.image_size=16", "train.epochs=1", "data.num_workers=0",
+    "train.precision=fp32",  # oneDNN's AMX bf16 kernels return NaN gradients now and then for 16-px test_resnet
 ]  # fmt: skip
 
 
@@ -326,7 +327,7 @@ def test_a_truncated_image_is_named_by_its_row_when_decoded(tmp_path: Path) -> N
     """A PNG whose header is whole but whose pixels are cut short passes the check of headers, and is
     named by its split and row when decoded: by the cache's build (in a worker) as well as by a read."""
     folder = saved(broken_image(make_dataset(), "test", 3, "truncated"), tmp_path / "saved")
-    dataset = HuggingFaceDataset(tmp_path, "test", str(folder))
+    dataset = hf_dataset(tmp_path, "test", str(folder))
     assert isinstance(dataset[2][0], Image.Image)
     with pytest.raises(ZooError, match="split 'test', row 3 is not a readable image"):
         dataset[3]
@@ -435,12 +436,12 @@ def test_an_image_path_that_is_a_fifo_is_one_line(tmp_path: Path) -> None:
     )
     part = datasets.Dataset.from_dict(rows, features=features)
     folder = saved(datasets.DatasetDict(train=part, test=part), tmp_path / "saved")
-    dataset = HuggingFaceDataset(tmp_path, "test", str(folder), image_column="file")
+    dataset = hf_dataset(tmp_path, "test", str(folder), image_column="file")
     assert np.asarray(dataset[2][0])[..., 2].mean() > 150
     files[4].unlink()
     os.mkfifo(files[4])
     with pytest.raises(ZooError, match=f"{files[4]} is not a readable image \\(not a regular file\\)"):
-        HuggingFaceDataset(tmp_path, "test", str(folder), image_column="file")
+        hf_dataset(tmp_path, "test", str(folder), image_column="file")
 
 
 @pytest.mark.slow
@@ -488,7 +489,7 @@ def label_set_dataset(canvas: Path) -> datasets.DatasetDict:
 
 def test_a_sequence_of_class_labels_is_multi_label_data(tmp_path: Path) -> None:
     folder = saved(label_set_dataset(shapes_canvas(tmp_path / "canvas", train=120, test=40)), tmp_path / "sets")
-    train = HuggingFaceDataset(tmp_path, "train", path=str(folder))
+    train = hf_dataset(tmp_path, "train", path=str(folder))
     assert train.classes == list(SHAPES) and all(isinstance(labels, tuple) for labels in train.targets)
     assert check_dataset("hf", train).label_sets
     result = zoo_command(
@@ -510,4 +511,4 @@ def test_an_empty_or_out_of_range_label_set_is_named_by_its_row(tmp_path: Path) 
     sets["train"] = datasets.Dataset.from_dict(damaged, features=sets["train"].features)
     folder = saved(sets, tmp_path / "sets")
     with pytest.raises(ZooError, match=r"split 'train', row 3: labels \[\] must be one or more of the 4 classes"):
-        HuggingFaceDataset(tmp_path, "train", path=str(folder))
+        hf_dataset(tmp_path, "train", path=str(folder))

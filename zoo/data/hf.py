@@ -15,6 +15,7 @@ are no ClassLabel's come from the test split then (the training split is never r
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,50 +58,51 @@ def hf_dataset(
 
     The split a ``HuggingFaceDataset``; the training split streamed a ``HuggingFaceStream``.
     """
-    args = (path, revision, name, image_column, label_column, train_split, test_split, val_split, streaming)
+    args = HubDatasetArgs(str(root) if path is None else path, revision, name, image_column, label_column,
+                          train_split, test_split, val_split, streaming)  # fmt: skip
     if streaming and split == "train":
-        return HuggingFaceStream(root, *args)
-    return HuggingFaceDataset(root, split, *args)
+        return HuggingFaceStream(args)
+    return HuggingFaceDataset(split, args)
+
+
+@dataclass(frozen=True)
+class HubDatasetArgs:
+    """``hf_dataset``'s arguments (described there), ``path`` resolved: every split is read with them."""
+
+    path: str
+    revision: str | None = None
+    name: str | None = None
+    image_column: str | None = None
+    label_column: str | None = None
+    train_split: str = "train"
+    test_split: str = "test"
+    val_split: str | None = None
+    streaming: bool = False
 
 
 class HuggingFaceDataset(Dataset):
-    """A split of a Hugging Face dataset, read whole (``hf_dataset`` describes the arguments; streamed,
-    the validation and test splits are read whole too)."""
+    """A split of a Hugging Face dataset, read whole (streamed, the validation and test splits are read
+    whole too)."""
 
-    def __init__(
-        self,
-        root: Path,
-        split: str,
-        path: str | None = None,
-        revision: str | None = None,
-        name: str | None = None,
-        image_column: str | None = None,
-        label_column: str | None = None,
-        train_split: str = "train",
-        test_split: str = "test",
-        val_split: str | None = None,
-        streaming: bool = False,
-    ) -> None:
+    def __init__(self, split: str, args: HubDatasetArgs) -> None:
         if split not in ("train", "test", "val"):
             raise ValueError(f"split must be 'train', 'test' or 'val', got {split!r}")
-        path = str(root) if path is None else path
-        source = hf_source.load(path, revision, name, streaming)
-        self.split = {"train": train_split, "test": test_split, "val": val_split or "validation"}[split]
+        source = hf_source.load(args.path, args.revision, args.name, args.streaming)
+        self.split = {"train": args.train_split, "test": args.test_split, "val": args.val_split or "validation"}[split]
         table = source.split(self.split, f"{split}_split")
-        image, label = _columns(table.features, image_column, label_column, source.where, self.split)
-        self.classes = _classes(source, *((test_split, "test_split") if streaming else (train_split, "train_split")),
-                                label)  # fmt: skip
+        image, label = _columns(table.features, args.image_column, args.label_column, source.where, self.split)
+        labelled_by = (args.test_split, "test_split") if args.streaming else (args.train_split, "train_split")
+        self.classes = _classes(source, *labelled_by, label)
         self.targets = _labels(table, label, self.classes, f"{source.where}, split '{self.split}'")
-        if split == "train" and (val_split is not None or "validation" in source.splits):
-            args = (path, revision, name, image_column, label_column, train_split, test_split, val_split)
-            self.validation = HuggingFaceDataset(root, "val", *args)
+        if split == "train" and (args.val_split is not None or "validation" in source.splits):
+            self.validation = HuggingFaceDataset("val", args)
         self.image_column = image
         self.data = _image_cells(table.select_columns([image]), image)
         self.where = source.where
         self.hub_dataset = source.repo
         if source.commit is not None:
             self.pinned_args = {"revision": source.commit}
-        self.fingerprint = f"{source.where}|{name}|{self.split}|{image}|{self.data._fingerprint}"
+        self.fingerprint = f"{source.where}|{args.name}|{self.split}|{image}|{self.data._fingerprint}"
         self.transform: Any = None
         for row in range(len(self.data)):  # headers only: a cell that is no image is named now, not mid-training
             with self._image(row, decode=False):
@@ -124,35 +126,21 @@ class HuggingFaceStream(Stream):
     """The training split of an ``hf`` dataset streamed (``hf_dataset``'s arguments): rows in order,
     each rank its own shard (``datasets.distributed.split_dataset_by_node``), checked as read."""
 
-    def __init__(
-        self,
-        root: Path,
-        path: str | None,
-        revision: str | None,
-        name: str | None,
-        image_column: str | None,
-        label_column: str | None,
-        train_split: str,
-        test_split: str,
-        val_split: str | None,
-        streaming: bool = True,
-    ) -> None:
-        path = str(root) if path is None else path
-        source = hf_source.load(path, revision, name, streaming)
-        self.split = train_split
-        stream = source.stream(train_split, "train_split")
-        features = source.features(stream, train_split)
-        image, label = _columns(features, image_column, label_column, source.where, train_split)
+    def __init__(self, args: HubDatasetArgs) -> None:
+        source = hf_source.load(args.path, args.revision, args.name, streaming=True)
+        self.split = args.train_split
+        stream = source.stream(self.split, "train_split")
+        features = source.features(stream, self.split)
+        image, label = _columns(features, args.image_column, args.label_column, source.where, self.split)
         if _is_sequence(features[label]):
             raise ZooError(f"data.args.streaming: column {label!r} holds label sets (multi-label data), which zoo "
                            "reads whole only: remove data.args.streaming")  # fmt: skip
-        self.classes = _classes(source, test_split, "test_split", label)
+        self.classes = _classes(source, args.test_split, "test_split", label)
         self.numbers = {name: number for number, name in enumerate(self.classes)} if _strings(features[label]) else None
         self.columns = (image, label)
         self.stream = _image_cells(stream.select_columns([image, label]), image)
-        if val_split is not None or "validation" in source.splits:
-            args = (path, revision, name, image_column, label_column, train_split, test_split, val_split, streaming)
-            self.validation = HuggingFaceDataset(root, "val", *args)
+        if args.val_split is not None or "validation" in source.splits:
+            self.validation = HuggingFaceDataset("val", args)
         self.origin = source.where
         self.hub_dataset = source.repo
         if source.commit is not None:
