@@ -253,6 +253,9 @@ def test_a_validation_split_of_a_stream_is_read_whole(tmp_path: Path) -> None:
     ("args", "env", "fragments"),
     [
         ([], {}, ["a stream has no length", "set train.max_steps"]),
+        (["train.max_steps=3", "train.epochs=5"], {}, ["train.max_steps = 3 makes fewer than train.epochs = 5",
+                                                       "a multiple of 5"]),
+        (["train.max_steps=7", "train.epochs=5"], {}, ["epochs of 2 steps"]),  # 2, 2, 2, 1: four epochs
         (["train.max_steps=2", "loss.class_weights=balanced"], {}, ['loss.class_weights = "balanced"', "list one weight per class"]),
         (["train.max_steps=2", "data.args={path = 'zoo-test/colours', streaming = true}"], {"HF_HUB_OFFLINE": "1"},
          ["dataset zoo-test/colours", "HF_HUB_OFFLINE is set", "remove data.args.streaming"]),
