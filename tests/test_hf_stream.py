@@ -19,6 +19,7 @@ from hub_server import FakeHub
 from test_hf_dataset import COLOURS, TINY_RUN, make_dataset, png
 
 from zoo.config.schema import DataConfig
+from zoo.data import hf_source
 from zoo.data.hf import HuggingFaceStream, hf_dataset
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.splits import Splits, class_weights, load_splits
@@ -141,14 +142,32 @@ def test_a_damaged_or_foreign_stream_position_does_not_fit(tmp_path: Path, damag
     next(iter(batches.epoch(1)))
     state = json.loads(json.dumps(batches.state()))
     stream_batches(stream, per_epoch=5).load_state(state)  # as saved, it fits
-    if damage == "one more shard":
-        stream = stream_of(parquet_folder(tmp_path / "pq3", make_dataset(splits={"train": 4, "test": 2}), 3))
-    else:
-        state["stream"]["shard"] = (
-            {"junk": {"examples_iterable": 1}} if damage == "junk" else [1, 2] if damage == "a list" else None
-        )
+    state["stream"]["shard"] = (
+        {"junk": {"examples_iterable": 1}} if damage == "junk" else [1, 2] if damage == "a list" else None
+    )
     with pytest.raises(ValueError, match="not one of this dataset's shards"):
         stream_batches(stream, per_epoch=5).load_state(state)
+
+
+@pytest.mark.parametrize("change", ["a shard added", "a shard rewritten", "a shard removed"])
+def test_a_local_stream_whose_files_changed_does_not_resume(tmp_path: Path, change: str) -> None:
+    """A saved position names a shard by number: over other files it would name other rows, without a word."""
+    folder = parquet_folder(tmp_path / "pq", make_dataset(splits={"train": 4, "test": 2}))
+    batches = stream_batches(stream_of(folder), per_epoch=5)
+    next(iter(batches.epoch(1)))
+    state = json.loads(json.dumps(batches.state()))
+    stream_batches(stream_of(folder), per_epoch=5).load_state(state)  # the same files: it resumes
+    first, second = sorted((folder / "data").glob("train-*"))
+    if change == "a shard added":
+        (folder / "data" / "train-00002-of-00002.parquet").write_bytes(first.read_bytes())
+    elif change == "a shard rewritten":
+        other = parquet_files(make_dataset(splits={"train": 6, "test": 2}))
+        first.write_bytes(other[f"data/{first.name}"])
+    else:
+        second.unlink()
+    hf_source.load.cache_clear()  # as a resume, in a new process, reads the folder again
+    with pytest.raises(ZooError, match="the stream's files changed since this checkpoint"):
+        stream_batches(stream_of(folder), per_epoch=5).load_state(state)
 
 
 @pytest.mark.parametrize("workers", [0, 1])

@@ -41,6 +41,7 @@ class Source:
     classes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (split, label column): names
     streaming: bool = False
     read: dict[str, Any] = field(default_factory=dict)  # streamed splits read whole, by name
+    files: list[list[Any]] | None = None  # a local folder's files, streamed: what its positions index (``files_of``)
 
     def split(self, name: str, key: str) -> Any:
         """The split ``name``, which ``data.args.<key>`` chose, as a ``datasets.Dataset`` (a streamed one
@@ -85,7 +86,10 @@ def load(path: str, revision: str | None, name: str | None, streaming: bool = Fa
     if folder.is_dir():
         if revision is not None:
             raise ZooError(f"data.args.revision applies to Hub datasets, and {folder} is a folder here: remove it")
-        return Source(_local(datasets, folder, name, streaming), str(folder.resolve()), streaming=streaming)
+        files = files_of(folder) if streaming else None
+        return Source(
+            _local(datasets, folder, name, streaming), str(folder.resolve()), streaming=streaming, files=files
+        )
     if not HUB_REPO.fullmatch(path) or ".." in path:
         raise ZooError(f"data.args.path = {path!r} is neither a folder here nor a Hub dataset id (ORG/NAME)")
     return _hub(datasets, path, revision, name, streaming)
@@ -110,6 +114,12 @@ def _local(datasets: Any, folder: Path, name: str | None, streaming: bool) -> An
         return datasets.load_dataset(str(folder), name, streaming=streaming)
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
         raise ZooError(f"data.args.path: datasets cannot read {folder}: {first_line(exc)}") from None
+
+
+def files_of(folder: Path) -> list[list[Any]]:
+    """``folder``'s regular files as [path in it, size]. A stream's saved position names a shard by its
+    number, which a file added, removed or rewritten to another size would turn into another's rows."""
+    return sorted([str(path.relative_to(folder)), path.stat().st_size] for path in folder.rglob("*") if path.is_file())
 
 
 def _refuse_special_files(folder: Path) -> None:

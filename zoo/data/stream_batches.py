@@ -70,9 +70,13 @@ class StreamBatches(Batches):
             yield batch
 
     def state(self) -> dict[str, Any]:
-        return {"stream": self.after[self.taken]}
+        return {"stream": self.after[self.taken], "stream_files": self.split.dataset.files}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        if "stream_files" in state and state["stream_files"] != self.split.dataset.files:
+            raise ZooError("--resume: the stream's files changed since this checkpoint (a file added, removed or "
+                           "resized), so its saved position would name other rows: put the files back as they "
+                           "were, or start a new run")  # fmt: skip
         saved = state["stream"]
         fresh = self.split.dataset.shard(distributed.rank(), distributed.world_size()).state_dict()
         at_start = saved["shard"] is None and saved["row"] == 0  # no row read yet
