@@ -72,6 +72,13 @@ def test_a_recipe_without_tune_is_refused_and_zoo_run_leaves_tune_aside(tmp_path
                                                   "train.epochs=2"]).hash  # fmt: skip
 
 
+def test_tune_metric_takes_every_value_of_train_monitor(tmp_path: Path) -> None:
+    # A multi-label run's default monitor, val_mAP, is a metric its study can optimise.
+    for metric in ("val_accuracy", "val_f1", "val_mAP", "val_loss", "train_loss"):
+        tune_table = recipes.load(write_recipe(tmp_path, f'metric = "{metric}"\nspace = {SPACE}\n')).tune
+        assert tune_table is not None and tune_table.metric == metric
+
+
 class AlwaysPrune(optuna.pruners.BasePruner):
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         return True

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
@@ -29,5 +29,7 @@ class Section(BaseModel):
 MAX_SIZE = 1 << 20
 Size = Annotated[int, Field(ge=1, le=MAX_SIZE)]
 Fraction = Annotated[float, Field(ge=0.0, lt=1.0)]
+# What train.monitor (and tune.metric) can watch: a value of an epoch's record.
+Monitored = Literal["val_accuracy", "val_f1", "val_mAP", "val_loss", "train_loss"]
 # A run's name becomes a folder name: letters, digits, '.', '_' and '-', not starting with '.' or '-'.
 NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,99}$"

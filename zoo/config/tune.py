@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from ._section import Section
+from ._section import Monitored, Section
 
 Number = int | float
 Choice = str | int | float | bool
@@ -36,9 +36,7 @@ class Range(Section):
 
 
 class TuneConfig(Section):
-    metric: Literal["val_accuracy", "val_f1", "val_loss", "train_loss"] = Field(
-        "val_accuracy", description="what the study optimises: one of train.monitor's values"
-    )
+    metric: Monitored = Field("val_accuracy", description="what the study optimises: one of train.monitor's values")
     direction: Literal["maximize", "minimize"] | None = Field(
         None, description="default: minimize for a loss, maximize for the rest"
     )
