@@ -9,7 +9,7 @@ import jsonschema
 import pytest
 from click.testing import CliRunner
 from conftest import RECIPES, REPO, assert_user_error
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from zoo.cli import cli
@@ -117,6 +117,24 @@ def test_resolved_recipe_round_trips_and_hash_ignores_the_output_folder(tmp_path
     assert recipes.load(RECIPES / "mnist_finetune.toml", ["train.seed=1"]).hash != recipe.hash
 
 
+@pytest.mark.parametrize(
+    "unhashed",
+    ["train.tensorboard=true", "train.log_every=7", 'description="a note"', 'license="mit"', 'log.to=["tensorboard"]'],
+)
+def test_hash_ignores_what_only_the_log_or_the_card_shows(unhashed: str) -> None:
+    # A `recipe:` source is not retrained for a setting that leaves the weights as they were.
+    recipe = recipes.load(RECIPES / "mnist.toml")
+    assert recipes.load(RECIPES / "mnist.toml", [unhashed]).hash == recipe.hash
+    assert recipes.load(RECIPES / "mnist.toml", [unhashed, "train.epochs=9"]).hash != recipe.hash
+
+
+@pytest.mark.parametrize("override", ["extends=/nonexistent/base.toml", "extends.x=1"])
+def test_extends_as_an_override_is_refused(tmp_path: Path, override: str) -> None:
+    # The bases are merged before the overrides: an extends given here would be dropped without a word.
+    result = CliRunner().invoke(cli, ["show", str(RECIPES / "mnist.toml"), override])
+    assert_user_error(result, "extends can only be set in the recipe file", override)
+
+
 def test_show_prints_the_resolved_recipe() -> None:
     result = CliRunner().invoke(cli, ["show", str(RECIPES / "mnist_finetune.toml"), "train.epochs=3"])
     assert result.exit_code == 0, result.stderr
@@ -221,6 +239,7 @@ def test_a_nul_byte_in_any_path_is_one_line_naming_the_key(
     tmp_path: Path, key: str, prefix: str, around: tuple[str, str], in_file: bool
 ) -> None:
     """TOML allows "\\u0000"; no path can hold it, and pathlib raises: the recipe names the key instead."""
+    assume(in_file or key != "extends")  # extends as an override is refused whatever it holds
     value = json.dumps(prefix + around[0] + "\0" + around[1], ensure_ascii=False)  # JSON's escapes are TOML's
     recipe = write(tmp_path / "nul.toml", 'name = "tiny"\nmodel.backbone = "mnist_cnn"\ndata.dataset = "mnist"\n')
     if in_file:

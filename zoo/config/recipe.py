@@ -159,6 +159,8 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> set[str]:
         key = key.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*", key):
             raise ZooError(f"override {override!r}: write KEY=VALUE, for example train.epochs=3")
+        if key.partition(".")[0] == "extends":  # the bases are merged before any override applies
+            raise ZooError(f"override {override!r}: extends can only be set in the recipe file; write it there")
         try:
             value = tomllib.loads(f"value = {text}")["value"]
         except tomllib.TOMLDecodeError:

@@ -17,7 +17,7 @@ import tomli_w
 from pydantic import ConfigDict, Field, model_validator
 
 from . import sources
-from ._section import MAX_SIZE, NAME_PATTERN, Fraction, Section, Size
+from ._section import MAX_SIZE, NAME_PATTERN, Fraction, Monitored, Section, Size
 from .model_section import ModelConfig
 from .tune import TuneConfig
 
@@ -193,7 +193,7 @@ class TrainConfig(Section):
         False,
         description="under DDP on GPUs, BatchNorm statistics across all ranks (SyncBatchNorm): for small per-GPU batches",
     )
-    monitor: Literal["val_accuracy", "val_f1", "val_mAP", "val_loss", "train_loss"] | None = Field(
+    monitor: Monitored | None = Field(
         None, description="picks the best epoch, drives early_stop; default val_accuracy (val_mAP), else train_loss"
     )
     keep: Literal["best", "last"] | None = Field(
@@ -254,6 +254,13 @@ class LogConfig(Section):
     def arguments(self) -> dict[str, Any]:
         """Each named logger's ``[log.NAME]`` table."""
         return dict(self.model_extra or {})
+
+
+# The settings that never change the trained weights, left out of Recipe.hash (a `recipe:` source
+# is not retrained for them); train.tensorboard is log.to = ["tensorboard"].
+UNHASHED: dict[str, Any] = {key: True for key in ("extends", "description", "license", "output", "log", "tune")} | {
+    "train": {"tensorboard": True, "log_every": True}
+}
 
 
 class Recipe(Section):
@@ -323,8 +330,9 @@ class Recipe(Section):
 
     @property
     def hash(self) -> str:
-        """sha256 of what determines the trained weights (all but the output folder, the loggers and the search)."""
-        settings = {key: value for key, value in self.to_dict().items() if key not in ("output", "log", "tune")}
+        """sha256 of what determines the trained weights: all but the output folder, the loggers, the
+        search and what only the log or the model card shows."""
+        settings = self.model_dump(exclude_none=True, exclude=UNHASHED)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
