@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import REPO, assert_user_error
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from multilabel_data import SHAPES, shapes_canvas
@@ -162,6 +163,25 @@ def test_csv_dataset_refuses_a_fifo_image_and_missing_columns(tmp_path: Path) ->
         CsvLabels(root, "train")
     with pytest.raises(ZooError, match="has no column 'path'"):
         CsvLabels(root, "train", image_column="path")
+
+
+def test_val_mAP_is_refused_as_the_monitor_of_a_single_label_run(tmp_path: Path) -> None:
+    # It is never in a single-label run's records: early stopping would never act, the last weights kept as "best".
+    shapes = REPO / "plugins" / "zoo-shapes" / "shapes.toml"
+    overrides = ["data.val_split=0.2", "data.args.samples=300", "train.epochs=1", "train.monitor=val_mAP"]
+    result = CliRunner().invoke(cli, ["run", str(shapes), *overrides, "train.early_stop={patience=1}"])
+    assert_user_error(result, "train.monitor = val_mAP", "single_label")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_val_split_that_holds_out_no_image_is_one_line(tmp_path: Path) -> None:
+    # 0.005 of 60 rows rounds to none: thresholds "tuned" on no image would be 0.5 each, said as tuned.
+    root = shapes_canvas(tmp_path / "canvas", train=60, test=20)
+    config = recipes.from_dict({"name": "v", "model": {"backbone": "mnist_cnn"},
+                                "data": {"dataset": "csv", "root": str(root), "val_split": 0.005}}).data  # fmt: skip
+    with pytest.raises(ZooError, match=r"^data.val_split = 0.005 holds out 0 images; raise it or set 0$"):
+        load_splits(config, seed=0)
+    assert len(load_splits(config.model_copy(update={"val_split": 0.02}), seed=0).val) == 1
 
 
 @pytest.mark.parametrize("single", [False, True], ids=["label-sets", "one-label"])

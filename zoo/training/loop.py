@@ -47,7 +47,7 @@ class Trainer(TrainerState):
         self.loss_fn = setup.loss_fn
         self.label_names = setup.splits.label_names
         self.batches = setup.batches(setup.splits.train, training=True)
-        self.val_batches = setup.batches(setup.splits.val) if setup.splits.val else None
+        self.val_batches = setup.batches(setup.splits.val) if setup.splits.val is not None else None
         self.device = setup.device
         self.dtype = setup.dtype
         self.folder = folder
