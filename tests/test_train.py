@@ -185,12 +185,15 @@ def test_interrupted_run_leaves_a_usable_folder(mnist_dir: Path, tmp_path: Path)
                 "data.per_class=50",
                 "data.classes=[0,1]",
                 "data.batch_size=10",
+                "data.val_split=0.2",
                 f"output.dir={tmp_path / 'out'}",
             ],
         )
         result = run(recipe, progress=False)
     assert result.results.state == "interrupted"
     assert "Ctrl-C" in result.results.reason
+    # Stopped before the first validation: no best epoch, so the weights kept are the last, and said so.
+    assert (result.results.kept, result.results.kept_epoch, result.results.kept_value) == ("last", None, None)
     model = zoo.load(tmp_path / "out")
     labels = model.label_names
     assert labels == ["0", "1"]

@@ -32,6 +32,9 @@ def resolve_task(recipe: Recipe, splits: Splits, training: bool = True) -> str:
         raise ZooError("train.calibrate fits a temperature on the validation split of a single_label run: "
                        + ("set data.val_split" if splits.val is None else "multi_label runs tune thresholds instead")
                        + ", or remove train.calibrate")  # fmt: skip
+    if training and task == "single_label" and recipe.train.monitor == "val_mAP":
+        raise ZooError("train.monitor = val_mAP is a multi_label run's metric; a single_label run's validation "
+                       "gives val_accuracy, val_f1 and val_loss: monitor one of them")  # fmt: skip
     if task == "multi_label":
         if training and recipe.data.sampler == "balanced":
             raise ZooError("data.sampler = \"balanced\" draws images by their one class; multi-label images hold "

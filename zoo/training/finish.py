@@ -76,7 +76,7 @@ def _finish(
         steps=trainer.step,
         train_seconds=seconds,
         monitor=monitor.metric,
-        kept=trainer.keep,
+        kept="best" if best else "last",  # no best before the monitor's first value: the last weights
         kept_epoch=best.epoch if best else (history[-1]["epoch"] if history else None),
         kept_value=best.value if best else (history[-1].get(monitor.metric) if history else None),
         stopped_early=trainer.stopped_early,
