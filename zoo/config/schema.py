@@ -258,8 +258,9 @@ class LogConfig(Section):
 
 # The settings that never change the trained weights, left out of Recipe.hash (a `recipe:` source
 # is not retrained for them); train.tensorboard is log.to = ["tensorboard"].
-UNHASHED: dict[str, Any] = {key: True for key in ("extends", "description", "license", "output", "log", "tune")} | {
-    "train": {"tensorboard": True, "log_every": True}
+UNHASHED: dict[str, Any] = {
+    **dict.fromkeys(("extends", "description", "license", "output", "log", "tune"), True),
+    "train": {"tensorboard": True, "log_every": True},
 }
 
 
