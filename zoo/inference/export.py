@@ -26,8 +26,9 @@ from .. import _files
 from .._version import __version__
 from ..data.preprocessing import Preprocessing
 from ..errors import ZooError
-from ..runs.exports import FILES, FORMATS, METADATA, card_lists_exports, not_json
+from ..runs.exports import FILES, METADATA, card_lists_exports, not_json
 from ..runs.folder import RunFolder, check_temperature, check_thresholds
+from .outputs import check_output
 
 Format = Literal["onnx", "exported-program", "torchscript"]
 INPUT, OUTPUT = "input", "logits"
@@ -92,41 +93,6 @@ def export_run(
     )
     card_lists_exports(run)
     return exported
-
-
-def check_output(run: RunFolder, output: Path, format: Format) -> None:
-    """``--output`` may name a file outside run folders, or a new file in RUN itself, never a run's own files.
-
-    A symbolic link is refused rather than replaced, and a folder reached through links counts as
-    the folder it is: RUN/model.safetensors spelt another way is still RUN's weights.
-    """
-    if output.is_symlink():
-        raise ZooError(f"--output {output} is a symbolic link, which zoo export does not follow: name a file")
-    if output.is_dir():
-        raise ZooError(f"--output {output} is a folder: name the file to write")
-    if output.exists() and not output.is_file():  # replacing a device or FIFO with a file is no export
-        raise ZooError(f"--output {output} is not a regular file (a FIFO, socket or device): name a file to write")
-    folder = output.parent.resolve()
-    owner = RunFolder.holding(folder)
-    if owner is None:
-        return
-    if owner.path != run.path.resolve():
-        raise ZooError(f"--output {output} is inside another run folder, {owner}: name a file outside it")
-    if folder != owner.path:
-        raise ZooError(
-            f"--output {output} is inside {folder.relative_to(owner.path)}/ of {run}, which only the run writes: "
-            "name a file outside it"
-        )
-    if output.name in RunFolder.OWN:
-        raise ZooError(
-            f"--output {output} would replace {run}'s {output.name}, which only the run writes: leave out --output "
-            f"(it writes {FILES[format]}) or name another file"
-        )
-    if output.name in RunFolder.EXPORTS and output.name != FILES[format]:
-        raise ZooError(
-            f"--output {output} is where --format {FORMATS[output.name]} goes, not --format {format}: leave out "
-            f"--output (it writes {FILES[format]}) or name another file"
-        )
 
 
 def evaluation_inputs(batches: Any, count: int) -> torch.Tensor:
