@@ -275,3 +275,12 @@ def test_a_broken_third_party_dataset_is_one_line_from_the_cli() -> None:
     finally:
         registry.unregister("dataset", "label_out_of_range")
     assert_user_error(result, "dataset plugin 'label_out_of_range' breaks the dataset contract", "`targets` must hold")
+
+
+def test_a_loss_plugin_that_returns_no_module_is_one_line_naming_it() -> None:
+    zoo.register_loss("function_loss")(lambda label_smoothing=0.0: nn.functional.cross_entropy)
+    try:
+        result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "loss.name=function_loss", "--dry-run"])
+    finally:
+        registry.unregister("loss", "function_loss")
+    assert_user_error(result, "loss.name = 'function_loss'", "returned a function", "must return an nn.Module")

@@ -187,3 +187,63 @@ def test_augmented_loader_batches_depend_on_seed_epoch_and_position_alone(mnist_
     resumed = [inputs for inputs, _ in batches(2).epoch(2, start=1)]
     assert all(torch.equal(a, b) for a, b in zip(first[1:], resumed, strict=True)) and len(resumed) == 2
     assert not torch.equal(first[0], next(batches(0).epoch(3))[0])  # another epoch, other draws
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_sixteen_bit_grayscale_pngs_read_as_their_eight_bit_versions(
+    mnist_png: Path, tmp_path: Path, channels: int
+) -> None:
+    """MNIST test digits saved as 16-bit PNGs (I;16, 257 * v): the same batches as the 8-bit files,
+    through the transform and through the decoded cache, not white wherever a pixel is above 255."""
+    import numpy as np
+    from PIL import Image
+
+    from zoo.data.cache import Layout, decoded
+    from zoo.data.transforms import attach_transforms
+
+    for split, digit in [(split, digit) for split in ("train", "test") for digit in "01"]:
+        for source in sorted((mnist_png / split / digit).glob("*.png"))[:10]:
+            pixels = np.asarray(Image.open(source))
+            for name, saved in (("eight", pixels), ("sixteen", pixels.astype(np.uint16) * 257)):
+                (tmp_path / name / split / digit).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(saved).save(tmp_path / name / split / digit / source.name)
+    assert Image.open(next((tmp_path / "sixteen").rglob("*.png"))).mode == "I;16"
+    preprocessing = Preprocessing((channels, 24, 24), (0.5,) * channels, (0.25,) * channels, crop_pct=0.9)
+    found = {}
+    for name in ("eight", "sixteen"):
+        config = DataConfig(dataset="image_folder", root=str(tmp_path / name), val_split=0.0)
+        for cached in (False, True):
+            splits = load_splits(config, seed=0)
+            attach_transforms(splits, preprocessing, None)
+            if cached:
+                splits.test.decoded = decoded(splits.test.dataset, Layout.of(preprocessing), True, 0, False)
+            batches = Batches(splits.test, 8, torch.device("cpu"), preprocessing)
+            found[name, cached] = torch.cat([inputs for inputs, _ in batches.epoch()])
+    for cached in (False, True):
+        assert len(found["eight", cached]) == 20
+        torch.testing.assert_close(found["sixteen", cached], found["eight", cached], rtol=0, atol=0)
+    assert found["eight", False].unique().numel() > 20  # grey levels, not only black and white
+
+
+def test_wide_grayscale_modes_scale_to_eight_bits() -> None:
+    import numpy as np
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from PIL import Image
+
+    from zoo.data.images import converted
+
+    @settings(max_examples=50, deadline=None)
+    @given(st.lists(st.integers(0, 255), min_size=4, max_size=4), st.integers(0, 256))
+    def scales(values: list[int], low_bits: int) -> None:
+        eight = np.array(values, dtype=np.uint8).reshape(2, 2)
+        wide = eight.astype(np.int64) * 256 + min(low_bits, 255)  # anything in the low byte: the same 8 bits
+        for image in (
+            Image.fromarray(wide.astype(np.uint16)),
+            Image.frombytes("I;16B", (2, 2), wide.astype(">u2").tobytes()),
+            Image.fromarray(wide.astype(np.int32)),
+        ):
+            assert np.array_equal(np.asarray(converted(image, "L")), eight), image.mode
+            assert np.array_equal(np.asarray(converted(image, "RGB")), np.repeat(eight[..., None], 3, 2)), image.mode
+
+    scales()

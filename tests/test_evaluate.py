@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES
+from conftest import RECIPES, assert_user_error, write_finished_run
 from torch import nn
 
 from zoo.cli import cli
@@ -92,3 +93,34 @@ def test_only_data_keys_may_change_and_the_classes_must_stay(small_run: Path) ->
         evaluate_run(small_run, "test", ["train.epochs=3"])
     result = CliRunner().invoke(cli, ["eval", str(small_run), "--data.classes=[1,2]"])
     assert result.exit_code == 2 and "but the run was trained on ['1', '7']" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("errors", "fragments"),
+    [
+        ("RUN/model.safetensors", ["would replace", "model.safetensors", "only the run writes"]),
+        ("RUN/results.json", ["would replace", "results.json"]),
+        ("RUN/model.onnx", ["would replace", "model.onnx", "zoo export wrote"]),
+        ("RUN/checkpoints/errors.csv", ["inside checkpoints/"]),
+        ("LINK_TO_RUN/config.json", ["would replace", "config.json"]),
+        ("OTHER/errors.csv", ["inside another run folder"]),
+        ("LINK_TO_WEIGHTS", ["is a symbolic link"]),
+        ("RUN", ["is a folder"]),
+        ("FIFO", ["is not a regular file"]),
+    ],
+)
+def test_errors_never_replace_a_runs_own_files(tmp_path: Path, errors: str, fragments: list[str]) -> None:
+    """Refused before the run's data or weights are read: every file of both runs is as it was."""
+    runs = {name: write_finished_run(tmp_path / name).path for name in ("RUN", "OTHER")}
+    for folder in runs.values():
+        (folder / "model.safetensors").write_bytes(b"weights")
+        (folder / "model.onnx").write_bytes(b"onnx")
+        (folder / "checkpoints").mkdir()
+    (tmp_path / "LINK_TO_RUN").symlink_to(runs["RUN"])
+    (tmp_path / "LINK_TO_WEIGHTS").symlink_to(runs["RUN"] / "model.safetensors")
+    os.mkfifo(tmp_path / "FIFO")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    refused = CliRunner().invoke(cli, ["eval", str(runs["RUN"]), "--errors", str(tmp_path / errors)])
+    assert_user_error(refused, "--errors", *fragments)
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
+    assert after == before

@@ -137,6 +137,20 @@ def test_a_static_export_takes_one_image_and_another_output_path(cnn_run: Path, 
     assert any(entry.domain in ("", "ai.onnx") and entry.version == 18 for entry in graph.opset_import)
 
 
+def test_an_opset_the_exporter_cannot_make_is_one_line(cnn_run: Path, tmp_path: Path) -> None:
+    """torch makes opset 18 and converts it down where it can; where it cannot, it keeps 18 and says so
+    only in its log: refused, nothing written, and torch's remark shown with --verbose only."""
+    target = tmp_path / "digits.onnx"
+    refused = zoo_in_process("export", str(cnn_run), "--format", "onnx", "--opset", "13", "--output", str(target))
+    assert_user_error(refused, "--opset 13", "opset 18", "--opset 18")
+    assert not target.exists() and list(tmp_path.iterdir()) == []
+    verbose = zoo_in_process(
+        "--verbose", "export", str(cnn_run), "--format", "onnx", "--opset", "13", "--output", str(target)
+    )
+    assert verbose.exit_code == 2 and "Setting ONNX exporter to use operator set version 18" in verbose.stderr
+    assert not target.exists()
+
+
 class Diverging(nn.Module):
     """A model whose exported graph computes something else than its eager forward."""
 

@@ -5,9 +5,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import GOOD_MODULE, make_distribution
+from click.testing import CliRunner
+from conftest import GOOD_MODULE, RECIPES, assert_user_error, make_distribution
 
 import zoo
+from zoo.cli import cli
 from zoo.errors import ZooError
 from zoo.plugins import _registry as registry
 
@@ -116,6 +118,32 @@ def test_strict_mode_turns_a_broken_plugin_into_an_error(broken_site: Path, monk
     monkeypatch.setenv("ZOO_STRICT_PLUGINS", "1")
     with pytest.raises(registry.PluginLoadError, match="broken_net.*ZOO_STRICT_PLUGINS"):
         registry.load_all()
+
+
+def test_a_plugin_that_exits_on_import_or_has_no_signature_is_reported_broken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sys.exit() in a plugin's module is a broken plugin, not the end of zoo; a builtin such as dict has
+    no signature to check a recipe's arguments against. KeyboardInterrupt still stops zoo."""
+    modules = {"exiting_plugin.py": "import sys\n\nsys.exit(3)\n", "interrupted_plugin.py": "raise KeyboardInterrupt\n"}
+    entry_points = {"zoo.models": {"exiting": "exiting_plugin:net"}, "zoo.losses": {"nosig": "builtins:dict"}}
+    monkeypatch.syspath_prepend(str(make_distribution(tmp_path / "site", "odd-plugins", entry_points, modules)))
+    registry.refresh()
+    with pytest.raises(KeyboardInterrupt):
+        registry.Plugin("model", "interrupted", "odd-plugins", "1.0", "interrupted_plugin:net").load()
+    runner = CliRunner()
+    listed = runner.invoke(cli, ["plugins"])
+    assert listed.exit_code == 0, listed.output
+    rows = {
+        line.split()[3]: line.split()[-1] for line in listed.stdout.splitlines() if "odd-plugins" in line.split()[:1]
+    }
+    assert rows["exiting"] == "FAILED" and rows["nosig"] == "FAILED"
+    assert "SystemExit(3)" in listed.stdout and "builtins:dict has no signature" in listed.stdout
+    assert_user_error(runner.invoke(cli, ["info", "nosig"]), "nosig", "builtins:dict", "no signature")
+    dry_run = runner.invoke(cli, ["run", str(RECIPES / "mnist.toml"), "loss.name=nosig", "--dry-run"])
+    assert_user_error(dry_run, "loss.name", "no signature")
+    monkeypatch.setenv("ZOO_STRICT_PLUGINS", "1")
+    assert_user_error(runner.invoke(cli, ["list"]), "exiting", "SystemExit: 3", "ZOO_STRICT_PLUGINS")
 
 
 def test_two_providers_of_one_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

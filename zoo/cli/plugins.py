@@ -111,4 +111,5 @@ def plugins() -> None:
     if failed:
         click.echo(f"\n{len(failed)} plugin(s) failed to load and were skipped:")
         for plugin, error in failed:
-            click.echo(f"  {plugin.qualified_name}: {error.__cause__!r}")
+            cause = error.__cause__  # what the import raised; a target that is not a usable factory has none
+            click.echo(f"  {plugin.qualified_name}: {error if cause is None else repr(cause)}")

@@ -49,13 +49,14 @@ from ..config.recipe import cache_dir
 from ..errors import ZooError, from_worker
 from ..parallel import distributed
 from .contract import facts
-from .images import image_file
+from .images import converted, image_file
 from .preprocessing import Preprocessing
 
 # data.cache defaults to "disk" up to this many decoded bytes: 8 GiB holds ImageNet-sized folders
 # of up to ~60,000 images at 224 px; beyond it a first epoch spent decoding is the smaller cost.
 DISK_BOUND = 8 << 30
-VERSION = 1  # of the decode below: a change to it must change every cache's name
+# Of the decode below: a change to it must change every cache's name (2: 16-bit grayscale scaled, not clipped).
+VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -288,7 +289,7 @@ class _Decoding(Dataset):
         from torchvision.transforms import functional as F
 
         layout = self.layout
-        image = self._image(index).convert("L" if layout.channels == 1 else "RGB")
+        image = converted(self._image(index), "L" if layout.channels == 1 else "RGB")
         interpolation = InterpolationMode(layout.interpolation)
         if layout.crop_mode == "squash":
             image = F.resize(image, [layout.size, layout.size], interpolation)

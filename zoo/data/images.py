@@ -13,6 +13,20 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ZooError
 
+# Integer grayscale modes wider than 8 bits: a 16-bit PNG opens as I;16 (I on older Pillow).
+WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def converted(image: Image.Image, mode: str) -> Image.Image:
+    """``image`` in ``mode`` ("L" or "RGB"), 16-bit grayscale scaled to 8 bits first (65535 -> 255,
+    257 * v -> v): Pillow's own convert clips it instead, which makes every pixel above 255 white."""
+    if image.mode in WIDE_GRAY:
+        import numpy as np  # only for these images; `zoo --help` imports this module
+
+        pixels = np.asarray(image).astype(np.int64) >> 8
+        image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+    return image.convert(mode)
+
 
 @contextmanager
 def image_file(path: Path, decode: bool = True) -> Iterator[Image.Image]:

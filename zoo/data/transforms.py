@@ -24,6 +24,7 @@ from ..errors import ZooError
 from .augment import Augmentation
 from .cache import DecodedImages, Layout, choose, decoded
 from .contract import facts
+from .images import converted
 from .preprocessing import Preprocessing
 from .splits import Split, Splits, parse_image_size, tensor_shape
 
@@ -175,7 +176,7 @@ class ConvertThen:
         self.transform = transform
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image.convert(self.mode))
+        return self.transform(converted(image, self.mode))
 
     def __repr__(self) -> str:
         return f"ConvertThen({self.mode!r}, {self.transform!r})"

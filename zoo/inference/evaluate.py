@@ -24,6 +24,7 @@ from ..tasks.calibration import ECE_BINS, calibration_error, confidence_bins
 from ..tasks.recipe_loss import build_loss
 from ..tasks.single_label import confusion_matrix, scores
 from .error_analysis import errors_csv
+from .outputs import check_output
 from .prepared import RunSetup, prepare_data
 
 # Top-5 accuracy is reported from this many classes on (with fewer it says little).
@@ -117,8 +118,11 @@ def evaluate_run(
     path: Path, split: str = "test", data_overrides: Sequence[str] = (), errors: Path | None = None
 ) -> dict[str, Any]:
     """Evaluate the model of a run folder on ``split`` of its own data (``data.*`` overrides allowed);
-    ``errors``: write the misclassified items there as CSV (``metrics["errors"]``: how many)."""
+    ``errors``: write the misclassified items there as CSV (``metrics["errors"]``: how many), a file
+    outside run folders or a new one in the run's own, never one of its files."""
     run = RunFolder.existing(path)
+    if errors is not None:  # before anything is loaded: never one of the run's own files
+        check_output(run, errors, None, "--errors")
     setup = run_setup(run, data_overrides)
     if split == "train" and setup.splits.streaming:
         raise ZooError(f"{path} trained on a stream (data.args.streaming), which zoo does not read to its end: "

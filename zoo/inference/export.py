@@ -13,8 +13,10 @@ from __future__ import annotations
 import importlib
 import io
 import json
+import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -26,8 +28,9 @@ from .. import _files
 from .._version import __version__
 from ..data.preprocessing import Preprocessing
 from ..errors import ZooError
-from ..runs.exports import FILES, FORMATS, METADATA, card_lists_exports, not_json
+from ..runs.exports import FILES, METADATA, card_lists_exports, not_json
 from ..runs.folder import RunFolder, check_temperature, check_thresholds
+from .outputs import check_output
 
 Format = Literal["onnx", "exported-program", "torchscript"]
 INPUT, OUTPUT = "input", "logits"
@@ -92,41 +95,6 @@ def export_run(
     )
     card_lists_exports(run)
     return exported
-
-
-def check_output(run: RunFolder, output: Path, format: Format) -> None:
-    """``--output`` may name a file outside run folders, or a new file in RUN itself, never a run's own files.
-
-    A symbolic link is refused rather than replaced, and a folder reached through links counts as
-    the folder it is: RUN/model.safetensors spelt another way is still RUN's weights.
-    """
-    if output.is_symlink():
-        raise ZooError(f"--output {output} is a symbolic link, which zoo export does not follow: name a file")
-    if output.is_dir():
-        raise ZooError(f"--output {output} is a folder: name the file to write")
-    if output.exists() and not output.is_file():  # replacing a device or FIFO with a file is no export
-        raise ZooError(f"--output {output} is not a regular file (a FIFO, socket or device): name a file to write")
-    folder = output.parent.resolve()
-    owner = RunFolder.holding(folder)
-    if owner is None:
-        return
-    if owner.path != run.path.resolve():
-        raise ZooError(f"--output {output} is inside another run folder, {owner}: name a file outside it")
-    if folder != owner.path:
-        raise ZooError(
-            f"--output {output} is inside {folder.relative_to(owner.path)}/ of {run}, which only the run writes: "
-            "name a file outside it"
-        )
-    if output.name in RunFolder.OWN:
-        raise ZooError(
-            f"--output {output} would replace {run}'s {output.name}, which only the run writes: leave out --output "
-            f"(it writes {FILES[format]}) or name another file"
-        )
-    if output.name in RunFolder.EXPORTS and output.name != FILES[format]:
-        raise ZooError(
-            f"--output {output} is where --format {FORMATS[output.name]} goes, not --format {format}: leave out "
-            f"--output (it writes {FILES[format]}) or name another file"
-        )
 
 
 def evaluation_inputs(batches: Any, count: int) -> torch.Tensor:
@@ -204,6 +172,26 @@ def _onnx(
     model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], dynamic: bool, opset: int | None
 ) -> Exporter:
     onnx = needs("onnx")  # with onnxscript and onnxruntime, checked by check_options
+    with _torch_onnx_logs_to_root():
+        graph, exporter = _onnx_graph(onnx, model, example, dynamic, opset)
+    written = next((entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:  # torch converts down from its own opset, or keeps it where it cannot
+        raise ZooError(
+            f"--opset {opset}: the ONNX exporter could only make this model in opset {written}; "
+            f"use --opset {written}, or leave --opset out"
+        )
+    for node in [*graph.graph.node, *(n for function in graph.functions for n in function.node)]:
+        del node.metadata_props[:]  # stack traces and source lines of this machine's files
+    for key, value in metadata.items():
+        graph.metadata_props.add(key=key, value=json.dumps(value))
+    data = graph.SerializeToString()
+    return exporter, data, lambda: onnx_runner(onnx_session(data, "the ONNX export"), "the ONNX export")
+
+
+def _onnx_graph(
+    onnx: Any, model: nn.Module, example: torch.Tensor, dynamic: bool, opset: int | None
+) -> tuple[Any, str]:
+    """The ONNX graph of ``model``, by the dynamo exporter or, where it fails, the TorchScript-based one."""
     common: dict[str, Any] = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": opset}
     try:
         batch = {0: torch.export.Dim("batch", min=1)} if dynamic else None
@@ -212,8 +200,7 @@ def _onnx(
             program = torch.onnx.export(
                 model, (example,), dynamo=True, dynamic_shapes=(batch,) if dynamic else None, verbose=False, **common
             )
-        graph = program.model_proto
-        exporter = "torch.onnx.export (dynamo)"
+        return program.model_proto, "torch.onnx.export (dynamo)"
     except Exception as exc:  # the dynamo exporter cannot take every model; the older one then may
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic else None
@@ -222,13 +209,32 @@ def _onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), buffer, dynamo=False, dynamic_axes=axes, **common)
         graph = onnx.load_from_string(buffer.getvalue())
-        exporter = f"torch.onnx.export (TorchScript-based: the dynamo exporter failed: {reason[:200]})"
-    for node in [*graph.graph.node, *(n for function in graph.functions for n in function.node)]:
-        del node.metadata_props[:]  # stack traces and source lines of this machine's files
-    for key, value in metadata.items():
-        graph.metadata_props.add(key=key, value=json.dumps(value))
-    data = graph.SerializeToString()
-    return exporter, data, lambda: onnx_runner(onnx_session(data, "the ONNX export"), "the ONNX export")
+        return graph, f"torch.onnx.export (TorchScript-based: the dynamo exporter failed: {reason[:200]})"
+
+
+class _ToRoot(logging.Handler):
+    """Hands a record to the root logger's handlers."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
+
+
+@contextmanager
+def _torch_onnx_logs_to_root() -> Iterator[None]:
+    """torch.onnx logs through its own stderr handler ("Setting ONNX exporter to use operator set version
+    18 ..."): meanwhile its records go to the root's handlers instead, zoo's, which show them with --verbose only."""
+    logger = logging.getLogger("torch.onnx")
+    handlers = list(logger.handlers)
+    for handler in handlers:
+        logger.removeHandler(handler)
+    forward = _ToRoot()
+    logger.addHandler(forward)
+    try:
+        yield
+    finally:
+        logger.removeHandler(forward)
+        for handler in handlers:
+            logger.addHandler(handler)
 
 
 def onnx_runner(session: Any, what: str = "the ONNX model") -> Runner:

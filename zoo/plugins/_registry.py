@@ -17,7 +17,6 @@ then is the namespace imported.
 
 from __future__ import annotations
 
-import ast
 import fnmatch
 import importlib
 import importlib.machinery
@@ -25,14 +24,13 @@ import importlib.metadata
 import inspect
 import math
 import os
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Any, Literal, Protocol, TypeVar
 
 from ..errors import ZooError, did_you_mean
+from ._source import static_docstring
 
 Kind = Literal["model", "dataset", "loss", "logger"]
 GROUPS: dict[Kind, str] = {
@@ -91,7 +89,7 @@ class Plugin:
             obj = importlib.import_module(module_name)
             for part in filter(None, attr.split(".")):
                 obj = getattr(obj, part)
-        except Exception as exc:  # a third party's module may raise anything on import
+        except (Exception, SystemExit) as exc:  # a third party's module may raise anything on import, or exit
             raise PluginLoadError(
                 f"{self.kind} plugin '{self.name}' from {self.provider} {self.version} failed to load "
                 f"({self.target}): {type(exc).__name__}: {exc}"
@@ -102,10 +100,9 @@ class Plugin:
         """Import the plugin's module and return its factory (a namespace's own object for ``NAME/*``)."""
         if self._factory is None:
             obj = self.load_target()
-            if not callable(obj) and not self.is_namespace:
-                raise PluginLoadError(
-                    f"{self.kind} plugin '{self.name}' from {self.provider}: {self.target} is not callable"
-                )
+            problem = None if self.is_namespace else _unusable(obj)
+            if problem is not None:
+                raise PluginLoadError(f"{self.kind} plugin '{self.name}' from {self.provider}: {self.target} {problem}")
             self._factory = obj  # type: ignore[assignment]
         return self._factory  # type: ignore[return-value]
 
@@ -119,8 +116,19 @@ class Plugin:
             doc = self._factory.__doc__ or ""
         else:
             module_name, _, attr = self.target.partition(":")
-            doc = _static_docstring(module_name, attr.split(".")[0])
+            doc = static_docstring(module_name, attr.split(".")[0])
         return doc.strip().split("\n", 1)[0]
+
+
+def _unusable(factory: object) -> str | None:
+    """Why zoo cannot call ``factory`` with a recipe's arguments, checked against its signature; None if it can."""
+    if not callable(factory):
+        return "is not callable"
+    try:
+        inspect.signature(factory)
+    except (ValueError, TypeError):  # a builtin such as dict
+        return "has no signature to check a recipe's arguments against: name a Python function or class"
+    return None
 
 
 _local: dict[tuple[Kind, str], Plugin] = {}
@@ -143,7 +151,7 @@ def _entry_point_plugins() -> tuple[Plugin, ...]:
 def refresh() -> None:
     """Forget what was discovered, so that plugins installed since are found."""
     _entry_point_plugins.cache_clear()
-    _static_docstring.cache_clear()
+    static_docstring.cache_clear()
 
 
 def plugins(kind: Kind | None = None, pattern: str | None = None, pretrained: bool = False) -> list[Plugin]:
@@ -375,26 +383,3 @@ def unregister(kind: Kind, name: str) -> None:
 
 def _canonical(dist_name: str) -> str:
     return dist_name.lower().replace("_", "-").replace(".", "-")
-
-
-@cache
-def _static_docstring(module_name: str, attr: str) -> str:
-    """The docstring of ``attr`` in ``module_name``'s source file, found without importing anything."""
-    search_path: list[str] | None = sys.path
-    spec = None
-    parts = module_name.split(".")
-    for depth in range(len(parts)):
-        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: depth + 1]), search_path)
-        if spec is None:
-            return ""
-        search_path = list(spec.submodule_search_locations or [])
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return ""
-    try:
-        tree = ast.parse(Path(spec.origin).read_text(encoding="utf-8"))
-    except (OSError, SyntaxError, ValueError):
-        return ""  # `zoo plugins` reports a broken plugin; the listing just has no description
-    for node in tree.body:
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and node.name == attr:
-            return ast.get_docstring(node) or ""
-    return ""

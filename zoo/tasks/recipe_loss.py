@@ -25,6 +25,9 @@ def build_loss(recipe: Recipe, splits: Splits, device: torch.device) -> tuple[nn
                            "parameter); use cross_entropy or nll, or remove loss.class_weights")  # fmt: skip
         supplied["weight"] = torch.tensor(weights, dtype=torch.float32)
     loss_fn = registry.instantiate("loss", name, args, **supplied)
+    if not isinstance(loss_fn, nn.Module):  # zoo moves it to the device and trains through it
+        raise ZooError(f"loss.name = '{name}': the loss plugin returned a {type(loss_fn).__name__}, not a "
+                       "torch.nn.Module; a loss plugin's factory must return an nn.Module (wrap a function in one)")  # fmt: skip
     if splits.multi_label != bool(getattr(loss_fn, "multi_label", False)):
         if splits.multi_label:
             raise ZooError(f"loss.name = '{name}' takes one class an image, but the task is multi_label: use "
