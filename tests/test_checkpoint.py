@@ -313,3 +313,19 @@ def test_links_where_checkpoints_go_are_never_followed(tmp_path: Path) -> None:
     assert sorted(p.name for p in outside.iterdir()) == ["keep.txt", "state.json"]
     assert [p.name for p in checkpoint.all_checkpoints(root)] == ["step-00000003"]
     assert (root / "step-00000001").is_symlink()  # not zoo's: left where it is
+
+
+def test_a_save_removes_the_staging_folders_of_saves_a_kill_cut_short(tmp_path: Path) -> None:
+    root = tmp_path / "run" / "checkpoints"
+    part = ({"loss_sum": torch.tensor(1.0)}, {"step": 1})
+    checkpoint.save(root, 1, part, ({}, {}), keep=2)
+    cut_short = _files.staging_folder(root / "step-00000002")  # what kill -9 during a save leaves
+    (cut_short / checkpoint.TENSORS).write_bytes(b"half a file")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("mine")
+    (root / ".step-00000003.link").symlink_to(outside)  # not a folder zoo made: never followed nor removed
+    checkpoint.save(root, 2, part, ({}, {}), keep=2)
+    assert sorted(p.name for p in root.iterdir()) == [".step-00000003.link", "step-00000001", "step-00000002"]
+    assert [p.name for p in outside.iterdir()] == ["keep.txt"]
+    assert (root / "step-00000002" / checkpoint.TENSORS).read_bytes() != b"half a file"  # the new save, whole

@@ -99,7 +99,8 @@ def test_health_metadata_and_the_openapi_page(client: TestClient, served_run: Pa
     metadata = client.get("/metadata").json()
     assert metadata["labels"] == ["3", "7"] and metadata["backend"] == "torch"
     assert metadata["sha256"] == hashlib.sha256((served_run / "model.safetensors").read_bytes()).hexdigest()
-    assert metadata["source"] == str(served_run)
+    assert metadata["source"] == served_run.name and metadata["weights"] == "model.safetensors"
+    assert str(served_run.parent) not in client.get("/metadata").text  # what the model is, not where it lies here
     assert metadata["preprocessing"]["input_size"] == [1, 28, 28] and metadata["preprocessing"]["mean"] == [0.1307]
     page = client.get("/openapi.json").json()["paths"]["/predict"]["post"]
     assert "multipart/form-data" in page["requestBody"]["content"]
@@ -278,12 +279,12 @@ def test_help_imports_no_server_or_tuning_library() -> None:
 class Server:
     """`zoo serve RUN --port 0 ARGS` in a subprocess, its output in files; ``url`` once it listens."""
 
-    def __init__(self, run_folder: Path, *args: str) -> None:
+    def __init__(self, run_folder: Path, *args: str, verbose: bool = False) -> None:
         zoo = str(Path(sys.executable).with_name("zoo"))
         self.out, self.err = (run_folder.parent / f"serve-{os.getpid()}.{name}" for name in ("out", "err"))
         with self.out.open("w") as out, self.err.open("w") as err:
             self.process = subprocess.Popen(
-                [zoo, "serve", str(run_folder), "--port", "0", *args], stdout=out, stderr=err
+                [zoo, *["--verbose"] * verbose, "serve", str(run_folder), "--port", "0", *args], stdout=out, stderr=err
             )
         deadline = time.monotonic() + 120
         while "serving" not in self.out.read_text():
@@ -318,10 +319,12 @@ def test_concurrent_clients_of_uvicorn_get_their_own_answers(served_run: Path, d
         assert batching["images"] == len(digits) and batching["largest_batch"] > 1  # requests shared model calls
     finally:
         assert server.stop() == 0
+    assert len(server.out.read_text().splitlines()) == 1  # zoo's line saying where it serves
+    assert server.err.read_text() == ""  # uvicorn's INFO lines, requests too, only with --verbose
 
 
 def test_sigterm_lets_the_requests_in_flight_finish_then_exits_0(served_run: Path, digits: list[Path]) -> None:
-    server = Server(served_run, "--max-wait-ms", "1500")  # the requests wait in the batcher, in flight
+    server = Server(served_run, "--max-wait-ms", "1500", verbose=True)  # the requests wait in the batcher
     with ThreadPoolExecutor(4) as pool:
         pending = [
             pool.submit(httpx.post, f"{server.url}/predict", files=upload(path), timeout=60) for path in digits[:4]
@@ -337,6 +340,7 @@ def test_sigterm_lets_the_requests_in_flight_finish_then_exits_0(served_run: Pat
     assert server.process.wait(timeout=60) == 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{server.url}/health", timeout=5)
+    assert "INFO uvicorn.access" in server.err.read_text()  # --verbose: uvicorn's log, through zoo's handler
 
 
 @pytest.mark.slow
@@ -354,7 +358,7 @@ def test_the_onnxruntime_backend_serves_the_export_with_the_same_answers(
             answers = list(pool.map(lambda path: onnx_client.post("/predict", files=upload(path)), digits[:5]))
         metadata = onnx_client.get("/metadata").json()
     assert_same_predictions([answer.json()["predictions"][0] for answer in answers], expected)
-    assert metadata["backend"] == "onnxruntime" and metadata["weights"].endswith("model.onnx")
+    assert metadata["backend"] == "onnxruntime" and metadata["weights"] == "model.onnx"
     assert metadata["sha256"] == hashlib.sha256((copy / "model.onnx").read_bytes()).hexdigest()
     assert metadata["batching"]["largest_batch"] > 1
 

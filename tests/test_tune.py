@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import REPO, assert_user_error, make_hostile, write_finished_run, zoo_command
 
+from zoo import _locking as locking
 from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.errors import ZooError
@@ -86,7 +87,11 @@ class AlwaysPrune(optuna.pruners.BasePruner):
 
 def test_a_pruned_trial_stops_and_its_run_folder_says_pruned(tmp_path: Path) -> None:
     path = write_recipe(tmp_path, f"trials = 1\nspace = {SPACE}\n", epochs=30)
-    result = tune(path, study_dir=tmp_path / "study", pruner=AlwaysPrune())
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)  # as a script's `zoo tune &` starts: the trial takes it
+    try:
+        result = tune(path, study_dir=tmp_path / "study", pruner=AlwaysPrune())
+    finally:
+        signal.signal(signal.SIGINT, ignored)
     assert [trial.state for trial in result.trials] == ["pruned"] and result.best is None
     results = json.loads((tmp_path / "study" / "trial-0000" / "results.json").read_text())
     assert results["state"] == "interrupted" and results["reason"].startswith("pruned by the study after epoch 1")
@@ -156,6 +161,51 @@ def test_a_killed_study_continues_and_loses_only_the_trial_in_flight(tmp_path: P
     assert (study / "trial-0000" / "model.safetensors").stat().st_mtime_ns == first
     lost = json.loads((study / "trial-0001" / "results.json").read_text())
     assert lost["state"] == "failed" and "the study stopped during this trial" in lost["reason"]
+
+
+@pytest.mark.slow
+def test_a_trial_stops_with_its_study_killed_alone_and_the_rerun_counts_it_failed(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, f'trials = 1\npruner = "none"\nspace = {SPACE}\n', epochs=30)
+    study = tmp_path / "study"
+    command = [str(Path(sys.executable).with_name("zoo")), "tune", str(path), "--study", str(study)]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (study / "trial-0000" / "metrics.jsonl").exists():
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    trial_pid = json.loads((study / "trial-0000" / ".zoo.lock").read_text())["pid"]
+    process.kill()  # the study alone, not its process group
+    process.wait()
+    deadline = time.monotonic() + 60
+    while os.path.exists(f"/proc/{trial_pid}") and time.monotonic() < deadline:  # gone, or a zombie of init's
+        if Path(f"/proc/{trial_pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+            break
+        time.sleep(0.05)
+    stopped = json.loads((study / "trial-0000" / "results.json").read_text())
+    assert stopped["state"] == "interrupted"  # stopped with its study, not trained on to "finished"
+    assert not (study / "trial-0000" / ".zoo.lock").exists()
+
+    result = zoo_command("tune", str(path), "--study", str(study), "--timeout", "0", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "trial 0 was cut short" in result.stdout
+    lost = json.loads((study / "trial-0000" / "results.json").read_text())
+    assert lost["state"] == "failed" and "the study stopped during this trial" in lost["reason"]
+
+
+def test_a_rerun_refuses_a_study_whose_trial_still_holds_its_run_folder(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path)
+    study = tmp_path / "study"
+    tune(path, study_dir=study, timeout=0)  # the study begun, no trial run
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(study / "study.journal")))
+    optuna.load_study(study_name="tiny", storage=storage).ask()  # trial 0 running, as a study killed left it
+    held = locking.claim(study / "trial-0000")  # its process lives on (a trial that outlived its study)
+    try:
+        with pytest.raises(ZooError, match=r"^the study's trial 0 is still running: .* is in use by process"):
+            tune(path, study_dir=study)
+        trials = optuna.load_study(study_name="tiny", storage=storage).trials
+        assert [trial.state for trial in trials] == [optuna.trial.TrialState.RUNNING]  # not failed, none run
+    finally:
+        held.release()
 
 
 def test_without_the_extra_installed_the_command_says_which(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

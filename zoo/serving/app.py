@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._files import read_file
 from .._version import __version__
+from ..config.sources import names_remote
 from ..data.images import image_bytes
 from ..data.preprocessing import Preprocessing
 from ..data.transforms import build_transform, check_resizable
@@ -57,9 +58,9 @@ class Served:
     preprocessing: Preprocessing
     thresholds: list[float] | None  # a multi-label run's, one per label
     temperature: float  # a calibrated run's (1: not calibrated)
-    source: str  # RUN as given
+    source: str  # RUN as given when it names a registry entry or Hub repo; else the run folder's name
     backend: Backend
-    weights: str  # the file the model was read from
+    weights: str  # the name of the file in the run folder the model was read from
     sha256: str
 
 
@@ -72,7 +73,9 @@ def load_served(run: str, backend: Backend) -> Served:
     if data is None:  # removed between loading and now
         raise ZooError(f"{weights} disappeared while the model loaded")
     sha256 = hashlib.sha256(data).hexdigest()
-    return Served(classify, label_names, preprocessing, thresholds, temperature, run, backend, str(weights), sha256)
+    # /metadata says what the model is to anyone who asks: never where this machine keeps it.
+    source = run if names_remote(run) else folder.path.resolve().name
+    return Served(classify, label_names, preprocessing, thresholds, temperature, source, backend, weights.name, sha256)
 
 
 def create_app(served: Served, limits: Limits = Limits()) -> ASGIApp:

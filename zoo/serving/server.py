@@ -38,7 +38,8 @@ def run(app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None]) -> None
             if self.started:
                 on_ready()
 
-    server = Server(uvicorn.Config(app, timeout_graceful_shutdown=GRACE_SECONDS, lifespan="on"))
+    # log_config=None: uvicorn's loggers get no handlers of their own and reach zoo's (--verbose only).
+    server = Server(uvicorn.Config(app, timeout_graceful_shutdown=GRACE_SECONDS, lifespan="on", log_config=None))
     # uvicorn raises the signal it stopped on again once it has shut down: SIGTERM's default action
     # would then end the process by the signal. It reaches this handler instead, and `zoo serve` exits 0.
     address = sock.getsockname()
@@ -48,4 +49,6 @@ def run(app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None]) -> None
     finally:
         signal.signal(signal.SIGTERM, previous)
     if not server.started:
-        raise ZooError(f"the server on {address[0]}:{address[1]} did not start (its log above says why)")
+        raise ZooError(
+            f"the server on {address[0]}:{address[1]} did not start: zoo --verbose serve ... shows uvicorn's log of why"
+        )

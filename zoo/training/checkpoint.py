@@ -138,9 +138,18 @@ def _write(
         _files.replace_folder(staging, target)  # also the same step saved again (an epoch's end after mid-epoch)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    _remove_abandoned_staging(root)
     for old in all_checkpoints(root)[:-keep]:
         if best is None or old.name != f"step-{best:08d}":
             shutil.rmtree(old)
+
+
+def _remove_abandoned_staging(root: Path) -> None:
+    """The staging folders of saves that a kill cut short (the ``finally`` above never ran). None is another
+    save's: the process saving holds the run folder's claim, and its own save's staging is renamed by now."""
+    for abandoned in root.glob(".step-*.*"):
+        if abandoned.is_dir() and not abandoned.is_symlink():  # a link or file by that name is not zoo's: left
+            shutil.rmtree(abandoned)
 
 
 # What state.json must hold, and of which type, for a resume to use it.

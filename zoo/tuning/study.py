@@ -5,7 +5,9 @@ trial starts, reports and ends, so that `zoo tune` run again continues the study
 study loses at most the trial in flight), one run folder per trial (``trial-0000``, ...),
 ``best.toml`` and ``trials.png``. A trial runs as its own `zoo run` process (under torchrun with
 ``--nproc``): the study reads the metric from the trial's metrics.jsonl after each epoch, reports it
-to the pruner, and stops a trial it prunes as Ctrl-C stops a run; the run folder then says why.
+to the pruner, and stops a trial it prunes as Ctrl-C stops a run; the run folder then says why. A trial
+does not outlive its study: on Linux it is stopped (as interrupted) when the study process dies, even
+by kill -9, and a study run again refuses to go on while a trial of its still holds its run folder.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -41,6 +43,7 @@ BEST = "best.toml"
 PLOT = "trials.png"
 POLL_SECONDS = 0.2  # how often a running trial's metrics.jsonl is read
 STOP_SECONDS = 10.0  # after Ctrl-C, how long a trial has to stop by itself before it is asked to
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclass
@@ -153,14 +156,23 @@ def _check_same_search(study: optuna.Study, folder: Path, tune: TuneConfig, over
 
 
 def _fail_abandoned(study: optuna.Study, storage: optuna.storages.BaseStorage, folder: Path) -> None:
-    """Trials left running by a study that was killed (the folder is claimed: none runs now) failed."""
+    """Trials left running by a study that was killed failed; a trial whose process still holds its run folder
+    (one that outlived its study where the kernel cannot stop it with the study) is refused, as it runs on."""
     from optuna.trial import TrialState
 
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    abandoned = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    for trial in abandoned:  # all checked before any is marked: a refusal writes nothing
+        run_folder = _trial_folder(folder, trial.number)
+        if os.path.lexists(run_folder / locking.LOCK_NAME):
+            try:
+                locking.claim(run_folder).release()  # taken over only from a dead owner
+            except ZooError as exc:
+                raise ZooError(f"the study's trial {trial.number} is still running: {exc}") from None
+    for trial in abandoned:
         storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         run = RunFolder(_trial_folder(folder, trial.number))
         results = run.results if run.file(RunFolder.RESULTS).is_file() else None
-        if results is not None and results.state == "running":
+        if results is not None and results.state in ("running", "interrupted"):  # killed, or stopped with the study
             reason = "the study stopped during this trial (zoo tune was killed); the study goes on without it"
             run.write_results(results.model_copy(update={"state": "failed", "reason": reason}))
         print(f"trial {trial.number} was cut short when the study stopped: it counts as failed", flush=True)
@@ -189,7 +201,7 @@ def _run_trial(
     print(f"trial {trial.number}: {' '.join(override(k, v) for k, v in params.items())} -> {run}", flush=True)
     launch = ["--nproc", str(nproc)] if nproc > 1 else []
     command = [sys.executable, "-m", "zoo", "run", str(path), *trial_overrides(overrides, tune, params, run.path)]
-    process = subprocess.Popen([*command, *launch, "--no-progress"])
+    process = subprocess.Popen([*command, *launch, "--no-progress"], preexec_fn=_stopped_with_the_study())
     reported: set[int] = set()
     pruned_at = None
     try:
@@ -227,6 +239,26 @@ def _run_trial(
     if results is None or results.state != "finished" or results.kept_value is None:
         raise ZooError(f"trial {trial.number} ({run}) did not finish (exit code {code}): the study stops here")
     return results.kept_value
+
+
+def _stopped_with_the_study() -> Callable[[], None]:
+    """Popen's preexec_fn: the trial takes SIGINT as Ctrl-C even where the study ignores it (a script's
+    `zoo tune &`: the pruner stops a trial with SIGINT), and on Linux gets SIGTERM (a run's clean stop, as
+    interrupted) when the study process dies, even by kill -9, rather than train on beside a rerun's trials."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)  # looked up before the fork: the child only calls it
+    linux = sys.platform.startswith("linux")
+    study = os.getpid()
+
+    def stop_with_the_study() -> None:
+        libc.signal(signal.SIGINT, signal.SIG_DFL)  # an ignored signal stays ignored across exec
+        if linux:
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+            if os.getppid() != study:  # the study died before prctl took hold
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    return stop_with_the_study
 
 
 def _epoch_values(run: RunFolder, metric: str) -> list[tuple[int, float]]:
