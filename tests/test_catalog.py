@@ -97,8 +97,8 @@ def test_several_registries_are_searched_in_order_and_the_first_local_one_is_wri
     )
     with pytest.raises(ZooError, match="already names 'team'.*--replace"):
         monkeypatch.setenv("ZOO_REGISTRY", f"{second},{first}")
-        catalog.check_name("team", replace=False)
-    catalog.check_name("team", replace=True)
+        catalog.check_addable("team", replace=False)
+    catalog.check_addable("team", replace=True)
     monkeypatch.setenv("ZOO_REGISTRY", f"{first},{tmp_path / 'gone.json'}")
     with pytest.raises(ZooError, match="gone.json, which does not exist"):
         catalog.everything()
@@ -151,3 +151,48 @@ def test_a_registry_file_is_read_only_as_a_regular_file_of_sane_size(
 
 def hung(signum: int, frame: object) -> None:
     raise TimeoutError("no answer after 30 s")
+
+
+def test_registry_add_refuses_a_taken_name_unless_replace(tmp_path: Path) -> None:
+    """`registry add` once repointed a taken name without a word, where `publish` refused it."""
+    registry = tmp_path / "registry.json"
+    registry.write_text('{"schema": 2, "weights": {}}')
+    env = {"ZOO_REGISTRY": str(registry)}
+    first, second = write_finished_run(tmp_path / "d1").path, write_finished_run(tmp_path / "d2").path
+    added = zoo_command(
+        "registry", "add", str(first), "--name", "digits", "--recipe", str(RECIPES / "mnist.toml"), env=env
+    )
+    assert added.returncode == 0, added.stderr
+    before = registry.read_bytes()
+    again = ["registry", "add", str(second), "--name", "digits", "--recipe", str(RECIPES / "mnist_pretrain.toml")]
+    assert_user_error(zoo_command(*again, env=env), str(registry), "already names 'digits'", "--replace")
+    assert registry.read_bytes() == before
+    assert zoo_command(*again, "--replace", env=env).returncode == 0
+    assert json.loads(registry.read_text())["weights"]["digits"]["sources"]["recipe"].endswith("mnist_pretrain.toml")
+
+
+def test_a_recipe_added_through_a_symlinked_registry_is_found_through_the_link_and_the_target(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """add wrote the path relative to the link's target while check and lookups read it relative to the link."""
+    team = tmp_path / "team" / "registry.json"
+    team.parent.mkdir()
+    team.write_text('{"schema": 2, "weights": {}}')
+    project = tmp_path / "proj" / "sub"
+    (project / "recipes").mkdir(parents=True)
+    recipe = project / "recipes" / "x.toml"
+    recipe.write_text((RECIPES / "mnist.toml").read_text())
+    (project / "registry.json").symlink_to(team)
+    run = write_finished_run(tmp_path / "run").path
+    env = {"ZOO_REGISTRY": "registry.json"}
+    added = zoo_command(
+        "registry", "add", str(run), "--name", "viarecipe", "--recipe", "recipes/x.toml", env=env, cwd=project
+    )
+    assert added.returncode == 0, added.stderr
+    assert (project / "registry.json").is_symlink()  # written through, as before
+    checked = zoo_command("registry", "check", env=env, cwd=project)
+    assert checked.returncode == 0 and "1 named weights, valid" in checked.stdout, checked.stderr
+    for registry in (str(project / "registry.json"), str(team)):  # the link and the file it points at agree
+        monkeypatch.setenv("ZOO_REGISTRY", registry)
+        assert catalog.find("viarecipe").recipe == recipe.resolve()
+        assert "viarecipe" in catalog.check().weights

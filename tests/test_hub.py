@@ -356,6 +356,29 @@ def test_publish_pins_what_the_hub_serves_and_refuses_taken_names(hub, versions:
     assert metrics["accuracy"] == json.loads((versions[0] / "results.json").read_text())["test"]["accuracy"]
 
 
+def test_publish_refuses_what_registry_add_would_refuse_before_it_pushes(
+    hub, versions: list[Path], tmp_path: Path
+) -> None:
+    """A missing --recipe, and with --replace a damaged or Hub-only registry, were found after the push:
+    exit 2 with 'pushed to ... as commit ..., but', and a commit on the Hub for nothing."""
+    server, env = hub
+    env = with_empty_registry(env, tmp_path / "registry.json")
+    damaged = tmp_path / "damaged.json"
+    damaged.write_text('{"schema": 2, "weights": {')
+    run = unpushed_copy(versions[0], tmp_path / "run")
+    publish = ["publish", str(run), "--repo", "zoo-test/early", "--name", "digits"]
+    mistakes = [
+        ([*publish, "--recipe", str(tmp_path / "nope.toml")], env, ("--recipe", "nope.toml", "no such recipe file")),
+        ([*publish, "--replace"], {**env, "ZOO_REGISTRY": str(damaged)}, (str(damaged), "not valid JSON")),
+        ([*publish, "--replace"], {**env, "ZOO_REGISTRY": "hf-hub:rev/none"}, ("names only Hub registries",)),
+    ]
+    for command, where, fragments in mistakes:
+        assert "pushed to" not in assert_user_error(zoo_command(*command, env=where), *fragments)
+    assert "zoo-test/early" not in server.state.repos and server.state.commit_count == 0
+    assert not (run / "hub.json").exists()
+    assert json.loads((tmp_path / "registry.json").read_text())["weights"] == {}
+
+
 def test_a_team_registry_on_the_hub_is_searched_after_the_local_one(hub, versions: list[Path], tmp_path: Path) -> None:
     server, env = hub
     api = HfApi(endpoint=server.url, token=TOKEN)

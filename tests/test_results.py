@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error
+from conftest import RECIPES, assert_user_error, write_finished_run
 from PIL import Image
 
 import zoo
@@ -179,6 +179,25 @@ def test_runs_table_and_compare_lists_exactly_the_differing_keys(trained: Path, 
     text = CliRunner().invoke(cli, ["runs", "--compare", str(trained), str(other)]).stdout
     assert [line.split()[0] for line in text.splitlines()[1:3]] == ["optim.lr", "train.epochs"]
     assert "test_acc" in text
+
+
+def test_runs_compare_never_prints_a_tracker_password(tmp_path: Path) -> None:
+    """`zoo runs --compare` printed log.mlflow's tracking_uri with its password, as a table and as JSON."""
+    folders = []
+    for name, host in (("a", "127.0.0.1:9"), ("b", "127.0.0.1:10")):
+        run_folder = write_finished_run(tmp_path / name)
+        uri = f"log.mlflow.tracking_uri=http://alice:S3cretPw@{host}"
+        run_folder.write_recipe(
+            recipes.load(
+                RECIPES / "mnist.toml", [uri, 'log.to=["mlflow"]', f"output.dir={run_folder.path}"], check=False
+            )
+        )
+        folders.append(str(run_folder.path))
+    for json_flag in ([], ["--json"]):
+        shown = CliRunner().invoke(cli, ["runs", "--compare", *folders, *json_flag])
+        assert shown.exit_code == 0, shown.stderr
+        assert "S3cretPw" not in shown.output and "alice" not in shown.output
+        assert "http://***@127.0.0.1:9" in shown.output and "log.mlflow" in shown.output  # the difference stays
 
 
 def test_tensorboard_logs_every_epoch(mnist_dir: Path, tmp_path: Path) -> None:

@@ -298,6 +298,45 @@ def test_without_a_store_named_mlflow_keeps_runs_in_zoo_cache_and_says_nothing(
     assert "mlflow" not in capsys.readouterr().err  # MLflow's own log lines show with zoo --verbose only
 
 
+@pytest.mark.slow  # four processes importing MLflow: about 30 s on 2 cores
+def test_runs_starting_at_once_on_a_new_store_all_log_and_leave_it_usable(tmp_path: Path) -> None:
+    """Two first runs on zoo's default store once migrated the new database at once: both failed
+    (table _alembic_tmp_metrics already exists) and so did every later run, until it was deleted."""
+    starter = (
+        "import sys, time; from pathlib import Path; from zoo.config import recipe as recipes\n"
+        "from zoo.training.loggers.mlflow import MlflowLogger; import mlflow\n"
+        f"recipe = recipes.load(Path({str(RECIPES / 'mnist.toml')!r}), check=False).to_dict()\n"
+        "go, run = Path(sys.argv[1]), Path(sys.argv[2])\n"
+        "run.mkdir()\n"
+        "while not go.exists(): time.sleep(0.01)\n"
+        "logger = MlflowLogger(); logger.start(recipe, run, 0, [])\n"
+        "logger.finish({'state': 'finished', 'steps': 0}, [])\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "MLFLOW_TRACKING_URI"}
+    env["ZOO_CACHE_DIR"] = str(tmp_path / "cache")
+    go = tmp_path / "go"
+
+    def started(*names: str) -> list[subprocess.Popen]:
+        command = [sys.executable, "-c", starter, str(go)]
+        return [subprocess.Popen([*command, str(tmp_path / name)], env=env, stderr=subprocess.PIPE) for name in names]
+
+    def ended(processes: list[subprocess.Popen]) -> None:
+        for process in processes:
+            assert process.wait(timeout=180) == 0, process.stderr.read().decode()
+
+    at_once = started("a", "b", "c")
+    while not all((tmp_path / name).is_dir() for name in "abc"):  # every one imported: the starts overlap
+        time.sleep(0.05)
+    go.touch()
+    ended(at_once)
+    ended(started("d"))  # a later run alone
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'cache' / 'mlflow' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mnist").experiment_id])
+    assert sorted((run.info.run_name, run.info.status) for run in runs) == [(name, "FINISHED") for name in "abcd"]
+
+
 def test_a_failing_tracker_line_hides_passwords_and_stays_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

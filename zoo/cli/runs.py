@@ -34,7 +34,7 @@ def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> 
     if compare:
         if len(folders) < 2:
             raise ZooError("--compare needs at least two run folders")
-        recipes = [folder.recipe.to_dict() for folder in folders]
+        recipes = [_without_passwords(folder.recipe.to_dict()) for folder in folders]
         keys = [key for key in differing_keys(recipes) if key != "output.dir"]
         if as_json:
             table = {key: [run_folders.value_at(recipe, key) for recipe in recipes] for key in keys}
@@ -53,6 +53,19 @@ def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> 
         return
     rows = [tuple(_cell(column, s[column]) for column in run_folders.COLUMNS) for s in summaries]
     print_table(rows, [column.upper() for column in run_folders.COLUMNS])
+
+
+def _without_passwords(value: Any) -> Any:
+    """A recipe's values with the credentials of any URL hidden (a tracker's tracking_uri may hold a password)."""
+    from ..training.loggers.fan_out import without_passwords
+
+    if isinstance(value, str):
+        return without_passwords(value)
+    if isinstance(value, dict):
+        return {key: _without_passwords(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_passwords(item) for item in value]
+    return value
 
 
 def _cell(column: str, value: Any) -> str:

@@ -139,12 +139,16 @@ def registry_list(backbone: str | None, as_json: bool) -> None:
 @click.option(
     "--recipe", "recipe_path", type=click.Path(path_type=Path), help="The recipe that produces them (a second source)."
 )
-def registry_add(run_folder: Path, name: str, recipe_path: Path | None) -> None:
-    """Record RUN's weights: the commit of its last `zoo push`, the sha256 and size of its weights."""
+@click.option("--replace", is_flag=True, help="Repoint a name that registry.json already has.")
+def registry_add(run_folder: Path, name: str, recipe_path: Path | None, replace: bool) -> None:
+    """Record RUN's weights: the commit of its last `zoo push`, the sha256 and size of its weights.
+
+    A NAME that registry.json already has is refused, unless --replace.
+    """
     from ..runs.folder import RunFolder
     from ..sharing import registry as catalog
 
-    entry = catalog.add(run_folder, name, recipe_path)
+    entry = catalog.add(run_folder, name, recipe_path, replace=replace)
     hub = entry.sources.hub
     pinned = ""
     if hub is not None:  # an adapter pushed alone: its weights are the adapter's, on the base it pins
@@ -161,5 +165,5 @@ def registry_check() -> None:
     from ..sharing import registry as catalog
 
     for origin in catalog.origins():
-        checked = catalog.check(origin.file)
+        checked = catalog.check(origin.file, origin.local)
         click.echo(f"{origin.label}: {len(checked.weights)} named weights, valid")

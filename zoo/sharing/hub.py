@@ -96,9 +96,10 @@ def publish(
 
     The pins are read back: the pushed commit's files downloaded afresh (not from the cache) and
     hashed, and each must be the file that was pushed. An adapter run's entry pins its base too.
-    An existing name is refused before anything is pushed, unless ``replace``.
+    What ``registry add`` would refuse (an existing name unless ``replace``, a missing recipe, a damaged
+    or Hub-only registry) is refused before anything is pushed.
     """
-    catalog.check_name(name, replace)
+    catalog.check_addable(name, recipe, replace)
     pushed = push(folder, repo, private=private, message=f"zoo publish {name}", adapter_only=adapter_only)
     record = RunFolder(folder).hub_record
     assert record is not None, "push writes hub.json"

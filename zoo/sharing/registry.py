@@ -150,7 +150,13 @@ class Found:
     def recipe(self) -> Path | None:
         """The recipe source, which registry.json gives relative to itself."""
         recipe = self.entry.sources.recipe
-        return (self.origin.file.parent / recipe).resolve() if recipe is not None else None
+        return (recipes_folder(self.origin.file, self.origin.local) / recipe).resolve() if recipe is not None else None
+
+
+def recipes_folder(file: Path, local: bool = True) -> Path:
+    """Where a registry's recipe paths start: beside the file that a local link points to (the file
+    ``add`` writes through, whose paths must hold for every link to it), beside a pulled Hub registry."""
+    return file.resolve().parent if local else file.parent
 
 
 def everything() -> dict[str, Found]:
@@ -187,14 +193,15 @@ def load(file: Path | None = None) -> Catalog:
     return catalog
 
 
-def check(file: Path | None = None) -> Catalog:
+def check(file: Path | None = None, local: bool = True) -> Catalog:
     """``load`` plus what the schema cannot see: recipe sources exist."""
     file = file or path()
     catalog = load(file)
+    folder = recipes_folder(file, local)
     for name, entry in catalog.weights.items():
         recipe = entry.sources.recipe
-        if recipe is not None and not (file.parent / recipe).is_file():
-            raise ZooError(f"{file}: weights.{name}.sources.recipe: {recipe} not found (relative to {file.parent})")
+        if recipe is not None and not (folder / recipe).is_file():
+            raise ZooError(f"{file}: weights.{name}.sources.recipe: {recipe} not found (relative to {folder})")
     return catalog
 
 
@@ -211,14 +218,20 @@ def entry(name: str) -> Entry:
     return find(name).entry
 
 
-def check_name(name: str, replace: bool = True) -> None:
-    """``name`` is a valid name, and (unless ``replace``) not yet taken in the registry zoo writes to."""
+def check_addable(name: str, recipe: Path | None = None, replace: bool = False, file: Path | None = None) -> None:
+    """What ``add`` refuses, checked before anything changes (``zoo publish`` checks it before it pushes):
+    ``name`` is a name, not yet taken unless ``replace``, ``recipe`` is a file, and the registry zoo
+    writes to is a local file that holds a valid catalogue (or none yet)."""
     if not re.fullmatch(NAME_PATTERN, name):
         raise ZooError(
             f"--name {name!r}: a name is letters, digits, '.', '_' and '-' (not a path), like mnist_cnn.digits"
         )
-    if not replace and name in load(path()).weights:
-        raise ZooError(f"{path()} already names '{name}': choose another name, or give --replace to repoint it")
+    if recipe is not None and not recipe.is_file():
+        raise ZooError(f"--recipe {recipe}: no such recipe file")
+    file = file or path()
+    taken = name in load(file).weights  # loaded with --replace too: a damaged registry is refused now
+    if taken and not replace:
+        raise ZooError(f"{file} already names '{name}': choose another name, or give --replace to repoint it")
 
 
 def add(
@@ -227,13 +240,12 @@ def add(
     recipe: Path | None = None,
     file: Path | None = None,
     hub: HubSource | None = None,
-    replace: bool = True,
+    replace: bool = False,
 ) -> Entry:
-    """Record the run folder's weights under ``name``: ``hub`` (default: its last ``zoo push``) and/or ``recipe``."""
+    """Record the run folder's weights under ``name``: ``hub`` (default: its last ``zoo push``) and/or ``recipe``.
+    A name the registry already has is refused unless ``replace``."""
     file = file or path()
-    check_name(name)
-    if recipe is not None and not recipe.is_file():
-        raise ZooError(f"--recipe {recipe}: no such recipe file")
+    check_addable(name, recipe, replace, file)  # a damaged registry is refused before a lock is made beside it
     folder = RunFolder.existing(run)
     pushed = folder.hub_record
     if hub is None and pushed is None and recipe is None:
@@ -249,12 +261,11 @@ def add(
         backbone=stored.model.backbone,
         num_classes=len(folder.label_names),
         label_names=folder.label_names,
-        sources=Sources(hub=hub, recipe=os.path.relpath(recipe.resolve(), file.resolve().parent) if recipe else None),
+        sources=Sources(hub=hub, recipe=os.path.relpath(recipe.resolve(), recipes_folder(file)) if recipe else None),
         metrics={key: float(test[key]) for key in ("accuracy", "precision", "recall", "f1") if key in test},
         license=stored.license,
         description=stored.description,
     )
-    load(file)  # a damaged registry (or a link to something else) is refused before a lock is made beside it
     target = file.resolve()  # a symlinked registry.json is written through, not replaced
     with locking.locked(target):
         catalog = load(file)

@@ -78,6 +78,10 @@ def create_loggers(names: Sequence[str], args: Mapping[str, Mapping[str, Any]], 
 
 
 def _shown(exc: Exception) -> str:
-    """An exception's first line, with any password in a URL (``https://user:secret@host``) hidden."""
-    first = (str(exc).strip().splitlines() or [""])[0]
-    return re.sub(r"(\w[\w+.-]*://)[^/\s@]*@", r"\1***@", first)
+    """An exception's first line, with any password in a URL hidden."""
+    return without_passwords((str(exc).strip().splitlines() or [""])[0])
+
+
+def without_passwords(text: str) -> str:
+    """``text`` with the credentials of every URL in it (``https://user:secret@host``) hidden."""
+    return re.sub(r"(\w[\w+.-]*://)[^/\s@]*@", r"\1***@", text)

@@ -4,13 +4,16 @@
 ``ZOO_CACHE_DIR/mlflow/mlflow.db``), ``experiment`` (else MLFLOW_EXPERIMENT_NAME, else the recipe's
 name) and ``artifact_location``, where a new experiment keeps its files (for a ``sqlite:///`` store,
 by default ``mlartifacts/`` beside the database, never the working folder). A server that does not
-answer costs at most a few retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _TIMEOUT, unless set). It talks to the store through
+answer costs at most a few retries (MLFLOW_HTTP_REQUEST_MAX_RETRIES, _TIMEOUT, unless set). Runs open a
+``sqlite:///`` store one at a time (``_locking.locked`` on its database): MLflow creates and migrates a new
+database in place, which two at once left broken. It talks to the store through
 ``MlflowClient`` rather than MLflow's process-wide active run, so that nothing outside this logger
 sees or changes its run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import time
@@ -18,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ... import _locking as locking
 from ..._output import library_logs_to_root
 from ...config.recipe import cache_dir
 from ...errors import ZooError
@@ -54,21 +58,21 @@ class MlflowLogger:
 
         library_logs_to_root("mlflow", "alembic")
         uri = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or _cached_store()
-        client = self._client = MlflowClient(uri)
         known = tracking.remembered_run(run, "mlflow") if step else None
         logged: dict[str, str] = {}
-        if known and _exists(client, known):
-            self.run_id = known
-            client.update_run(known, status="RUNNING")
-            logged = client.get_run(known).data.params
-        else:
-            name = self.experiment or recipe["name"]
-            found = client.get_experiment_by_name(name)
-            experiment_id = (
-                found.experiment_id if found else client.create_experiment(name, self.artifact_location or _beside(uri))
-            )
-            self.run_id = client.create_run(experiment_id, run_name=run.name).info.run_id
-            tracking.remember_run(run, "mlflow", self.run_id)
+        with _one_at_a_time(uri):  # creating the store, the experiment and the run
+            client = self._client = MlflowClient(uri)
+            if known and _exists(client, known):
+                self.run_id = known
+                client.update_run(known, status="RUNNING")
+                logged = client.get_run(known).data.params
+            else:
+                name = self.experiment or recipe["name"]
+                found = client.get_experiment_by_name(name)
+                artifacts = self.artifact_location or _beside(uri)
+                experiment_id = found.experiment_id if found else client.create_experiment(name, artifacts)
+                self.run_id = client.create_run(experiment_id, run_name=run.name).info.run_id
+                tracking.remember_run(run, "mlflow", self.run_id)
         values = {key: str(value)[:MAX_VALUE] for key, value in tracking.parameters(recipe).items()}
         # A parameter's value cannot change in MLflow: what a resume changed (train.epochs=5) is a tag.
         params = [Param(key, value) for key, value in values.items() if key not in logged]
@@ -107,11 +111,24 @@ def _cached_store() -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
+def _database(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` store; None for a server or another store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").partition("?")[0])
+
+
 def _beside(uri: str) -> str | None:
     """A ``sqlite:///`` store's artifacts beside its database (MLflow's default is the working folder)."""
-    if not uri.startswith("sqlite:///"):
-        return None  # a server or another store decides itself
-    return str(Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlartifacts")
+    database = _database(uri)
+    return None if database is None else str(database.resolve().parent / "mlartifacts")  # else the store decides
+
+
+def _one_at_a_time(uri: str) -> contextlib.AbstractContextManager[None]:
+    """A lock on a ``sqlite:///`` store while it is opened: MLflow creates and migrates a new database in place,
+    and two runs doing so at once left it broken for every later run; two creating one experiment, one failed."""
+    database = _database(uri)
+    return contextlib.nullcontext() if database is None else locking.locked(database)
 
 
 def _exists(client: MlflowClient, run_id: str) -> bool:
