@@ -228,3 +228,27 @@ def test_a_curve_per_epoch_ticks_whole_epochs_only(
     drawn[0].canvas.draw()  # the locator picks the ticks when the figure is drawn
     shown = [tick for tick in axes.get_xticks() if axes.get_xlim()[0] <= tick <= axes.get_xlim()[1]]
     assert shown and all(float(tick).is_integer() for tick in shown), shown
+
+
+@pytest.mark.parametrize("rate", [3e-4, 2.1e-4, 5e-3, 1.0])
+def test_a_curves_labels_and_ticks_stay_inside_the_image(rate: float, tmp_path: Path, monkeypatch) -> None:
+    drawn = []
+    monkeypatch.setattr(plots, "_save", lambda figure, path: drawn.append(figure))
+    steps = list(range(1, 101))
+    plots.curves(tmp_path / "lr.png", "Learning rate (head)", "learning rate", {"lr": (steps, [rate] * 100)}, "step")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figure = drawn[0]
+    canvas = FigureCanvasAgg(figure)  # as savefig renders it
+    canvas.draw()
+    renderer = canvas.get_renderer()
+    (axes,) = figure.axes
+    (low, high), (left, right) = axes.get_ylim(), axes.get_xlim()
+    shown_ticks = [tick.label1 for tick in axes.yaxis.get_major_ticks() if low <= tick.get_loc() <= high] + [
+        tick.label1 for tick in axes.xaxis.get_major_ticks() if left <= tick.get_loc() <= right
+    ]  # matplotlib keeps a tick or two beyond the limits, undrawn
+    texts = [axes.yaxis.label, axes.xaxis.label, axes.title, *shown_ticks]
+    width, height = canvas.get_width_height()
+    for text in (t for t in texts if t.get_visible() and t.get_text()):
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, text.get_text()

@@ -23,10 +23,10 @@ MATRIX_SIZE = (700, 600)
 LOSS, ACCURACY, LEARNING_RATE, CONFUSION = RunFolder.PLOTS
 
 
-def _figure(size: tuple[int, int], layout: str | None = "constrained") -> Figure:
+def _figure(size: tuple[int, int]) -> Figure:
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout=layout)
+    return Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI, layout="constrained")
 
 
 def _save(figure: Figure, path: Path) -> None:
@@ -41,10 +41,7 @@ def curves(
     """A line plot of each named series (xs, ys) at ``path``."""
     from matplotlib.ticker import MaxNLocator
 
-    # A curve's labels are short and its ticks numbers: fixed margins fit them, at a third of the time a
-    # constrained layout takes to measure every text (the curves are drawn during the run's test pass).
-    figure = _figure(CURVE_SIZE, layout=None)
-    figure.subplots_adjust(left=0.1, right=0.97, bottom=0.1, top=0.93)
+    figure = _figure(CURVE_SIZE)
     axes = figure.add_subplot()
     for label, (xs, ys) in series.items():
         axes.plot(xs, ys, marker="o" if len(xs) < 30 else None, label=label)
