@@ -144,6 +144,14 @@ def test_show_prints_the_resolved_recipe() -> None:
     assert resolved["optim"]["lr"] == 3e-3
 
 
+def test_show_hides_a_trackers_password() -> None:
+    uri = "log.mlflow.tracking_uri=http://alice:s3cret@127.0.0.1:9"
+    result = CliRunner().invoke(cli, ["show", str(RECIPES / "mnist.toml"), uri, 'log.to=["mlflow"]'])
+    assert result.exit_code == 0, result.stderr
+    assert "s3cret" not in result.stdout and "alice" not in result.stdout
+    assert tomllib.loads(result.stdout)["log"]["mlflow"]["tracking_uri"] == "http://***@127.0.0.1:9"
+
+
 BAD_RECIPES = {
     "malformed TOML": ("name = \n", [], "not valid TOML"),
     "unknown top-level key": (MINIMAL + "[trian]\nepochs = 1\n", [], "unknown key 'trian' (did you mean 'train'?)"),

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 from conftest import RECIPES, assert_user_error, make_hostile, zoo_command
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zoo.config import recipe as recipes
 from zoo.runs.folder import RunFolder
@@ -367,3 +369,15 @@ def test_a_tracker_argument_of_the_wrong_type_is_one_line_before_anything_runs(
                          f"output.dir={tmp_path / 'run'}")  # fmt: skip
     assert_user_error(result, *fragments)
     assert not (tmp_path / "run").exists()
+
+
+@given(
+    user=st.text(st.characters(blacklist_characters="/", blacklist_categories=("Cs", "Zs", "Cc")), max_size=12),
+    password=st.text(st.characters(blacklist_characters="/", blacklist_categories=("Cs", "Zs", "Cc")), min_size=1),
+)
+def test_every_password_in_a_url_is_hidden_up_to_the_hosts_at_sign(user: str, password: str) -> None:
+    """A password may hold '@' or ':' itself (http://alice:p@ss@host): nothing of it shows."""
+    from zoo.training.loggers.fan_out import without_passwords
+
+    shown = without_passwords(f"failed: http://{user}:{password}@mlflow.example.com:5000/api (retrying)")
+    assert shown == "failed: http://***@mlflow.example.com:5000/api (retrying)"

@@ -174,10 +174,12 @@ def _print_multi_label(metrics: dict[str, Any]) -> None:
 @RECIPE_ARGUMENT
 @OVERRIDES_ARGUMENT
 def show(recipe_path: str, overrides: tuple[str, ...]) -> None:
-    """Print RECIPE fully resolved: bases merged, overrides applied, defaults filled in."""
+    """Print RECIPE fully resolved: bases merged, overrides applied, defaults filled in (a password in a
+    tracker's URL shown as ***)."""
     from ..config import recipe as recipes
+    from ..training.loggers.fan_out import without_passwords
 
-    click.echo(recipes.load(recipe_path, overrides).to_toml(), nl=False)
+    click.echo(without_passwords(recipes.load(recipe_path, overrides).to_toml()), nl=False)
 
 
 @click.command()

@@ -84,4 +84,5 @@ def _shown(exc: Exception) -> str:
 
 def without_passwords(text: str) -> str:
     """``text`` with the credentials of every URL in it (``https://user:secret@host``) hidden."""
-    return re.sub(r"(\w[\w+.-]*://)[^/\s@]*@", r"\1***@", text)
+    # Up to the authority's last '@': a password may hold '@' itself (http://alice:p@ss@host).
+    return re.sub(r"(\w[\w+.-]*://)[^/\s]*@", r"\1***@", text)
