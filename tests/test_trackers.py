@@ -381,3 +381,15 @@ def test_every_password_in_a_url_is_hidden_up_to_the_hosts_at_sign(user: str, pa
 
     shown = without_passwords(f"failed: http://{user}:{password}@mlflow.example.com:5000/api (retrying)")
     assert shown == "failed: http://***@mlflow.example.com:5000/api (retrying)"
+
+
+def test_two_spellings_of_one_sqlite_store_share_its_lock(tmp_path: Path) -> None:
+    from zoo.training.loggers import mlflow
+
+    (tmp_path / "real").mkdir()
+    (tmp_path / "other").mkdir()
+    (tmp_path / "real" / "mlflow.db").write_bytes(b"")
+    (tmp_path / "other" / "alias.db").symlink_to(tmp_path / "real" / "mlflow.db")
+    with mlflow._one_at_a_time(f"sqlite:///{tmp_path / 'other' / 'alias.db'}"):
+        assert (tmp_path / "real" / ".mlflow.db.lock").is_file()
+    assert not (tmp_path / "other" / ".alias.db.lock").exists()

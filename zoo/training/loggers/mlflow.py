@@ -128,7 +128,8 @@ def _one_at_a_time(uri: str) -> contextlib.AbstractContextManager[None]:
     """A lock on a ``sqlite:///`` store while it is opened: MLflow creates and migrates a new database in place,
     and two runs doing so at once left it broken for every later run; two creating one experiment, one failed."""
     database = _database(uri)
-    return contextlib.nullcontext() if database is None else locking.locked(database)
+    # Resolved: two spellings of one database (a link to it) share one lock.
+    return contextlib.nullcontext() if database is None else locking.locked(database.resolve())
 
 
 def _exists(client: MlflowClient, run_id: str) -> bool:
