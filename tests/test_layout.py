@@ -20,7 +20,16 @@ PACKAGE = Path(zoo.__file__).parent
 LAYERS = [
     (
         "infrastructure",
-        ("zoo.errors", "zoo._version", "zoo._files", "zoo._safetensors", "zoo._locking", "zoo._output", "zoo._hub"),
+        (
+            "zoo.errors",
+            "zoo._version",
+            "zoo._files",
+            "zoo._safetensors",
+            "zoo._locking",
+            "zoo._output",
+            "zoo._hub",
+            "zoo._lifetime",
+        ),
     ),
     ("plugins", ("zoo.plugins",)),
     ("config", ("zoo.config",)),

@@ -1,8 +1,9 @@
-"""A rank of torchrun never outlives its launcher (zoo.parallel.distributed.end_with_launcher), on Linux
-through the kernel and elsewhere through a thread watching the parent."""
+"""A rank of torchrun never outlives its launcher (zoo.parallel.distributed.end_with_launcher, through
+zoo._lifetime.end_with_parent), on Linux through the kernel and elsewhere through a thread watching the parent."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -15,9 +16,10 @@ import pytest
 RANK = textwrap.dedent(
     """
     import sys, time
+    from zoo import _lifetime
     from zoo.parallel import distributed
     if sys.argv[1] == "watch":
-        distributed.sys = type("Elsewhere", (), {"platform": "darwin"})  # not Linux: the watching thread
+        _lifetime.sys = type("Elsewhere", (), {"platform": "darwin"})  # not Linux: the watching thread
     distributed.end_with_launcher()
     print("ready", flush=True)
     time.sleep(120)
@@ -94,3 +96,13 @@ def test_only_a_collective_losing_its_peer_is_a_rank_leaving(
     assert (distributed.rank_left(error) is not None) is left
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert distributed.rank_left(error) is None  # one process has no other rank to lose
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_refused_prctl_is_an_error_not_an_orphan_to_be() -> None:
+    """The rank and a trial of `zoo tune` share end_with_parent: prctl's failure raises rather than passes."""
+    from zoo._lifetime import end_with_parent
+
+    with pytest.raises(OSError, match="PR_SET_PDEATHSIG") as refused:
+        end_with_parent(os.getppid(), 1000)  # no such signal: the kernel refuses it (EINVAL)
+    assert refused.value.errno == errno.EINVAL

@@ -323,6 +323,46 @@ def test_concurrent_clients_of_uvicorn_get_their_own_answers(served_run: Path, d
     assert server.err.read_text() == ""  # uvicorn's INFO lines, requests too, only with --verbose
 
 
+FAILING_SERVER = """
+from fastapi import FastAPI
+from zoo.cli.group import route_library_output
+from zoo.serving.server import bind, run
+
+route_library_output(verbose=False)
+app = FastAPI()
+
+
+@app.get("/bug")
+def bug():
+    raise RuntimeError("an internal bug in a route")
+
+
+sock = bind("127.0.0.1", 0)
+run(app, sock, lambda: print(sock.getsockname()[1], flush=True))
+"""
+
+
+def test_an_internal_bug_in_a_request_prints_its_traceback_without_verbose(tmp_path: Path) -> None:
+    """A 500 from a bug is never swallowed: uvicorn's ERROR record and traceback reach stderr, INFO lines don't."""
+    err = tmp_path / "serve.err"
+    with err.open("w") as stderr:
+        process = subprocess.Popen(
+            [sys.executable, "-c", FAILING_SERVER], stdout=subprocess.PIPE, stderr=stderr, text=True
+        )
+    try:
+        port = process.stdout.readline().strip()
+        assert port, err.read_text()
+        answer = httpx.get(f"http://127.0.0.1:{port}/bug", timeout=60)
+        assert answer.status_code == 500
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    log = err.read_text()
+    assert "ERROR uvicorn.error: Exception in ASGI application" in log
+    assert "Traceback (most recent call last)" in log and "RuntimeError: an internal bug in a route" in log
+    assert "INFO" not in log and "uvicorn.access" not in log  # the access and startup lines: --verbose only
+
+
 def test_sigterm_lets_the_requests_in_flight_finish_then_exits_0(served_run: Path, digits: list[Path]) -> None:
     server = Server(served_run, "--max-wait-ms", "1500", verbose=True)  # the requests wait in the batcher
     with ThreadPoolExecutor(4) as pool:

@@ -61,10 +61,16 @@ def cli(verbose: bool) -> None:
     route_library_output(verbose)
 
 
+# Errors whose record carries an internal bug's traceback: shown without --verbose too (uvicorn's
+# "Exception in ASGI application" when a request of `zoo serve` hits a bug and is answered 500).
+SHOWN_ALWAYS = ("uvicorn.error",)
+
+
 def route_library_output(verbose: bool) -> None:
     """Send what libraries log, and Python warnings, through ``logging`` to one handler on stderr that
-    shows them with --verbose only: otherwise a library's passing remark (huggingface_hub's "Ignored
-    error while writing ..." with an unwritable cache) would come before the user's one error line.
+    shows them with --verbose only (but for the errors of SHOWN_ALWAYS): otherwise a library's passing remark
+    (huggingface_hub's "Ignored error while writing ..." with an unwritable cache) would come before the
+    user's one error line.
 
     huggingface_hub brings its own stderr handler, so its records are sent up to the root instead.
     """
@@ -83,7 +89,9 @@ def route_library_output(verbose: bool) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.set_name("zoo")
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)  # present either way: no lastResort
+    handler.setLevel(logging.DEBUG if verbose else logging.ERROR)  # present either way: no lastResort
+    if not verbose:
+        handler.addFilter(lambda record: record.name in SHOWN_ALWAYS)
     root.addHandler(handler)
     if verbose:
         root.setLevel(logging.INFO)

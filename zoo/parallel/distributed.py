@@ -10,13 +10,10 @@ function here is a no-op for a single process.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import pickle
 import signal
 import sys
-import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -25,6 +22,7 @@ import torch
 import torch.distributed as dist
 
 from .. import _output
+from .._lifetime import end_with_parent
 from ..errors import ZooError
 
 T = TypeVar("T")
@@ -37,35 +35,18 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
-_PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
-
-
 def end_with_launcher() -> None:
     """A rank started by torchrun ends when its launcher does.
 
     torchrun starts each rank in a session of its own, so killing the launcher (``kill -9``, a
     job's time limit, the OOM killer) does not reach the ranks: they would train on as orphans,
-    holding their GPUs and the run folder's claim, until a collective fails. On Linux the kernel
-    sends SIGKILL to a rank whose parent dies (``PR_SET_PDEATHSIG``); elsewhere a thread watches the
-    parent. The checkpoints are made for a kill at any moment, so ``--resume`` can follow at once.
+    holding their GPUs and the run folder's claim, until a collective fails. The rank gets SIGKILL
+    when its launcher dies (``_lifetime.end_with_parent``: the kernel on Linux, elsewhere a thread).
+    The checkpoints are made for a kill at any moment, so ``--resume`` can follow at once.
     """
     if "TORCHELASTIC_RUN_ID" not in os.environ:  # not a rank of torchrun
         return
-    launcher = int(os.environ.get(LAUNCHER_PID) or os.getppid())
-    if sys.platform.startswith("linux"):
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
-    else:
-        threading.Thread(target=_watch_parent, args=(launcher,), daemon=True, name="zoo-launcher-watch").start()
-    if os.getppid() != launcher or launcher == 1:  # the launcher died before the line above
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _watch_parent(launcher: int) -> None:
-    while os.getppid() == launcher:
-        time.sleep(0.5)
-    os.kill(os.getpid(), signal.SIGKILL)
+    end_with_parent(int(os.environ.get(LAUNCHER_PID) or os.getppid()), signal.SIGKILL)
 
 
 class RankLeft(ZooError):

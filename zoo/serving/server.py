@@ -38,7 +38,8 @@ def run(app: ASGIApp, sock: socket.socket, on_ready: Callable[[], None]) -> None
             if self.started:
                 on_ready()
 
-    # log_config=None: uvicorn's loggers get no handlers of their own and reach zoo's (--verbose only).
+    # log_config=None: uvicorn's loggers get no handlers of their own and reach zoo's: their INFO lines with
+    # --verbose only, a request's internal bug (ERROR, with its traceback) always (cli/group.py SHOWN_ALWAYS).
     server = Server(uvicorn.Config(app, timeout_graceful_shutdown=GRACE_SECONDS, lifespan="on", log_config=None))
     # uvicorn raises the signal it stopped on again once it has shut down: SIGTERM's default action
     # would then end the process by the signal. It reaches this handler instead, and `zoo serve` exits 0.

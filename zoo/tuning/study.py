@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _files
 from .. import _locking as locking
+from .._lifetime import end_with_parent
 from ..config import recipe as recipes
 from ..config.schema import OutputConfig
 from ..config.tune import TuneConfig
@@ -43,7 +44,6 @@ BEST = "best.toml"
 PLOT = "trials.png"
 POLL_SECONDS = 0.2  # how often a running trial's metrics.jsonl is read
 STOP_SECONDS = 10.0  # after Ctrl-C, how long a trial has to stop by itself before it is asked to
-PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 
 @dataclass
@@ -248,15 +248,11 @@ def _stopped_with_the_study() -> Callable[[], None]:
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)  # looked up before the fork: the child only calls it
-    linux = sys.platform.startswith("linux")
     study = os.getpid()
 
     def stop_with_the_study() -> None:
         libc.signal(signal.SIGINT, signal.SIG_DFL)  # an ignored signal stays ignored across exec
-        if linux:
-            libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-            if os.getppid() != study:  # the study died before prctl took hold
-                os.kill(os.getpid(), signal.SIGTERM)
+        end_with_parent(study, signal.SIGTERM, libc=libc, watch=False)  # Linux only: exec ends a watching thread
 
     return stop_with_the_study
 
