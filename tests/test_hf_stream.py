@@ -170,6 +170,19 @@ def test_a_local_stream_whose_files_changed_does_not_resume(tmp_path: Path, chan
         stream_batches(stream_of(folder), per_epoch=5).load_state(state)
 
 
+def test_a_local_stream_resumes_when_only_a_split_read_whole_changed(tmp_path: Path) -> None:
+    """The saved position indexes the training split's files: a test split that gained rows is read anew."""
+    folder = parquet_folder(tmp_path / "pq", make_dataset(splits={"train": 4, "test": 2}))
+    batches = stream_batches(stream_of(folder), per_epoch=5)
+    next(iter(batches.epoch(1)))
+    state = json.loads(json.dumps(batches.state()))
+    (test_file,) = (folder / "data").glob("test-*")
+    test_file.write_bytes(parquet_files(make_dataset(splits={"train": 4, "test": 3}))[f"data/{test_file.name}"])
+    hf_source.load.cache_clear()
+    stream_batches(stream_of(folder), per_epoch=5).load_state(state)
+    assert len(json.dumps(state)) < 2000  # a digest of the files, not their list
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_an_undecodable_image_names_the_split_and_row(tmp_path: Path, workers: int) -> None:
     dataset = make_dataset(splits={"train": 4, "test": 2})

@@ -142,7 +142,7 @@ class HuggingFaceStream(Stream):
         if args.val_split is not None or "validation" in source.splits:
             self.validation = HuggingFaceDataset("val", args)
         self.origin = source.where
-        self.files = source.files
+        self.files = source.files[self.split] if source.files else None
         self.hub_dataset = source.repo
         if source.commit is not None:
             self.pinned_args = {"revision": source.commit}

@@ -17,6 +17,9 @@ without ``streaming``.
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +44,7 @@ class Source:
     classes: dict[tuple[str, str], list[str]] = field(default_factory=dict)  # (split, label column): names
     streaming: bool = False
     read: dict[str, Any] = field(default_factory=dict)  # streamed splits read whole, by name
-    files: list[list[Any]] | None = None  # a local folder's files, streamed: what its positions index (``files_of``)
+    files: dict[str, str] | None = None  # a local folder's streamed splits: their files' digest (``_digest``)
 
     def split(self, name: str, key: str) -> Any:
         """The split ``name``, which ``data.args.<key>`` chose, as a ``datasets.Dataset`` (a streamed one
@@ -86,16 +89,15 @@ def load(path: str, revision: str | None, name: str | None, streaming: bool = Fa
     if folder.is_dir():
         if revision is not None:
             raise ZooError(f"data.args.revision applies to Hub datasets, and {folder} is a folder here: remove it")
-        files = files_of(folder) if streaming else None
-        return Source(
-            _local(datasets, folder, name, streaming), str(folder.resolve()), streaming=streaming, files=files
-        )
+        splits, files = _local(datasets, folder, name, streaming)
+        return Source(splits, str(folder.resolve()), streaming=streaming, files=files)
     if not HUB_REPO.fullmatch(path) or ".." in path:
         raise ZooError(f"data.args.path = {path!r} is neither a folder here nor a Hub dataset id (ORG/NAME)")
     return _hub(datasets, path, revision, name, streaming)
 
 
-def _local(datasets: Any, folder: Path, name: str | None, streaming: bool) -> Any:
+def _local(datasets: Any, folder: Path, name: str | None, streaming: bool) -> tuple[Any, dict[str, str] | None]:
+    """The folder's splits; streamed, with each split's files' digest."""
     if (folder / "state.json").is_file():
         raise ZooError(
             f"data.args.path: {folder} holds one split written by save_to_disk; save a DatasetDict "
@@ -104,22 +106,30 @@ def _local(datasets: Any, folder: Path, name: str | None, streaming: bool) -> An
     try:
         if (folder / "dataset_dict.json").is_file():
             saved = datasets.load_from_disk(str(folder))
-            if streaming:  # memory-mapped already: streamed, it is read in order, a shard a file
-                shards = {split: len(part.cache_files) or 1 for split, part in saved.items()}
-                return datasets.IterableDatasetDict(
-                    {split: part.to_iterable_dataset(num_shards=shards[split]) for split, part in saved.items()}
-                )
-            return saved
+            if not streaming:
+                return saved, None
+            # Memory-mapped already: streamed, it is read in order, a shard a file.
+            shards = {split: len(part.cache_files) or 1 for split, part in saved.items()}
+            files = {split: _digest(folder, [cached["filename"] for cached in part.cache_files])
+                     for split, part in saved.items()}  # fmt: skip
+            streams = {split: part.to_iterable_dataset(num_shards=shards[split]) for split, part in saved.items()}
+            return datasets.IterableDatasetDict(streams), files
         _refuse_special_files(folder)
-        return datasets.load_dataset(str(folder), name, streaming=streaming)
+        files = None
+        if streaming:
+            data_files = datasets.load_dataset_builder(str(folder), name).config.data_files or {}
+            files = {split: _digest(folder, paths) for split, paths in data_files.items()}
+        return datasets.load_dataset(str(folder), name, streaming=streaming), files
     except (FileNotFoundError, ValueError, datasets.exceptions.DatasetGenerationError) as exc:
         raise ZooError(f"data.args.path: datasets cannot read {folder}: {first_line(exc)}") from None
 
 
-def files_of(folder: Path) -> list[list[Any]]:
-    """``folder``'s regular files as [path in it, size]. A stream's saved position names a shard by its
-    number, which a file added, removed or rewritten to another size would turn into another's rows."""
-    return sorted([str(path.relative_to(folder)), path.stat().st_size] for path in folder.rglob("*") if path.is_file())
+def _digest(folder: Path, paths: list[str]) -> str:
+    """A split's files (their names in ``folder`` and sizes) as one sha256. A stream's saved position
+    names a shard by its number, which a file added, removed or rewritten to another size would turn
+    into another's rows."""
+    found = sorted([os.path.relpath(path, folder), os.stat(path).st_size] for path in paths)
+    return hashlib.sha256(json.dumps(found).encode()).hexdigest()
 
 
 def _refuse_special_files(folder: Path) -> None:

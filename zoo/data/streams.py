@@ -34,8 +34,9 @@ class Stream(ABC):
 
     classes: Sequence[str]
     transform: Any = None
-    # What the shards' positions index, as JSON (hf: a local folder's file names and sizes): kept in each
-    # checkpoint, a resume over other files is refused. None where nothing can change (a Hub commit).
+    # What the shards' positions index, as JSON (hf: a digest of a local training split's file names and
+    # sizes): kept in each checkpoint, a resume over other files is refused. None where nothing can
+    # change (a Hub commit).
     files: Any = None
 
     @abstractmethod
