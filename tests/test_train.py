@@ -564,6 +564,8 @@ def test_a_saved_run_still_evaluates_where_the_val_split_rounds_to_none(pretrain
     result = CliRunner().invoke(cli, ["eval", str(pretrained), "--data.val_split=0.00005", "--json"])
     assert result.exit_code == 0, result.output + result.stderr
     assert json.loads(result.stdout)["accuracy"] > 0.9
+    empty = CliRunner().invoke(cli, ["eval", str(pretrained), "--data.val_split=0.00005", "--split", "val"])
+    assert_user_error(empty, "its val split holds no image of its classes; use --split test")  # not all zeros
 
 
 def test_class_weights_reach_the_loss_and_results(mnist_dir: Path, tmp_path: Path) -> None:
