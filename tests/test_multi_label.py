@@ -174,16 +174,6 @@ def test_val_mAP_is_refused_as_the_monitor_of_a_single_label_run(tmp_path: Path)
     assert not (tmp_path / "runs").exists()
 
 
-def test_a_val_split_that_holds_out_no_image_is_one_line(tmp_path: Path) -> None:
-    # 0.005 of 60 rows rounds to none: thresholds "tuned" on no image would be 0.5 each, said as tuned.
-    root = shapes_canvas(tmp_path / "canvas", train=60, test=20)
-    config = recipes.from_dict({"name": "v", "model": {"backbone": "mnist_cnn"},
-                                "data": {"dataset": "csv", "root": str(root), "val_split": 0.005}}).data  # fmt: skip
-    with pytest.raises(ZooError, match=r"^data.val_split = 0.005 holds out 0 images; raise it or set 0$"):
-        load_splits(config, seed=0)
-    assert len(load_splits(config.model_copy(update={"val_split": 0.02}), seed=0).val) == 1
-
-
 @pytest.mark.parametrize("single", [False, True], ids=["label-sets", "one-label"])
 def test_a_val_csv_is_the_validation_split_instead_of_a_held_out_part(single: bool, tmp_path: Path) -> None:
     root = shapes_canvas(tmp_path / "canvas", train=60, test=20, val=15, single=single)

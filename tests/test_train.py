@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error, sabotaged_loss, write_source_recipes
+from conftest import RECIPES, REPO, assert_user_error, sabotaged_loss, write_source_recipes
+from multilabel_data import shapes_canvas
 from PIL import Image
 from safetensors import safe_open
 
@@ -524,6 +525,47 @@ def test_two_runs_needing_one_recipe_source_at_once_train_it_once(mnist_dir: Pat
 def test_settings_that_cannot_work_together_are_one_line(overrides: list[str], message: str, tmp_path: Path) -> None:
     result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *TINY, *overrides, "--dry-run"])
     assert_user_error(result, message)
+
+
+def canvas_recipe(folder: Path, val_split: float, classes: list[str] | None = None, val: int = 0) -> Path:
+    """A recipe training mnist_cnn on shape canvases (tests/multilabel_data.py): label sets, or with
+    ``val`` rows one shape an image and a val.csv of disc images only."""
+    root = shapes_canvas(folder / "canvas", train=60, test=20, val=val, single=bool(val))
+    if val:
+        rows = (root / "val.csv").read_text().splitlines()
+        (root / "val.csv").write_text("\n".join([rows[0], *(f"{row.split(',')[0]},disc" for row in rows[1:])]))
+    selected = f"classes = {json.dumps(classes)}\n" if classes else ""
+    recipe = folder / "recipe.toml"
+    recipe.write_text(f'name = "canvas"\n[model]\nbackbone = "mnist_cnn"\n[data]\ndataset = "csv"\n'
+                      f'root = "{root}"\nval_split = {val_split}\n{selected}[train]\nepochs = 1\n')  # fmt: skip
+    return recipe
+
+
+@pytest.mark.parametrize("case", ["held out of digits", "held out of label sets", "own, of other classes"])
+def test_an_empty_validation_split_is_refused_before_training(case: str, mnist_dir: Path, tmp_path: Path) -> None:
+    # Nothing to monitor, calibrate or tune thresholds on: an empty split would read as "val loss 0.0000 (best)".
+    if case == "held out of digits":  # 0.0001 of 300 images a class rounds to none
+        shapes = REPO / "plugins" / "zoo-shapes" / "shapes.toml"
+        overrides = ["data.val_split=0.0001", "data.args.samples=600", "train.calibrate=true", "train.epochs=1"]
+        result = CliRunner().invoke(cli, ["run", str(shapes), *overrides])
+        assert_user_error(result, "data.val_split = 0.0001 holds out 0 images; raise it or set 0")
+    elif case == "held out of label sets":  # 0.005 of 60 rows rounds to none
+        result = CliRunner().invoke(cli, ["run", str(canvas_recipe(tmp_path, 0.005))])
+        assert_user_error(result, "data.val_split = 0.005 holds out 0 images; raise it or set 0")
+    else:  # val.csv holds discs only, data.classes selects bars and crosses
+        recipe = canvas_recipe(tmp_path, 0.2, ["bar", "cross"], val=10)
+        result = CliRunner().invoke(cli, ["run", str(recipe), 'train.monitor="val_loss"'])
+        assert_user_error(result, "dataset 'csv': its own validation split holds no image of data.classes")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_saved_run_still_evaluates_where_the_val_split_rounds_to_none(pretrained: Path) -> None:
+    # Training refuses such a split; evaluating a run's test split never needs its validation split.
+    result = CliRunner().invoke(cli, ["eval", str(pretrained), "--data.val_split=0.00005", "--json"])
+    assert result.exit_code == 0, result.output + result.stderr
+    assert json.loads(result.stdout)["accuracy"] > 0.9
+    empty = CliRunner().invoke(cli, ["eval", str(pretrained), "--data.val_split=0.00005", "--split", "val"])
+    assert_user_error(empty, "its val split holds no image of its classes; use --split test")  # not all zeros
 
 
 def test_class_weights_reach_the_loss_and_results(mnist_dir: Path, tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from zoo import _locking as locking
 from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.errors import ZooError
+from zoo.tuning.space import check_metric
 from zoo.tuning.study import tune
 
 SPACE = '{ "optim.lr" = { low = 1e-3, high = 1e-1, log = true }, "model.args.hidden" = [8, 16] }'
@@ -52,6 +53,10 @@ BAD_TABLES = {
     "a misspelt tune key": (f"trails = 3\nspace = {SPACE}", ["did you mean 'tune.trials'"]),
     "a metric that is not monitored": (f'metric = "accuracy"\nspace = {SPACE}', ["tune.metric"]),
     "a direction against the metric": (f'metric = "val_loss"\ndirection = "maximize"\nspace = {SPACE}', ["lower"]),
+    "a multi_label metric of single-label data": (
+        f'metric = "val_mAP"\nspace = {SPACE}',
+        ["tune.metric = val_mAP is a multi_label run's metric", "dataset 'shapes' gives one label an image"],
+    ),
 }
 
 
@@ -61,6 +66,17 @@ def test_a_bad_tune_table_is_one_line_and_runs_nothing(tmp_path: Path, case: str
     result = CliRunner().invoke(cli, ["tune", str(write_recipe(tmp_path, table + "\n"))])
     assert_user_error(result, *fragments)
     assert not (tmp_path / "studies").exists()
+
+
+def test_val_mAP_as_the_tune_metric_follows_the_recipes_task(tmp_path: Path) -> None:
+    path = write_recipe(tmp_path, f'metric = "val_mAP"\nspace = {SPACE}\n')
+    multi = recipes.load(path, ["task=multi_label"])  # single-label data turned into label sets: mAP is measured
+    assert multi.tune is not None
+    check_metric(multi, multi.tune)
+    single = recipes.load(path, ["task=single_label"])
+    assert single.tune is not None
+    with pytest.raises(ZooError, match=r'^tune.metric = val_mAP .*the recipe sets task = "single_label"'):
+        check_metric(single, single.tune)
 
 
 def test_a_recipe_without_tune_is_refused_and_zoo_run_leaves_tune_aside(tmp_path: Path) -> None:

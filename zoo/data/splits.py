@@ -139,8 +139,6 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
             raise ZooError("data.per_class counts the images of each class, but multi-label images hold several "
                            "classes: remove data.per_class")  # fmt: skip
         parts = label_set_splits(train_set, test_set, len(names), selected, config.val_split, seed, own_val)
-        if own_val is None and parts[1] is not None:
-            check_held_out(len(parts[1][0]), config.val_split)
         datasets = (train_set, own_val if own_val is not None else train_set, test_set)
         train, val, test = (Split(data, *part) if part else None for data, part in zip(datasets, parts))
         if len(test) == 0:
@@ -189,17 +187,9 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
         val = split_of(own_val, None, targets_of(own_val))
     elif config.val_split > 0:
         val = split_of(train_set, val_parts, train_targets)
-        check_held_out(len(val), config.val_split)
     else:
         val = None
     return Splits(train, val, test, [names[i] for i in selected])
-
-
-def check_held_out(images: int, val_split: float) -> None:
-    """A validation split held out of training holds images: one that rounds to none would leave
-    the monitor, calibration and thresholds nothing to be measured on."""
-    if images == 0:
-        raise ZooError(f"data.val_split = {val_split} holds out 0 images; raise it or set 0")
 
 
 def select_classes(wanted: Sequence[int | str] | None, names: list[str]) -> list[int]:

@@ -130,6 +130,8 @@ def evaluate_run(
     chosen = {"train": setup.splits.train, "val": setup.splits.val, "test": setup.splits.test}[split]
     if chosen is None:
         raise ZooError(f"{path} has no validation split (its data.val_split is 0); use --split test")
+    if len(chosen) == 0:  # a data.val_split that rounds to no image, or own val of none of data.classes
+        raise ZooError(f"{path}: its {split} split holds no image of its classes; use --split test")
     if errors is not None:
         text, count = errors_csv(setup, chosen, run.thresholds, run.temperature)
         write_text(errors, text)

@@ -50,6 +50,7 @@ def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None
     configure_backends(device, recipe.train.deterministic)
     splits = distributed.agreed(lambda: load_splits(recipe.data, recipe.train.seed))
     _refuse_stream_settings(recipe, splits)
+    _refuse_empty_validation(recipe, splits)
     recipe = pinned(recipe, splits)
     resolve_task(recipe, splits)
     model, preprocessing = distributed.agreed(lambda: _new_model(recipe, splits, source))
@@ -106,6 +107,18 @@ def _refuse_stream_settings(recipe: Recipe, splits: Splits) -> None:
     if recipe.task == "multi_label" and not splits.multi_label:
         raise ZooError('task = "multi_label" on single-label data turns every label into a set up front, which a '
                        "stream (data.args.streaming) cannot: remove task, or data.args.streaming")  # fmt: skip
+
+
+def _refuse_empty_validation(recipe: Recipe, splits: Splits) -> None:
+    """A validation split holds images: an empty one would leave the monitor, calibration and
+    thresholds nothing to be measured on. Said when training only: a saved run's splits still load."""
+    if splits.val is None or len(splits.val) > 0:
+        return
+    data = recipe.data
+    if splits.val.dataset is splits.train.dataset:  # held out of the training split
+        raise ZooError(f"data.val_split = {data.val_split} holds out 0 images; raise it or set 0")
+    raise ZooError(f"dataset '{data.dataset}': its own validation split holds no image of data.classes; "
+                   "select classes it holds, or set data.val_split = 0")  # fmt: skip
 
 
 def pinned(recipe: Recipe, splits: Splits) -> Recipe:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import tomli_w
 
 from ..config import recipe as recipes
+from ..config.schema import Recipe
 from ..config.tune import Choice, Range, TuneConfig
 from ..errors import ZooError
 from ..training.monitor import LOWER_IS_BETTER
@@ -35,6 +36,25 @@ def direction(tune: TuneConfig) -> str:
             f"(each run keeps its best epoch so): leave tune.direction out or set it to {natural}"
         )
     return natural
+
+
+def check_metric(recipe: Recipe, tune: TuneConfig) -> None:
+    """``tune.metric = "val_mAP"`` is a multi_label run's: on single-label data every trial would fail."""
+    if tune.metric != "val_mAP" or recipe.task == "multi_label":
+        return
+    if recipe.task is None:
+        from ..data.splits import load_splits
+
+        if load_splits(recipe.data, recipe.train.seed).multi_label:  # label sets: a multi_label run
+            return
+    why = (
+        'the recipe sets task = "single_label"'
+        if recipe.task
+        else f"dataset '{recipe.data.dataset}' gives one label an image"
+    )
+    raise ZooError(
+        f"tune.metric = val_mAP is a multi_label run's metric, but {why}: use val_accuracy, val_f1 or val_loss"
+    )
 
 
 def override(key: str, value: Any) -> str:

@@ -34,7 +34,7 @@ from ..errors import ZooError
 from ..runs.folder import RunFolder
 from ..runs.plots import curves
 from ..training.monitor import LOWER_IS_BETTER
-from .space import check_space, direction, override, suggest, trial_overrides
+from .space import check_metric, check_space, direction, override, suggest, trial_overrides
 
 if TYPE_CHECKING:
     import optuna
@@ -83,6 +83,7 @@ def tune(
     tune_config = recipe.tune
     sense = direction(tune_config)
     check_space(path, overrides, tune_config)
+    check_metric(recipe, tune_config)
     folder = study_dir or Path("studies") / recipe.name
     _check_study_folder(folder)
     claim = locking.claim(folder)
