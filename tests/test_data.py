@@ -231,12 +231,32 @@ def test_wide_grayscale_modes_scale_to_eight_bits() -> None:
     def scales(values: list[int], low_bits: int) -> None:
         eight = np.array(values, dtype=np.uint8).reshape(2, 2)
         wide = eight.astype(np.int64) * 256 + min(low_bits, 255)  # anything in the low byte: the same 8 bits
-        for image in (
+        images = [
             Image.fromarray(wide.astype(np.uint16)),
             Image.frombytes("I;16B", (2, 2), wide.astype(">u2").tobytes()),
-            Image.fromarray(wide.astype(np.int32)),
-        ):
+        ]
+        if wide.max() > 255:  # mode I of values up to 255 is 8-bit (the next test)
+            images.append(Image.fromarray(wide.astype(np.int32)))
+        for image in images:
             assert np.array_equal(np.asarray(converted(image, "L")), eight), image.mode
             assert np.array_equal(np.asarray(converted(image, "RGB")), np.repeat(eight[..., None], 3, 2)), image.mode
 
     scales()
+
+
+def test_mode_i_holding_eight_bit_values_keeps_them() -> None:
+    """Image.fromarray of int32 pixels 0..255 is mode I: its values are 8-bit, not the top byte of 16."""
+    import numpy as np
+    from PIL import Image
+
+    from zoo.data.images import converted
+
+    pixels = np.arange(256, dtype=np.int32).reshape(16, 16)
+    image = Image.fromarray(pixels)
+    assert image.mode == "I"
+    assert np.array_equal(np.asarray(converted(image, "L")), pixels.astype(np.uint8))
+    assert np.array_equal(np.asarray(converted(image, "RGB")), np.repeat(pixels.astype(np.uint8)[..., None], 3, 2))
+    wide = Image.fromarray(pixels * 257)  # 16-bit values in mode I: scaled as ever
+    assert np.array_equal(np.asarray(converted(wide, "L")), pixels.astype(np.uint8))
+    small = Image.fromarray(pixels.astype(np.uint16))  # I;16 is 16-bit whatever its values: 0..255 is near black
+    assert small.mode == "I;16" and not np.asarray(converted(small, "L")).any()

@@ -103,7 +103,9 @@ def test_only_data_keys_may_change_and_the_classes_must_stay(small_run: Path) ->
         ("RUN/model.onnx", ["would replace", "model.onnx", "zoo export wrote"]),
         ("RUN/checkpoints/errors.csv", ["inside checkpoints/"]),
         ("LINK_TO_RUN/config.json", ["would replace", "config.json"]),
-        ("OTHER/errors.csv", ["inside another run folder"]),
+        ("OTHER/model.safetensors", ["would replace", "OTHER", "model.safetensors", "only the run writes"]),
+        ("OTHER/model.onnx", ["would replace", "OTHER", "model.onnx", "zoo export wrote"]),
+        ("OTHER/checkpoints/errors.csv", ["inside checkpoints/ of", "OTHER"]),
         ("LINK_TO_WEIGHTS", ["is a symbolic link"]),
         ("RUN", ["is a folder"]),
         ("FIFO", ["is not a regular file"]),
@@ -124,3 +126,17 @@ def test_errors_never_replace_a_runs_own_files(tmp_path: Path, errors: str, frag
     assert_user_error(refused, "--errors", *fragments)
     after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file() and not path.is_symlink()}
     assert after == before
+
+
+def test_errors_may_go_beside_another_runs_files(
+    small_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`cd runs/other && zoo eval ../run`: the default errors.csv is no file of the other run's, so it
+    is written there, and the other run's files are as they were."""
+    other = write_finished_run(tmp_path / "other").path
+    before = {path: path.read_bytes() for path in other.rglob("*")}
+    monkeypatch.chdir(other)
+    result = CliRunner().invoke(cli, ["eval", str(small_run)])
+    assert result.exit_code == 0, result.output
+    assert (other / "errors.csv").read_text().count("\n") > 1  # a header and the misclassified items
+    assert {path: path.read_bytes() for path in other.rglob("*") if path.name != "errors.csv"} == before

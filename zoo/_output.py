@@ -38,13 +38,22 @@ def current_format() -> Format:
 
 
 def library_logs_to_root(*names: str) -> None:
-    """Loggers that a library gave a stderr handler of its own (MLflow's) log through the root logger
-    instead, which shows them with ``zoo --verbose`` only (zoo.cli.group.route_library_output)."""
+    """Loggers that a library gave a stderr handler of its own (MLflow's, torch's) log through the root
+    logger instead, which shows them with ``zoo --verbose`` only (zoo.cli.group.route_library_output).
+    Straight to the root's handlers: a parent logger may keep its records to itself (torch's does)."""
     for name in names:
         library = logging.getLogger(name)
         for handler in list(library.handlers):
             library.removeHandler(handler)
-        library.propagate = True
+        library.addHandler(_ToRoot())
+        library.propagate = False
+
+
+class _ToRoot(logging.Handler):
+    """Hands a record to the root logger's handlers."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger().handle(record)
 
 
 def message(text: str, event: str = "message", **fields: Any) -> None:

@@ -13,14 +13,16 @@ from PIL import Image, UnidentifiedImageError
 
 from ..errors import ZooError
 
-# Integer grayscale modes wider than 8 bits: a 16-bit PNG opens as I;16 (I on older Pillow).
-WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+# Integer grayscale modes wider than 8 bits: a 16-bit PNG opens as I;16 (as I on older Pillow, where
+# only its values tell it from 8-bit pixels in I, what Image.fromarray makes of int32 values).
+WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def converted(image: Image.Image, mode: str) -> Image.Image:
     """``image`` in ``mode`` ("L" or "RGB"), 16-bit grayscale scaled to 8 bits first (65535 -> 255,
-    257 * v -> v): Pillow's own convert clips it instead, which makes every pixel above 255 white."""
-    if image.mode in WIDE_GRAY:
+    257 * v -> v): Pillow's own convert clips it instead, which makes every pixel above 255 white.
+    A mode-I image is scaled only when it holds values above 255: one of 0..255 is 8-bit already."""
+    if image.mode in WIDE_GRAY or (image.mode == "I" and image.getextrema()[1] > 255):
         import numpy as np  # only for these images; `zoo --help` imports this module
 
         pixels = np.asarray(image).astype(np.int64) >> 8

@@ -13,10 +13,8 @@ from __future__ import annotations
 import importlib
 import io
 import json
-import logging
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import _files
+from .._output import library_logs_to_root
 from .._version import __version__
 from ..data.preprocessing import Preprocessing
 from ..errors import ZooError
@@ -172,14 +171,10 @@ def _onnx(
     model: nn.Module, example: torch.Tensor, metadata: dict[str, Any], dynamic: bool, opset: int | None
 ) -> Exporter:
     onnx = needs("onnx")  # with onnxscript and onnxruntime, checked by check_options
-    with _torch_onnx_logs_to_root():
-        graph, exporter = _onnx_graph(onnx, model, example, dynamic, opset)
-    written = next((entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")), None)
-    if opset is not None and written != opset:  # torch converts down from its own opset, or keeps it where it cannot
-        raise ZooError(
-            f"--opset {opset}: the ONNX exporter could only make this model in opset {written}; "
-            f"use --opset {written}, or leave --opset out"
-        )
+    library_logs_to_root("torch.onnx")  # "Setting ONNX exporter to use operator set version 18 ...": --verbose only
+    graph, exporter = _onnx_graph(onnx, model, example, dynamic, opset)
+    if opset is not None and _opset_of(graph) != opset:  # never a file in another opset than the one asked for
+        raise ZooError(f"--opset {opset}: the ONNX exporters made this model in opset {_opset_of(graph)}")
     for node in [*graph.graph.node, *(n for function in graph.functions for n in function.node)]:
         del node.metadata_props[:]  # stack traces and source lines of this machine's files
     for key, value in metadata.items():
@@ -191,7 +186,9 @@ def _onnx(
 def _onnx_graph(
     onnx: Any, model: nn.Module, example: torch.Tensor, dynamic: bool, opset: int | None
 ) -> tuple[Any, str]:
-    """The ONNX graph of ``model``, by the dynamo exporter or, where it fails, the TorchScript-based one."""
+    """The ONNX graph of ``model`` in ``opset``, by the dynamo exporter or, where it fails or makes
+    another opset (it converts its own down where it can, and keeps its own where it cannot), the
+    TorchScript-based one."""
     common: dict[str, Any] = {"input_names": [INPUT], "output_names": [OUTPUT], "opset_version": opset}
     try:
         batch = {0: torch.export.Dim("batch", min=1)} if dynamic else None
@@ -200,41 +197,37 @@ def _onnx_graph(
             program = torch.onnx.export(
                 model, (example,), dynamo=True, dynamic_shapes=(batch,) if dynamic else None, verbose=False, **common
             )
-        return program.model_proto, "torch.onnx.export (dynamo)"
+        made = _opset_of(program.model_proto)
+        if opset is None or made == opset:
+            return program.model_proto, "torch.onnx.export (dynamo)"
+        reason = f"made opset {made}"
     except Exception as exc:  # the dynamo exporter cannot take every model; the older one then may
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic else None
-        buffer = io.BytesIO()
+        made, reason = None, f"failed: {_first_line(exc)}"
+    axes = {INPUT: {0: "batch"}, OUTPUT: {0: "batch"}} if dynamic else None
+    buffer = io.BytesIO()
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(model, (example,), buffer, dynamo=False, dynamic_axes=axes, **common)
-        graph = onnx.load_from_string(buffer.getvalue())
-        return graph, f"torch.onnx.export (TorchScript-based: the dynamo exporter failed: {reason[:200]})"
+    except Exception as exc:
+        if opset is None:  # neither exporter takes the model: an error of its own, with its traceback
+            raise
+        advice = f"use --opset {made}, or leave --opset out" if made else "leave --opset out"
+        raise ZooError(
+            f"--opset {opset}: the dynamo ONNX exporter {reason[:200]} and the TorchScript-based one refused "
+            f"({_first_line(exc)[:200]}); {advice}"
+        ) from None
+    graph = onnx.load_from_string(buffer.getvalue())
+    return graph, f"torch.onnx.export (TorchScript-based: the dynamo exporter {reason[:200]})"
 
 
-class _ToRoot(logging.Handler):
-    """Hands a record to the root logger's handlers."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        logging.getLogger().handle(record)
+def _first_line(exc: Exception) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
-@contextmanager
-def _torch_onnx_logs_to_root() -> Iterator[None]:
-    """torch.onnx logs through its own stderr handler ("Setting ONNX exporter to use operator set version
-    18 ..."): meanwhile its records go to the root's handlers instead, zoo's, which show them with --verbose only."""
-    logger = logging.getLogger("torch.onnx")
-    handlers = list(logger.handlers)
-    for handler in handlers:
-        logger.removeHandler(handler)
-    forward = _ToRoot()
-    logger.addHandler(forward)
-    try:
-        yield
-    finally:
-        logger.removeHandler(forward)
-        for handler in handlers:
-            logger.addHandler(handler)
+def _opset_of(graph: Any) -> int | None:
+    """The standard ONNX opset a graph is written in."""
+    return next((entry.version for entry in graph.opset_import if entry.domain in ("", "ai.onnx")), None)
 
 
 def onnx_runner(session: Any, what: str = "the ONNX model") -> Runner:

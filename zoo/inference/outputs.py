@@ -10,8 +10,9 @@ from ..runs.folder import RunFolder
 
 
 def check_output(run: RunFolder, output: Path, format: str | None, option: str = "--output") -> None:
-    """``option`` may name a file outside run folders, or a new file in RUN itself, never a run's own files
-    (nor, with no ``format``, as for `zoo eval --errors`, any of its exports).
+    """``option`` may name a file outside run folders, or a new file in a run folder's top level (RUN's
+    own for an export: one elsewhere would pass for that run's), never a run's own files (nor, with no
+    ``format``, as for `zoo eval --errors`, any of its exports).
 
     A symbolic link is refused rather than replaced, and a folder reached through links counts as
     the folder it is: RUN/model.safetensors spelt another way is still RUN's weights.
@@ -26,18 +27,18 @@ def check_output(run: RunFolder, output: Path, format: str | None, option: str =
     owner = RunFolder.holding(folder)
     if owner is None:
         return
-    if owner.path != run.path.resolve():
+    if owner.path != run.path.resolve() and format is not None:  # an export there would pass for that run's
         raise ZooError(f"{option} {output} is inside another run folder, {owner}: name a file outside it")
     if folder != owner.path:
         raise ZooError(
-            f"{option} {output} is inside {folder.relative_to(owner.path)}/ of {run}, which only the run writes: "
+            f"{option} {output} is inside {folder.relative_to(owner.path)}/ of {owner}, which only the run writes: "
             "name a file outside it"
         )
     instead = f"leave out {option} (it writes {FILES[format]}) or name another file" if format else "name another file"
     if output.name in RunFolder.OWN:
-        raise ZooError(f"{option} {output} would replace {run}'s {output.name}, which only the run writes: {instead}")
+        raise ZooError(f"{option} {output} would replace {owner}'s {output.name}, which only the run writes: {instead}")
     if output.name in RunFolder.EXPORTS and format is None:
-        raise ZooError(f"{option} {output} would replace {run}'s {output.name}, which zoo export wrote: {instead}")
+        raise ZooError(f"{option} {output} would replace {owner}'s {output.name}, which zoo export wrote: {instead}")
     if output.name in RunFolder.EXPORTS and output.name != FILES[format]:
         raise ZooError(
             f"{option} {output} is where --format {FORMATS[output.name]} goes, not --format {format}: {instead}"
