@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import importlib.util
+import math
 import random
 import sys
 
@@ -100,9 +101,10 @@ def _refuse_stream_settings(recipe: Recipe, splits: Splits) -> None:
         raise ZooError("data.args.streaming: a stream has no length to count epochs by; set train.max_steps (the "
                        "run's length; train.epochs cuts it into epochs)")  # fmt: skip
     steps, epochs = recipe.train.max_steps, recipe.train.epochs
-    if -(-steps // -(-steps // epochs)) < epochs:  # epochs of ceil(steps / epochs) steps, so fewer of them
+    per_epoch = math.ceil(steps / epochs)  # as StreamBatches cuts them (inference.prepared)
+    if math.ceil(steps / per_epoch) < epochs:
         raise ZooError(f"data.args.streaming: train.max_steps = {steps} makes fewer than train.epochs = {epochs} "
-                       f"epochs of {-(-steps // epochs)} steps (a stream's epochs are equal parts of the run); set "
+                       f"epochs of {per_epoch} steps (a stream's epochs are equal parts of the run); set "
                        f"train.max_steps to a multiple of {epochs}, or fewer train.epochs")  # fmt: skip
     if recipe.task == "multi_label" and not splits.multi_label:
         raise ZooError('task = "multi_label" on single-label data turns every label into a set up front, which a '
