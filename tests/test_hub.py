@@ -379,6 +379,25 @@ def test_publish_refuses_what_registry_add_would_refuse_before_it_pushes(
     assert json.loads((tmp_path / "registry.json").read_text())["weights"] == {}
 
 
+def test_a_hub_registrys_recipes_extend_each_other_as_they_lie_in_the_repo(hub) -> None:
+    """Pulled, each recipe is a link into the cache's blobs/: its extends must still name its neighbour."""
+    server, env = hub
+    entry = {"backbone": "mnist_cnn", "num_classes": 10, "label_names": [str(d) for d in range(10)],
+             "sources": {"recipe": "recipes/digits.toml"}}  # fmt: skip
+    files = {
+        "registry.json": Blob(json.dumps({"schema": 2, "weights": {"digits": entry}}).encode(), False),
+        "recipes/digits.toml": Blob(b'extends = "mnist.toml"\nname = "digits"\n[train]\nepochs = 1\n', False),
+    }
+    for name, base in (("zoo-test/recipes", (RECIPES / "mnist.toml").read_bytes()), ("zoo-test/baseless", None)):
+        repo = {**files, **({"recipes/mnist.toml": Blob(base, False)} if base else {})}
+        server.state.new_commit(server.state.repos.setdefault(name, Repo()), repo, "main")
+    checked = zoo_ok("registry", "check", env={**env, "ZOO_REGISTRY": "hf-hub:zoo-test/recipes"})
+    assert checked.startswith("hf-hub:zoo-test/recipes@") and checked.endswith(": 1 named weights, valid\n")
+    broken = zoo_command("registry", "check", env={**env, "ZOO_REGISTRY": "hf-hub:zoo-test/baseless"})
+    assert_user_error(broken, "weights.digits.sources.recipe", "recipes/mnist.toml")
+    assert "recipe not found" in broken.stderr
+
+
 def test_a_team_registry_on_the_hub_is_searched_after_the_local_one(hub, versions: list[Path], tmp_path: Path) -> None:
     server, env = hub
     api = HfApi(endpoint=server.url, token=TOKEN)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -71,6 +72,26 @@ def test_extends_merges_deeply_and_paths_follow_their_file(tmp_path: Path) -> No
     assert recipe.model.pretrained == RecipeOutput(tmp_path / "other.toml")
     assert recipe.to_dict()["model"]["pretrained"] == f"recipe:{tmp_path / 'other.toml'}"
     assert "extends" not in recipe.to_dict()
+
+
+def test_recipes_linked_into_a_cache_find_each_other_beside_their_links(tmp_path: Path) -> None:
+    """As a pulled Hub repo lies in the Hugging Face cache: snapshots/COMMIT/FILE, each a link to blobs/HASH."""
+    blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "c0ffee"
+    blobs.mkdir()
+    (snapshot / "recipes").mkdir(parents=True)
+    files = {
+        "recipes/child.toml": 'extends = "base.toml"\nname = "child"\n[model]\npretrained = "recipe:../pre.toml"\n',
+        "recipes/base.toml": MINIMAL + 'root = "data"\n[train]\nepochs = 7\n',
+        "pre.toml": 'extends = "recipes/base.toml"\nname = "pre"\n',
+    }
+    for number, (name, text) in enumerate(files.items()):
+        write(blobs / f"blob{number}", text)
+        (snapshot / name).symlink_to(Path(os.path.relpath(blobs / f"blob{number}", (snapshot / name).parent)))
+    child = recipes.load(snapshot / "recipes" / "child.toml", check=False)
+    assert (child.name, child.train.epochs, child.data.root) == ("child", 7, str(snapshot / "recipes" / "data"))
+    assert child.model.pretrained == RecipeOutput(snapshot / "pre.toml")
+    pre = recipes.load(child.model.pretrained.path, check=False)
+    assert (pre.name, pre.train.epochs) == ("pre", 7)
 
 
 def test_overrides_are_typed_by_toml_and_the_schema(tmp_path: Path) -> None:

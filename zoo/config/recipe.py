@@ -34,7 +34,7 @@ def load(path: str | Path, overrides: Iterable[str] = (), check: bool = True) ->
     ``check`` also verifies that the plugins it names exist and accept their arguments.
     """
     path = Path(path)
-    data = _read_with_bases(path.resolve(), chain=())
+    data = _read_with_bases(sources.recipe_path(path), chain=())
     override_keys = apply_overrides(data, overrides)
     data.pop("extends", None)
     try:
@@ -131,8 +131,8 @@ def _anchor_paths(data: dict[str, Any], folder: Path) -> None:
     def anchored(value: Any) -> Any:
         return str((folder / value).resolve()) if isinstance(value, str) and value else value
 
-    if "extends" in data:
-        data["extends"] = anchored(data["extends"])
+    if isinstance(data.get("extends"), str) and data["extends"]:
+        data["extends"] = str(sources.recipe_path(folder / data["extends"]))
     model, data_section, output = (data.get(key) for key in ("model", "data", "output"))
     if isinstance(model, dict) and "pretrained" in model:
         # A value that does not parse stays as written: the schema reports it, naming the file and the key.

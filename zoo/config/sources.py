@@ -9,6 +9,7 @@ This module is the only place that knows the prefixes.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,7 @@ def parse(value: bool | str | WeightSource, base: Path) -> WeightSource:
             "is empty: write false, true, a run folder, 'recipe:FILE.toml', 'hf-hub:ORG/NAME' or 'registry:NAME'"
         )
     if value.startswith(RECIPE_PREFIX):
-        return RecipeOutput((base / value.removeprefix(RECIPE_PREFIX)).resolve())
+        return RecipeOutput(recipe_path(base / value.removeprefix(RECIPE_PREFIX)))
     if value.startswith(HUB_PREFIX):
         return parse_hub_spec(value.removeprefix(HUB_PREFIX))
     if value.startswith(REGISTRY_PREFIX):
@@ -94,6 +95,16 @@ def parse(value: bool | str | WeightSource, base: Path) -> WeightSource:
             raise ValueError(f"'{name}' is not a registry.json name (`zoo registry list` shows them)")
         return RegistryName(name)
     return LocalFolder((base / value).resolve())
+
+
+def recipe_path(path: Path) -> Path:
+    """The absolute name of the recipe file at ``path``: its folder's links resolved, not the file's own.
+
+    A recipe's relative paths start beside the name it was given, so that the recipes of a Hub
+    snapshot (each a link into the cache's ``blobs/``) find each other as they lie in their repo.
+    """
+    path = Path(os.path.abspath(path))
+    return path.parent.resolve() / path.name
 
 
 def names_remote(text: str) -> bool:

@@ -27,7 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from .. import _files
 from .. import _locking as locking
-from ..config.sources import HUB_PREFIX, HUB_REPO, REGISTRY_NAME, HubRepo, parse_hub_spec
+from ..config import recipe as recipes
+from ..config.sources import HUB_PREFIX, HUB_REPO, REGISTRY_NAME, HubRepo, parse_hub_spec, recipe_path
 from ..errors import ZooError, did_you_mean
 from ..models.adapters import BasePin, base_pin_of
 from ..runs.folder import FilePin, HubRecord, RunFolder
@@ -150,7 +151,7 @@ class Found:
     def recipe(self) -> Path | None:
         """The recipe source, which registry.json gives relative to itself."""
         recipe = self.entry.sources.recipe
-        return (recipes_folder(self.origin.file, self.origin.local) / recipe).resolve() if recipe is not None else None
+        return recipe_path(recipes_folder(self.origin.file, self.origin.local) / recipe) if recipe is not None else None
 
 
 def recipes_folder(file: Path, local: bool = True) -> Path:
@@ -194,14 +195,20 @@ def load(file: Path | None = None) -> Catalog:
 
 
 def check(file: Path | None = None, local: bool = True) -> Catalog:
-    """``load`` plus what the schema cannot see: recipe sources exist."""
+    """``load`` plus what the schema cannot see: recipe sources exist and read as recipes (bases included)."""
     file = file or path()
     catalog = load(file)
     folder = recipes_folder(file, local)
     for name, entry in catalog.weights.items():
         recipe = entry.sources.recipe
-        if recipe is not None and not (folder / recipe).is_file():
+        if recipe is None:
+            continue
+        if not (folder / recipe).is_file():
             raise ZooError(f"{file}: weights.{name}.sources.recipe: {recipe} not found (relative to {folder})")
+        try:
+            recipes.load(recipe_path(folder / recipe), check=False)  # plugins are the running zoo's, not the file's
+        except ZooError as exc:
+            raise ZooError(f"{file}: weights.{name}.sources.recipe: {exc}") from None
     return catalog
 
 
@@ -261,7 +268,7 @@ def add(
         backbone=stored.model.backbone,
         num_classes=len(folder.label_names),
         label_names=folder.label_names,
-        sources=Sources(hub=hub, recipe=os.path.relpath(recipe.resolve(), recipes_folder(file)) if recipe else None),
+        sources=Sources(hub=hub, recipe=os.path.relpath(recipe_path(recipe), recipes_folder(file)) if recipe else None),
         metrics={key: float(test[key]) for key in ("accuracy", "precision", "recall", "f1") if key in test},
         license=stored.license,
         description=stored.description,
