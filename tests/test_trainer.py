@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +147,43 @@ def test_under_ddp_the_ranks_check_for_ctrl_c_about_every_two_seconds_whatever_a
     assert all(gap <= longest for gap in gaps), gaps
     assert all(gap > trainer.STOP_CHECK_SECONDS - seconds - 1e-6 for gap in gaps[1:-1]), gaps  # no needless checks
     assert clock[0] - asked <= longest
+
+
+@pytest.mark.slow
+def test_train_compile_trains_through_the_compiled_model(mnist_dir: Path, tmp_path: Path) -> None:
+    from torch._dynamo.eval_frame import OptimizedModule
+    from torch._dynamo.utils import counters
+
+    trainer = trainer_for(tmp_path, "train.max_steps=3", "train.compile=true")
+    assert isinstance(trainer.forward, OptimizedModule) and trainer.forward._orig_mod is trainer.model
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    graphs = counters["stats"]["unique_graphs"]
+    assert trainer.fit(progress=False) == ("finished", "")
+    assert counters["stats"]["unique_graphs"] > graphs  # the steps ran the compiled graph
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
+
+
+COMPILED_RUN_LOGS = f"""
+import logging, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from pathlib import Path
+from test_trainer import trainer_for
+from zoo.cli.group import route_library_output
+
+route_library_output(verbose=False)  # as `zoo run` without --verbose
+trainer_for(Path(sys.argv[1]), "train.compile=true")
+logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found")
+"""
+
+
+@pytest.mark.parametrize("torch_logs", [None, "dynamo"])
+def test_what_compiling_logs_shows_with_verbose_unless_torch_logs_asks(
+    mnist_dir: Path, tmp_path: Path, torch_logs: str | None
+) -> None:
+    """torch's own stderr handler printed "No CUDA runtime is found" into a CPU run's output."""
+    env = {name: value for name, value in os.environ.items() if name != "TORCH_LOGS"}
+    env |= {"TORCH_LOGS": torch_logs} if torch_logs else {}
+    result = subprocess.run([sys.executable, "-c", COMPILED_RUN_LOGS, str(tmp_path)], capture_output=True, text=True,
+                            env=env, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert ("No CUDA runtime is found" in result.stderr) == bool(torch_logs)

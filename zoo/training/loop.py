@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -12,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .._output import Progress
+from .._output import Progress, library_logs_to_root
 from ..inference.evaluate import evaluate
 from ..inference.prepared import RunSetup
 from ..models import freeze
@@ -101,7 +102,11 @@ class Trainer(TrainerState):
             model = self.ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=device_ids, gradient_as_bucket_view=True
             )
-        return torch.compile(model, mode=self.config.compile_mode) if self.config.compile else model
+        if not self.config.compile:
+            return model
+        if "TORCH_LOGS" not in os.environ:  # unasked, what compiling logs ("No CUDA runtime is found") is --verbose's
+            library_logs_to_root("torch._dynamo", "torch._inductor", "torch.utils.cpp_extension")
+        return torch.compile(model, mode=self.config.compile_mode)
 
     def _synchronising(self, last_micro_batch: bool) -> contextlib.AbstractContextManager:
         """DDP all-reduces (FSDP reduce-scatters) gradients on the last micro-batch of an optimiser step only."""
