@@ -48,6 +48,28 @@ def test_a_claim_is_exclusive_and_taken_over_only_from_the_dead(tmp_path: Path) 
         locking.claim(tmp_path / "run")  # not provably dead: it may live on that machine
 
 
+def test_an_owner_killed_and_never_collected_is_dead_and_its_folder_taken_over(tmp_path: Path) -> None:
+    # A run killed with its parent is an orphan; where init never collects it (some containers) its pid
+    # stays a zombie that still answers os.kill. The child here is one we kill and do not wait for.
+    zombie = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        zombie.kill()
+        deadline = time.monotonic() + 30
+        while not Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        os.kill(zombie.pid, 0)  # the pid still answers
+        stale = {"host": socket.gethostname(), "pid": zombie.pid, "started": "earlier"}
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / locking.LOCK_NAME).write_text(json.dumps(stale))
+        assert locking.is_abandoned(tmp_path / "run", older_than=3600)
+        taken = locking.claim(tmp_path / "run")
+        assert taken.took_over == stale
+        taken.release()
+    finally:
+        zombie.wait()
+
+
 def start_slow_run(folder: Path, *extra: str) -> subprocess.Popen:
     command = [str(Path(sys.executable).with_name("zoo")), "run", str(RECIPES / "mnist.toml"), *SLOW, *extra]
     process = subprocess.Popen([*command, f"output.dir={folder}", "--no-progress"], stderr=subprocess.PIPE, text=True)

@@ -3,7 +3,7 @@
 A run claims its folder before it reads data, builds a model or pretrains a ``recipe:`` source:
 ``RUN/.zoo.lock`` is created with ``O_CREAT | O_EXCL`` and holds the owner's host, pid and start
 time. A second run or a ``--resume`` of a folder in use is refused with one line. A later run
-takes the folder over when its owner is provably dead (the same host, the pid gone) and says
+takes the folder over when its owner is provably dead (the same host, the pid gone or a zombie) and says
 so. The claim also holds an advisory ``flock`` on the lock file, so that two processes cannot
 both take over from the same dead owner.
 
@@ -63,9 +63,19 @@ def _alive(owner: dict) -> bool:
         os.kill(owner["pid"], 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
-        return True
-    return True
+    except PermissionError:  # another user's process: alive unless a zombie
+        pass
+    return not _zombie(owner["pid"])
+
+
+def _zombie(pid: int) -> bool:
+    """Whether ``pid`` has exited and only waits for its parent to collect its status. An orphan waits
+    for init, which in a container may never collect it, so a killed run's pid can answer os.kill."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:  # no /proc (macOS), or gone meanwhile: os.kill's answer stands
+        return False
+    return stat.rpartition(") ")[2].startswith("Z")
 
 
 def _owner(descriptor: int) -> dict:
