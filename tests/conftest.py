@@ -220,14 +220,15 @@ def assert_job_ends(tag: str, within: float = 15.0) -> None:
     """Every process of the job tagged ``tag`` is gone within ``within`` seconds (zombies count as gone)."""
     deadline = time.monotonic() + within
     while True:
-        alive = [pid for pid in tagged_processes(tag) if _state(pid) not in ("Z", "X", None)]
+        alive = [pid for pid in tagged_processes(tag) if process_state(pid) not in ("Z", "X", None)]
         if not alive:
             return
         assert time.monotonic() < deadline, f"processes of the job outlived it: {alive}"
         time.sleep(0.1)
 
 
-def _state(pid: int) -> str | None:
+def process_state(pid: int) -> str | None:
+    """The state letter /proc gives ``pid`` ("R", "S", "Z" for a zombie ...); None when it is gone."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):

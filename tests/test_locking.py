@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, assert_user_error, make_hostile, write_finished_run, zoo_command
+from conftest import RECIPES, assert_user_error, make_hostile, process_state, write_finished_run, zoo_command
 
 from zoo import _locking as locking
 from zoo.errors import ZooError
@@ -55,7 +55,7 @@ def test_an_owner_killed_and_never_collected_is_dead_and_its_folder_taken_over(t
     try:
         zombie.kill()
         deadline = time.monotonic() + 30
-        while not Path(f"/proc/{zombie.pid}/stat").read_text().split(") ")[-1].startswith("Z"):
+        while process_state(zombie.pid) != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.01)
         os.kill(zombie.pid, 0)  # the pid still answers

@@ -12,6 +12,7 @@ import textwrap
 import time
 
 import pytest
+from conftest import process_state
 
 RANK = textwrap.dedent(
     """
@@ -36,11 +37,7 @@ LAUNCHER = textwrap.dedent(
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
+    return process_state(pid) not in ("Z", "X", None)
 
 
 @pytest.mark.parametrize("how", ["prctl", "watch"])

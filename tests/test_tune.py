@@ -18,7 +18,7 @@ from pathlib import Path
 import optuna
 import pytest
 from click.testing import CliRunner
-from conftest import REPO, assert_user_error, make_hostile, write_finished_run, zoo_command
+from conftest import REPO, assert_user_error, make_hostile, process_state, write_finished_run, zoo_command
 
 from zoo import _locking as locking
 from zoo.cli import cli
@@ -193,9 +193,7 @@ def test_a_trial_stops_with_its_study_killed_alone_and_the_rerun_counts_it_faile
     process.kill()  # the study alone, not its process group
     process.wait()
     deadline = time.monotonic() + 60
-    while os.path.exists(f"/proc/{trial_pid}") and time.monotonic() < deadline:  # gone, or a zombie of init's
-        if Path(f"/proc/{trial_pid}/stat").read_text().split(") ")[-1].startswith("Z"):
-            break
+    while process_state(trial_pid) not in ("Z", "X", None) and time.monotonic() < deadline:  # gone, or a zombie
         time.sleep(0.05)
     stopped = json.loads((study / "trial-0000" / "results.json").read_text())
     assert stopped["state"] == "interrupted"  # stopped with its study, not trained on to "finished"
