@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,57 @@ def test_an_owner_killed_and_never_collected_is_dead_and_its_folder_taken_over(t
         taken.release()
     finally:
         zombie.wait()
+
+
+def test_a_pid_reused_by_a_process_begun_after_the_claim_is_not_its_owner(tmp_path: Path) -> None:
+    later = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        (tmp_path / "run").mkdir()
+        reused = {"host": socket.gethostname(), "pid": later.pid, "started": "2020-01-01T00:00:00+00:00"}
+        (tmp_path / "run" / locking.LOCK_NAME).write_text(json.dumps(reused))
+        taken = locking.claim(tmp_path / "run")
+        assert taken.took_over == reused
+        taken.release()
+
+        started = datetime.now().astimezone().isoformat(timespec="seconds")
+        for owner in ({"pid": os.getpid(), "started": started}, {"pid": later.pid}):  # may be the owner: kept
+            (tmp_path / "run" / locking.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), **owner}))
+            with pytest.raises(ZooError, match=f"in use by process {owner['pid']}"):
+                locking.claim(tmp_path / "run")
+    finally:
+        later.kill()
+        later.wait()
+
+
+HOLDER_WITH_A_CHILD = """
+import os, sys, time
+from pathlib import Path
+from zoo import _locking
+_locking.claim(Path(sys.argv[1]))
+child = os.fork()  # as a DataLoader worker is
+if child == 0:
+    time.sleep(600)
+    os._exit(0)
+print(child, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_killed_owners_forked_child_does_not_keep_its_folder(tmp_path: Path) -> None:
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER_WITH_A_CHILD, str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    child = int(holder.stdout.readline())
+    try:
+        with pytest.raises(ZooError, match=f"in use by process {holder.pid}"):
+            locking.claim(tmp_path / "run")
+        holder.kill()
+        holder.wait()
+        taken = locking.claim(tmp_path / "run")  # at once: the child lives on, and holds nothing
+        assert taken.took_over["pid"] == holder.pid
+        assert process_state(child) not in ("Z", "X", None)
+        taken.release()
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def start_slow_run(folder: Path, *extra: str) -> subprocess.Popen:

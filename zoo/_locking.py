@@ -3,9 +3,10 @@
 A run claims its folder before it reads data, builds a model or pretrains a ``recipe:`` source:
 ``RUN/.zoo.lock`` is created with ``O_CREAT | O_EXCL`` and holds the owner's host, pid and start
 time. A second run or a ``--resume`` of a folder in use is refused with one line. A later run
-takes the folder over when its owner is provably dead (the same host, the pid gone or a zombie) and says
-so. The claim also holds an advisory ``flock`` on the lock file, so that two processes cannot
-both take over from the same dead owner.
+takes the folder over when its owner is provably dead (the same host, and the pid gone, a zombie,
+or reused by a process begun after the claim) and says so. The claim also holds an advisory
+``flock`` on the lock file, so that two processes cannot both take over from the same dead owner;
+a child the run forks (a DataLoader worker) lets go of it at once.
 
 ``locked(path)`` serialises read-modify-write of a shared file (registry.json, a cache entry)
 with ``flock`` on a sidecar file; the kernel releases it when a holder dies.
@@ -41,6 +42,7 @@ class Claim:
         self.path = path
         self.descriptor = descriptor
         self.took_over = took_over  # the dead owner's record, when the folder was taken over
+        _HELD.add(self)
 
     def release(self) -> None:
         if self.descriptor < 0:
@@ -48,6 +50,23 @@ class Claim:
         self.path.unlink(missing_ok=True)
         os.close(self.descriptor)
         self.descriptor = -1
+        _HELD.discard(self)
+
+
+# The claims this process holds. A forked child (a DataLoader worker) shares the lock file's open file
+# description and with it the flock: it lets go of its copy at once, so that a killed run's folder is
+# free when the run is gone, not when its last worker has noticed, and never unlinks its parent's lock.
+_HELD: set[Claim] = set()
+
+
+def _let_go_in_child() -> None:
+    for claim in list(_HELD):
+        os.close(claim.descriptor)
+        claim.descriptor = -1
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 def _record() -> bytes:
@@ -56,26 +75,37 @@ def _record() -> bytes:
 
 
 def _alive(owner: dict) -> bool:
-    """False only when the owner is provably dead: on this host, and its pid is gone."""
+    """False only when the owner is provably dead: on this host, and its pid gone or not the owner's."""
     if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
         return True
     try:
         os.kill(owner["pid"], 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process: alive unless a zombie
+    except PermissionError:  # another user's process: alive unless it cannot be the owner
         pass
-    return not _zombie(owner["pid"])
+    return not _not_the_owner(owner["pid"], owner.get("started"))
 
 
-def _zombie(pid: int) -> bool:
-    """Whether ``pid`` has exited and only waits for its parent to collect its status. An orphan waits
-    for init, which in a container may never collect it, so a killed run's pid can answer os.kill."""
+def _not_the_owner(pid: int, started: object) -> bool:
+    """Whether the process ``pid`` provably is not the owner that claimed at ``started``: a zombie (it has
+    exited; an orphan waits for init, which in a container may never collect it), or a process begun
+    after the claim (the dead owner's pid reused: containers reuse their small pids soon)."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(") ")[2].split()
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))  # fmt: skip
     except OSError:  # no /proc (macOS), or gone meanwhile: os.kill's answer stands
         return False
-    return stat.rpartition(") ")[2].startswith("Z")
+    if fields[0] == "Z":
+        return True
+    try:
+        claimed = datetime.fromisoformat(started).timestamp() if isinstance(started, str) else None
+    except ValueError:
+        claimed = None
+    # /proc's field 22: the start in clock ticks after boot. Both clocks are whole seconds at best: a margin.
+    begun = boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")
+    return claimed is not None and begun > claimed + 2
 
 
 def _owner(descriptor: int) -> dict:
