@@ -94,6 +94,16 @@ def test_recipes_linked_into_a_cache_find_each_other_beside_their_links(tmp_path
     assert (pre.name, pre.train.epochs) == ("pre", 7)
 
 
+def test_a_recipe_path_through_a_linked_folder_and_dotdot_reads_what_the_system_reads(tmp_path: Path) -> None:
+    (tmp_path / "w").mkdir()
+    (tmp_path / "x" / "y").mkdir(parents=True)
+    (tmp_path / "w" / "ln").symlink_to(tmp_path / "x" / "y")  # w/ln/.. is x, not w
+    write(tmp_path / "x" / "base.toml", MINIMAL.replace('"tiny"', '"through-the-link"'))
+    write(tmp_path / "w" / "base.toml", MINIMAL.replace('"tiny"', '"beside-the-link"'))
+    write(tmp_path / "w" / "child.toml", 'extends = "ln/../base.toml"\n')
+    assert recipes.load(tmp_path / "w" / "child.toml", check=False).name == "through-the-link"
+
+
 def test_overrides_are_typed_by_toml_and_the_schema(tmp_path: Path) -> None:
     path = write(tmp_path / "r.toml", MINIMAL)
     recipe = recipes.load(

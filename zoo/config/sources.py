@@ -9,7 +9,6 @@ This module is the only place that knows the prefixes.
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +102,7 @@ def recipe_path(path: Path) -> Path:
     A recipe's relative paths start beside the name it was given, so that the recipes of a Hub
     snapshot (each a link into the cache's ``blobs/``) find each other as they lie in their repo.
     """
-    path = Path(os.path.abspath(path))
+    path = Path.cwd() / path  # not normalised: "link/.." is the link's target's parent, as the system reads it
     return path.parent.resolve() / path.name
 
 
