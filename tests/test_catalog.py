@@ -115,7 +115,7 @@ def test_several_registries_are_searched_in_order_and_the_first_local_one_is_wri
         ("/dev/zero", "is a device"),
         ("huge sparse", "is 17,179,869,184 bytes: too large"),
         ("not UTF-8", "not valid JSON"),
-        ("recipe with a NUL byte", "weights.digits.sources: recipe 'a\\x00b.toml' holds a NUL byte"),
+        ("recipe with a NUL byte", "weights.digits.sources.recipe: 'a\\x00b.toml' holds a NUL byte"),
     ],
 )
 def test_a_registry_file_is_read_only_as_a_regular_file_of_sane_size(

@@ -398,6 +398,27 @@ def test_a_hub_registrys_recipes_extend_each_other_as_they_lie_in_the_repo(hub) 
     assert "recipe not found" in broken.stderr
 
 
+@pytest.mark.parametrize("where", ["up and out", "absolute"])
+def test_a_hub_registrys_recipe_must_be_a_file_of_its_repo(hub, tmp_path: Path, where: str) -> None:
+    """Nothing outside the pulled snapshot is pinned: a name must not stand for whatever a path holds here."""
+    server, env = hub
+    victim, work = tmp_path / "elsewhere" / "victim.toml", tmp_path / "work"
+    victim.parent.mkdir()
+    work.mkdir()
+    victim.write_bytes((RECIPES / "mnist.toml").read_bytes())
+    recipe = "../" * len(victim.parents) + str(victim).lstrip("/") if where == "up and out" else str(victim)
+    entry = {"backbone": "mnist_cnn", "num_classes": 10, "label_names": [str(d) for d in range(10)],
+             "sources": {"recipe": recipe}}  # fmt: skip
+    files = {"registry.json": Blob(json.dumps({"schema": 2, "weights": {"outside": entry}}).encode(), False)}
+    server.state.new_commit(server.state.repos.setdefault("zoo-test/outside", Repo()), files, "main")
+    env = {**env, "ZOO_REGISTRY": "hf-hub:zoo-test/outside"}
+    why = f"{recipe} is not in the registry's Hub repo"
+    assert_user_error(zoo_command("registry", "check", env=env), "weights.outside.sources.recipe", why)
+    run = ["run", str(RECIPES / "mnist_finetune.toml"), "model.pretrained=registry:outside", "--dry-run"]
+    assert_user_error(zoo_command(*run, env=env, cwd=work), "weights.outside.sources.recipe", why)
+    assert not list(work.iterdir())
+
+
 def test_a_team_registry_on_the_hub_is_searched_after_the_local_one(hub, versions: list[Path], tmp_path: Path) -> None:
     server, env = hub
     api = HfApi(endpoint=server.url, token=TOKEN)

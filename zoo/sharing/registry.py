@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .. import _files
 from .. import _locking as locking
@@ -68,12 +68,17 @@ class Sources(_Strict):
     hub: HubSource | None = None
     recipe: str | None = Field(None, description="the recipe that produces the weights, relative to registry.json")
 
+    @field_validator("recipe")
+    @classmethod
+    def _a_path(cls, recipe: str | None) -> str | None:
+        if recipe is not None and "\0" in recipe:
+            raise ValueError(f"{recipe!r} holds a NUL byte (\\0), which no path may hold")
+        return recipe
+
     @model_validator(mode="after")
     def _at_least_one(self) -> Sources:
         if self.hub is None and self.recipe is None:
             raise ValueError("sources needs 'hub', 'recipe' or both")
-        if self.recipe is not None and "\0" in self.recipe:
-            raise ValueError(f"recipe {self.recipe!r} holds a NUL byte (\\0), which no path may hold")
         return self
 
 
@@ -144,6 +149,7 @@ def _hub_origin(entry: str) -> Origin:
 
 @dataclass(frozen=True)
 class Found:
+    name: str
     entry: Entry
     origin: Origin
 
@@ -151,7 +157,9 @@ class Found:
     def recipe(self) -> Path | None:
         """The recipe source, which registry.json gives relative to itself."""
         recipe = self.entry.sources.recipe
-        return recipe_path(recipes_folder(self.origin.file, self.origin.local) / recipe) if recipe is not None else None
+        if recipe is None:
+            return None
+        return recipe_source(self.origin.file, f"weights.{self.name}.sources.recipe", recipe, self.origin.local)
 
 
 def recipes_folder(file: Path, local: bool = True) -> Path:
@@ -160,12 +168,20 @@ def recipes_folder(file: Path, local: bool = True) -> Path:
     return file.resolve().parent if local else file.parent
 
 
+def recipe_source(file: Path, key: str, recipe: str, local: bool = True) -> Path:
+    """The recipe file that the registry at ``file`` names ``recipe`` (at ``key``). A Hub registry's must be a
+    file of its repo: nothing outside the pulled snapshot is pinned, and it differs from machine to machine."""
+    if not local and (os.path.isabs(recipe) or Path(os.path.normpath(recipe)).parts[:1] == ("..",)):
+        raise ZooError(f"{file}: {key}: {recipe} is not in the registry's Hub repo: name a recipe file of that repo")
+    return recipe_path(recipes_folder(file, local) / recipe)
+
+
 def everything() -> dict[str, Found]:
     """Every name on the search list with the registry it comes from; the first registry naming it wins."""
     found: dict[str, Found] = {}
     for origin in origins():
         for name, entry in load(origin.file).weights.items():
-            found.setdefault(name, Found(entry, origin))
+            found.setdefault(name, Found(name, entry, origin))
     return found
 
 
@@ -198,15 +214,15 @@ def check(file: Path | None = None, local: bool = True) -> Catalog:
     """``load`` plus what the schema cannot see: recipe sources exist and read as recipes (bases included)."""
     file = file or path()
     catalog = load(file)
-    folder = recipes_folder(file, local)
     for name, entry in catalog.weights.items():
-        recipe = entry.sources.recipe
-        if recipe is None:
+        if entry.sources.recipe is None:
             continue
-        if not (folder / recipe).is_file():
-            raise ZooError(f"{file}: weights.{name}.sources.recipe: {recipe} not found (relative to {folder})")
+        recipe = recipe_source(file, f"weights.{name}.sources.recipe", entry.sources.recipe, local)
+        if not recipe.is_file():
+            raise ZooError(f"{file}: weights.{name}.sources.recipe: {entry.sources.recipe} not found (relative to "
+                           f"{recipes_folder(file, local)})")  # fmt: skip
         try:
-            recipes.load(recipe_path(folder / recipe), check=False)  # plugins are the running zoo's, not the file's
+            recipes.load(recipe, check=False)  # plugins are the running zoo's, not the file's
         except ZooError as exc:
             raise ZooError(f"{file}: weights.{name}.sources.recipe: {exc}") from None
     return catalog
