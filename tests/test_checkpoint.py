@@ -79,10 +79,14 @@ def test_sigkill_then_resume_is_bit_identical(kill_after: str, uninterrupted: Pa
     process.wait()
     assert json.loads((folder / "results.json").read_text())["state"] == "running"
     assert not (folder / "model.safetensors").exists()
+    trained_before = max(checkpoint.load(path)[1]["seconds"] for path in RunFolder(folder).checkpoints)
 
+    started = time.monotonic()
     resumed = zoo_run(*KILLABLE, "--resume", str(folder))
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout
+    train_seconds = json.loads((folder / "results.json").read_text())["train_seconds"]
+    assert trained_before < train_seconds < trained_before + time.monotonic() - started  # both sessions'
     assert same_weights(uninterrupted, folder)
 
     def lines(folder: Path) -> list[dict]:

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from zoo.config import recipe as recipes
 from zoo.runs.folder import RunFolder
+from zoo.training import checkpoint
 from zoo.training.loop import Trainer
 from zoo.training.setup import build_run
 
@@ -39,6 +40,20 @@ def test_fit_trains_every_epoch_validates_logs_and_checkpoints(mnist_dir: Path, 
     assert [p.name for p in trainer.folder.checkpoints] == ["step-00000006", "step-00000012"]
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))
     assert len(trainer.learning_rates()) == trainer.total_steps
+
+
+def test_a_resumed_run_counts_the_time_its_earlier_sessions_trained(mnist_dir: Path, tmp_path: Path) -> None:
+    first = trainer_for(tmp_path, "train.epochs=2", "train.max_steps=6")
+    first.fit(progress=False)
+    [saved] = first.folder.checkpoints
+    _, state = checkpoint.load(saved)
+    assert 0 < state["seconds"] <= first.seconds()
+
+    resumed = trainer_for(tmp_path, "train.epochs=2")
+    resumed.load_checkpoint(saved)
+    resumed.fit(progress=False)
+    total = resumed.seconds()
+    assert total > state["seconds"] + (resumed.history[-1]["seconds"])  # both sessions' epochs, and more
 
 
 def test_gradient_accumulation_and_max_steps_count_optimiser_steps(mnist_dir: Path, tmp_path: Path) -> None:

@@ -88,6 +88,7 @@ class Trainer(TrainerState):
         self.loss_sum = torch.zeros((), device=self.device)
         self.correct = torch.zeros((), dtype=torch.long, device=self.device)
         self.seen = 0
+        self.earlier_seconds, self.fit_started = 0.0, time.perf_counter()
         # The first step whose loss was not finite, kept on the device: checking costs no sync.
         self.first_nonfinite = torch.full((), -1, dtype=torch.long, device=self.device)
         self.stops = StopRequests()
@@ -141,6 +142,7 @@ class Trainer(TrainerState):
         Returns the run's state and why: ("finished", "" or the early stop) or ("interrupted", reason)
         after Ctrl-C.
         """
+        self.fit_started = time.perf_counter()
         self.loggers.start(self.recipe.to_dict(), self.folder.path, self.step, self.history)
         try:
             with stopping_on_signals(self.stops):

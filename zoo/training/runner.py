@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -89,9 +88,8 @@ def _train(setup: RunSetup, folder: RunFolder, latest: Path | None, progress: bo
         launch.leave_note(launch.RUN_FOLDER, str(folder.path.resolve()))  # for `zoo run --nproc`, after Ctrl-C
     log(f"run folder: {folder}")
     try:
-        started = time.perf_counter()
         state, reason = trainer.fit(progress)
-        results = finish_run(setup, trainer, folder, state, reason, time.perf_counter() - started)
+        results = finish_run(setup, trainer, folder, state, reason, trainer.seconds())
     except BaseException as exc:
         _record_failure(folder, recipe, exc, trainer)
         raise

@@ -3,6 +3,7 @@ never saved once a NaN has reached the loss or the weights."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,13 @@ class TrainerState:
     loss_sum: torch.Tensor
     correct: torch.Tensor
     first_nonfinite: torch.Tensor
+    earlier_seconds: float  # the sessions' before this one, up to the checkpoint it resumed from
+    fit_started: float  # when this session's ``fit`` began (time.perf_counter)
+
+    def seconds(self) -> float:
+        """The time this run has trained, over every session: what a kill discarded after the last
+        checkpoint is not counted, as its steps are not."""
+        return self.earlier_seconds + time.perf_counter() - self.fit_started
 
     def _apply_stage(self, index: int) -> None:
         """Unfreeze the model's stage ``index`` (the trainer's: it also rewraps the model)."""
@@ -103,6 +111,7 @@ class TrainerState:
             "position": self.position,
             "applied_stages": self.applied_stages,
             "history": self.history,
+            "seconds": self.seconds(),
             "optimizer": optim_state,
             "scaler": self.scaler.state_dict(),
             "world_size": distributed.world_size(),
@@ -156,6 +165,7 @@ class TrainerState:
         self.step, self.epoch, self.position = (state[k] for k in ("step", "epoch", "position"))
         self.seen = state["seen"]
         self.history = state["history"]
+        self.earlier_seconds = state.get("seconds", 0.0)  # older zoo's checkpoints kept no time
 
     def _load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
         """The model's (and the EMA's) weights from a checkpoint's tensors."""
