@@ -227,6 +227,13 @@ def assert_job_ends(tag: str, within: float = 15.0) -> None:
         time.sleep(0.1)
 
 
+def dead_pid() -> int:
+    """The pid of a process that has ended and been collected."""
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
 def process_state(pid: int) -> str | None:
     """The state letter /proc gives ``pid`` ("R", "S", "Z" for a zombie ...); None when it is gone."""
     try:

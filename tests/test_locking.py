@@ -13,19 +13,13 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import RECIPES, assert_user_error, make_hostile, process_state, write_finished_run, zoo_command
+from conftest import RECIPES, assert_user_error, dead_pid, make_hostile, process_state, write_finished_run, zoo_command
 
 from zoo import _locking as locking
 from zoo.errors import ZooError
 
 # Long enough to be caught mid-run: 600 images a class of two digits, checkpoints every 4 steps.
 SLOW = ["data.classes=[0,1]", "data.per_class=600", "data.batch_size=8", "train.epochs=3", "train.checkpoint_every=4"]
-
-
-def dead_pid() -> int:
-    process = subprocess.Popen([sys.executable, "-c", "pass"])
-    process.wait()
-    return process.pid
 
 
 def test_a_claim_is_exclusive_and_taken_over_only_from_the_dead(tmp_path: Path) -> None:

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, assert_user_error, write_finished_run
+from conftest import RECIPES, assert_user_error, dead_pid, write_finished_run
 from PIL import Image
 
 import zoo
+from zoo import _locking as locking
 from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.runs import plots
+from zoo.runs.folder import RunResults
+from zoo.runs.table import summary
 from zoo.training.runner import run
 
 COMMON = ["data.classes=[3,7]", "data.per_class=100", "data.val_split=0.05", "data.batch_size=16"]
@@ -252,3 +256,14 @@ def test_a_curves_labels_and_ticks_stay_inside_the_image(rate: float, tmp_path: 
     for text in (t for t in texts if t.get_visible() and t.get_text()):
         box = text.get_window_extent(renderer)
         assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, text.get_text()
+
+
+def test_a_running_run_whose_process_is_gone_shows_as_killed(tmp_path: Path) -> None:
+    run = write_finished_run(tmp_path / "run")
+    run.write_results(RunResults(state="running", recipe_hash="abc"))
+    assert summary(run)["state"] == "running"  # no claim: nothing proves it dead
+    claim = locking.claim(run.path)
+    assert summary(run)["state"] == "running"  # this process: alive
+    (run.path / locking.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid()}))
+    assert summary(run)["state"] == "killed"
+    claim.release()
