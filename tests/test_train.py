@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import RECIPES, REPO, assert_user_error, sabotaged_loss, write_source_recipes
+from conftest import RECIPES, REPO, assert_user_error, sabotaged_loss, write_finished_run, write_source_recipes
 from multilabel_data import shapes_canvas
 from PIL import Image
 from safetensors import safe_open
@@ -20,7 +20,7 @@ from zoo.data.batches import Batches
 from zoo.data.splits import load_splits
 from zoo.errors import ZooError
 from zoo.inference.evaluate import evaluate
-from zoo.runs.folder import RunFolder
+from zoo.runs.folder import RunFolder, RunResults
 from zoo.training.runner import run
 from zoo.training.setup import build_run
 
@@ -254,6 +254,13 @@ def test_pretrained_of_another_shape_names_the_tensor(pretrained: Path) -> None:
 def test_output_folder_holding_a_run_is_refused(pretrained: Path) -> None:
     result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), f"output.dir={pretrained}"])
     assert_user_error(result, "already holds a run")
+
+
+def test_resuming_a_run_with_no_checkpoint_says_how_to_start_it_again(mnist_dir: Path, tmp_path: Path) -> None:
+    failed = write_finished_run(tmp_path / "run")
+    failed.write_results(RunResults(state="failed", recipe_hash="abc", reason="a truncated image at step 1"))
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--resume", str(failed.path)])
+    assert_user_error(result, "has no checkpoint yet", "another output.dir", f"remove {failed.path} first")
 
 
 def test_an_existing_folder_with_other_files_is_never_written_into(mnist_dir: Path, tmp_path: Path) -> None:

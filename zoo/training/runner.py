@@ -236,7 +236,10 @@ def check_resumable(folder: RunFolder, recipe: Recipe) -> Path:
         )
     checkpoints = folder.checkpoints
     if not checkpoints:
-        raise ZooError(f"--resume: {folder} has no checkpoint yet; start it again instead")
+        raise ZooError(
+            f"--resume: {folder} has no checkpoint yet, nothing to go on from: start the run again "
+            f"with another output.dir, or remove {folder} first"
+        )
     state = checkpoint.read_state(checkpoints[-1])
     trained_epochs = state["epoch"] - 1 if state["position"] == 0 else state["epoch"]
     if recipe.train.epochs < trained_epochs or (recipe.train.max_steps or state["step"]) < state["step"]:
