@@ -46,6 +46,31 @@ def test_a_margin_only_delays_the_reset_and_the_state_survives_a_checkpoint(
     assert (restored.best, restored.stale, restored.should_stop) == (strict.best, strict.stale, strict.should_stop)
 
 
+def test_steady_gains_each_below_min_delta_add_up_and_do_not_stop_the_run() -> None:
+    monitor = Monitor("val_accuracy", min_delta=0.01, patience=3)
+    for epoch, value in enumerate([0.80, 0.806, 0.812, 0.818, 0.824, 0.830, 0.830, 0.830], start=1):
+        monitor.update({"epoch": epoch, "step": epoch, "val_accuracy": value})
+        assert not monitor.should_stop or epoch == 8  # 0.812 and 0.824 each beat the last clear gain by > 0.01
+    assert (monitor.stale, monitor.should_stop, monitor.best.epoch) == (3, True, 6)
+
+
+@given(values, st.floats(0.0, 0.5), st.sampled_from(["val_accuracy", "val_loss"]))
+def test_staleness_counts_evaluations_since_a_value_beat_the_last_clear_gain_by_min_delta(
+    series: list[float], margin: float, metric: str
+) -> None:
+    monitor = Monitor(metric, margin)
+    last_clear = None
+    for epoch, value in enumerate(series, start=1):
+        monitor.update({"epoch": epoch, "step": epoch, metric: value})
+        reference = None if last_clear is None else series[last_clear]
+        if reference is None or (value < reference - margin if metric == "val_loss" else value > reference + margin):
+            last_clear = epoch - 1
+        assert monitor.stale == epoch - 1 - last_clear
+    restored = Monitor(metric, margin)
+    restored.restore(monitor.state())
+    assert (restored.stale, restored.reference) == (monitor.stale, monitor.reference)
+
+
 def test_epochs_without_the_metric_are_not_evaluations() -> None:
     monitor = Monitor("val_accuracy", patience=1)
     assert monitor.update({"epoch": 1, "step": 1, "val_accuracy": 0.5})

@@ -33,6 +33,9 @@ class Monitor:
     patience: int | None = None  # None: never stop early
     best: Best | None = None
     stale: int = 0  # evaluations since the last improvement by more than min_delta
+    # The value of that improvement: steady gains each smaller than min_delta add up against it, and
+    # count once their sum is more than min_delta (as Keras's and Lightning's early stopping).
+    reference: float | None = None
 
     def improves(self, value: float, on: float, by: float) -> bool:
         return value < on - by if self.metric in LOWER_IS_BETTER else value > on + by
@@ -42,13 +45,14 @@ class Monitor:
         value = record.get(self.metric)
         if value is None:
             return False
+        if self.reference is None or self.improves(value, self.reference, self.min_delta):
+            self.reference, self.stale = value, 0
+        else:
+            self.stale += 1
         tiebreak = None if self.metric in LOWER_IS_BETTER else record.get("val_loss")
         best = self.best
         if best is not None and not self.improves(value, best.value, 0.0) and not _breaks_tie(value, tiebreak, best):
-            self.stale += 1
             return False
-        clearly = best is None or self.improves(value, best.value, self.min_delta)
-        self.stale = 0 if clearly else self.stale + 1
         self.best = Best(record["epoch"], record["step"], value, tiebreak)
         return True
 
@@ -65,21 +69,25 @@ class Monitor:
         )
 
     def state(self) -> dict[str, Any]:
-        return {"best": asdict(self.best) if self.best else None, "stale": self.stale}
+        return {"best": asdict(self.best) if self.best else None, "stale": self.stale, "reference": self.reference}
 
     def restore(self, state: dict[str, Any]) -> None:
         """The state ``state()`` gave; a ValueError when a checkpoint's copy of it is damaged."""
         best, stale = state.get("best"), state.get("stale", 0)
         number = (int, float)
-        valid = type(stale) is int and stale >= 0 and (best is None or (
-            isinstance(best, dict) and set(best) == {"epoch", "step", "value", "tiebreak"}
-            and type(best["epoch"]) is int and type(best["step"]) is int and isinstance(best["value"], number)
-            and (best["tiebreak"] is None or isinstance(best["tiebreak"], number))
-        ))  # fmt: skip
+        # An older zoo's checkpoint kept no reference: its best was one.
+        reference = state.get("reference", best.get("value") if isinstance(best, dict) else None)
+        valid = type(stale) is int and stale >= 0 and (reference is None or isinstance(reference, number)) and (
+            best is None or (
+                isinstance(best, dict) and set(best) == {"epoch", "step", "value", "tiebreak"}
+                and type(best["epoch"]) is int and type(best["step"]) is int and isinstance(best["value"], number)
+                and (best["tiebreak"] is None or isinstance(best["tiebreak"], number))
+            )
+        )  # fmt: skip
         if not valid:
             raise ValueError("its monitor state is damaged")
         self.best = Best(**best) if best else None
-        self.stale = stale
+        self.stale, self.reference = stale, reference
 
 
 def _breaks_tie(value: float, tiebreak: float | None, best: Best) -> bool:
