@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import tomllib
 from pathlib import Path
@@ -421,6 +422,23 @@ def test_hub_mistakes_are_one_line(hub: tuple[FakeHub, dict[str, str]], tmp_path
     token = hub_run(env, "data.args={path = 'zoo-test/secret'}", "--dry-run")
     assert token.returncode == 0 and "data: 21 train" in token.stdout, token.stderr  # the token opens it
     assert TOKEN not in token.stdout + token.stderr
+
+
+@pytest.mark.parametrize(
+    ("splits", "key"),
+    [
+        ({"val_split": "train"}, "data.args.val_split = 'train' is data.args.train_split too"),
+        ({"val_split": "test"}, "data.args.val_split = 'test' is data.args.test_split too"),
+        ({"test_split": "train"}, "data.args.test_split = 'train' is data.args.train_split too"),
+        ({"train_split": "test"}, "data.args.test_split = 'test' is data.args.train_split too"),
+    ],
+)
+def test_one_split_read_for_two_purposes_is_refused(tmp_path: Path, splits: dict[str, str], key: str) -> None:
+    """Validating on the training images, choosing the best epoch on the test split, testing on training images."""
+    folder = saved(make_dataset(), tmp_path / "saved")
+    for split in ("train", "test"):
+        with pytest.raises(ZooError, match=re.escape(key)):
+            hf_dataset(tmp_path, split, str(folder), **splits)
 
 
 def test_an_image_path_that_is_a_fifo_is_one_line(tmp_path: Path) -> None:

@@ -79,6 +79,17 @@ class HubDatasetArgs:
     val_split: str | None = None
     streaming: bool = False
 
+    def __post_init__(self) -> None:
+        # One split read for two purposes is a silent leak: a test of the images trained on, or the best
+        # epoch chosen on the test split (whose accuracy then flatters the model).
+        for key, other, fix in (
+            ("test_split", "train_split", "name a split of its own"),
+            ("val_split", "train_split", "leave it out to hold out part of the training split (data.val_split)"),
+            ("val_split", "test_split", "leave it out to hold out part of the training split (data.val_split)"),
+        ):
+            if getattr(self, key) is not None and getattr(self, key) == getattr(self, other):
+                raise ZooError(f"data.args.{key} = {getattr(self, key)!r} is data.args.{other} too: {fix}")
+
 
 class HuggingFaceDataset(Dataset):
     """A split of a Hugging Face dataset, read whole (streamed, the validation and test splits are read
