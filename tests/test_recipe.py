@@ -194,6 +194,27 @@ BAD_RECIPES = {
         [],
         "optim.momentum does not apply to adam",
     ),
+    "warm-up for a schedule without one": (
+        MINIMAL + '[schedule]\nname = "onecycle"\nwarmup_epochs = 1.0\n',
+        [],
+        "schedule.warmup_epochs does not apply to onecycle (it takes: pct_start, div_factor, final_div_factor)",
+    ),
+    "decay for no schedule": (MINIMAL, ["schedule.gamma=0.5"], "schedule.gamma does not apply to none"),
+    "compile mode without compile": (
+        MINIMAL + '[train]\ncompile_mode = "max-autotune"\n',
+        [],
+        "train.compile_mode does not apply without train.compile = true",
+    ),
+    "mix_prob without mixing": (
+        MINIMAL + "mix_prob = 0.5\n",
+        [],
+        "data.mix_prob does not apply without data.mixup or data.cutmix",
+    ),
+    "mix_switch_prob with mixup alone": (
+        MINIMAL + "mixup = 0.2\nmix_switch_prob = 0.2\n",
+        [],
+        "data.mix_switch_prob does not apply without both data.mixup and data.cutmix",
+    ),
     "unknown backbone": (MINIMAL.replace("mnist_cnn", "resnet9000"), [], "model.backbone: unknown model 'resnet9000'"),
     "unknown loss": (MINIMAL + '[loss]\nname = "crossentropy"\n', [], "did you mean 'cross_entropy'"),
     "bad plugin arg": (
@@ -230,6 +251,17 @@ def test_missing_recipe_and_extends_cycle(tmp_path: Path) -> None:
     write(tmp_path / "a.toml", 'extends = "b.toml"\n' + MINIMAL)
     write(tmp_path / "b.toml", 'extends = "a.toml"\n')
     assert_user_error(CliRunner().invoke(cli, ["show", "a.toml"]), "extends cycle: a.toml -> b.toml -> a.toml")
+
+
+def test_a_base_recipes_schedule_keys_must_fit_the_childs_schedule(tmp_path: Path) -> None:
+    write(tmp_path / "base.toml", MINIMAL + '[schedule]\nname = "cosine"\nwarmup_epochs = 2.0\n')
+    write(tmp_path / "child.toml", 'extends = "base.toml"\n[schedule]\nname = "step"\n')
+    result = CliRunner().invoke(cli, ["show", str(tmp_path / "child.toml")])
+    assert_user_error(result, "schedule.warmup_epochs does not apply to step (it takes: step_size, gamma)")
+    # A run folder's recipe.toml writes every default: those are no key the recipe chose.
+    saved = recipes.load(tmp_path / "base.toml", ["schedule.name=onecycle", "schedule.warmup_epochs=0"]).to_toml()
+    assert tomllib.loads(saved)["schedule"]["warmup_epochs"] == 0.0
+    assert recipes.from_dict(tomllib.loads(saved)).schedule.name == "onecycle"
 
 
 def test_merge_replaces_lists_and_keeps_inputs_unchanged() -> None:
