@@ -74,6 +74,24 @@ def test_extends_merges_deeply_and_paths_follow_their_file(tmp_path: Path) -> No
     assert "extends" not in recipe.to_dict()
 
 
+def test_a_dataset_path_that_names_a_folder_beside_the_recipe_is_that_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "recipes" / "saved_colours").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "here_only").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    recipe = tmp_path / "recipes" / "hf.toml"
+    for written, expected in [
+        ("saved_colours", str(tmp_path / "recipes" / "saved_colours")),  # beside the recipe, wherever zoo runs
+        ("zoo-test/colours", "zoo-test/colours"),  # a Hub dataset id
+        ("here_only", "here_only"),  # no folder beside the recipe: the plugin looks from the current folder
+    ]:
+        recipe.write_text(MINIMAL.replace('"mnist"', '"hf"') + f"[data.args]\npath = {written!r}\n")
+        assert recipes.load(recipe, check=False).data.args["path"] == expected
+    overridden = recipes.load(recipe, ["data.args.path=here_only"], check=False)  # overrides: the current folder
+    assert overridden.data.args["path"] == str(tmp_path / "elsewhere" / "here_only")
+
+
 def test_recipes_linked_into_a_cache_find_each_other_beside_their_links(tmp_path: Path) -> None:
     """As a pulled Hub repo lies in the Hugging Face cache: snapshots/COMMIT/FILE, each a link to blobs/HASH."""
     blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "c0ffee"
