@@ -63,6 +63,7 @@ def test_layer_decay_on_a_model_without_layer_groups_is_a_user_error(mnist_dir: 
     for model in (small_model(), build_model(ModelConfig(backbone="mnist_cnn"), ["a", "b"])[0]):
         with pytest.raises(ZooError, match="train.layer_decay: this model has no layer groups"):
             freeze.param_groups(model, lr=0.1, layer_decay=0.5)
+        assert {group["lr"] for group in freeze.param_groups(model, lr=0.1, layer_decay=1.0)} == {0.1}  # as asked
     dry_run = ["run", str(RECIPES / "mnist.toml"), "train.layer_decay=0.7", "data.classes=[0,1]", "--dry-run"]
     assert_user_error(CliRunner().invoke(cli, dry_run), "train.layer_decay", "set optim.backbone_lr_mult")
 

@@ -129,7 +129,8 @@ def param_groups(
     if layer_decay is not None:
         from timm.optim import param_groups_layer_decay
 
-        _refuse_one_layer(model)
+        if layer_decay < 1.0:  # 1.0 asks for one rate throughout, which a model of one layer gets
+            _refuse_one_layer(model)
         groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
         scales = sorted({group["lr_scale"] for group in groups})  # one per layer, rising to the head's 1.0
         for group in groups:
@@ -162,7 +163,8 @@ def _refuse_one_layer(model: nn.Module) -> None:
     if len(set(layers.values())) < 2:
         raise ZooError(
             "train.layer_decay: this model has no layer groups (no timm group_matcher), so every parameter would "
-            "train at optim.lr: leave it out and set optim.backbone_lr_mult for a lower backbone rate"
+            "train at optim.lr: leave it out (or set it to 1.0) and set optim.backbone_lr_mult for a lower backbone "
+            "rate"
         )
 
 
