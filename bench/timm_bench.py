@@ -86,7 +86,7 @@ def zoo_run(folder: Path, epochs: int, cache: str) -> dict:
         f"data.root={folder}", f"data.image_size={SIZE}", f"data.batch_size={BATCH}", f"data.num_workers={WORKERS}",
         "data.val_split=0.0", "data.scale=[0.08, 1.0]", "data.hflip=0.5", "data.color_jitter=0.4", f"data.cache={cache}",
         "optim.name=sgd", f"optim.lr={LR}", "optim.momentum=0.9", "optim.weight_decay=2e-5", "train.layer_decay=1.0",
-        "schedule.name=none", f"train.epochs={epochs}", "train.precision=fp32", f"output.dir={output}",
+        "schedule.name=none", "schedule.warmup_epochs=0", f"train.epochs={epochs}", "train.precision=fp32", f"output.dir={output}",
     ]  # fmt: skip
     cache_dir = Path(tempfile.mkdtemp())  # empty: the first epoch pays for building the cache
     env = {**os.environ, "ZOO_CACHE_DIR": str(cache_dir)}

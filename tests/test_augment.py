@@ -40,6 +40,18 @@ def test_presets_change_timm_defaults_for_a_model_that_declares_nothing() -> Non
     )  # old recipes
 
 
+def test_recipe_keys_augment_on_top_of_none() -> None:
+    # "none" turns timm's settings and what the plugins declare off; the recipe's own keys still apply.
+    for model in (plain_model(), MnistCNN()):
+        assert resolve(data(augment="none", hflip=0.0, degrees=0.0), model, None, on_tensors=True) is None
+        chosen = resolve(data(augment="none", hflip=0.5, degrees=30.0), model, None, on_tensors=True)
+        assert chosen == Augmentation(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5, color_jitter=0.0, degrees=30.0)
+    preprocessing = Preprocessing((3, 32, 32), (0.5,) * 3, (0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
+    rotated = resolve(data(augment="none", degrees=30.0), plain_model(), None, on_tensors=False)
+    transform = repr(build_transform(preprocessing, training=True, augmentation=rotated))
+    assert "RandomAffine(degrees=[-30.0, 30.0]" in transform and "RandomHorizontalFlip" not in transform
+
+
 def test_the_data_has_the_last_word_over_the_model() -> None:
     from zoo.data.mnist import MNIST
 

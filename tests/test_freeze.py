@@ -4,15 +4,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import RECIPES
+from click.testing import CliRunner
+from conftest import RECIPES, assert_user_error
 from torch import nn
 
 import zoo
+from zoo.cli import cli
 from zoo.config import recipe as recipes
-from zoo.config.model_section import FreezeConfig, FreezeStage
+from zoo.config.model_section import FreezeConfig, FreezeStage, ModelConfig
 from zoo.errors import ZooError
 from zoo.models import freeze
-from zoo.models.build import Classifier
+from zoo.models.build import Classifier, build_model
 from zoo.plugins import _registry as registry
 from zoo.runs.folder import RunFolder
 from zoo.training.runner import run
@@ -52,6 +54,18 @@ def test_stage_parameters_start_frozen_and_come_back_with_their_rate() -> None:
 def test_a_pattern_that_matches_nothing_is_a_user_error() -> None:
     with pytest.raises(ZooError, match="model.freeze.unfreeze: pattern 'fc.*' matches no parameter"):
         freeze.apply(small_model(), FreezeConfig(freeze=["backbone"], unfreeze=["fc.*"]))
+
+
+def test_layer_decay_on_a_model_without_layer_groups_is_a_user_error(mnist_dir: Path) -> None:
+    timm_model, _ = build_model(ModelConfig(backbone="timm/test_resnet"), ["a", "b"])
+    rates = {group["lr"] for group in freeze.param_groups(timm_model, lr=0.1, layer_decay=0.5)}
+    assert len(rates) == 6  # timm's group_matcher: stem, 4 blocks, head
+    for model in (small_model(), build_model(ModelConfig(backbone="mnist_cnn"), ["a", "b"])[0]):
+        with pytest.raises(ZooError, match="train.layer_decay: this model has no layer groups"):
+            freeze.param_groups(model, lr=0.1, layer_decay=0.5)
+        assert {group["lr"] for group in freeze.param_groups(model, lr=0.1, layer_decay=1.0)} == {0.1}  # as asked
+    dry_run = ["run", str(RECIPES / "mnist.toml"), "train.layer_decay=0.7", "data.classes=[0,1]", "--dry-run"]
+    assert_user_error(CliRunner().invoke(cli, dry_run), "train.layer_decay", "set optim.backbone_lr_mult")
 
 
 def test_frozen_batchnorm_stays_in_eval_unless_train_bn() -> None:

@@ -141,6 +141,30 @@ def test_classes_per_class_and_named_splits(tmp_path: Path) -> None:
     assert len(splits.val) == 4 and len(splits.test) == 6
 
 
+def gapped(dataset: datasets.DatasetDict) -> datasets.DatasetDict:
+    """Integer labels 0, 2 and 5: classes 0..5, of which 1, 3 and 4 have no rows."""
+    return dataset.map(lambda row: {"label": [0, 2, 5][row["label"]]})
+
+
+def test_integer_labels_that_skip_a_value_name_the_empty_classes_and_the_fix(tmp_path: Path) -> None:
+    folder = saved(gapped(make_dataset("int")), tmp_path / "gaps")
+    config = DataConfig(dataset="hf", args={"path": str(folder)}, root=str(tmp_path / "elsewhere"))
+    with pytest.raises(ZooError) as refused:
+        load_splits(config, seed=0)
+    assert str(refused.value) == (
+        f"dataset 'hf' ({folder}): classes '1', '3', '4' have no training examples; select the classes that do "
+        'with data.classes = ["0", "2", "5"]'
+    )  # no data.classes named, which the recipe did not set, nor data.root, which the data did not come from
+    chosen = load_splits(config.model_copy(update={"classes": ["0", "2", "5"]}), seed=0)  # the fix works
+    assert chosen.label_names == ["0", "2", "5"] and len(chosen.test) == 12
+    with pytest.raises(ZooError, match=rf"^data.classes: class '3' has no training examples in dataset 'hf' "
+                       rf"\({folder}\): remove it from data.classes$"):  # fmt: skip
+        load_splits(config.model_copy(update={"classes": [0, 3]}), seed=0)
+    one_each = saved(make_dataset(splits={"train": 1, "test": 1}), tmp_path / "one_each")
+    with pytest.raises(ZooError, match=r"class 'red' \(1\) are all held out for validation by data.val_split = 0.6"):
+        load_splits(DataConfig(dataset="hf", args={"path": str(one_each)}, val_split=0.6), seed=0)
+
+
 def test_a_validation_split_is_validated_on_instead_of_a_held_out_part(tmp_path: Path) -> None:
     folder = saved(make_dataset(splits={"train": 6, "test": 4, "validation": 2, "dev": 3}), tmp_path / "saved")
     own = load_splits(DataConfig(dataset="hf", args={"path": str(folder)}), seed=0)
@@ -439,6 +463,14 @@ def test_one_split_read_for_two_purposes_is_refused(tmp_path: Path, splits: dict
     for split in ("train", "test"):
         with pytest.raises(ZooError, match=re.escape(key)):
             hf_dataset(tmp_path, split, str(folder), **splits)
+
+
+def test_a_hub_dataset_with_an_empty_class_is_named_at_its_commit(hub: tuple[FakeHub, dict[str, str]]) -> None:
+    server, env = hub
+    commit = server.add_dataset("zoo-test/gaps", parquet_files(gapped(make_dataset("int"))))
+    refused = hub_run(env, "data.args={path = 'zoo-test/gaps'}", "--dry-run")
+    assert_user_error(refused, f"dataset 'hf' (zoo-test/gaps@{commit}): classes '1', '3', '4' have no training",
+                      'data.classes = ["0", "2", "5"]')  # fmt: skip
 
 
 def test_an_image_path_that_is_a_fifo_is_one_line(tmp_path: Path) -> None:

@@ -74,6 +74,24 @@ def test_extends_merges_deeply_and_paths_follow_their_file(tmp_path: Path) -> No
     assert "extends" not in recipe.to_dict()
 
 
+def test_a_dataset_path_that_names_a_folder_beside_the_recipe_is_that_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "recipes" / "saved_colours").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "here_only").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    recipe = tmp_path / "recipes" / "hf.toml"
+    for written, expected in [
+        ("saved_colours", str(tmp_path / "recipes" / "saved_colours")),  # beside the recipe, wherever zoo runs
+        ("zoo-test/colours", "zoo-test/colours"),  # a Hub dataset id
+        ("here_only", "here_only"),  # no folder beside the recipe: the plugin looks from the current folder
+    ]:
+        recipe.write_text(MINIMAL.replace('"mnist"', '"hf"') + f"[data.args]\npath = {written!r}\n")
+        assert recipes.load(recipe, check=False).data.args["path"] == expected
+    overridden = recipes.load(recipe, ["data.args.path=here_only"], check=False)  # overrides: the current folder
+    assert overridden.data.args["path"] == str(tmp_path / "elsewhere" / "here_only")
+
+
 def test_recipes_linked_into_a_cache_find_each_other_beside_their_links(tmp_path: Path) -> None:
     """As a pulled Hub repo lies in the Hugging Face cache: snapshots/COMMIT/FILE, each a link to blobs/HASH."""
     blobs, snapshot = tmp_path / "blobs", tmp_path / "snapshots" / "c0ffee"
@@ -204,6 +222,27 @@ BAD_RECIPES = {
         [],
         "optim.momentum does not apply to adam",
     ),
+    "warm-up for a schedule without one": (
+        MINIMAL + '[schedule]\nname = "onecycle"\nwarmup_epochs = 1.0\n',
+        [],
+        "schedule.warmup_epochs does not apply to onecycle (it takes: pct_start, div_factor, final_div_factor)",
+    ),
+    "decay for no schedule": (MINIMAL, ["schedule.gamma=0.5"], "schedule.gamma does not apply to none"),
+    "compile mode without compile": (
+        MINIMAL + '[train]\ncompile_mode = "max-autotune"\n',
+        [],
+        "train.compile_mode does not apply without train.compile = true",
+    ),
+    "mix_prob without mixing": (
+        MINIMAL + "mix_prob = 0.5\n",
+        [],
+        "data.mix_prob does not apply without data.mixup or data.cutmix",
+    ),
+    "mix_switch_prob with mixup alone": (
+        MINIMAL + "mixup = 0.2\nmix_switch_prob = 0.2\n",
+        [],
+        "data.mix_switch_prob does not apply without both data.mixup and data.cutmix",
+    ),
     "unknown backbone": (MINIMAL.replace("mnist_cnn", "resnet9000"), [], "model.backbone: unknown model 'resnet9000'"),
     "unknown loss": (MINIMAL + '[loss]\nname = "crossentropy"\n', [], "did you mean 'cross_entropy'"),
     "bad plugin arg": (
@@ -240,6 +279,17 @@ def test_missing_recipe_and_extends_cycle(tmp_path: Path) -> None:
     write(tmp_path / "a.toml", 'extends = "b.toml"\n' + MINIMAL)
     write(tmp_path / "b.toml", 'extends = "a.toml"\n')
     assert_user_error(CliRunner().invoke(cli, ["show", "a.toml"]), "extends cycle: a.toml -> b.toml -> a.toml")
+
+
+def test_a_base_recipes_schedule_keys_must_fit_the_childs_schedule(tmp_path: Path) -> None:
+    write(tmp_path / "base.toml", MINIMAL + '[schedule]\nname = "cosine"\nwarmup_epochs = 2.0\n')
+    write(tmp_path / "child.toml", 'extends = "base.toml"\n[schedule]\nname = "step"\n')
+    result = CliRunner().invoke(cli, ["show", str(tmp_path / "child.toml")])
+    assert_user_error(result, "schedule.warmup_epochs does not apply to step (it takes: step_size, gamma)")
+    # A run folder's recipe.toml writes every default: those are no key the recipe chose.
+    saved = recipes.load(tmp_path / "base.toml", ["schedule.name=onecycle", "schedule.warmup_epochs=0"]).to_toml()
+    assert tomllib.loads(saved)["schedule"]["warmup_epochs"] == 0.0
+    assert recipes.from_dict(tomllib.loads(saved)).schedule.name == "onecycle"
 
 
 def test_merge_replaces_lists_and_keeps_inputs_unchanged() -> None:

@@ -140,6 +140,12 @@ def _anchor_paths(data: dict[str, Any], folder: Path) -> None:
             model["pretrained"] = sources.parse(model["pretrained"], folder)
     if isinstance(data_section, dict) and "root" in data_section:
         data_section["root"] = anchored(data_section["root"])
+    args = data_section.get("args") if isinstance(data_section, dict) else None
+    path = args.get("path") if isinstance(args, dict) else None
+    # A dataset's path argument (hf's folder) that names a folder beside the recipe is that folder;
+    # anything else stays as written: a Hub dataset id, or a folder the plugin finds from the cwd.
+    if isinstance(path, str) and path and not os.path.isabs(path) and os.path.isdir(folder / path):
+        args["path"] = str((folder / path).resolve())
     if isinstance(output, dict) and "dir" in output:
         output["dir"] = anchored(output["dir"])
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -20,6 +21,15 @@ from . import sources
 from ._section import MAX_SIZE, NAME_PATTERN, Fraction, Monitored, Section, Size
 from .model_section import ModelConfig
 from .tune import TuneConfig
+
+
+def refuse_ignored_keys(section: Section, prefix: str, ignored: Iterable[str], because: str) -> None:
+    """A key of ``ignored`` that the recipe set (to other than its default) is one that the section's
+    choices leave unused (``because`` says which): an error, not a setting silently dropped."""
+    defaults = type(section).model_fields
+    for key in ignored:
+        if getattr(section, key) != defaults[key].default:
+            raise ValueError(f"{prefix}.{key} does not apply {because}")
 
 
 class DataConfig(Section):
@@ -109,6 +119,10 @@ class DataConfig(Section):
         if (self.mixup or self.cutmix) and self.batch_size % 2:
             raise ValueError(f"mixup and cutmix pair the images of a batch: batch_size must be even "
                              f"(got {self.batch_size})")  # fmt: skip
+        if not (self.mixup and self.cutmix):
+            refuse_ignored_keys(self, "data", ["mix_switch_prob"], "without both data.mixup and data.cutmix")
+        if not (self.mixup or self.cutmix):
+            refuse_ignored_keys(self, "data", ["mix_prob"], "without data.mixup or data.cutmix")
         return self
 
 
@@ -145,10 +159,19 @@ class OptimConfig(Section):
     @model_validator(mode="after")
     def _keys_fit_optimizer(self) -> OptimConfig:
         accepted = OPTIMIZER_KEYS[self.name]
-        for key in ("weight_decay", "momentum", "nesterov", "betas", "eps", "rho"):
-            if getattr(self, key) is not None and key not in accepted:
-                raise ValueError(f"optim.{key} does not apply to {self.name} (it takes: {', '.join(accepted)})")
+        ignored = [key for keys in OPTIMIZER_KEYS.values() for key in keys if key not in accepted]
+        refuse_ignored_keys(self, "optim", dict.fromkeys(ignored), f"to {self.name} (it takes: {', '.join(accepted)})")
         return self
+
+
+# What each schedule reads (zoo/training/optim.py lr_factor); a key set for one that ignores it is an error.
+SCHEDULE_KEYS: dict[str, tuple[str, ...]] = {
+    "none": (),
+    "step": ("step_size", "gamma"),
+    "cosine": ("warmup_epochs", "min_lr_mult"),
+    "onecycle": ("pct_start", "div_factor", "final_div_factor"),
+    "warmup": ("warmup_epochs",),
+}
 
 
 class ScheduleConfig(Section):
@@ -160,6 +183,14 @@ class ScheduleConfig(Section):
     pct_start: float = Field(0.3, gt=0.0, lt=1.0, description="onecycle: fraction of steps spent rising")
     div_factor: float = Field(25.0, ge=1.0, le=1e6, description="onecycle: lr / starting lr")
     final_div_factor: float = Field(1e4, ge=1.0, le=1e9, description="onecycle: starting lr / final lr")
+
+    @model_validator(mode="after")
+    def _keys_fit_schedule(self) -> ScheduleConfig:
+        accepted = SCHEDULE_KEYS[self.name]
+        ignored = [key for keys in SCHEDULE_KEYS.values() for key in keys if key not in accepted]
+        takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes no other key"
+        refuse_ignored_keys(self, "schedule", dict.fromkeys(ignored), f"to {self.name} ({takes})")
+        return self
 
 
 class EarlyStopConfig(Section):
@@ -221,6 +252,12 @@ class TrainConfig(Section):
         le=1.0,
         description="layer-wise lr decay (timm's param groups): each layer gets this times the rate above",
     )
+
+    @model_validator(mode="after")
+    def _compile_mode_compiles(self) -> TrainConfig:
+        if not self.compile:
+            refuse_ignored_keys(self, "train", ["compile_mode"], "without train.compile = true")
+        return self
 
 
 class OutputConfig(Section):

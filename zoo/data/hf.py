@@ -52,7 +52,8 @@ def hf_dataset(
     be a ClassLabel (its names), integers (0..max of the training split) or strings (sorted).
     ``train_split`` / ``test_split`` name the splits read; ``val_split`` the one validated on (default:
     ``validation`` where there is one; without one, data.val_split holds out part of the training split).
-    ``path`` defaults to ``root`` (data.root). ``streaming``: the training split is read as a stream
+    ``path`` defaults to ``root`` (data.root); a relative one is the folder beside the recipe file
+    where there is one, else taken from the current folder. ``streaming``: the training split is read as a stream
     (a dataset too big to download; it needs train.max_steps), label names that are no ClassLabel's
     from the test split.
 

@@ -11,6 +11,7 @@ A tensor dataset meets a model built for one size (a ViT) resized to that size.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from ..errors import ZooError, did_you_mean
 from ..parallel import distributed
 from ..plugins import _registry as registry
 from .cache import DecodedImages
-from .contract import check_dataset, facts
+from .contract import DatasetFacts, check_dataset, facts
 from .label_sets import label_set_splits
 from .streams import Stream, StreamSplit, check_stream_settings
 
@@ -160,6 +161,7 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
 
     generator = torch.Generator().manual_seed(seed)
     train_targets = targets_of(train_set)
+    _refuse_empty_classes(config, found, root, names, selected, train_targets)
     train_parts, val_parts = [], []
     per_class = config.per_class if isinstance(config.per_class, list) else [config.per_class] * len(selected)
     if len(per_class) != len(selected):
@@ -179,7 +181,8 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
                 )
             rest = rest[:wanted]
         if len(rest) == 0:
-            raise ZooError(f"data.classes: class '{names[class_index]}' has no training examples in {root}")
+            raise ZooError(f"the training examples of class '{names[class_index]}' ({len(members)}) are all held "
+                           f"out for validation by data.val_split = {config.val_split}: lower data.val_split")  # fmt: skip
         train_parts.append(rest)
 
     train = split_of(train_set, train_parts, train_targets)
@@ -190,6 +193,32 @@ def load_splits(config: DataConfig, seed: int) -> Splits:
     else:
         val = None
     return Splits(train, val, test, [names[i] for i in selected])
+
+
+def _refuse_empty_classes(
+    config: DataConfig, found: DatasetFacts, root: Path, names: list[str], selected: list[int], targets: torch.Tensor
+) -> None:
+    """Selected classes without a training example, named with where the data came from and the fix:
+    the ones to drop from data.classes, or (integer labels number the classes 0..max, so a skipped
+    value is a class of its own) a data.classes that selects the others."""
+    counts = torch.bincount(targets, minlength=len(names))
+    empty = [names[i] for i in selected if counts[i] == 0]
+    if not empty:
+        return
+    listed = ", ".join(f"'{name}'" for name in empty)
+    classes, have, them = ("class", "has", "it") if len(empty) == 1 else ("classes", "have", "them")
+    if found.hub_dataset:  # the repo at the commit read, not data.root
+        commit = (found.pinned_args or {}).get("revision")
+        origin = found.hub_dataset + (f"@{commit}" if commit else "")
+    else:  # a plugin's own data.args.path (hf's folder) names its data instead of data.root
+        origin = str(config.args.get("path") or root)
+    if config.classes is not None:
+        raise ZooError(f"data.classes: {classes} {listed} {have} no training examples in dataset "
+                       f"'{config.dataset}' ({origin}): remove {them} from data.classes")  # fmt: skip
+    present = [names[i] for i in selected if counts[i] > 0]
+    fix = f"data.classes = {json.dumps(present)}" if len(present) <= 20 else f"data.classes (the other {len(present)})"
+    raise ZooError(f"dataset '{config.dataset}' ({origin}): {classes} {listed} {have} no training examples; "
+                   f"select the classes that do with {fix}")  # fmt: skip
 
 
 def select_classes(wanted: Sequence[int | str] | None, names: list[str]) -> list[int]:

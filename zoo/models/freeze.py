@@ -129,6 +129,8 @@ def param_groups(
     if layer_decay is not None:
         from timm.optim import param_groups_layer_decay
 
+        if layer_decay < 1.0:  # 1.0 asks for one rate throughout, which a model of one layer gets
+            _refuse_one_layer(model)
         groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
         scales = sorted({group["lr_scale"] for group in groups})  # one per layer, rising to the head's 1.0
         for group in groups:
@@ -147,6 +149,23 @@ def param_groups(
         for name, params in split.items()
         if params
     ]
+
+
+def _refuse_one_layer(model: nn.Module) -> None:
+    """Layer decay where timm finds the layers it does (``param_groups_layer_decay``): by the model's
+    ``group_matcher``, else in runs of parameters below its ``pretrained_cfg`` classifier; a model
+    with neither is one layer, which layer decay would leave at ``lr`` entirely."""
+    from timm.models import group_parameters
+    from timm.optim import auto_group_layers
+
+    matcher = getattr(model, "group_matcher", None)
+    layers = group_parameters(model, matcher(coarse=False), reverse=True) if matcher else auto_group_layers(model)
+    if len(set(layers.values())) < 2:
+        raise ZooError(
+            "train.layer_decay: this model has no layer groups (no timm group_matcher), so every parameter would "
+            "train at optim.lr: leave it out (or set it to 1.0) and set optim.backbone_lr_mult for a lower backbone "
+            "rate"
+        )
 
 
 def unfreeze_stage(model: nn.Module, stage: FreezeStage, lr: float) -> dict | None:
