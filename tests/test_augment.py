@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
+from conftest import RECIPES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from zoo.cli import cli
 from zoo.config.schema import DataConfig
-from zoo.data.augment import Augmentation, BatchAugment, resolve
+from zoo.data.augment import Augmentation, BatchAugment, ignored, resolve
 from zoo.data.batches import Batches
 from zoo.data.preprocessing import Preprocessing
 from zoo.data.splits import load_splits
@@ -40,16 +43,16 @@ def test_presets_change_timm_defaults_for_a_model_that_declares_nothing() -> Non
     )  # old recipes
 
 
-def test_recipe_keys_augment_on_top_of_none() -> None:
-    # "none" turns timm's settings and what the plugins declare off; the recipe's own keys still apply.
+def test_none_turns_every_augmentation_off_and_the_run_names_the_keys_it_ignores(mnist_dir: Path) -> None:
     for model in (plain_model(), MnistCNN()):
-        assert resolve(data(augment="none", hflip=0.0, degrees=0.0), model, None, on_tensors=True) is None
-        chosen = resolve(data(augment="none", hflip=0.5, degrees=30.0), model, None, on_tensors=True)
-        assert chosen == Augmentation(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.5, color_jitter=0.0, degrees=30.0)
-    preprocessing = Preprocessing((3, 32, 32), (0.5,) * 3, (0.5,) * 3, interpolation="bilinear", crop_pct=1.0)
-    rotated = resolve(data(augment="none", degrees=30.0), plain_model(), None, on_tensors=False)
-    transform = repr(build_transform(preprocessing, training=True, augmentation=rotated))
-    assert "RandomAffine(degrees=[-30.0, 30.0]" in transform and "RandomHorizontalFlip" not in transform
+        assert resolve(data(augment="none", hflip=0.5, degrees=30.0), model, None, on_tensors=True) is None
+    assert ignored(data(augment="none", hflip=0.5, degrees=30.0)) == ["data.hflip", "data.degrees"]
+    assert ignored(data(augment="default", hflip=0.5)) == ignored(data(augment="none")) == []
+    asked = ["data.augment=none", "data.hflip=0.5", "data.degrees=30", "data.classes=[0,1]", "--dry-run"]
+    result = CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), *asked])
+    assert result.exit_code == 0, result.output
+    said = "augmentation (none): none (data.hflip, data.degrees ignored: none turns every augmentation off)"
+    assert said in result.output
 
 
 def test_the_data_has_the_last_word_over_the_model() -> None:

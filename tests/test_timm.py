@@ -56,10 +56,9 @@ def timm_recipe(png: Path, folder: Path, *overrides: str) -> Recipe:
 def pretrained_run(mnist_png: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """test_resnet trained from scratch on digits 0-4 (98% test accuracy in a manual run)."""
     folder = tmp_path_factory.mktemp("timm") / "pre"
-    # No augmentation: data.scale=[1,1], or the recipe's own data.scale would crop on top of "none".
     recipe = timm_recipe(
         mnist_png, folder, "name=pre", "model.pretrained=false", "model.freeze.freeze=[]", "data.classes=[0,1,2,3,4]",
-        "data.augment=false", "data.scale=[1.0,1.0]", "train.epochs=8", "train.layer_decay=1.0",
+        "data.augment=false", "train.epochs=8", "train.layer_decay=1.0",
     )  # fmt: skip
     result = run(recipe, progress=False)
     assert result.results.test["accuracy"] > 0.8

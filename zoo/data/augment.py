@@ -5,8 +5,8 @@ timm's ImageNet training defaults, then the preset's changes, then what the mode
 the dataset plugin declare (an ``augmentation`` dict: the built-in ``mnist`` and ``mnist_cnn`` say
 no flips and no small crops, since a mirrored or cropped digit is another digit or none; the data
 has the last word, as it knows what keeps its labels), then the recipe's own keys
-(``data.hflip``, ``data.scale``, ...). ``none`` turns every setting off and ignores what the
-plugins declare: only the recipe's own keys augment then. The result is applied in one of two places:
+(``data.hflip``, ``data.scale``, ...). ``none`` turns every setting off, the recipe's own keys too
+(``ignored`` names them, for the run to say so). The result is applied in one of two places:
 
 - image datasets (PIL images, e.g. ``image_folder``): timm's ``create_transform`` in the
   DataLoader workers, after a torchvision ``RandomAffine`` when rotation or shifts are asked for,
@@ -62,12 +62,8 @@ class Augmentation:
 DIGITS = {"hflip": 0.0, "scale": (0.85, 1.0), "ratio": (0.9, 1.1), "color_jitter": 0.0, "degrees": 15.0,
           "translate": 0.1}  # fmt: skip
 
-# Settings that change nothing: what "none" leaves for the recipe's own keys to add to.
-NONE = Augmentation(scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0, color_jitter=0.0)
-
 # What each preset changes in timm's defaults.
 PRESETS: dict[str, dict[str, Any]] = {
-    "none": asdict(NONE),
     "light": {"scale": (0.8, 1.0), "color_jitter": 0.0},
     "default": {},
     "strong": {"auto_augment": "rand-m9-mstd0.5-inc1"},
@@ -76,22 +72,26 @@ RECIPE_KEYS = ("hflip", "scale", "color_jitter", "auto_augment", "degrees", "tra
 
 
 def resolve(config: DataConfig, model: object, dataset: object, on_tensors: bool) -> Augmentation | None:
-    """The training augmentation for ``config``, ``model`` and ``dataset``; None where it would change
-    nothing (``data.augment = "none"`` with no recipe key asking for more: timm's evaluation transform)."""
-    declared = {}  # what the model and the data allow bounds an augmentation; "none" asks for none
-    if config.augment != "none":
-        declared = declared_by(model) | _checked(facts(dataset).augmentation, "dataset")
+    """The training augmentation for ``config``, ``model`` and ``dataset`` (None for ``data.augment = "none"``)."""
+    if config.augment == "none":
+        return None
+    declared = declared_by(model) | _checked(facts(dataset).augmentation, "dataset")
     given = {key: getattr(config, key) for key in RECIPE_KEYS if getattr(config, key) is not None}
     settings = asdict(Augmentation()) | PRESETS[config.augment] | declared | given
     augmentation = Augmentation(**{key: tuple(v) if isinstance(v, list) else v for key, v in settings.items()})
-    if augmentation == NONE:
-        return None
     if on_tensors and augmentation.auto_augment and ("auto_augment" in given or config.augment == "strong"):
         raise ZooError(
             f"data.augment = {config.augment}: auto-augment needs PIL images, and {config.dataset} holds "
             "tensors; use data.augment = default or light"
         )
     return augmentation
+
+
+def ignored(config: DataConfig) -> list[str]:
+    """The recipe's augmentation keys that ``data.augment = "none"`` turns off (as timm's ``no_aug``)."""
+    if config.augment != "none":
+        return []
+    return [f"data.{key}" for key in RECIPE_KEYS if getattr(config, key) is not None]
 
 
 def declared_by(model: object) -> dict[str, Any]:

@@ -154,8 +154,11 @@ def _new_model(recipe: Recipe, splits: Splits, source: WeightSource) -> tuple[nn
 
 def describe_augmentation(setup: RunSetup) -> str:
     augmentation = setup.augmentation
+    if augmentation is None:
+        turned_off = augment.ignored(setup.recipe.data)
+        return "none" + (f" ({', '.join(turned_off)} ignored: none turns every augmentation off)" if turned_off else "")
     on_device = not setup.splits.images or setup.splits.train.decoded is not None
-    return augmentation.describe(on_device) if augmentation else "none"
+    return augmentation.describe(on_device)
 
 
 def print_setup(setup: RunSetup) -> None:
