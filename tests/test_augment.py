@@ -94,6 +94,17 @@ def test_image_transforms_follow_the_resolved_settings() -> None:
     assert "scale=(0.5, 1.0)" in augmented and "RandomAffine(degrees=[-10.0, 10.0], translate=(0.1, 0.1))" in augmented
     plain = repr(build_transform(preprocessing, training=True, augmentation=None))
     assert "Random" not in plain and "ColorJitter" not in plain and "Resize" in plain
+
+
+def test_training_without_augmentation_sees_the_evaluation_crop_as_the_image_cache_does() -> None:
+    """timm's no_aug transform resizes to the size and crops, without crop_pct: a non-square image then
+    gave the DataLoader path other pixels than the decoded cache (the evaluation's centre crop)."""
+    from PIL import Image
+
+    preprocessing = Preprocessing((3, 32, 32), (0.5,) * 3, (0.5,) * 3, interpolation="bilinear", crop_pct=0.875)
+    image = Image.fromarray(torch.randint(0, 256, (50, 28, 3), dtype=torch.uint8).numpy())
+    unaugmented = build_transform(preprocessing, training=True, augmentation=None, uint8=True)(image)
+    assert (unaugmented == build_transform(preprocessing, uint8=True)(image)).all()
     assert repr(build_transform(preprocessing)).startswith("ConvertThen('RGB'")
 
 

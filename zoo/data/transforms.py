@@ -128,8 +128,9 @@ def build_transform(
     augmentation: Augmentation | None = None,
     uint8: bool = False,
 ) -> Callable[[Any], Any]:
-    """timm's evaluation transform for ``preprocessing`` (its training one with ``augmentation``,
-    none when None), after converting each image to the model's channels.
+    """timm's evaluation transform for ``preprocessing`` (its training one with ``augmentation``),
+    after converting each image to the model's channels. Training without augmentation takes the
+    evaluation's centre crop, as the decoded image cache does: both paths train on the same pixels.
 
     ``uint8``: stop before normalising (timm's prefetcher form, a C x H x W uint8 array): workers
     then send a quarter of the bytes, and ``Batches`` normalises on the device.
@@ -137,9 +138,8 @@ def build_transform(
     from timm.data import create_transform
 
     options: dict[str, Any] = dict(preprocessing.to_config(), use_prefetcher=uint8)
-    if training:
-        options |= {"is_training": True, "no_aug": augmentation is None}
     if training and augmentation is not None:
+        options["is_training"] = True
         options |= {key: getattr(augmentation, key) for key in ("scale", "ratio", "hflip", "color_jitter")}
         options["auto_augment"] = augmentation.auto_augment
     transform = create_transform(**options)
