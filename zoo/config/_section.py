@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -23,6 +24,14 @@ class Section(BaseModel):
     # strict: a string where a number belongs is a mistake, not something to coerce; and TOML's
     # inf and nan are never a setting (an infinite learning rate trains NaN weights to the end).
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    def refuse_ignored(self, prefix: str, ignored: Iterable[str], because: str) -> None:
+        """A key of ``ignored`` that the recipe set (to other than its default) is one that the section's
+        choices leave unused (``because`` says which): an error, not a setting silently dropped."""
+        defaults = type(self).model_fields
+        for key in ignored:
+            if getattr(self, key) != defaults[key].default:
+                raise ValueError(f"{prefix}.{key} does not apply {because}")
 
 
 # Upper bounds on sizes: beyond them a value is a typo, not a run (they also keep products finite).

@@ -17,6 +17,12 @@ class HeadConfig(Section):
     hidden: list[Size] = Field([256], description="hidden widths of an mlp head")
     activation: Literal["relu", "gelu", "tanh", "sigmoid"] = Field("relu", description="activation of an mlp head")
 
+    @model_validator(mode="after")
+    def _mlp_keys_need_an_mlp(self) -> HeadConfig:
+        if self.type == "linear":
+            self.refuse_ignored("model.head", ["hidden", "activation"], 'to a linear head: set model.head.type = "mlp"')
+        return self
+
 
 class FreezeStage(Section):
     epoch: int = Field(ge=1, le=MAX_SIZE, description="first epoch (counting from 1) in which these parameters train")

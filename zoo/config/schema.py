@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -21,15 +20,6 @@ from . import sources
 from ._section import MAX_SIZE, NAME_PATTERN, Fraction, Monitored, Section, Size
 from .model_section import ModelConfig
 from .tune import TuneConfig
-
-
-def refuse_ignored_keys(section: Section, prefix: str, ignored: Iterable[str], because: str) -> None:
-    """A key of ``ignored`` that the recipe set (to other than its default) is one that the section's
-    choices leave unused (``because`` says which): an error, not a setting silently dropped."""
-    defaults = type(section).model_fields
-    for key in ignored:
-        if getattr(section, key) != defaults[key].default:
-            raise ValueError(f"{prefix}.{key} does not apply {because}")
 
 
 class DataConfig(Section):
@@ -120,9 +110,9 @@ class DataConfig(Section):
             raise ValueError(f"mixup and cutmix pair the images of a batch: batch_size must be even "
                              f"(got {self.batch_size})")  # fmt: skip
         if not (self.mixup and self.cutmix):
-            refuse_ignored_keys(self, "data", ["mix_switch_prob"], "without both data.mixup and data.cutmix")
+            self.refuse_ignored("data", ["mix_switch_prob"], "without both data.mixup and data.cutmix")
         if not (self.mixup or self.cutmix):
-            refuse_ignored_keys(self, "data", ["mix_prob"], "without data.mixup or data.cutmix")
+            self.refuse_ignored("data", ["mix_prob"], "without data.mixup or data.cutmix")
         return self
 
 
@@ -160,7 +150,7 @@ class OptimConfig(Section):
     def _keys_fit_optimizer(self) -> OptimConfig:
         accepted = OPTIMIZER_KEYS[self.name]
         ignored = [key for keys in OPTIMIZER_KEYS.values() for key in keys if key not in accepted]
-        refuse_ignored_keys(self, "optim", dict.fromkeys(ignored), f"to {self.name} (it takes: {', '.join(accepted)})")
+        self.refuse_ignored("optim", dict.fromkeys(ignored), f"to {self.name} (it takes: {', '.join(accepted)})")
         return self
 
 
@@ -189,7 +179,7 @@ class ScheduleConfig(Section):
         accepted = SCHEDULE_KEYS[self.name]
         ignored = [key for keys in SCHEDULE_KEYS.values() for key in keys if key not in accepted]
         takes = f"it takes: {', '.join(accepted)}" if accepted else "it takes no other key"
-        refuse_ignored_keys(self, "schedule", dict.fromkeys(ignored), f"to {self.name} ({takes})")
+        self.refuse_ignored("schedule", dict.fromkeys(ignored), f"to {self.name} ({takes})")
         return self
 
 
@@ -256,7 +246,7 @@ class TrainConfig(Section):
     @model_validator(mode="after")
     def _compile_mode_compiles(self) -> TrainConfig:
         if not self.compile:
-            refuse_ignored_keys(self, "train", ["compile_mode"], "without train.compile = true")
+            self.refuse_ignored("train", ["compile_mode"], "without train.compile = true")
         return self
 
 
