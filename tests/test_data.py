@@ -26,6 +26,16 @@ def test_select_classes_by_index_or_name_in_the_given_order() -> None:
         select_classes([1, "dog"], names)
 
 
+def test_an_integer_that_is_one_class_s_index_and_another_s_name_is_refused() -> None:
+    digits = [str(d) for d in range(10)]
+    assert select_classes([7, "2"], digits) == [7, 2]  # index and name agree
+    with pytest.raises(ZooError, match="1 is the index of class '2' but the name of class 0: write \"1\""):
+        select_classes([1, 2], ["1", "2", "3"])  # folders named 1, 2, 3: the user likely means the names
+    with pytest.raises(ZooError, match="7 is no index here but the name of class 1"):
+        select_classes([7], ["3", "7", "8"])
+    assert select_classes(["1", "2"], ["1", "2", "3"]) == [0, 1]
+
+
 def test_splits_relabel_stratify_and_take_per_class(mnist_dir: Path) -> None:
     config = DataConfig(dataset="mnist", classes=[7, 2], per_class=30, val_split=0.1)
     splits = load_splits(config, seed=0)

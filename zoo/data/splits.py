@@ -230,6 +230,11 @@ def select_classes(wanted: Sequence[int | str] | None, names: list[str]) -> list
     indices = []
     for item in wanted:
         if isinstance(item, int):
+            named = names.index(str(item)) if str(item) in names else None
+            if named is not None and named != item:  # folders named by numbers (ratings, years): which is meant?
+                which = f"the index of class '{names[item]}'" if 0 <= item < len(names) else "no index here"
+                raise ZooError(f'data.classes: {item} is {which} but the name of class {named}: write "{item}" '
+                               "(a string) for the class of that name, or list the classes by name")  # fmt: skip
             if not 0 <= item < len(names):
                 raise ZooError(f"data.classes: {item} is out of range (the dataset has classes 0..{len(names) - 1})")
             index = item
