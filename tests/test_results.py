@@ -17,7 +17,7 @@ from zoo import _locking as locking
 from zoo.cli import cli
 from zoo.config import recipe as recipes
 from zoo.runs import plots
-from zoo.runs.folder import RunResults
+from zoo.runs.folder import RunFolder, RunResults
 from zoo.runs.table import summary
 from zoo.training.runner import run
 
@@ -267,3 +267,21 @@ def test_a_running_run_whose_process_is_gone_shows_as_killed(tmp_path: Path) -> 
     (run.path / locking.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid()}))
     assert summary(run)["state"] == "killed"
     claim.release()
+
+
+@pytest.mark.parametrize(
+    ("results", "said"),
+    [
+        (RunResults(state="running", recipe_hash="abc"), "its run is killed"),
+        (RunResults(state="failed", recipe_hash="abc", reason="OSError: truncated"), "its run is failed: OSError"),
+    ],
+)
+def test_using_a_run_that_never_wrote_its_weights_says_what_became_of_it(
+    tmp_path: Path, results: RunResults, said: str
+) -> None:
+    run = write_finished_run(tmp_path / "run")
+    run.file(RunFolder.CONFIG).unlink()
+    run.write_results(results)
+    (run.path / locking.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid()}))
+    result = CliRunner().invoke(cli, ["eval", str(run.path)])
+    assert_user_error(result, f"{run.path} has no weights yet: {said}", f"--resume {run.path}")

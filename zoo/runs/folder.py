@@ -12,6 +12,8 @@ and writer of a run folder goes through ``RunFolder``, which writes through ``zo
 from __future__ import annotations
 
 import json
+import math
+import os
 import tomllib
 from functools import cached_property
 from pathlib import Path
@@ -118,12 +120,17 @@ class RunFolder:
 
     @classmethod
     def existing(cls, path: str | Path) -> RunFolder:
-        """The run folder at ``path``, which must exist and hold a run; a ZooError otherwise."""
+        """The run folder at ``path``, which must exist and hold a run that got as far as its weights; a
+        ZooError otherwise."""
         run = cls(path)
         if not run.path.is_dir():
             raise ZooError(f"run folder not found: {run.path}")
         if not run.is_run:
             raise ZooError(f"{run.path} is not a zoo run folder: it has no {cls.CONFIG}, {cls.RESULTS} or {cls.RECIPE}")
+        if not os.path.lexists(run.file(cls.CONFIG)) and run.state not in ("finished", "unknown"):  # not got so far
+            reason = run.results.reason
+            raise ZooError(f"{run.path} has no weights yet: its run is {run.state}{': ' + reason if reason else ''} "
+                           f"(`zoo run RECIPE --resume {run.path}` goes on from its last checkpoint)")  # fmt: skip
         return run
 
     @classmethod
@@ -214,8 +221,14 @@ class RunFolder:
 
     @property
     def state(self) -> str:
+        """results.json's state, but "killed" for a run "running" whose process is provably gone (killed
+        with ``kill -9``, or its machine restarted): ``zoo run --resume`` goes on with it."""
         results = self.results
-        return results.state if results else "unknown"
+        if results is None:
+            return "unknown"
+        if results.state == "running" and locking.is_abandoned(self.path, older_than=math.inf):
+            return "killed"
+        return results.state
 
     @property
     def hub_record(self) -> HubRecord | None:

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
-from .. import _locking as locking
 from ..config.schema import Recipe
 from ..errors import ZooError
 from .folder import RunFolder, RunResults
@@ -43,7 +41,7 @@ def summary(run: RunFolder) -> dict[str, Any]:
         "recipe": recipe.name,
         "backbone": recipe.model.backbone,
         "dataset": recipe.data.dataset,
-        "state": state(run, results),
+        "state": run.state,
         "kept": kept(results) if results else None,
         "training": training_notes(recipe, results) if results else None,
         "best_val": results.best_val_accuracy if results else None,
@@ -52,16 +50,6 @@ def summary(run: RunFolder) -> dict[str, Any]:
         "duration": results.train_seconds if results else None,
         "path": str(run.path),
     }
-
-
-def state(run: RunFolder, results: RunResults | None) -> str:
-    """results.json's state, but "killed" for a run "running" whose process is provably gone (killed with
-    ``kill -9``, or its machine restarted): ``zoo run --resume`` goes on with it."""
-    if results is None:
-        return "unknown"
-    if results.state == "running" and locking.is_abandoned(run.path, older_than=math.inf):
-        return "killed"
-    return results.state
 
 
 def kept(results: RunResults) -> str | None:
