@@ -244,6 +244,11 @@ BAD_RECIPES = {
         [],
         "data.mix_switch_prob does not apply without both data.mixup and data.cutmix",
     ),
+    "a negative weight in a list of class weights": (
+        MINIMAL,
+        ["loss.class_weights=[1.0,-1.0]"],
+        "override loss.class_weights: loss.class_weights[1]: Input should be greater than 0 (got -1.0)",
+    ),
     "mlp widths for a linear head": (
         MINIMAL,
         ["model.head.hidden=[8]"],

@@ -194,11 +194,16 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> set[str]:
 
 
 def _explain(exc: ValidationError, path: Path, override_keys: set[str]) -> str:
-    """One line for the first problem pydantic found: file, key, what is wrong, what is allowed."""
-    error = exc.errors()[0]
-    parts = [part for part in error["loc"] if isinstance(part, int) or _is_key(part)]
+    """One line for the first problem pydantic found: file, key, what is wrong, what is allowed. Of a
+    union's errors, the one that got deepest into the value: [1.0, -1.0] for "balanced" or a list of
+    weights is a list with a bad weight, not a wrong "balanced"."""
+    errors = exc.errors()
+    first = _key_parts(errors[0])
+    error = max((e for e in errors if _key_parts(e)[: len(first)] == first), key=lambda e: len(_key_parts(e)))
+    parts = _key_parts(error)
     key = ".".join(str(p) if isinstance(p, str) else f"[{p}]" for p in parts).replace(".[", "[")
-    origin = f"override {key}" if key in override_keys else str(path)
+    overridden = [given for given in override_keys if key == given or key.startswith((f"{given}.", f"{given}["))]
+    origin = f"override {overridden[0]}" if overridden else str(path)
     if error["type"] == "extra_forbidden":
         parent = _schema_at(parts[:-1])
         siblings = list(parent.model_fields) if parent else []
@@ -220,6 +225,11 @@ def _explain(exc: ValidationError, path: Path, override_keys: set[str]) -> str:
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _key_parts(error: Any) -> list[Any]:
+    """The keys and list indices of a pydantic error's location, without its union member tags."""
+    return [part for part in error["loc"] if isinstance(part, int) or _is_key(part)]
 
 
 def _is_key(part: Any) -> bool:
