@@ -45,10 +45,29 @@ def test_stage_parameters_start_frozen_and_come_back_with_their_rate() -> None:
     stage = FreezeStage(epoch=2, unfreeze=["0.*"], lr_mult=0.1)
     freeze.apply(model, FreezeConfig(stages=[stage]))
     assert "backbone.0.weight" not in trainable(model)
-    group = freeze.unfreeze_stage(model, stage, lr=0.5)
+    [group] = freeze.unfreeze_stage(model, stage, lr=0.5)
     assert group["lr"] == pytest.approx(0.05) and len(group["params"]) == 2
     assert "backbone.0.weight" in trainable(model)
-    assert freeze.unfreeze_stage(model, stage, lr=0.5) is None
+    assert freeze.unfreeze_stage(model, stage, lr=0.5) == []
+
+
+def test_released_parameters_keep_the_backbone_rate_and_layer_decay_their_group_would_have(mnist_dir: Path) -> None:
+    model = small_model()
+    stage = FreezeStage(epoch=2, unfreeze=["backbone"], lr_mult=0.5)
+    freeze.apply(model, FreezeConfig(freeze=["backbone"], stages=[stage]))
+    [group] = freeze.unfreeze_stage(model, stage, lr=0.4, backbone_lr_mult=0.1)
+    assert group["lr"] == pytest.approx(0.4 * 0.1 * 0.5) and len(group["params"]) == 4  # conv and norm
+
+    timm_model, _ = build_model(ModelConfig(backbone="timm/test_resnet"), ["a", "b"])
+    whole = freeze.param_groups(timm_model, lr=0.1, layer_decay=0.5, weight_decay=0.05)
+    freeze.apply(timm_model, FreezeConfig(freeze=["backbone"], stages=[stage]))
+    released = freeze.unfreeze_stage(timm_model, stage, lr=0.1, layer_decay=0.5, weight_decay=0.05)
+    rate_of = {id(p): (group["lr"], group["weight_decay"]) for group in whole for p in group["params"]}
+    assert len({group["lr"] for group in released}) > 1  # a rate per layer, not one flat rate
+    for group in released:
+        for parameter in group["params"]:
+            assert (group["lr"], group["weight_decay"]) == (rate_of[id(parameter)][0] * 0.5, rate_of[id(parameter)][1])
+    assert any(group["weight_decay"] == 0 for group in released)  # 1-D parameters: no weight decay
 
 
 def test_a_pattern_that_matches_nothing_is_a_user_error() -> None:

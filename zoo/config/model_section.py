@@ -27,7 +27,12 @@ class HeadConfig(Section):
 class FreezeStage(Section):
     epoch: int = Field(ge=1, le=MAX_SIZE, description="first epoch (counting from 1) in which these parameters train")
     unfreeze: list[str] = Field(description="glob patterns over parameter names, or 'backbone'")
-    lr_mult: float = Field(1.0, gt=0.0, le=100.0, description="their learning rate as a multiple of optim.lr")
+    lr_mult: float = Field(
+        1.0,
+        gt=0.0,
+        le=100.0,
+        description="their learning rate as a multiple of the one their group has (optim.lr, times optim.backbone_lr_mult or their layer's decay)",
+    )
 
 
 class FreezeConfig(Section):

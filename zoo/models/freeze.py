@@ -168,18 +168,31 @@ def _refuse_one_layer(model: nn.Module) -> None:
         )
 
 
-def unfreeze_stage(model: nn.Module, stage: FreezeStage, lr: float) -> dict | None:
-    """Unfreeze a stage's parameters; the optimiser group for them, or None if none were frozen."""
+def unfreeze_stage(
+    model: nn.Module,
+    stage: FreezeStage,
+    lr: float,
+    backbone_lr_mult: float = 1.0,
+    layer_decay: float | None = None,
+    weight_decay: float = 0.0,
+) -> list[dict]:
+    """Unfreeze a stage's parameters; their optimiser groups (none when none were frozen): each the
+    rate and weight decay ``param_groups`` gives it (the backbone's rate, its layer's), times the
+    stage's ``lr_mult``."""
     groups = named_groups(model)
-    released = []
+    released = set()
     for name, parameter in model.named_parameters():
         if not parameter.requires_grad and matches(name, stage.unfreeze, groups):
             parameter.requires_grad_(True)
-            released.append(parameter)
-    if not released:
-        return None
-    rate = lr * stage.lr_mult
-    return {"name": f"stage@{stage.epoch}", "params": released, "base_lr": rate, "lr": rate}
+            released.add(id(parameter))
+    stage_groups = []
+    for group in param_groups(model, lr, backbone_lr_mult, layer_decay, weight_decay) if released else []:
+        params = [parameter for parameter in group["params"] if id(parameter) in released]
+        if params:
+            rate = group["base_lr"] * stage.lr_mult
+            stage_groups.append(group | {"name": f"stage@{stage.epoch} {group['name']}", "params": params,
+                                         "base_lr": rate, "lr": rate})  # fmt: skip
+    return stage_groups
 
 
 def keep_frozen_bn_in_eval(model: nn.Module, train_bn: bool) -> None:

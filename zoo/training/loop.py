@@ -23,7 +23,7 @@ from ..runs.folder import RunFolder, State
 from ..tasks.multi_label import exact_matches
 from .loggers.fan_out import Loggers, create_loggers
 from .monitor import Monitor
-from .optim import lr_factor, set_lr
+from .optim import default_weight_decay, lr_factor, set_lr
 from .stopping import StopRequests, stopping_on_signals
 from .trainer_state import TrainerState, check_finite_weights
 
@@ -127,13 +127,16 @@ class Trainer(TrainerState):
                 self._apply_stage(index)
 
     def _apply_stage(self, index: int) -> None:
-        stage = self.recipe.model.freeze.stages[index]
-        group = freeze.unfreeze_stage(self.model, stage, self.recipe.optim.lr)
+        stage, optim = self.recipe.model.freeze.stages[index], self.recipe.optim
+        groups = freeze.unfreeze_stage(self.model, stage, optim.lr, optim.backbone_lr_mult, self.config.layer_decay,
+                                       default_weight_decay(optim))  # fmt: skip
         self.applied_stages.append(index)
-        if group:
+        for group in groups:
             self.optimizer.add_param_group(group)
+        if groups:
             self.forward = self._wrap(self.model)  # DDP must learn of the newly trainable parameters
-            log(f"epoch {stage.epoch}: unfroze {sum(p.numel() for p in group['params']):,} parameters")
+            released = sum(p.numel() for group in groups for p in group["params"])
+            log(f"epoch {stage.epoch}: unfroze {released:,} parameters")
 
     def fit(self, progress: bool) -> tuple[State, str]:
         """Train epoch after epoch to the end (or ``max_steps``, or an early stop): validate, log and
