@@ -307,6 +307,19 @@ def test_bad_image_folders_name_the_file(damage, message: str, mnist_png: Path, 
     assert_user_error(result, message)
 
 
+def test_a_linked_folder_in_a_class_is_read_and_a_link_back_up_is_one_line(mnist_png: Path, tmp_path: Path) -> None:
+    root = tmp_path / "images"
+    shutil.copytree(mnist_png, root)
+    before = len(zoo.create_dataset("image_folder", root, "train"))
+    (root / "train" / "1" / "more").symlink_to(mnist_png / "test" / "1")  # as torchvision's ImageFolder reads it
+    linked = zoo.create_dataset("image_folder", root, "train")
+    assert len(linked) == before + len(list((mnist_png / "test" / "1").iterdir()))
+    assert {label for path, label in linked.samples if "/more/" in path} == {1}
+    (root / "train" / "2" / "loop").symlink_to(root / "train" / "2")
+    with pytest.raises(ZooError, match="train/2/loop is .*train/2, which is read already: remove the link"):
+        zoo.create_dataset("image_folder", root, "train")
+
+
 def test_an_image_that_fails_to_decode_is_named_from_a_worker(mnist_png: Path, tmp_path: Path) -> None:
     root = tmp_path / "images"
     shutil.copytree(mnist_png, root)

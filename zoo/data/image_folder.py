@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,8 @@ def _scan(folder: Path, classes: tuple[str, ...], changed: tuple[int, ...]) -> l
         raise ZooError(f"data.root: {folder} has class folder(s) {unknown} that train/ lacks")
     samples = []
     for label, name in enumerate(classes):
-        for path in sorted((folder / name).rglob("*")):
-            if path.is_dir() or path.name.startswith("."):
+        for path in _files_under(folder / name):
+            if path.name.startswith("."):
                 continue
             if not path.name.lower().endswith(IMG_EXTENSIONS):
                 raise ZooError(f"data: {path} is not an image ({', '.join(IMG_EXTENSIONS)}); move it out of {folder}")
@@ -95,6 +96,24 @@ def _scan(folder: Path, classes: tuple[str, ...], changed: tuple[int, ...]) -> l
     if not samples:
         raise ZooError(f"data.root: no images under {folder}")
     return samples
+
+
+def _files_under(top: Path) -> list[Path]:
+    """Every file under ``top``, sorted: linked folders followed, as torchvision's ImageFolder does
+    (``os.walk`` with ``followlinks``), and a folder that cannot be read or is reached twice (a link
+    back up the tree, or to a folder already read) named in one line, not skipped or walked forever."""
+
+    def unreadable(exc: OSError) -> None:
+        raise ZooError(f"data: cannot read {exc.filename}: {exc.strerror}")
+
+    files, walked = [], set()
+    for root, _folders, names in os.walk(top, onerror=unreadable, followlinks=True):
+        real = os.path.realpath(root)
+        if real in walked:
+            raise ZooError(f"data: {root} is {real}, which is read already: remove the link to it")
+        walked.add(real)
+        files += [Path(root) / name for name in names]
+    return sorted(files)
 
 
 def _split(samples: list[tuple[str, int]], split: str, test_split: float, seed: int) -> list[tuple[str, int]]:
