@@ -285,3 +285,17 @@ def test_using_a_run_that_never_wrote_its_weights_says_what_became_of_it(
     (run.path / locking.LOCK_NAME).write_text(json.dumps({"host": socket.gethostname(), "pid": dead_pid()}))
     result = CliRunner().invoke(cli, ["eval", str(run.path)])
     assert_user_error(result, f"{run.path} has no weights yet: {said}", f"--resume {run.path}")
+
+
+def test_compare_shows_how_many_processes_each_run_trained_with(tmp_path: Path) -> None:
+    """--nproc 2 doubles the global batch and halves the steps, which no recipe key shows."""
+    runs = [write_finished_run(tmp_path / name) for name in ("one", "two")]
+    for folder, processes in zip(runs, (1, 2)):
+        folder.write_results(RunResults(state="finished", recipe_hash="abc", world_size=processes))
+    result = CliRunner().invoke(cli, ["runs", "--compare", str(runs[0].path), str(runs[1].path)])
+    assert result.exit_code == 0, result.output
+    assert next(line for line in result.output.splitlines() if line.startswith("processes")).split() == [
+        "processes",
+        "1",
+        "2",
+    ]

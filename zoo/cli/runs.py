@@ -43,7 +43,7 @@ def runs(paths: tuple[str, ...], compare: bool, sort_by: str, as_json: bool) -> 
         rows = [(key, *(json.dumps(run_folders.value_at(r, key)) for r in recipes)) for key in keys]
         rows += [
             (metric, *(_cell(metric, s[metric]) for s in summaries))
-            for metric in ("state", "kept", "best_val", "test_acc", "test_f1", "duration")
+            for metric in ("processes", "state", "kept", "best_val", "test_acc", "test_f1", "duration")
         ]
         print_table(rows, ("KEY", *(s["name"] for s in summaries)))
         return

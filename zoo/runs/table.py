@@ -30,7 +30,7 @@ def summary(run: RunFolder) -> dict[str, Any]:
     try:
         recipe, results = run.recipe, run.results
     except ZooError as exc:
-        return dict.fromkeys([*COLUMNS, "test_f1", "training"]) | {
+        return dict.fromkeys([*COLUMNS, "test_f1", "training", "processes"]) | {
             "name": run.path.name,
             "state": f"damaged ({exc})",
             "path": str(run.path),
@@ -48,6 +48,7 @@ def summary(run: RunFolder) -> dict[str, Any]:
         "test_acc": test.get("accuracy"),
         "test_f1": test.get("f1"),
         "duration": results.train_seconds if results else None,
+        "processes": results.world_size if results else None,  # the global batch is data.batch_size times it
         "path": str(run.path),
     }
 
