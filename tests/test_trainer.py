@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zoo.config import recipe as recipes
+from zoo.errors import ZooError
 from zoo.runs.folder import RunFolder
 from zoo.training import checkpoint
 from zoo.training.loop import Trainer
@@ -42,7 +43,9 @@ def test_fit_trains_every_epoch_validates_logs_and_checkpoints(mnist_dir: Path, 
     assert len(trainer.learning_rates()) == trainer.total_steps
 
 
-def test_a_resumed_run_counts_the_time_its_earlier_sessions_trained(mnist_dir: Path, tmp_path: Path) -> None:
+def test_a_resumed_run_counts_the_time_its_earlier_sessions_trained(
+    mnist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     first = trainer_for(tmp_path, "train.epochs=2", "train.max_steps=6")
     first.fit(progress=False)
     [saved] = first.folder.checkpoints
@@ -54,6 +57,15 @@ def test_a_resumed_run_counts_the_time_its_earlier_sessions_trained(mnist_dir: P
     resumed.fit(progress=False)
     total = resumed.seconds()
     assert total > state["seconds"] + (resumed.history[-1]["seconds"])  # both sessions' epochs, and more
+
+    def damaged(*args: object, **kwargs: object) -> tuple[dict, dict]:
+        tensors, state = load_own(*args, **kwargs)
+        return tensors, state | {"seconds": "an hour"}
+
+    load_own = checkpoint.load_own
+    monkeypatch.setattr(checkpoint, "load_own", damaged)
+    with pytest.raises(ZooError, match="does not fit this run \\(its seconds trained, 'an hour', is no time\\)"):
+        trainer_for(tmp_path, "train.epochs=2").load_checkpoint(saved)
 
 
 def test_gradient_accumulation_and_max_steps_count_optimiser_steps(mnist_dir: Path, tmp_path: Path) -> None:

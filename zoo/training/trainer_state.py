@@ -157,6 +157,9 @@ class TrainerState:
             self.monitor.restore(state.get("monitor", {}))
             if "adapter_base" in state:
                 adapters.restore_base(self.model, state["adapter_base"])
+            seconds = state.get("seconds", 0.0)  # older zoo's checkpoints kept no time
+            if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 <= seconds < 1e12:
+                raise ValueError(f"its seconds trained, {seconds!r}, is no time")
         except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
             detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ZooError(
@@ -165,7 +168,7 @@ class TrainerState:
         self.step, self.epoch, self.position = (state[k] for k in ("step", "epoch", "position"))
         self.seen = state["seen"]
         self.history = state["history"]
-        self.earlier_seconds = state.get("seconds", 0.0)  # older zoo's checkpoints kept no time
+        self.earlier_seconds = float(seconds)
 
     def _load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
         """The model's (and the EMA's) weights from a checkpoint's tensors."""
