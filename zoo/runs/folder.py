@@ -127,9 +127,10 @@ class RunFolder:
             raise ZooError(f"run folder not found: {run.path}")
         if not run.is_run:
             raise ZooError(f"{run.path} is not a zoo run folder: it has no {cls.CONFIG}, {cls.RESULTS} or {cls.RECIPE}")
-        if not os.path.lexists(run.file(cls.CONFIG)) and run.state not in ("finished", "unknown"):  # not got so far
-            reason = run.results.reason
-            raise ZooError(f"{run.path} has no weights yet: its run is {run.state}{': ' + reason if reason else ''} "
+        results = None if os.path.lexists(run.file(cls.CONFIG)) else run.results
+        if results is not None and run.state_of(results) != "finished":  # it has not got as far as its weights
+            why = f": {results.reason}" if results.reason else ""
+            raise ZooError(f"{run.path} has no weights yet: its run is {run.state_of(results)}{why} "
                            f"(`zoo run RECIPE --resume {run.path}` goes on from its last checkpoint)")  # fmt: skip
         return run
 
@@ -221,9 +222,11 @@ class RunFolder:
 
     @property
     def state(self) -> str:
-        """results.json's state, but "killed" for a run "running" whose process is provably gone (killed
-        with ``kill -9``, or its machine restarted): ``zoo run --resume`` goes on with it."""
-        results = self.results
+        return self.state_of(self.results)
+
+    def state_of(self, results: RunResults | None) -> str:
+        """The state of ``results`` (this folder's, read already), but "killed" for a run "running" whose
+        process is provably gone (``kill -9``, or its machine restarted): ``zoo run --resume`` goes on with it."""
         if results is None:
             return "unknown"
         if results.state == "running" and locking.is_abandoned(self.path, older_than=math.inf):

@@ -41,7 +41,7 @@ def summary(run: RunFolder) -> dict[str, Any]:
         "recipe": recipe.name,
         "backbone": recipe.model.backbone,
         "dataset": recipe.data.dataset,
-        "state": run.state,
+        "state": run.state_of(results),
         "kept": kept(results) if results else None,
         "training": training_notes(recipe, results) if results else None,
         "best_val": results.best_val_accuracy if results else None,
