@@ -162,11 +162,13 @@ def zoo_runner(recipe_name: str, epochs: int, max_steps: int | None, seed: int |
 
     from zoo.config.recipe import load
     from zoo.inference.evaluate import evaluate
+    from zoo.parallel.device import keep_freed_host_memory
     from zoo.runs.folder import RunFolder
     from zoo.training import checkpoint
     from zoo.training.runner import run
     from zoo.training.setup import build_run
 
+    keep_freed_host_memory()  # as `zoo run` does in its process
     folder = Path(tempfile.mkdtemp()) / "run"
     overrides = [f"output.dir={folder}", f"train.keep_checkpoints={epochs}"]
     if max_steps:

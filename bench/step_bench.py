@@ -7,7 +7,8 @@
 Each setting trains two contenders on MNIST in one interpreter, in alternating chunks of
 ``--chunk`` optimiser steps (their order swapped every round), and reports the median images/s of
 each over ``--rounds`` rounds and the median of the per-round ratios: a machine shared with other
-work slows both sides of a round alike, which a run-after-run comparison cannot promise.
+work slows both sides of a round alike, which a run-after-run comparison cannot promise. The
+interpreter keeps freed memory as ``zoo run`` does (``keep_freed_host_memory``), for both sides.
 
   zoo     zoo's own ``Trainer`` (zoo/training/loop.py) on recipes/mnist.toml with the setting's overrides,
           its epochs cut into chunks by ``max_steps``: the step `zoo run` takes, with its bookkeeping
@@ -17,8 +18,10 @@ work slows both sides of a round alike, which a run-after-run comparison cannot 
           ToTensor + Normalize, DataLoader(batch 64, shuffle), Adadelta(lr 1.0), StepLR(gamma 0.7), fp32;
           zoo runs the same settings (``CLASSIC`` below)
 
-Also measured, each in a fresh process, best of three: a one-step run of recipes/mnist.toml against
-``python -c "import torch"`` plus the run's own test pass (the test time it reports).
+Also measured, each in a fresh process: zoo's steps and test pass with glibc's default malloc settings
+and with those ``zoo run`` makes (``keep_freed_host_memory``), processes of each alternating; and in
+five rounds, a one-step run of recipes/mnist.toml against ``python -c "import torch"`` plus the run's
+own test pass (the test time it reports), the median of each round's difference.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 
@@ -235,48 +239,118 @@ def classic_table(chunk: int, rounds: int) -> list[str]:
     ]
 
 
-def best_of(command: list[str], times: int = 3, **kwargs) -> tuple[float, subprocess.CompletedProcess]:
-    best, result = math.inf, None
-    for _ in range(times):
+def allocator_child(setting: str, kept: bool, chunk: int) -> float:
+    """One side of ``allocator_table`` in this process: zoo's steps (or its test pass) in images/s."""
+    if kept:
+        from zoo.parallel.device import keep_freed_host_memory
+
+        assert keep_freed_host_memory(), "glibc's malloc, untuned by the environment, is needed here"
+    if setting == "test":
+        from zoo.config.recipe import load
+        from zoo.inference.evaluate import evaluate
+        from zoo.training.setup import build_run
+
+        setup = build_run(load(RECIPE), progress=False)
+        batches, passes = setup.batches(setup.splits.test), []
+        for _ in range(3):
+            started = time.perf_counter()
+            evaluate(setup.model, batches, setup.loss_fn, setup.splits.label_names, setup.dtype)
+            passes.append(len(setup.splits.test) / (time.perf_counter() - started))
+        return statistics.median(passes)
+    overrides = CLASSIC if setting == "classic" else [f"data.batch_size={setting.split(':')[0]}",
+                                                      f"train.precision={setting.split(':')[1]}"]  # fmt: skip
+    steps = ZooSteps(overrides)
+    steps.run(chunk // 4)  # warms oneDNN's kernels up
+    rates = []
+    for _ in range(4):
         started = time.perf_counter()
-        result = subprocess.run(command, check=True, capture_output=True, text=True, **kwargs)
-        best = min(best, time.perf_counter() - started)
-    return best, result
+        rates.append(steps.run(chunk) / (time.perf_counter() - started))
+    return statistics.median(rates)
 
 
-def startup_table() -> list[str]:
-    """A one-step `zoo run` of recipes/mnist.toml, against importing torch plus that run's test pass."""
+def allocator_table(chunk: int, pairs: int) -> list[str]:
+    """zoo's steps and test pass with glibc's default malloc settings and with those `zoo run` and
+    `zoo eval` make (``keep_freed_host_memory``): a process's setting, so a process per side, the
+    two sides alternating ``pairs`` times."""
+    lines = [
+        "| zoo's (batch:precision) | glibc's default images/s | kept for the next step images/s | "
+        "kept / default (median, range over pairs) |",
+        "|---|---|---|---|",
+    ]
+    precision = "bf16" if _native_bf16() else "fp32"
+    for setting in ("32:fp32", f"256:{precision}", "classic", "test"):
+        print(f"allocator, {setting} ...", file=sys.stderr, flush=True)
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        for number in range(pairs):
+            for kept in (False, True) if number % 2 else (True, False):
+                child = [sys.executable, __file__, "--chunk", str(chunk), "--allocator-child", setting]
+                output = subprocess.run([*child, *(["--kept"] if kept else [])], check=True, capture_output=True,
+                                        text=True).stdout  # fmt: skip
+                rates[kept].append(float(output))
+        ratios = [kept / default for kept, default in zip(rates[True], rates[False])]
+        name = {"classic": "classic settings (64:fp32, Adadelta)", "test": "test pass (10,000 images, 512:"
+                f"{precision})"}.get(setting, setting)  # fmt: skip
+        lines.append(
+            f"| {name} | {statistics.median(rates[False]):.0f} | {statistics.median(rates[True]):.0f} | "
+            f"{statistics.median(ratios):.3f}x ({min(ratios):.2f}-{max(ratios):.2f}) |"
+        )
+    return lines
+
+
+def seconds(command: list[str]) -> float:
+    """The wall time of ``command`` in a fresh process."""
+    started = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True, text=True)
+    return time.perf_counter() - started
+
+
+def startup_table(rounds: int = 5) -> list[str]:
+    """A one-step `zoo run` of recipes/mnist.toml, against importing torch plus that run's test pass:
+    each measured once a round, so that a slow spell of the machine slows one round, not one side."""
     print("start-up ...", file=sys.stderr, flush=True)
     zoo = str(Path(sys.executable).with_name("zoo"))
-    torch_import, _ = best_of([sys.executable, "-c", "import torch"])
     # torch.optim's first optimiser imports torch._dynamo (its methods are wrapped to be skipped by
     # torch.compile): a cost of every training loop, hand-written or not.
     optimiser = "import torch; torch.optim.AdamW([torch.zeros(1, requires_grad=True)])"
-    with_optimiser, _ = best_of([sys.executable, "-c", optimiser])
+    measured: dict[str, list[float]] = {"import": [], "optimiser": [], "test": [], "run": []}
     with tempfile.TemporaryDirectory() as scratch:
-        run = [zoo, "run", str(RECIPE), "train.max_steps=1", "--quiet"]
-        one_step = min(best_of([*run, f"output.dir={scratch}/{number}"], 1)[0] for number in range(3))
-    test_seconds = test_pass_seconds()
-    over = one_step - torch_import - test_seconds
+        for number in range(rounds):
+            measured["import"].append(seconds([sys.executable, "-c", "import torch"]))
+            measured["optimiser"].append(seconds([sys.executable, "-c", optimiser]))
+            measured["test"].append(test_pass_seconds())
+            run = [zoo, "run", str(RECIPE), "train.max_steps=1", "--quiet", f"output.dir={scratch}/{number}"]
+            measured["run"].append(seconds(run))
+    rows = zip(measured["run"], measured["import"], measured["optimiser"], measured["test"])
+    over, over_optimiser = zip(
+        *((run - imported - test, run - optimiser - test) for run, imported, optimiser, test in rows)
+    )
+
+    def median(values: Sequence[float]) -> str:
+        return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
+
+    goal = "met" if statistics.median(over) <= 1.5 else "NOT met"
     return [
-        "| | seconds |",
+        f"| median of {rounds} rounds (range) | seconds |",
         "|---|---|",
-        f'| `python -c "import torch"` | {torch_import:.2f} |',
-        f"| ... and create one torch.optim optimiser (imports torch._dynamo) | {with_optimiser:.2f} |",
-        f"| the run's test pass (zoo's evaluate on the 10,000 test images) | {test_seconds:.2f} |",
-        f"| one-step `zoo run recipes/mnist.toml train.max_steps=1 --quiet` | {one_step:.2f} |",
-        f"| over import + test pass (goal: at most 1.5) | {over:.2f} ({'met' if over <= 1.5 else 'NOT met'}) |",
-        f"| over import with an optimiser + test pass | {one_step - with_optimiser - test_seconds:.2f} |",
+        f'| `python -c "import torch"` | {median(measured["import"])} |',
+        f"| ... and create one torch.optim optimiser (imports torch._dynamo) | {median(measured['optimiser'])} |",
+        f"| the run's test pass (zoo's evaluate on the 10,000 test images) | {median(measured['test'])} |",
+        f"| one-step `zoo run recipes/mnist.toml train.max_steps=1 --quiet` | {median(measured['run'])} |",
+        f"| the run over import + test pass, in the same round (goal: at most 1.5) | {median(over)} ({goal}) |",
+        f"| the run over import with an optimiser + test pass, in the same round | {median(over_optimiser)} |",
     ]
 
 
-# The run's test pass as its own process would take it: the first evaluation, caches cold.
+# The run's test pass as its own process would take it: the first evaluation, caches cold, malloc set
+# as `zoo run` sets it.
 TEST_PASS = f"""
 import time
 from zoo.config.recipe import load
 from zoo.inference.evaluate import evaluate
+from zoo.parallel.device import keep_freed_host_memory
 from zoo.training.setup import build_run
 
+keep_freed_host_memory()
 setup = build_run(load({str(RECIPE)!r}), progress=False)
 batches = setup.batches(setup.splits.test)
 started = time.perf_counter()
@@ -286,9 +360,8 @@ print(time.perf_counter() - started)
 
 
 def test_pass_seconds() -> float:
-    """zoo's evaluation of the MNIST test split, as a run's finish does it: the best of three fresh processes."""
-    return min(float(subprocess.run([sys.executable, "-c", TEST_PASS], check=True, capture_output=True,
-                                    text=True).stdout) for _ in range(3))  # fmt: skip
+    """zoo's evaluation of the MNIST test split, as a run's finish does it, in a fresh process."""
+    return float(subprocess.run([sys.executable, "-c", TEST_PASS], check=True, capture_output=True, text=True).stdout)
 
 
 def machine() -> str:
@@ -310,24 +383,39 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7, help="rounds of alternating chunks (one more warms up)")
     parser.add_argument("--only", nargs="+", metavar="BATCH:PRECISION", help="just these steps (e.g. 32:fp32)")
     parser.add_argument("--startup", action="store_true", help="just the start-up table (printed, not written)")
+    parser.add_argument("--allocator", action="store_true", help="just the allocator table (printed, not written)")
+    parser.add_argument("--pairs", type=int, default=4, help="the allocator table's pairs of processes")
     parser.add_argument("--write", action="store_true", help=f"put the tables in bench/RESULTS.md under '{SECTION}'")
+    parser.add_argument("--allocator-child", metavar="SETTING", help=argparse.SUPPRESS)
+    parser.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from zoo.parallel.device import configure
+    if args.allocator_child:
+        print(allocator_child(args.allocator_child, args.kept, args.chunk))
+        return
+    from zoo.parallel.device import configure, keep_freed_host_memory
 
     configure(torch.device("cpu"), deterministic=False)
+    # Both sides of the in-process tables keep freed memory as `zoo run` does: what zoo adds, not what
+    # glibc's defaults take from a hand loop (that is the allocator table's, a process per side).
+    keep_freed_host_memory()
     header = [
         f"Command: `python bench/step_bench.py {' '.join(sys.argv[1:])}`",
         f"Date: {date.today().isoformat()}; CPU: {machine()}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; chunks of {args.chunk} steps, {args.rounds} rounds",
         "",
     ]
-    if args.only or args.startup:  # a second look: printed, not written
-        print("\n".join(header + (steps_table(args.chunk, args.rounds, args.only) if args.only else startup_table())))
+    if args.only or args.startup or args.allocator:  # a second look: printed, not written
+        if args.only:
+            print("\n".join(header + steps_table(args.chunk, args.rounds, args.only)))
+        else:
+            print("\n".join(header + (startup_table() if args.startup else allocator_table(args.chunk, args.pairs))))
         return
     body = [
         *steps_table(args.chunk, args.rounds),
         "",
         *classic_table(args.chunk, args.rounds),
+        "",
+        *allocator_table(args.chunk, args.pairs),
         "",
         *startup_table(),
     ]

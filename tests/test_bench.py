@@ -180,6 +180,7 @@ def test_the_step_bench_contenders_train_exactly_the_steps_asked(mnist_dir: Path
     assert result["zoo"] > 0 and result["classic"] > 0 and result["ratio"] == result["zoo"] / result["classic"]
     hand = step_bench.HandSteps(["data.batch_size=8"])
     assert hand.run(3) == 24 and hand.step == 3
+    assert step_bench.allocator_child("8:fp32", kept=False, chunk=4) > 0  # the allocator table's side, unset
 
 
 @pytest.mark.slow

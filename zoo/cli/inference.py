@@ -33,9 +33,11 @@ def eval_command(ctx: click.Context, run_folder: str, split: str, as_json: bool,
     """
 
     from ..inference.evaluate import evaluate_run
+    from ..parallel.device import keep_freed_host_memory
     from ..sharing.resolve import local_run_folder
 
     overrides = _data_overrides(ctx, "RUN, --split, --json, --errors")
+    keep_freed_host_memory()  # its batches reuse the memory they free
     metrics = evaluate_run(local_run_folder(run_folder), split, overrides, errors)
     if as_json:
         click.echo(json.dumps(metrics, indent=2))

@@ -78,6 +78,7 @@ def run(
     """
 
     from ..config import recipe as recipes
+    from ..parallel.device import keep_freed_host_memory
     from ..parallel.distributed import end_with_launcher, is_main, rank_left, teardown
     from ..training.runner import latest_run
     from ..training.runner import run as run_recipe
@@ -93,6 +94,7 @@ def run(
         verbose = ["--verbose"] if click.get_current_context().find_root().params["verbose"] else []
         launch.torchrun(nproc, [*verbose, "run", recipe_path, *overrides, *flags])
         return
+    keep_freed_host_memory()  # this process trains: its steps reuse the memory they free
     run_folder = None
     if resume:
         run_folder = latest_run(recipe) if resume == "latest" else Path(resume)
