@@ -161,6 +161,7 @@ def zoo_runner(recipe_name: str, epochs: int, max_steps: int | None, seed: int |
     import torch
 
     from zoo.config.recipe import load
+    from zoo.config.sources import LocalFolder
     from zoo.inference.evaluate import evaluate
     from zoo.parallel.device import keep_freed_host_memory
     from zoo.runs.folder import RunFolder
@@ -178,7 +179,7 @@ def zoo_runner(recipe_name: str, epochs: int, max_steps: int | None, seed: int |
     recipe = load(REPO / "recipes" / recipe_name, overrides)
     result = run(recipe, progress=False)
     history = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    setup = build_run(recipe, progress=False, trained=RunFolder(folder))
+    setup = build_run(recipe, progress=False, source=LocalFolder(folder))  # each epoch's weights loaded below
     model, batches, label_names = setup.model, setup.batches(setup.splits.test), setup.splits.label_names
     epochs_out = []
     for record, saved in zip(history, RunFolder(folder).checkpoints):

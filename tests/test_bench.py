@@ -183,6 +183,17 @@ def test_the_step_bench_contenders_train_exactly_the_steps_asked(mnist_dir: Path
     assert step_bench.allocator_child("8:fp32", kept=False, chunk=4) > 0  # the allocator table's side, unset
 
 
+def test_the_mnist_bench_scores_each_epoch_of_zoos_runner_and_of_the_loop(mnist_dir: Path) -> None:
+    """bench/mnist_bench.py's contenders, a few steps each in their own processes as the bench runs them."""
+    bench = [sys.executable, str(REPO / "bench" / "mnist_bench.py"), "--epochs", "1", "--max-steps", "3"]
+    for contender in ("zoo:mnist.toml", "loop"):
+        result = subprocess.run([*bench, "--contender", contender], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        measured = json.loads(result.stdout.splitlines()[-1])
+        assert [epoch["images"] for epoch in measured["epochs"]] == [3 * 256], contender
+        assert 0.0 < measured["epochs"][0]["test_accuracy"] < 1.0 and measured["peak_mb"] > 0
+
+
 @pytest.mark.slow
 def test_the_adapter_bench_counts_what_trains_and_what_is_shared(mnist_dir: Path) -> None:
     """The adapter bench at a tiny size: both runs finish, and its LoRA row counts exactly the adapter and head."""
