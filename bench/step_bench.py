@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -240,7 +241,8 @@ def classic_table(chunk: int, rounds: int) -> list[str]:
 
 
 def allocator_child(setting: str, kept: bool, chunk: int) -> float:
-    """One side of ``allocator_table`` in this process: zoo's steps (or its test pass) in images/s."""
+    """One side of ``allocator_table`` in this process: zoo's steps (or its test pass) in images/s
+    (this process's peak memory then says what keeping freed memory costs)."""
     if kept:
         from zoo.parallel.device import keep_freed_host_memory
 
@@ -274,25 +276,29 @@ def allocator_table(chunk: int, pairs: int) -> list[str]:
     two sides alternating ``pairs`` times."""
     lines = [
         "| zoo's (batch:precision) | glibc's default images/s | kept for the next step images/s | "
-        "kept / default (median, range over pairs) |",
-        "|---|---|---|---|",
+        "kept / default (median, range over pairs) | peak MiB, default / kept (median) |",
+        "|---|---|---|---|---|",
     ]
     precision = "bf16" if _native_bf16() else "fp32"
     for setting in ("32:fp32", f"256:{precision}", "classic", "test"):
         print(f"allocator, {setting} ...", file=sys.stderr, flush=True)
         rates: dict[bool, list[float]] = {False: [], True: []}
+        peaks: dict[bool, list[float]] = {False: [], True: []}
         for number in range(pairs):
             for kept in (False, True) if number % 2 else (True, False):
                 child = [sys.executable, __file__, "--chunk", str(chunk), "--allocator-child", setting]
                 output = subprocess.run([*child, *(["--kept"] if kept else [])], check=True, capture_output=True,
                                         text=True).stdout  # fmt: skip
-                rates[kept].append(float(output))
+                rate, peak = map(float, output.split())
+                rates[kept].append(rate)
+                peaks[kept].append(peak)
         ratios = [kept / default for kept, default in zip(rates[True], rates[False])]
         name = {"classic": "classic settings (64:fp32, Adadelta)", "test": "test pass (10,000 images, 512:"
                 f"{precision})"}.get(setting, setting)  # fmt: skip
         lines.append(
             f"| {name} | {statistics.median(rates[False]):.0f} | {statistics.median(rates[True]):.0f} | "
-            f"{statistics.median(ratios):.3f}x ({min(ratios):.2f}-{max(ratios):.2f}) |"
+            f"{statistics.median(ratios):.3f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+            f"{statistics.median(peaks[False]):.0f} / {statistics.median(peaks[True]):.0f} |"
         )
     return lines
 
@@ -390,7 +396,8 @@ def main() -> None:
     parser.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.allocator_child:
-        print(allocator_child(args.allocator_child, args.kept, args.chunk))
+        rate = allocator_child(args.allocator_child, args.kept, args.chunk)
+        print(rate, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
         return
     from zoo.parallel.device import configure, keep_freed_host_memory
 

@@ -22,6 +22,7 @@ from zoo.config import recipe as recipes
 from zoo.config.recipe import default_data_dir
 from zoo.data.mnist import write_image_folder
 from zoo.errors import ZooError
+from zoo.parallel import device
 from zoo.plugins import _registry as registry
 from zoo.runs.folder import RunFolder, RunResults
 
@@ -45,6 +46,8 @@ def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(variable, str(trackers / "wandb"))
     monkeypatch.setenv("WANDB_MODE", "offline")
     trackers.mkdir(exist_ok=True)
+    # `zoo run` and `zoo eval` invoked in this process must not retune its malloc for the tests after them.
+    monkeypatch.setattr(device, "keep_freed_host_memory", lambda: False)
     monkeypatch.chdir(tmp_path)
     registry.refresh()
     yield tmp_path

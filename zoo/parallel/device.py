@@ -67,8 +67,6 @@ def configure(device: torch.device, deterministic: bool) -> None:
 # glibc's mallopt parameters (malloc.h), and the largest mmap threshold it accepts on a 64-bit system.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _LARGEST_MMAP_THRESHOLD = 32 << 20
-# The environment through which a user tunes glibc's malloc themselves: theirs wins.
-_USER_MALLOC_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
 
 
 def keep_freed_host_memory() -> bool:
@@ -76,18 +74,21 @@ def keep_freed_host_memory() -> bool:
 
     A step on the CPU allocates and frees its activations, megabytes each. By default glibc maps the
     largest afresh and hands freed memory back to the system, so every step page-faults them in again
-    (about 3,000 faults a step for the MNIST CNN at batch 32): blocks of up to 32 MiB now come from
-    the heap, which is never trimmed. ``bench/step_bench.py --allocator``: steps 1.15x-1.33x faster,
-    the test pass 1.32x, at the same peak memory; the process holds its peak until it exits.
-    PyTorch's own CPU launcher (``torch.backends.xeon.run_cpu``) preloads tcmalloc or jemalloc for
-    the same reason.
+    (thousands of faults a step for the MNIST CNN at batch 32, none once kept): blocks of up to 32 MiB
+    now come from the heap, which is never trimmed. ``bench/step_bench.py --allocator``: steps
+    1.15x-1.33x faster, the test pass 1.32x; the cost is a higher peak (5-12% in a review's runs: the
+    heap's fragments), held until the process exits. PyTorch's own CPU launcher
+    (``torch.backends.xeon.run_cpu``) preloads tcmalloc or jemalloc for the same reason.
 
     The process's setting, so only ``zoo run`` and ``zoo eval`` make it, which own theirs; not where
-    the allocator is not glibc's, nor where the user tuned it (``GLIBC_TUNABLES``, ``MALLOC_*_``).
+    the allocator is not glibc's (another libc, or a malloc in ``LD_PRELOAD``), nor where the user
+    tuned glibc's (``GLIBC_TUNABLES`` glibc.malloc.*, any ``MALLOC_*`` variable).
     """
-    if platform.libc_ver()[0] != "glibc":
+    if platform.libc_ver()[0] != "glibc" or "malloc" in os.environ.get("LD_PRELOAD", ""):
         return False
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(map(os.environ.get, _USER_MALLOC_SETTINGS)):
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "") or any(
+        name.startswith("MALLOC_") for name in os.environ
+    ):
         return False
     libc = ctypes.CDLL(None)
     # Setting the mmap threshold also stops glibc from moving it (and the trim threshold) by itself.
