@@ -128,9 +128,10 @@ class RunFolder:
         if not run.is_run:
             raise ZooError(f"{run.path} is not a zoo run folder: it has no {cls.CONFIG}, {cls.RESULTS} or {cls.RECIPE}")
         results = None if os.path.lexists(run.file(cls.CONFIG)) else run.results
-        if results is not None and run.state_of(results) != "finished":  # it has not got as far as its weights
+        state = run.state_of(results) if results is not None else "finished"
+        if state != "finished":  # it has not got as far as its weights
             why = f": {results.reason}" if results.reason else ""
-            raise ZooError(f"{run.path} has no weights yet: its run is {run.state_of(results)}{why} "
+            raise ZooError(f"{run.path} has no weights yet: its run is {state}{why} "
                            f"(`zoo run RECIPE --resume {run.path}` goes on from its last checkpoint)")  # fmt: skip
         return run
 
