@@ -13,12 +13,14 @@ interpreter keeps freed memory as ``zoo run`` does (``keep_freed_host_memory``),
   zoo     zoo's own ``Trainer`` (zoo/training/loop.py) on recipes/mnist.toml with the setting's overrides,
           its epochs cut into chunks by ``max_steps``: the step `zoo run` takes, with its bookkeeping
   hand    the same model, recipe and in-memory uint8 tensors in the best plain loop (one parameter group,
-          foreach optimiser, zoo's own lr schedule function; nothing else of zoo's)
+          foreach optimiser, zoo's own lr schedule function, the memory format zoo picks; nothing else of zoo's)
   classic the classic PyTorch example's loop at its own settings: torchvision MNIST with per-item
           ToTensor + Normalize, DataLoader(batch 64, shuffle), Adadelta(lr 1.0), StepLR(gamma 0.7), fp32;
           zoo runs the same settings (``CLASSIC`` below)
 
-Also measured, each in a fresh process: zoo's steps and test pass with glibc's default malloc settings
+Also measured: zoo's steps and test pass with the model and batches in channels-last memory format
+(train.channels_last = "auto" on the CPU) against the contiguous one, alternating in one process
+(``--memory-format``); each in a fresh process: zoo's steps and test pass with glibc's default malloc settings
 and with those ``zoo run`` makes (``keep_freed_host_memory``), processes of each alternating; and in
 five rounds, a one-step run of recipes/mnist.toml against ``python -c "import torch"`` plus the run's
 own test pass (the test time it reports), the median of each round's difference.
@@ -46,6 +48,7 @@ from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "mnist.toml"
+CPU = torch.device("cpu")
 SECTION = "## What zoo adds to a step, and to start-up"  # this bench's section of bench/RESULTS.md
 # The classic example's settings as recipe overrides: zoo at the user's settings, not at its own.
 CLASSIC = [
@@ -89,12 +92,16 @@ class HandSteps:
     def __init__(self, overrides: list[str]) -> None:
         import zoo
         from zoo.config.recipe import default_data_dir, load
+        from zoo.inference.prepared import channels_last
 
         self.recipe = recipe = load(RECIPE, overrides)
         torch.manual_seed(0)
         self.train = zoo.create_dataset("mnist", default_data_dir(), "train")
         backbone = zoo.create_model("mnist_cnn")
         self.model = nn.Sequential(backbone, nn.Linear(backbone.num_features, 10))
+        # The memory format zoo picks for the recipe (channels-last on the CPU): the same arithmetic.
+        self.memory_format = torch.channels_last if channels_last(recipe.train, CPU) else torch.contiguous_format
+        self.model.to(memory_format=self.memory_format)
         name = recipe.optim.name
         optimizer = {"adamw": torch.optim.AdamW, "adadelta": torch.optim.Adadelta}[name]
         self.optimizer = optimizer(
@@ -116,6 +123,7 @@ class HandSteps:
             start = (self.step * self.batch) % (len(self.train) - self.batch)
             index = self.order[start : start + self.batch]
             inputs = self.train.images[index].float().mul_(self.scale).sub_(self.shift)
+            inputs = inputs.contiguous(memory_format=self.memory_format)
             factor = lr_factor(self.recipe.schedule, self.step, self.per_epoch * 1000, self.per_epoch)
             for group in self.optimizer.param_groups:
                 group["lr"] = self.recipe.optim.lr * factor
@@ -126,6 +134,25 @@ class HandSteps:
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
         return steps * self.batch
+
+
+class TestPasses:
+    """zoo's evaluation of the MNIST test split, as a run's finish does it: a pass per ``run``."""
+
+    def __init__(self, overrides: list[str]) -> None:
+        from zoo.config.recipe import load
+        from zoo.training.setup import build_run
+
+        self.setup = build_run(load(RECIPE, overrides), progress=False)
+        self.batches = self.setup.batches(self.setup.splits.test)
+
+    def run(self, steps: int) -> int:
+        """One pass (whatever ``steps``); the images evaluated."""
+        from zoo.inference.evaluate import evaluate
+
+        setup = self.setup
+        evaluate(setup.model, self.batches, setup.loss_fn, setup.splits.label_names, setup.dtype)
+        return len(setup.splits.test)
 
 
 class ClassicSteps:
@@ -184,7 +211,7 @@ class ClassicNet(nn.Module):
 def _native_bf16() -> bool:
     from zoo.parallel.device import autocast_dtype
 
-    return autocast_dtype("auto", torch.device("cpu")) is torch.bfloat16
+    return autocast_dtype("auto", CPU) is torch.bfloat16
 
 
 def interleaved(contenders: dict[str, object], chunk: int, rounds: int) -> dict[str, object]:
@@ -240,6 +267,36 @@ def classic_table(chunk: int, rounds: int) -> list[str]:
     ]
 
 
+def memory_format_table(chunk: int, rounds: int) -> list[str]:
+    """zoo's steps and test pass with the model and batches in channels-last memory format (what
+    train.channels_last = "auto" picks on the CPU) and in the contiguous one, alternating in one process."""
+    lines = [
+        "| zoo's (batch:precision) | contiguous images/s | channels-last images/s | "
+        "channels-last / contiguous (median, range over rounds) |",
+        "|---|---|---|---|",
+    ]
+    precision = "bf16" if _native_bf16() else "fp32"
+    for setting in ("32:fp32", f"64:{precision}", f"256:{precision}", "classic", "test"):
+        print(f"memory format, {setting} ...", file=sys.stderr, flush=True)
+        if setting == "classic":
+            overrides, name = CLASSIC, "classic settings (64:fp32, Adadelta)"
+        elif setting == "test":
+            overrides, name = [], f"test pass (10,000 images, 512:{precision})"
+        else:
+            batch, precision_here = setting.split(":")
+            overrides, name = [f"data.batch_size={batch}", f"train.precision={precision_here}"], setting
+        contender = TestPasses if setting == "test" else ZooSteps
+        sides = {"channels_last": contender([*overrides, "train.channels_last=true"]),
+                 "contiguous": contender([*overrides, "train.channels_last=false"])}  # fmt: skip
+        result = interleaved(sides, chunk, rounds)
+        low, high = result["ratio_range"]
+        lines.append(
+            f"| {name} | {result['contiguous']:.0f} | {result['channels_last']:.0f} | "
+            f"{result['ratio']:.3f}x ({low:.2f}-{high:.2f}) |"
+        )
+    return lines
+
+
 def allocator_child(setting: str, kept: bool, chunk: int) -> float:
     """One side of ``allocator_table`` in this process: zoo's steps (or its test pass) in images/s
     (this process's peak memory then says what keeping freed memory costs)."""
@@ -248,17 +305,11 @@ def allocator_child(setting: str, kept: bool, chunk: int) -> float:
 
         assert keep_freed_host_memory(), "glibc's malloc, untuned by the environment, is needed here"
     if setting == "test":
-        from zoo.config.recipe import load
-        from zoo.inference.evaluate import evaluate
-        from zoo.training.setup import build_run
-
-        setup = build_run(load(RECIPE), progress=False)
-        batches, passes = setup.batches(setup.splits.test), []
+        passes, rates = TestPasses([]), []
         for _ in range(3):
             started = time.perf_counter()
-            evaluate(setup.model, batches, setup.loss_fn, setup.splits.label_names, setup.dtype)
-            passes.append(len(setup.splits.test) / (time.perf_counter() - started))
-        return statistics.median(passes)
+            rates.append(passes.run(1) / (time.perf_counter() - started))
+        return statistics.median(rates)
     overrides = CLASSIC if setting == "classic" else [f"data.batch_size={setting.split(':')[0]}",
                                                       f"train.precision={setting.split(':')[1]}"]  # fmt: skip
     steps = ZooSteps(overrides)
@@ -391,6 +442,9 @@ def main() -> None:
     parser.add_argument("--startup", action="store_true", help="just the start-up table (printed, not written)")
     parser.add_argument("--allocator", action="store_true", help="just the allocator table (printed, not written)")
     parser.add_argument("--pairs", type=int, default=4, help="the allocator table's pairs of processes")
+    parser.add_argument(
+        "--memory-format", action="store_true", help="just the channels-last table (printed, not written)"
+    )
     parser.add_argument("--write", action="store_true", help=f"put the tables in bench/RESULTS.md under '{SECTION}'")
     parser.add_argument("--allocator-child", metavar="SETTING", help=argparse.SUPPRESS)
     parser.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
@@ -401,7 +455,7 @@ def main() -> None:
         return
     from zoo.parallel.device import configure, keep_freed_host_memory
 
-    configure(torch.device("cpu"), deterministic=False)
+    configure(CPU, deterministic=False)
     # Both sides of the in-process tables keep freed memory as `zoo run` does: what zoo adds, not what
     # glibc's defaults take from a hand loop (that is the allocator table's, a process per side).
     keep_freed_host_memory()
@@ -411,16 +465,21 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; chunks of {args.chunk} steps, {args.rounds} rounds",
         "",
     ]
-    if args.only or args.startup or args.allocator:  # a second look: printed, not written
+    if args.only or args.startup or args.allocator or args.memory_format:  # a second look: printed, not written
         if args.only:
-            print("\n".join(header + steps_table(args.chunk, args.rounds, args.only)))
+            body = steps_table(args.chunk, args.rounds, args.only)
+        elif args.memory_format:
+            body = memory_format_table(args.chunk, args.rounds)
         else:
-            print("\n".join(header + (startup_table() if args.startup else allocator_table(args.chunk, args.pairs))))
+            body = startup_table() if args.startup else allocator_table(args.chunk, args.pairs)
+        print("\n".join(header + body))
         return
     body = [
         *steps_table(args.chunk, args.rounds),
         "",
         *classic_table(args.chunk, args.rounds),
+        "",
+        *memory_format_table(args.chunk, args.rounds),
         "",
         *allocator_table(args.chunk, args.pairs),
         "",

@@ -234,6 +234,12 @@ BAD_RECIPES = {
         [],
         "train.compile_mode does not apply without train.compile = true",
     ),
+    "channels-last under FSDP": (
+        MINIMAL,
+        ["train.strategy=fsdp", "train.channels_last=true"],
+        'train.channels_last = true does not apply with train.strategy = "fsdp"',
+    ),
+    "a memory format that is not one": (MINIMAL, ["train.channels_last=yes"], 'expected true, false or "auto"'),
     "mix_prob without mixing": (
         MINIMAL + "mix_prob = 0.5\n",
         [],

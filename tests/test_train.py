@@ -22,7 +22,7 @@ from zoo.errors import ZooError
 from zoo.inference.evaluate import evaluate
 from zoo.runs.folder import RunFolder, RunResults
 from zoo.training.runner import run
-from zoo.training.setup import build_run
+from zoo.training.setup import build_run, print_setup
 
 # Small enough for seconds on 2 cores: 20 training images a class, two classes.
 TINY = ["data.per_class=20", "data.val_split=0.02", "train.epochs=1"]
@@ -326,14 +326,68 @@ def spied_run(monkeypatch: pytest.MonkeyPatch, *options: str) -> tuple[dict, Pat
 def test_bf16_gradient_accumulation_clipping_and_channels_last_each_take_effect(
     mnist_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    options = ["train.precision=bf16", "train.grad_accum=2", "train.grad_clip=0.01", "train.channels_last=true"]
+    options = ["train.precision=bf16", "train.grad_accum=2", "train.grad_clip=0.01", "train.channels_last=false"]
     seen, _ = spied_run(monkeypatch, *options, "train.max_steps=4")
     assert len(seen["steps"]) == 4 and len(seen["losses"]) == 8  # two batches a step
     assert {logits.dtype for logits, _, _ in seen["losses"]} == {torch.bfloat16}
     assert len(seen["clips"]) == 4 and all(limit == 0.01 for limit, _, _ in seen["clips"])
     assert all(before > 0.01 and after <= 0.01 * 1.001 for _, before, after in seen["clips"])  # each step clipped
-    conv2 = seen["trainer"].model.backbone.conv2.weight
-    assert conv2.is_contiguous(memory_format=torch.channels_last) and not conv2.is_contiguous()
+    conv2 = seen["trainer"].model.backbone.conv2.weight  # auto would have made it channels-last on the CPU
+    assert conv2.is_contiguous() and not conv2.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_channels_last_auto_is_the_cpus_format_and_changes_no_prediction(
+    mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """auto: the model and its batches channels-last on the CPU, where oneDNN is faster in it; the
+    format decides how tensors lie in memory, not what the model predicts."""
+    setups = {
+        setting: build_run(recipes.load(RECIPES / "mnist.toml", [*TINY, "train.precision=fp32",
+                                                               f"train.channels_last={setting}"]), progress=False)
+        for setting in ("auto", "false")
+    }  # fmt: skip
+    formats = {setting: setup.memory_format for setting, setup in setups.items()}
+    assert formats == {"auto": torch.channels_last, "false": torch.contiguous_format}
+    for setting, setup in setups.items():  # the run's setup says which
+        print_setup(setup)
+        device_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("device: "))
+        assert device_line.startswith(
+            "device: cpu (fp32, channels-last)" if setting == "auto" else "device: cpu (fp32)"
+        )
+    for setting, setup in setups.items():
+        conv2 = setup.model.backbone.conv2.weight
+        assert conv2.is_contiguous(memory_format=formats[setting]) and conv2.is_contiguous() == (setting == "false")
+    setups["false"].model.load_state_dict(setups["auto"].model.state_dict())
+    tested = {}
+    for setting, setup in setups.items():
+        test = setup.batches(setup.splits.test)
+        tested[setting] = evaluate(setup.model, test, setup.loss_fn, setup.splits.label_names, setup.dtype)
+    assert tested["auto"]["confusion_matrix"] == tested["false"]["confusion_matrix"]
+    assert tested["auto"]["loss"] == pytest.approx(tested["false"]["loss"], rel=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("setting", "strategy", "world_size", "device", "expected"),
+    [
+        ("auto", "ddp", 1, "cpu", True),
+        ("auto", "ddp", 2, "cpu", True),
+        ("auto", "fsdp", 1, "cpu", True),  # one process: nothing is sharded
+        ("auto", "fsdp", 2, "cpu", False),  # FSDP2 shards contiguous parameters only
+        ("auto", "ddp", 1, "cuda", False),
+        ("auto", "ddp", 1, "mps", False),
+        (True, "ddp", 1, "cuda", True),
+        (False, "ddp", 1, "cpu", False),
+    ],
+)
+def test_channels_last_follows_the_setting_the_device_and_the_strategy(
+    monkeypatch: pytest.MonkeyPatch, setting: bool | str, strategy: str, world_size: int, device: str, expected: bool
+) -> None:
+    from zoo.config.schema import TrainConfig
+    from zoo.inference import prepared
+
+    monkeypatch.setattr(prepared.distributed, "world_size", lambda: world_size)
+    train = TrainConfig(channels_last=setting, strategy=strategy)
+    assert prepared.channels_last(train, torch.device(device)) is expected
 
 
 def test_compile_determinism_sgd_momentum_and_the_step_schedule_each_take_effect(

@@ -201,7 +201,12 @@ class TrainConfig(Section):
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = Field(
         "default", description="torch.compile mode; reduce-overhead uses CUDA graphs on GPUs"
     )
-    channels_last: bool = Field(False, description="channels-last memory format")
+    channels_last: bool | Literal["auto"] = Field(
+        "auto",
+        description='true, false or "auto": the model and its batches in channels-last memory format; auto: on '
+        "the CPU (oneDNN's convolutions and pooling run faster in it), except under FSDP, which shards contiguous "
+        "parameters only",
+    )
     grad_clip: float | None = Field(None, gt=0.0, le=1e6, description="clip gradients to this global norm")
     grad_accum: Size = Field(1, description="batches per optimiser step")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms")
@@ -244,9 +249,12 @@ class TrainConfig(Section):
     )
 
     @model_validator(mode="after")
-    def _compile_mode_compiles(self) -> TrainConfig:
+    def _refuse_settings_that_do_not_apply(self) -> TrainConfig:
         if not self.compile:
             self.refuse_ignored("train", ["compile_mode"], "without train.compile = true")
+        if self.channels_last is True and self.strategy == "fsdp":
+            raise ValueError('train.channels_last = true does not apply with train.strategy = "fsdp" (FSDP2 shards '
+                             'contiguous parameters only): leave channels_last out')  # fmt: skip
         return self
 
 

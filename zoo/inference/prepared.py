@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config.schema import DataConfig, Recipe
+from ..config.schema import DataConfig, Recipe, TrainConfig
 from ..data.augment import Augmentation
 from ..data.batches import Batches, sample_batch
 from ..data.preprocessing import Preprocessing
@@ -41,6 +41,11 @@ class RunSetup:
     augmentation: Augmentation | None = None  # training's, resolved from data.augment and the model
     cache: str = "none"  # the image cache in use (data.cache), in words
 
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The model's memory format, and its batches' (``channels_last``)."""
+        return torch.channels_last if channels_last(self.recipe.train, self.device) else torch.contiguous_format
+
     def batches(self, split: Split | StreamSplit, training: bool = False) -> Batches:
         data = self.recipe.data
         if isinstance(split, StreamSplit):  # an "epoch" of a stream: train.max_steps cut into train.epochs
@@ -48,7 +53,8 @@ class RunSetup:
             assert train.max_steps is not None, "build_run refuses a stream without train.max_steps"
             per_epoch = -(-train.max_steps // train.epochs) * train.grad_accum
             return StreamBatches(split, per_epoch, data.batch_size, self.device, self.preprocessing,
-                                 seed=train.seed, num_workers=data_workers(data), channels_last=train.channels_last)  # fmt: skip
+                                 seed=train.seed, num_workers=data_workers(data),
+                                 channels_last=channels_last(train, self.device))  # fmt: skip
         return Batches(
             split,
             data.batch_size if training else data.eval_batch_size,
@@ -57,7 +63,7 @@ class RunSetup:
             shuffle=training,
             seed=self.recipe.train.seed,
             num_workers=data_workers(data),
-            channels_last=self.recipe.train.channels_last,
+            channels_last=channels_last(self.recipe.train, self.device),
             balanced=training and data.sampler == "balanced",
             augmentation=self.augmentation if training else None,
         )
@@ -69,6 +75,17 @@ def data_workers(data: DataConfig) -> int:
         return data.num_workers
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     return max(1, min(8, (os.cpu_count() or 1) // ranks_here))
+
+
+def channels_last(train: TrainConfig, device: torch.device) -> bool:
+    """Whether the model and its batches are in channels-last memory format: ``train.channels_last``,
+    whose auto is yes on the CPU, where oneDNN's convolutions and pooling are faster in it (the MNIST
+    CNN's steps 1.0x-1.15x, its test pass 1.5x; ``bench/step_bench.py --memory-format``), and no on
+    GPUs (not measured there yet) or under FSDP, which shards contiguous parameters only."""
+    if train.channels_last != "auto":
+        return train.channels_last
+    sharded = train.strategy == "fsdp" and distributed.world_size() > 1
+    return device.type == "cpu" and not sharded
 
 
 def prepare_data(
@@ -83,11 +100,11 @@ def prepare_data(
     """Ready ``splits`` for ``model`` (moved to ``device`` here, in the recipe's memory format): their
     transforms attached, a sample batch through the model, the image cache built; the cache in words."""
     attach_transforms(splits, preprocessing, augmentation)
-    memory_format = torch.channels_last if recipe.train.channels_last else torch.contiguous_format
-    model.to(device, memory_format=memory_format)
+    in_channels_last = channels_last(recipe.train, device)
+    model.to(device, memory_format=torch.channels_last if in_channels_last else torch.contiguous_format)
     # Before an image cache is built, and before the first step: a model that cannot take the data is one line.
     sampled = splits.test if splits.streaming else splits.train  # a stream has no samples to pick: the test split's
-    inputs = sample_batch(sampled, preprocessing, device, augmentation, recipe.train.channels_last)
+    inputs = sample_batch(sampled, preprocessing, device, augmentation, in_channels_last)
     check_input(model, inputs, len(splits.label_names), recipe.model.backbone, recipe.data.dataset)
     workers = data_workers(recipe.data)
     return attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())

@@ -214,8 +214,10 @@ def is_adapted(model: nn.Module) -> bool:
 
 def merged(model: nn.Module) -> nn.Module:
     """A copy of the base model with every adapter merged in, under the base model's own names: what
-    the run keeps, and so what its test pass evaluates (in bf16 merged weights round otherwise)."""
-    return copy.deepcopy(_wrappers[model]).merge_and_unload()
+    the run keeps, and so what its test pass evaluates (in bf16 merged weights round otherwise).
+    Merged in the contiguous memory format, as ``merged_weights`` merges a shared adapter again: a
+    convolution's merge sums in another order in channels-last, and both must give the same bits."""
+    return copy.deepcopy(_wrappers[model]).to(memory_format=torch.contiguous_format).merge_and_unload()
 
 
 def peft_files(model: nn.Module, base: str) -> dict[str, bytes]:

@@ -92,7 +92,7 @@ def _finish(
         if not results.ranks_agree:
             raise RuntimeError("the ranks ended with different weights: DDP did not keep them in step")
     if adapters.is_adapted(model):  # kept merged into the base model's weights, and tested as kept
-        model = adapters.merged(model)
+        model = adapters.merged(model).to(memory_format=setup.memory_format)
     thresholds = tuned_thresholds(setup, model) if setup.splits.multi_label else None
     temperature = 1.0
     if setup.recipe.train.calibrate:

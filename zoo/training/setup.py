@@ -178,13 +178,14 @@ def print_setup(setup: RunSetup) -> None:
     train = "streamed" if splits.streaming else f"{len(splits.train):,}"
     log(f"data: {train} train, {val:,} val, {len(splits.test):,} test images of {size}{resized}")
     precision = str(setup.dtype).removeprefix("torch.") if setup.dtype else "fp32"
+    layout = ", channels-last" if setup.memory_format == torch.channels_last else ""
     ranks = distributed.world_size()
     batch = f"batch {recipe.data.batch_size}" + (
         f" per rank x {ranks} ranks = {recipe.data.batch_size * ranks} global ({recipe.train.strategy})"
         if ranks > 1
         else ""
     )
-    log(f"device: {setup.device} ({precision}), {batch}, {recipe.optim.name} lr {recipe.optim.lr:g}")
+    log(f"device: {setup.device} ({precision}{layout}), {batch}, {recipe.optim.name} lr {recipe.optim.lr:g}")
     log(f"augmentation ({recipe.data.augment}): {describe_augmentation(setup)}")
     if splits.images:
         log(f"image cache: {setup.cache}")
