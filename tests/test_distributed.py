@@ -293,8 +293,9 @@ def test_a_rank_killed_alone_stops_the_job_in_one_line_and_the_run_resumes(mnist
 
 def test_fsdp_shards_what_ddp_replicates_and_trains_the_same(mnist_dir: Path, tmp_path: Path) -> None:
     """Frozen parameters, a stage unfrozen mid-run, gradient accumulation: FSDP steps like DDP, holding half."""
+    # Both contiguous (FSDP's memory format): channels-last, DDP's on the CPU, sums in another order.
     same = [str(RECIPES / "mnist.toml"), *SUBSET, *FREEZING, "data.batch_size=16", "train.grad_accum=2",
-            "train.precision=fp32", "train.checkpoint_every=7"]  # fmt: skip
+            "train.precision=fp32", "train.checkpoint_every=7", "train.channels_last=false"]  # fmt: skip
     sharded = zoo_nproc(tmp_path, *same, "train.strategy=fsdp", f"output.dir={tmp_path / 'fsdp'}")
     replicated = zoo_nproc(tmp_path, *same, f"output.dir={tmp_path / 'ddp'}")
     assert sharded.returncode == 0 and replicated.returncode == 0, sharded.stderr + replicated.stderr
