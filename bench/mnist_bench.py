@@ -100,6 +100,7 @@ def hand_loop(epochs: int, max_steps: int | None) -> dict:
 
     import zoo
     from zoo.config.recipe import load
+    from zoo.inference.prepared import channels_last
     from zoo.training.optim import lr_factor
 
     recipe = load(REPO / "recipes" / "mnist.toml")
@@ -108,6 +109,8 @@ def hand_loop(epochs: int, max_steps: int | None) -> dict:
     test = zoo.create_dataset("mnist", data_dir(), "test")
     backbone = zoo.create_model("mnist_cnn")
     model = nn.Sequential(backbone, nn.Linear(backbone.num_features, 10))
+    if channels_last(recipe.train, torch.device("cpu"), model):  # the memory format zoo picks: the same arithmetic
+        model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, foreach=True
     )

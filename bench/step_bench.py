@@ -100,7 +100,8 @@ class HandSteps:
         backbone = zoo.create_model("mnist_cnn")
         self.model = nn.Sequential(backbone, nn.Linear(backbone.num_features, 10))
         # The memory format zoo picks for the recipe (channels-last on the CPU): the same arithmetic.
-        self.memory_format = torch.channels_last if channels_last(recipe.train, CPU) else torch.contiguous_format
+        in_channels_last = channels_last(recipe.train, CPU, self.model)
+        self.memory_format = torch.channels_last if in_channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
         name = recipe.optim.name
         optimizer = {"adamw": torch.optim.AdamW, "adadelta": torch.optim.Adadelta}[name]

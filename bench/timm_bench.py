@@ -6,7 +6,8 @@
 Every contender trains timm's resnet10t from scratch at 32 px, batch 64, with 2 DataLoader
 workers, on MNIST digits written out as PNG files (ImageFolder layout), with timm's default
 training augmentation strength (random resized crop 0.08-1, flip 0.5, colour jitter 0.4), SGD
-with momentum, label smoothing 0.1, fp32, for --epochs epochs:
+with momentum, label smoothing 0.1, fp32, the model and batches channels-last (zoo's default on a
+CPU; timm's --channels-last), for --epochs epochs:
 
   timm-loop    timm's own parts as its train.py puts them together on a CPU without the
                prefetcher: timm.data.create_dataset + create_loader(is_training=True,
@@ -54,7 +55,7 @@ def timm_loop(folder: Path, epochs: int) -> dict:
     from timm.optim import create_optimizer_v2
 
     torch.manual_seed(0)
-    model = timm.create_model(ARCH, num_classes=10)
+    model = timm.create_model(ARCH, num_classes=10).to(memory_format=torch.channels_last)  # timm's --channels-last
     config = resolve_data_config({"input_size": (3, SIZE, SIZE)}, model=model)
     dataset = create_dataset("", root=str(folder), split="train", is_training=True)
     loader = create_loader(
@@ -69,7 +70,7 @@ def timm_loop(folder: Path, epochs: int) -> dict:
         model.train()
         seen, started = 0, time.perf_counter()
         for inputs, targets in loader:
-            loss = loss_fn(model(inputs), targets)
+            loss = loss_fn(model(inputs.contiguous(memory_format=torch.channels_last)), targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -110,10 +111,11 @@ def model_alone(epochs: int, images: int) -> dict:
     import torch
 
     torch.manual_seed(0)
-    model = timm.create_model(ARCH, num_classes=10)
+    model = timm.create_model(ARCH, num_classes=10).to(memory_format=torch.channels_last)  # as zoo's on the CPU
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=2e-5, foreach=True)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
-    inputs, targets = torch.randn(BATCH, 3, SIZE, SIZE), torch.randint(0, 10, (BATCH,))
+    inputs = torch.randn(BATCH, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
+    targets = torch.randint(0, 10, (BATCH,))
     rates = []
     for _ in range(epochs):
         model.train()
@@ -138,7 +140,7 @@ def timm_train_py(folder: Path, epochs: int, script: Path) -> dict:
         sys.executable, str(script), str(folder), "--train-split", "train", "--val-split", "test", "--model", ARCH,
         "--num-classes", "10", "--input-size", "3", str(SIZE), str(SIZE), "-b", str(BATCH), "-j", str(WORKERS),
         "--epochs", str(epochs), "--device", "cpu", "--no-prefetcher", "--lr", str(LR), "--sched", "none",
-        "--log-interval", "10", "--output", tempfile.mkdtemp(),
+        "--log-interval", "10", "--output", tempfile.mkdtemp(), "--channels-last",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:

@@ -143,6 +143,7 @@ def test_resume_refuses_a_different_recipe(mnist_dir: Path, tmp_path: Path) -> N
         "differs from the run",
         "data.batch_size, optim.lr",
         "only train.epochs, train.max_steps and where it logs",
+        f"go on with the run's own recipe, `zoo run {tmp_path / 'run' / 'recipe.toml'} --resume {tmp_path / 'run'}`",
     )
     assert_user_error(
         CliRunner().invoke(cli, ["run", str(RECIPES / "mnist.toml"), "--resume"]),

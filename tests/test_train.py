@@ -367,27 +367,68 @@ def test_channels_last_auto_is_the_cpus_format_and_changes_no_prediction(
 
 
 @pytest.mark.parametrize(
-    ("setting", "strategy", "world_size", "device", "expected"),
+    ("setting", "strategy", "world_size", "device", "convolution", "expected"),
     [
-        ("auto", "ddp", 1, "cpu", True),
-        ("auto", "ddp", 2, "cpu", True),
-        ("auto", "fsdp", 1, "cpu", True),  # one process: nothing is sharded
-        ("auto", "fsdp", 2, "cpu", False),  # FSDP2 shards contiguous parameters only
-        ("auto", "ddp", 1, "cuda", False),
-        ("auto", "ddp", 1, "mps", False),
-        (True, "ddp", 1, "cuda", True),
-        (False, "ddp", 1, "cpu", False),
+        ("auto", "ddp", 1, "cpu", torch.nn.Conv2d, True),
+        ("auto", "ddp", 2, "cpu", torch.nn.Conv2d, True),
+        ("auto", "fsdp", 1, "cpu", torch.nn.Conv2d, True),  # one process: nothing is sharded
+        ("auto", "fsdp", 2, "cpu", torch.nn.Conv2d, False),  # FSDP2 shards contiguous parameters only
+        ("auto", "ddp", 1, "cuda", torch.nn.Conv2d, False),
+        ("auto", "ddp", 1, "mps", torch.nn.Conv2d, False),
+        ("auto", "ddp", 1, "cpu", torch.nn.Conv3d, False),  # a 5-d weight has no channels-last format
+        (True, "ddp", 1, "cuda", torch.nn.Conv2d, True),
+        (False, "ddp", 1, "cpu", torch.nn.Conv2d, False),
     ],
 )
-def test_channels_last_follows_the_setting_the_device_and_the_strategy(
-    monkeypatch: pytest.MonkeyPatch, setting: bool | str, strategy: str, world_size: int, device: str, expected: bool
+def test_channels_last_follows_the_setting_the_device_the_strategy_and_the_model(
+    monkeypatch: pytest.MonkeyPatch,
+    setting: bool | str,
+    strategy: str,
+    world_size: int,
+    device: str,
+    convolution: type[torch.nn.Module],
+    expected: bool,
 ) -> None:
     from zoo.config.schema import TrainConfig
     from zoo.inference import prepared
 
     monkeypatch.setattr(prepared.distributed, "world_size", lambda: world_size)
     train = TrainConfig(channels_last=setting, strategy=strategy)
-    assert prepared.channels_last(train, torch.device(device)) is expected
+    assert prepared.channels_last(train, torch.device(device), convolution(1, 2, 3)) is expected
+
+
+def test_channels_last_true_for_a_model_with_a_5d_weight_is_one_line() -> None:
+    from zoo.config.schema import TrainConfig
+    from zoo.inference import prepared
+
+    model = torch.nn.Sequential(torch.nn.Conv3d(1, 2, 3))
+    with pytest.raises(ZooError, match=r"the model's 0\.weight is 5-d, which has no channels-last format"):
+        prepared.channels_last(TrainConfig(channels_last=True), torch.device("cpu"), model)
+
+
+# peft's DoRA views its convolutions' weights as contiguous: a model that runs only in the contiguous format.
+DORA_CONV = ["data.classes=[0,1]", "data.per_class=20", 'model.adapter={kind = "dora", target = "conv", r = 2}']
+
+
+def test_auto_keeps_a_model_that_runs_only_contiguous_contiguous_and_true_says_so(
+    mnist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup = build_run(recipes.load(RECIPES / "mnist.toml", DORA_CONV), progress=False)
+    assert setup.memory_format == torch.contiguous_format
+    assert all(weight.is_contiguous() for weight in setup.model.parameters())
+    inputs, _ = next(setup.batches(setup.splits.train, training=True).epoch())
+    assert inputs.is_contiguous()
+    print_setup(setup)
+    assert "channels-last" not in capsys.readouterr().out
+    lora = build_run(recipes.load(RECIPES / "mnist.toml", [*DORA_CONV[:2], 'model.adapter={target = "conv", r = 2}']),
+                     progress=False)  # fmt: skip
+    assert lora.memory_format == torch.channels_last  # LoRA's convolutions take it
+    assert not all(weight.is_contiguous() for weight in lora.model.parameters())
+    with pytest.raises(ZooError) as refused:
+        build_run(recipes.load(RECIPES / "mnist.toml", [*DORA_CONV, "train.channels_last=true"]), progress=False)
+    assert str(refused.value).startswith("train.channels_last = true, but model mnist_cnn runs only in the contiguous "
+                                         "memory format (RuntimeError: view size is not compatible")  # fmt: skip
+    assert str(refused.value).endswith("leave channels_last out") and "\n" not in str(refused.value)
 
 
 def test_compile_determinism_sgd_momentum_and_the_step_schedule_each_take_effect(

@@ -156,7 +156,8 @@ def run_setup(run: RunFolder, data_overrides: Sequence[str] = ()) -> RunSetup:
     model, preprocessing = load_run(run), run.preprocessing
     if splits.label_names != model.label_names:
         raise ZooError(f"data.classes select {splits.label_names}, but the run was trained on {model.label_names}")
-    cache = prepare_data(recipe, splits, preprocessing, None, model, device, progress=True)
+    cache, memory_format = prepare_data(recipe, splits, preprocessing, None, model, device, progress=True)
     loss_fn, weights = build_loss(recipe, splits, device)
     dtype = autocast_dtype(recipe.train.precision, device)
-    return RunSetup(recipe, device, dtype, splits, preprocessing, model, loss_fn, class_weights=weights, cache=cache)
+    return RunSetup(recipe, device, dtype, splits, preprocessing, model, loss_fn, class_weights=weights, cache=cache,
+                    memory_format=memory_format)  # fmt: skip

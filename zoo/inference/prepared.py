@@ -20,6 +20,7 @@ from ..data.splits import Split, Splits
 from ..data.stream_batches import StreamBatches
 from ..data.streams import StreamSplit
 from ..data.transforms import attach_cache, attach_transforms
+from ..errors import ZooError
 from ..models.build import check_input
 from ..parallel import distributed
 
@@ -40,11 +41,7 @@ class RunSetup:
     class_weights: list[float] | None = None  # the loss's, from loss.class_weights
     augmentation: Augmentation | None = None  # training's, resolved from data.augment and the model
     cache: str = "none"  # the image cache in use (data.cache), in words
-
-    @property
-    def memory_format(self) -> torch.memory_format:
-        """The model's memory format, and its batches' (``channels_last``)."""
-        return torch.channels_last if channels_last(self.recipe.train, self.device) else torch.contiguous_format
+    memory_format: torch.memory_format = torch.contiguous_format  # the model's and its batches' (``channels_last``)
 
     def batches(self, split: Split | StreamSplit, training: bool = False) -> Batches:
         data = self.recipe.data
@@ -54,7 +51,7 @@ class RunSetup:
             per_epoch = -(-train.max_steps // train.epochs) * train.grad_accum
             return StreamBatches(split, per_epoch, data.batch_size, self.device, self.preprocessing,
                                  seed=train.seed, num_workers=data_workers(data),
-                                 channels_last=channels_last(train, self.device))  # fmt: skip
+                                 channels_last=self.memory_format == torch.channels_last)  # fmt: skip
         return Batches(
             split,
             data.batch_size if training else data.eval_batch_size,
@@ -63,7 +60,7 @@ class RunSetup:
             shuffle=training,
             seed=self.recipe.train.seed,
             num_workers=data_workers(data),
-            channels_last=channels_last(self.recipe.train, self.device),
+            channels_last=self.memory_format == torch.channels_last,
             balanced=training and data.sampler == "balanced",
             augmentation=self.augmentation if training else None,
         )
@@ -77,15 +74,22 @@ def data_workers(data: DataConfig) -> int:
     return max(1, min(8, (os.cpu_count() or 1) // ranks_here))
 
 
-def channels_last(train: TrainConfig, device: torch.device) -> bool:
-    """Whether the model and its batches are in channels-last memory format: ``train.channels_last``,
-    whose auto is yes on the CPU, where oneDNN's convolutions and pooling are faster in it (the MNIST
-    CNN's steps 1.0x-1.15x, its test pass 1.5x; ``bench/step_bench.py --memory-format``), and no on
-    GPUs (not measured there yet) or under FSDP, which shards contiguous parameters only."""
+def channels_last(train: TrainConfig, device: torch.device, model: nn.Module) -> bool:
+    """Whether ``model`` and its batches are to be in channels-last memory format: ``train.channels_last``.
+
+    auto is yes on the CPU, where oneDNN's convolutions and pooling are faster in it (the MNIST CNN's
+    steps 1.0x-1.15x, its test pass 1.3x-1.6x; ``bench/step_bench.py --memory-format``); no on GPUs
+    (not measured there yet), under FSDP, which shards contiguous parameters only, and for a model
+    with a 5-d tensor (a 3-d convolution's weight), which has no channels-last format.
+    """
+    five_d = next((name for name, tensor in model.state_dict().items() if tensor.dim() == 5), None)
+    if train.channels_last is True and five_d is not None:
+        raise ZooError(f"train.channels_last = true, but the model's {five_d} is 5-d, which has no channels-last "
+                       "format: leave channels_last out")  # fmt: skip
     if train.channels_last != "auto":
         return train.channels_last
     sharded = train.strategy == "fsdp" and distributed.world_size() > 1
-    return device.type == "cpu" and not sharded
+    return device.type == "cpu" and not sharded and five_d is None
 
 
 def prepare_data(
@@ -96,15 +100,37 @@ def prepare_data(
     model: nn.Module,
     device: torch.device,
     progress: bool,
-) -> str:
-    """Ready ``splits`` for ``model`` (moved to ``device`` here, in the recipe's memory format): their
-    transforms attached, a sample batch through the model, the image cache built; the cache in words."""
+) -> tuple[str, torch.memory_format]:
+    """Ready ``splits`` for ``model`` (moved to ``device`` here, in its memory format): their transforms
+    attached, a sample batch through the model, the image cache built; the cache in words, and the
+    memory format of the model and its batches."""
     attach_transforms(splits, preprocessing, augmentation)
-    in_channels_last = channels_last(recipe.train, device)
-    model.to(device, memory_format=torch.channels_last if in_channels_last else torch.contiguous_format)
     # Before an image cache is built, and before the first step: a model that cannot take the data is one line.
     sampled = splits.test if splits.streaming else splits.train  # a stream has no samples to pick: the test split's
-    inputs = sample_batch(sampled, preprocessing, device, augmentation, in_channels_last)
-    check_input(model, inputs, len(splits.label_names), recipe.model.backbone, recipe.data.dataset)
+
+    def check(in_channels_last: bool) -> torch.memory_format:
+        memory_format = torch.channels_last if in_channels_last else torch.contiguous_format
+        model.to(device, memory_format=memory_format)
+        inputs = sample_batch(sampled, preprocessing, device, augmentation, in_channels_last)
+        check_input(model, inputs, len(splits.label_names), recipe.model.backbone, recipe.data.dataset)
+        return memory_format
+
+    in_channels_last = channels_last(recipe.train, device, model)
+    try:
+        memory_format = check(in_channels_last)
+    except (ZooError, RuntimeError) as exc:
+        if not in_channels_last:
+            raise
+        # Some models view a convolution's output as contiguous (x.view(len(x), -1); peft's DoRA views
+        # its convolutions' weights): contiguous, such a model runs, which auto then keeps; any other
+        # model fails there again, with its own error.
+        memory_format = check(False)
+        if recipe.train.channels_last is True:
+            cause = exc.__cause__ if isinstance(exc, ZooError) and exc.__cause__ is not None else exc
+            raise ZooError(
+                f"train.channels_last = true, but model {recipe.model.backbone} runs only in the contiguous memory "
+                f"format ({type(cause).__name__}: {' '.join(str(cause).split())[:300]}): leave channels_last out"
+            ) from exc
     workers = data_workers(recipe.data)
-    return attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())
+    cache = attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())
+    return cache, memory_format

@@ -232,7 +232,8 @@ def check_resumable(folder: RunFolder, recipe: Recipe) -> Path:
     if differing:
         raise ZooError(
             f"--resume: the recipe differs from the run in {folder} in {', '.join(differing)}; "
-            "only train.epochs, train.max_steps and where it logs (log.*, train.tensorboard, train.log_every) may change"
+            "only train.epochs, train.max_steps and where it logs (log.*, train.tensorboard, train.log_every) may "
+            f"change: go on with the run's own recipe, `zoo run {folder.file(RunFolder.RECIPE)} --resume {folder}`"
         )
     checkpoints = folder.checkpoints
     if not checkpoints:

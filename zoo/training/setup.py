@@ -63,14 +63,14 @@ def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None
                 "share rank 0's BatchNorm statistics after every epoch: leave sync_bn out"
             )
         model = distributed.sync_batchnorm(model)
-    cache = prepare_data(recipe, splits, preprocessing, augmentation, model, device, progress)
+    cache, memory_format = prepare_data(recipe, splits, preprocessing, augmentation, model, device, progress)
     if recipe.train.strategy == "fsdp" and distributed.world_size() > 1:
         fsdp.shard(model)  # before the optimiser, which must hold the sharded parameters
     loss_fn, weights = build_loss(recipe, splits, device)
     dtype = autocast_dtype(recipe.train.precision, device)
     setup = RunSetup(
         recipe, device, dtype, splits, preprocessing, model, loss_fn,
-        class_weights=weights, augmentation=augmentation, cache=cache,
+        class_weights=weights, augmentation=augmentation, cache=cache, memory_format=memory_format,
     )  # fmt: skip
     optim = recipe.optim
     weight_decay = default_weight_decay(optim)
