@@ -426,8 +426,9 @@ def test_auto_keeps_a_model_that_runs_only_contiguous_contiguous_and_true_says_s
     assert not all(weight.is_contiguous() for weight in lora.model.parameters())
     with pytest.raises(ZooError) as refused:
         build_run(recipes.load(RECIPES / "mnist.toml", [*DORA_CONV, "train.channels_last=true"]), progress=False)
-    assert str(refused.value).startswith("train.channels_last = true, but model mnist_cnn runs only in the contiguous "
-                                         "memory format (RuntimeError: view size is not compatible")  # fmt: skip
+    assert str(refused.value).startswith("train.channels_last = true, but model mnist_cnn with its model.adapter runs "
+                                         "only in the contiguous memory format (RuntimeError: view size is not "
+                                         "compatible")  # fmt: skip
     assert str(refused.value).endswith("leave channels_last out") and "\n" not in str(refused.value)
 
 
@@ -698,3 +699,41 @@ def test_a_plot_that_fails_while_the_run_fails_too_is_said_not_lost(
     with pytest.raises(ZooError, match="No space left") as raised:
         run(recipes.load(RECIPES / "mnist.toml", [*TINY, f"output.dir={tmp_path / 'run'}"]), progress=False)
     assert "(drawing a plot failed too: RuntimeError: the plot broke)" in raised.value.__notes__
+
+
+class ContiguousOnly(torch.nn.Module):
+    """A backbone whose code needs its convolution's output contiguous (as a custom kernel may)."""
+
+    num_features = 4 * 26 * 26
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(1, 4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.conv(x)
+        assert features.is_contiguous(), "the kernel below needs a contiguous tensor"
+        return torch.relu(features).flatten(1)
+
+
+class Broken(ContiguousOnly):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom: a bug in the model")
+
+
+def test_auto_falls_back_on_an_assertion_and_a_models_own_bug_is_raised_once_unchained(mnist_dir: Path) -> None:
+    from zoo.plugins import _registry as registry
+
+    zoo.register_model("contiguous_only")(ContiguousOnly)
+    zoo.register_model("broken")(Broken)
+    try:
+        small = ["data.classes=[0,1]", "data.per_class=10", "data.batch_size=4"]
+        setup = build_run(recipes.load(RECIPES / "mnist.toml", [*small, "model.backbone=contiguous_only"]),
+                          progress=False)  # fmt: skip
+        assert setup.memory_format == torch.contiguous_format
+        with pytest.raises(RuntimeError, match="boom: a bug in the model") as raised:
+            build_run(recipes.load(RECIPES / "mnist.toml", [*small, "model.backbone=broken"]), progress=False)
+    finally:
+        registry.unregister("model", "contiguous_only")
+        registry.unregister("model", "broken")
+    assert raised.value.__context__ is None and raised.value.__cause__ is None  # one traceback, not two chained

@@ -117,20 +117,23 @@ def prepare_data(
 
     in_channels_last = channels_last(recipe.train, device, model)
     try:
-        memory_format = check(in_channels_last)
-    except (ZooError, RuntimeError) as exc:
+        memory_format, failed = check(in_channels_last), None
+    except (ZooError, RuntimeError, AssertionError, ValueError) as exc:  # what check_input lets through
         if not in_channels_last:
             raise
+        memory_format, failed = torch.contiguous_format, exc
+    if failed is not None:
         # Some models view a convolution's output as contiguous (x.view(len(x), -1); peft's DoRA views
         # its convolutions' weights): contiguous, such a model runs, which auto then keeps; any other
-        # model fails there again, with its own error.
-        memory_format = check(False)
+        # model fails again, once, with its own error (tried here, outside the handler: not chained).
+        check(False)
         if recipe.train.channels_last is True:
-            cause = exc.__cause__ if isinstance(exc, ZooError) and exc.__cause__ is not None else exc
+            cause = failed.__cause__ if isinstance(failed, ZooError) and failed.__cause__ is not None else failed
+            adapted = " with its model.adapter" if recipe.model.adapter is not None else ""
             raise ZooError(
-                f"train.channels_last = true, but model {recipe.model.backbone} runs only in the contiguous memory "
-                f"format ({type(cause).__name__}: {' '.join(str(cause).split())[:300]}): leave channels_last out"
-            ) from exc
+                f"train.channels_last = true, but model {recipe.model.backbone}{adapted} runs only in the contiguous "
+                f"memory format ({type(cause).__name__}: {' '.join(str(cause).split())[:300]}): leave channels_last out"
+            ) from failed
     workers = data_workers(recipe.data)
     cache = attach_cache(splits, preprocessing, recipe.data, augmentation, workers, progress and distributed.is_main())
     return cache, memory_format

@@ -8,6 +8,7 @@ it (``Trainer.fit``) and finishes the folder (``finish.finish_run``).
 from __future__ import annotations
 
 import contextlib
+import shlex
 import shutil
 from dataclasses import dataclass
 from datetime import datetime
@@ -233,7 +234,8 @@ def check_resumable(folder: RunFolder, recipe: Recipe) -> Path:
         raise ZooError(
             f"--resume: the recipe differs from the run in {folder} in {', '.join(differing)}; "
             "only train.epochs, train.max_steps and where it logs (log.*, train.tensorboard, train.log_every) may "
-            f"change: go on with the run's own recipe, `zoo run {folder.file(RunFolder.RECIPE)} --resume {folder}`"
+            f"change: go on with the run's own recipe, `zoo run {shlex.quote(str(folder.file(RunFolder.RECIPE)))} "
+            f"--resume {shlex.quote(str(folder))}`"
         )
     checkpoints = folder.checkpoints
     if not checkpoints:
