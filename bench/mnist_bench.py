@@ -111,8 +111,8 @@ def hand_loop(epochs: int, max_steps: int | None) -> dict:
     model = nn.Sequential(backbone, nn.Linear(backbone.num_features, 10))
     if channels_last(recipe.train, torch.device("cpu"), model):  # the memory format zoo picks: the same arithmetic
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, foreach=True
+    optimizer = torch.optim.AdamW(  # fused: torch's fastest AdamW on the CPU, as zoo's
+        model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, fused=True
     )
     batch = recipe.data.batch_size
     per_epoch = math.ceil(len(train) / batch)

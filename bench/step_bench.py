@@ -13,14 +13,16 @@ interpreter keeps freed memory as ``zoo run`` does (``keep_freed_host_memory``),
   zoo     zoo's own ``Trainer`` (zoo/training/loop.py) on recipes/mnist.toml with the setting's overrides,
           its epochs cut into chunks by ``max_steps``: the step `zoo run` takes, with its bookkeeping
   hand    the same model, recipe and in-memory uint8 tensors in the best plain loop (one parameter group,
-          foreach optimiser, zoo's own lr schedule function, the memory format zoo picks; nothing else of zoo's)
+          torch's fastest optimiser kernel, zoo's own lr schedule function, the memory format zoo picks;
+          nothing else of zoo's)
   classic the classic PyTorch example's loop at its own settings: torchvision MNIST with per-item
           ToTensor + Normalize, DataLoader(batch 64, shuffle), Adadelta(lr 1.0), StepLR(gamma 0.7), fp32;
           zoo runs the same settings (``CLASSIC`` below)
 
 Also measured: zoo's steps and test pass with the model and batches in channels-last memory format
 (train.channels_last = "auto" on the CPU) against the contiguous one, alternating in one process
-(``--memory-format``); each in a fresh process: zoo's steps and test pass with glibc's default malloc settings
+(``--memory-format``); zoo's steps with its fused optimiser against torch's foreach kernel of the
+same optimiser (``--optimizer-kernel``); each in a fresh process: zoo's steps and test pass with glibc's default malloc settings
 and with those ``zoo run`` makes (``keep_freed_host_memory``), processes of each alternating; and in
 five rounds, a one-step run of recipes/mnist.toml against ``python -c "import torch"`` plus the run's
 own test pass (the test time it reports), the median of each round's difference.
@@ -29,6 +31,7 @@ own test pass (the test time it reports), the median of each round's difference.
 from __future__ import annotations
 
 import argparse
+import inspect
 import math
 import os
 import platform
@@ -66,7 +69,7 @@ CLASSIC = [
 class ZooSteps:
     """zoo's Trainer, advanced ``steps`` optimiser steps at a time."""
 
-    def __init__(self, overrides: list[str]) -> None:
+    def __init__(self, overrides: list[str], foreach: bool = False) -> None:
         from zoo.config.recipe import load
         from zoo.runs.folder import RunFolder
         from zoo.training.loop import Trainer
@@ -75,6 +78,12 @@ class ZooSteps:
         folder = Path(tempfile.mkdtemp()) / "run"
         self.recipe = load(RECIPE, [*overrides, f"output.dir={folder}", "train.epochs=1000"])
         setup = build_run(self.recipe, progress=False)
+        if foreach:  # the same optimiser over the same groups with torch's foreach kernel, not zoo's fused one
+            kernels, accepted = ("fused", "foreach"), inspect.signature(type(setup.optimizer)).parameters
+            options = {key: value for key, value in setup.optimizer.defaults.items()
+                       if key in accepted and key not in kernels}  # fmt: skip
+            groups = [{key: value for key, value in group.items() if key not in kernels} for group in setup.groups]
+            setup.optimizer = type(setup.optimizer)(groups, **options, foreach=True)
         seed_everything(self.recipe.train.seed)
         self.trainer = Trainer(setup, RunFolder(folder))
 
@@ -103,10 +112,12 @@ class HandSteps:
         in_channels_last = channels_last(recipe.train, CPU, self.model)
         self.memory_format = torch.channels_last if in_channels_last else torch.contiguous_format
         self.model.to(memory_format=self.memory_format)
-        name = recipe.optim.name
-        optimizer = {"adamw": torch.optim.AdamW, "adadelta": torch.optim.Adadelta}[name]
+        # torch's fastest kernel for each: fused AdamW, foreach Adadelta (torch has no fused one)
+        optimizer, kernel = {"adamw": (torch.optim.AdamW, "fused"), "adadelta": (torch.optim.Adadelta, "foreach")}[
+            recipe.optim.name
+        ]
         self.optimizer = optimizer(
-            self.model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, foreach=True
+            self.model.parameters(), lr=recipe.optim.lr, weight_decay=recipe.optim.weight_decay, **{kernel: True}
         )
         self.batch = recipe.data.batch_size
         self.per_epoch = math.ceil(len(self.train) / self.batch)
@@ -298,6 +309,27 @@ def memory_format_table(chunk: int, rounds: int) -> list[str]:
     return lines
 
 
+def kernel_table(chunk: int, rounds: int) -> list[str]:
+    """zoo's steps with its fused AdamW and with the same optimiser's foreach kernel, alternating in one process."""
+    lines = [
+        "| zoo's (batch:precision) | foreach images/s | fused images/s | fused / foreach (median, range over rounds) |",
+        "|---|---|---|---|",
+    ]
+    precision = "bf16" if _native_bf16() else "fp32"
+    for setting in ("32:fp32", f"64:{precision}", f"256:{precision}"):
+        print(f"optimiser kernel, {setting} ...", file=sys.stderr, flush=True)
+        batch, precision_here = setting.split(":")
+        overrides = [f"data.batch_size={batch}", f"train.precision={precision_here}"]
+        result = interleaved(
+            {"fused": ZooSteps(overrides), "foreach": ZooSteps(overrides, foreach=True)}, chunk, rounds
+        )
+        low, high = result["ratio_range"]
+        lines.append(
+            f"| {setting} | {result['foreach']:.0f} | {result['fused']:.0f} | {result['ratio']:.3f}x ({low:.2f}-{high:.2f}) |"
+        )
+    return lines
+
+
 def allocator_child(setting: str, kept: bool, chunk: int) -> float:
     """One side of ``allocator_table`` in this process: zoo's steps (or its test pass) in images/s
     (this process's peak memory then says what keeping freed memory costs)."""
@@ -446,6 +478,9 @@ def main() -> None:
     parser.add_argument(
         "--memory-format", action="store_true", help="just the channels-last table (printed, not written)"
     )
+    parser.add_argument(
+        "--optimizer-kernel", action="store_true", help="just the fused-against-foreach table (printed, not written)"
+    )
     parser.add_argument("--write", action="store_true", help=f"put the tables in bench/RESULTS.md under '{SECTION}'")
     parser.add_argument("--allocator-child", metavar="SETTING", help=argparse.SUPPRESS)
     parser.add_argument("--kept", action="store_true", help=argparse.SUPPRESS)
@@ -466,11 +501,13 @@ def main() -> None:
         f"{torch.get_num_threads()} threads; chunks of {args.chunk} steps, {args.rounds} rounds",
         "",
     ]
-    if args.only or args.startup or args.allocator or args.memory_format:  # a second look: printed, not written
+    if args.only or args.startup or args.allocator or args.memory_format or args.optimizer_kernel:  # printed only
         if args.only:
             body = steps_table(args.chunk, args.rounds, args.only)
         elif args.memory_format:
             body = memory_format_table(args.chunk, args.rounds)
+        elif args.optimizer_kernel:
+            body = kernel_table(args.chunk, args.rounds)
         else:
             body = startup_table() if args.startup else allocator_table(args.chunk, args.pairs)
         print("\n".join(header + body))
@@ -481,6 +518,8 @@ def main() -> None:
         *classic_table(args.chunk, args.rounds),
         "",
         *memory_format_table(args.chunk, args.rounds),
+        "",
+        *kernel_table(args.chunk, args.rounds),
         "",
         *allocator_table(args.chunk, args.pairs),
         "",

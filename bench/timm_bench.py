@@ -105,14 +105,14 @@ def zoo_run(folder: Path, epochs: int, cache: str) -> dict:
 
 
 def model_alone(epochs: int, images: int) -> dict:
-    """zoo's step (torch's label-smoothing cross-entropy, SGD with foreach) on one batch of random
+    """zoo's step (torch's label-smoothing cross-entropy, fused SGD) on one batch of random
     tensors, over and over: what the step costs without any data path."""
     import timm
     import torch
 
     torch.manual_seed(0)
     model = timm.create_model(ARCH, num_classes=10).to(memory_format=torch.channels_last)  # as zoo's on the CPU
-    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=2e-5, foreach=True)
+    optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9, weight_decay=2e-5, fused=True)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
     inputs = torch.randn(BATCH, 3, SIZE, SIZE).contiguous(memory_format=torch.channels_last)
     targets = torch.randint(0, 10, (BATCH,))

@@ -180,6 +180,14 @@ def test_the_step_bench_contenders_train_exactly_the_steps_asked(mnist_dir: Path
     assert result["zoo"] > 0 and result["classic"] > 0 and result["ratio"] == result["zoo"] / result["classic"]
     hand = step_bench.HandSteps(["data.batch_size=8"])
     assert hand.run(3) == 24 and hand.step == 3
+    # The kernel table's sides: zoo's fused AdamW, and the same optimiser over the same groups foreach.
+    fused, foreach = step_bench.ZooSteps(["data.batch_size=8"]), step_bench.ZooSteps(["data.batch_size=8"], True)
+    kernels = [(side.trainer.optimizer.defaults["fused"], side.trainer.optimizer.defaults["foreach"]) for side in (fused, foreach)]  # fmt: skip
+    assert kernels == [(True, None), (None, True)]
+    assert [{**group, "params": None, "fused": None, "foreach": None} for group in foreach.trainer.optimizer.param_groups] == [
+        {**group, "params": None, "fused": None, "foreach": None} for group in fused.trainer.optimizer.param_groups
+    ]  # fmt: skip
+    assert foreach.run(2) == 16 and foreach.trainer.step == 2
     assert step_bench.allocator_child("8:fp32", kept=False, chunk=4) > 0  # the allocator table's side, unset
 
 

@@ -239,7 +239,16 @@ BAD_RECIPES = {
         ["train.strategy=fsdp", "train.channels_last=true"],
         'train.channels_last = true does not apply with train.strategy = "fsdp"',
     ),
-    "a memory format that is not one": (MINIMAL, ["train.channels_last=yes"], 'expected true, false or "auto"'),
+    "a memory format that is not one": (
+        MINIMAL,
+        ["train.channels_last=yes"],
+        "train.channels_last: Input should be a valid boolean or 'auto' (got 'yes'); expected true, false or \"auto\"",
+    ),
+    "class weights that are neither": (
+        MINIMAL,
+        ["loss.class_weights=balancd"],
+        "loss.class_weights: Input should be 'balanced' or a valid list (got 'balancd')",
+    ),
     "mix_prob without mixing": (
         MINIMAL + "mix_prob = 0.5\n",
         [],

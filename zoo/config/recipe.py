@@ -216,6 +216,9 @@ def _explain(exc: ValidationError, path: Path, override_keys: set[str]) -> str:
     if error["type"] == "missing":
         return f"{origin}: missing required key '{key}'"
     message = str(error["msg"]).removeprefix("Value error, ")
+    wanted = [str(e["msg"]) for e in errors if _key_parts(e) == parts]
+    if len(wanted) > 1 and all(m.startswith("Input should be ") for m in wanted):  # each member of a union refused it
+        message = "Input should be " + " or ".join(m.removeprefix("Input should be ") for m in wanted)
     if not key:  # a rule across sections names its keys itself
         return f"{origin}: {message}"
     got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""

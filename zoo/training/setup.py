@@ -64,7 +64,8 @@ def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None
             )
         model = distributed.sync_batchnorm(model)
     cache, memory_format = prepare_data(recipe, splits, preprocessing, augmentation, model, device, progress)
-    if recipe.train.strategy == "fsdp" and distributed.world_size() > 1:
+    sharded = recipe.train.strategy == "fsdp" and distributed.world_size() > 1
+    if sharded:
         fsdp.shard(model)  # before the optimiser, which must hold the sharded parameters
     loss_fn, weights = build_loss(recipe, splits, device)
     dtype = autocast_dtype(recipe.train.precision, device)
@@ -77,7 +78,7 @@ def build_run(recipe: Recipe, progress: bool = True, source: WeightSource | None
     setup.groups = freeze.param_groups(model, optim.lr, optim.backbone_lr_mult, recipe.train.layer_decay, weight_decay)
     if not setup.groups:
         raise ZooError("model.freeze freezes every parameter: nothing would train; unfreeze the head at least")
-    setup.optimizer = build_optimizer(optim, setup.groups, device)
+    setup.optimizer = build_optimizer(optim, setup.groups, device, sharded)
     return setup
 
 
