@@ -81,7 +81,7 @@ def check_space(path: Path, overrides: Sequence[str], tune: TuneConfig) -> None:
                 recipes.load(path, [*overrides, monitoring(tune), override(key, value)])
             except ZooError as exc:
                 reason = str(exc).removeprefix(f"override {key}: ").removeprefix(f"{path}: ")
-                raise ZooError(f"{path}: tune.space: {key} = {value!r}: {reason}") from None
+                raise ZooError(f"{path}: tune.space: {override(key, value)}: {reason}") from None
 
 
 def _whole(*values: Any) -> bool:
