@@ -309,6 +309,12 @@ def load_optimizer_state(
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    # Saved contiguous, a parameter's moments must lie in memory as it does (channels-last): torch's
+    # fused kernels read the two element by element in memory order, and mix up their values otherwise.
+    for param, values in optimizer.state.items():
+        for name, value in values.items():
+            if isinstance(value, torch.Tensor) and value.shape == param.shape and value.stride() != param.stride():
+                values[name] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def rng_state() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
