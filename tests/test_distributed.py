@@ -163,6 +163,23 @@ def zoo_nproc(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subpr
     return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_dry_run_of_several_processes_shows_what_each_rank_would_train(
+    mnist_dir: Path, tmp_path: Path, strategy: str
+) -> None:
+    """The batch each rank takes and the global one, and the memory format of the strategy (FSDP2
+    shards contiguous parameters only): what a single process's dry run cannot show. Nothing is written."""
+    folder = tmp_path / "run"
+    result = zoo_nproc(tmp_path, str(RECIPES / "mnist.toml"), *SUBSET, "data.batch_size=16", f"train.strategy={strategy}",
+                       "--dry-run", f"output.dir={folder}")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    device = [line for line in result.stdout.splitlines() if line.startswith("device: ")]
+    assert len(device) == 1  # rank 0 says it
+    assert f"batch 16 per rank x 2 ranks = 32 global ({strategy})" in device[0]
+    assert ("channels-last" in device[0]) is (strategy == "ddp")
+    assert not folder.exists()
+
+
 def test_a_batchnorm_backbone_finishes_with_ranks_in_agreement(mnist_png: Path, tmp_path: Path) -> None:
     """timm's test_resnet has BatchNorm: each rank's running statistics differ until rank 0's are shared."""
     folder = tmp_path / "bn"

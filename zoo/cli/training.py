@@ -88,8 +88,9 @@ def run(
     if resume and "=" in resume and not Path(resume).exists():  # `--resume train.epochs=5`: an override
         overrides, resume = (*overrides, resume), "latest"
     recipe = recipes.load(recipe_path, overrides)  # a mistake is reported once, before any process starts
-    if nproc > 1 and not dry_run:
-        flags = [*(["--resume", resume] if resume else []), *([] if progress else ["--no-progress"]),
+    if nproc > 1:  # a dry run too: each rank builds what it would train (its share of FSDP, its format)
+        flags = [*(["--resume", resume] if resume else []), *(["--dry-run"] if dry_run else []),
+                 *([] if progress else ["--no-progress"]),
                  *(["--quiet"] if quiet else []), "--log-format", log_format]  # fmt: skip
         verbose = ["--verbose"] if click.get_current_context().find_root().params["verbose"] else []
         launch.torchrun(nproc, [*verbose, "run", recipe_path, *overrides, *flags])
