@@ -375,3 +375,22 @@ def test_optimiser_state_through_a_checkpoint_steps_on_as_if_never_saved(name: s
     assert loaded[0].weight.is_contiguous(memory_format=torch.channels_last)
     for before, after in zip(kept.parameters(), loaded.parameters(), strict=True):
         assert torch.equal(before, after)
+
+
+def test_a_group_added_after_resuming_steps_with_the_checkpoints_kernel() -> None:
+    """A run checkpointed by a foreach AdamW (zoo before its CPU kernels were fused), resumed where
+    AdamW is fused: the stage it unfreezes later steps foreach too, as the run would have."""
+    from zoo.config.schema import OptimConfig
+    from zoo.training.optim import build_optimizer
+
+    trained, frozen = torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)
+    trained(torch.ones(1, 3)).sum().backward()
+    before = torch.optim.AdamW(trained.parameters(), lr=0.1, foreach=True)
+    before.step()
+    tensors, state = checkpoint.optimizer_state(before)
+    resumed = build_optimizer(OptimConfig(name="adamw", lr=0.1), [{"params": list(trained.parameters())}],
+                              torch.device("cpu"))  # fmt: skip
+    assert resumed.defaults["fused"] is True
+    checkpoint.load_optimizer_state(resumed, tensors, json.loads(json.dumps(state)))
+    resumed.add_param_group({"params": list(frozen.parameters())})
+    assert [(group["fused"], group["foreach"]) for group in resumed.param_groups] == [(None, True), (None, True)]

@@ -309,6 +309,11 @@ def load_optimizer_state(
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = tensor
     optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
+    # A group added later (a stage unfrozen after the resume) steps with the kernel the checkpoint's
+    # groups use: a run checkpointed foreach goes on foreach, as it would have without the resume.
+    for kernel in ("fused", "foreach"):
+        if kernel in optimizer.defaults:  # Adadelta has no fused kernel, nor the key
+            optimizer.defaults[kernel] = optimizer.param_groups[0].get(kernel)
     # Saved contiguous, a parameter's moments must lie in memory as it does (channels-last): torch's
     # fused kernels read the two element by element in memory order, and mix up their values otherwise.
     for param, values in optimizer.state.items():
