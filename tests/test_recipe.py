@@ -244,6 +244,11 @@ BAD_RECIPES = {
         ["train.channels_last=yes"],
         "train.channels_last: Input should be a valid boolean or 'auto' (got 'yes'); expected true, false or \"auto\"",
     ),
+    "a number of the right kind out of range, where a list would do too": (
+        MINIMAL,
+        ["data.per_class=0"],
+        "data.per_class: Input should be greater than or equal to 1 (got 0)",
+    ),
     "class weights that are neither": (
         MINIMAL,
         ["loss.class_weights=balancd"],

@@ -216,9 +216,9 @@ def _explain(exc: ValidationError, path: Path, override_keys: set[str]) -> str:
     if error["type"] == "missing":
         return f"{origin}: missing required key '{key}'"
     message = str(error["msg"]).removeprefix("Value error, ")
-    wanted = [str(e["msg"]) for e in errors if _key_parts(e) == parts]
-    if len(wanted) > 1 and all(m.startswith("Input should be ") for m in wanted):  # each member of a union refused it
-        message = "Input should be " + " or ".join(m.removeprefix("Input should be ") for m in wanted)
+    wanted = [e for e in errors if _key_parts(e) == parts]
+    if len(wanted) > 1 and all(_wrong_kind(e) for e in wanted):  # each member of a union refused the value's kind
+        message = "Input should be " + " or ".join(str(e["msg"]).removeprefix("Input should be ") for e in wanted)
     if not key:  # a rule across sections names its keys itself
         return f"{origin}: {message}"
     got = f" (got {error['input']!r})" if "input" in error and not isinstance(error["input"], dict) else ""
@@ -228,6 +228,14 @@ def _explain(exc: ValidationError, path: Path, override_keys: set[str]) -> str:
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _wrong_kind(error: Any) -> bool:
+    """A pydantic error for a value of the wrong type or choice (not one of the right type out of range)."""
+    kind = str(error["type"])
+    return (kind.endswith(("_type", "_parsing")) or kind == "literal_error") and str(error["msg"]).startswith(
+        "Input should be "
+    )
 
 
 def _key_parts(error: Any) -> list[Any]:
