@@ -377,9 +377,11 @@ def test_optimiser_state_through_a_checkpoint_steps_on_as_if_never_saved(name: s
         assert torch.equal(before, after)
 
 
-def test_a_group_added_after_resuming_steps_with_the_checkpoints_kernel() -> None:
+def test_a_foreach_checkpoint_goes_on_with_the_kernel_built_now() -> None:
     """A run checkpointed by a foreach AdamW (zoo before its CPU kernels were fused), resumed where
-    AdamW is fused: the stage it unfreezes later steps foreach too, as the run would have."""
+    AdamW is fused: every group steps fused, those a later stage adds too, and in fp16 the grad
+    scaler's step works (it hands fused kernels its scale: a foreach group refused it, an
+    AssertionError at the first step)."""
     from zoo.config.schema import OptimConfig
     from zoo.training.optim import build_optimizer
 
@@ -390,7 +392,14 @@ def test_a_group_added_after_resuming_steps_with_the_checkpoints_kernel() -> Non
     tensors, state = checkpoint.optimizer_state(before)
     resumed = build_optimizer(OptimConfig(name="adamw", lr=0.1), [{"params": list(trained.parameters())}],
                               torch.device("cpu"))  # fmt: skip
-    assert resumed.defaults["fused"] is True
     checkpoint.load_optimizer_state(resumed, tensors, json.loads(json.dumps(state)))
     resumed.add_param_group({"params": list(frozen.parameters())})
-    assert [(group["fused"], group["foreach"]) for group in resumed.param_groups] == [(None, True), (None, True)]
+    assert [(group["fused"], group["foreach"]) for group in resumed.param_groups] == [(True, None), (True, None)]
+    assert resumed.state[trained.weight]["exp_avg"].equal(before.state[trained.weight]["exp_avg"])
+    scaler = torch.amp.GradScaler("cpu", init_scale=256.0)
+    with torch.autocast("cpu", dtype=torch.float16):
+        loss = (trained(torch.ones(1, 3)).sum() + frozen(torch.ones(1, 2)).sum()).float()
+    scaler.scale(loss).backward()
+    scaler.step(resumed)
+    scaler.update()
+    assert int(resumed.state[trained.weight]["step"]) == 2

@@ -308,12 +308,12 @@ def load_optimizer_state(
         if key.startswith("optim."):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = tensor
-    optimizer.load_state_dict({"state": state, "param_groups": saved["param_groups"]})
-    # A group added later (a stage unfrozen after the resume) steps with the kernel the checkpoint's
-    # groups use: a run checkpointed foreach goes on foreach, as it would have without the resume.
-    for kernel in ("fused", "foreach"):
-        if kernel in optimizer.defaults:  # Adadelta has no fused kernel, nor the key
-            optimizer.defaults[kernel] = optimizer.param_groups[0].get(kernel)
+    # The kernel is the one this optimiser was built with, not the checkpoint's: a checkpoint written
+    # foreach (zoo before its CPU kernels were fused) goes on fused, which the grad scaler was told
+    # when the optimiser was built, and which the groups a later stage adds take too.
+    kernels = {kernel: optimizer.defaults[kernel] for kernel in ("fused", "foreach") if kernel in optimizer.defaults}
+    groups = [{**group, **kernels} for group in saved["param_groups"]]
+    optimizer.load_state_dict({"state": state, "param_groups": groups})
     # Saved contiguous, a parameter's moments must lie in memory as it does (channels-last): torch's
     # fused kernels read the two element by element in memory order, and mix up their values otherwise.
     for param, values in optimizer.state.items():
